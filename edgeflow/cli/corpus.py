@@ -1,0 +1,83 @@
+"""``edgeflow corpus build|info``: build the offline synthetic corpus, or describe a corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``corpus`` command (with ``build`` and ``info``) to the top-level subparsers."""
+    parser = subparsers.add_parser(
+        "corpus", help="build or inspect an LJSpeech-layout speech corpus",
+        description="Build a synthetic English corpus offline from Debian voices, or describe "
+                    "an LJSpeech-layout corpus.")
+    sub = parser.add_subparsers(dest="corpus_command", metavar="{build,info}", required=True)
+    build = sub.add_parser("build", help="synthesise a corpus with transcripts (offline)")
+    build.add_argument("--out", required=True, help="output folder (absent, empty or a corpus)")
+    build.add_argument("--minutes", required=True, type=float, help="minutes of speech")
+    build.add_argument("--sources", default=None,
+                       help="comma-separated voices (default: slt_hts,kal_diphone,flite_slt,"
+                            "flite_rms,flite_awb,flite_kal16; 'piper' is opt-in)")
+    build.add_argument("--seed", type=int, default=0, help="text and split seed (default 0)")
+    build.add_argument("--sample-rate", type=int, default=22050, help="Hz (default 22050)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    info = sub.add_parser("info", help="utterances, minutes, speakers and split of a corpus")
+    info.add_argument("dir", help="corpus folder (metadata.csv + wavs/)")
+    parser.set_defaults(func=run)
+
+
+def _info(corpus_dir: str) -> int:
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from edgeflow.core.errors import CorpusError
+    from edgeflow.data.ljspeech import SPLITS_FILE, ensure_split, load_corpus
+
+    utts = load_corpus(corpus_dir)
+    seconds: Counter = Counter()
+    rates: Counter = Counter()
+    for u in utts:
+        try:
+            meta = sf.info(str(u.wav))
+        except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
+            raise CorpusError(f"{u.wav}: unreadable wav ({str(exc).splitlines()[0][:100]})") from None
+        seconds[u.speaker] += meta.frames / meta.samplerate
+        rates[meta.samplerate] += 1
+    counts = Counter(u.speaker for u in utts)
+    total = sum(seconds.values())
+    print(f"corpus      {Path(corpus_dir)}")
+    print(f"utterances  {len(utts)}")
+    print(f"minutes     {total / 60:.2f}")
+    print(f"sample rate {', '.join(f'{sr} Hz ({n})' for sr, n in sorted(rates.items()))}")
+    print(f"speakers    {len(counts)}")
+    for spk in sorted(counts):
+        print(f"  {spk:<14} {counts[spk]:>6} utts {seconds[spk] / 60:8.2f} min")
+    src = Path(corpus_dir) / "sources.json"
+    if src.is_file():
+        data = json.loads(src.read_text(encoding="utf-8"))
+        print(f"built by    {data.get('builder')} (seed {data.get('seed')}); {data.get('text')}")
+    if (Path(corpus_dir) / SPLITS_FILE).is_file():
+        split = ensure_split(corpus_dir)
+        print("split       " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    else:
+        print("split       none yet (splits.json is written on first use)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``corpus build`` or ``corpus info``. Returns the exit code."""
+    if args.corpus_command == "info":
+        return _info(args.dir)
+    from edgeflow.data.corpus import DEFAULT_SOURCES, build_corpus
+    from edgeflow.data.ljspeech import load_corpus
+
+    sources = (tuple(s.strip() for s in args.sources.split(",") if s.strip())
+               if args.sources else DEFAULT_SOURCES)
+    out = build_corpus(args.out, minutes=args.minutes, sources=sources,
+                       sample_rate=args.sample_rate, seed=args.seed,
+                       progress=not args.no_progress)
+    print(f"wrote {out}: {len(load_corpus(out))} utterances")
+    return 0

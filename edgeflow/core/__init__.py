@@ -1,0 +1,1 @@
+"""Shared foundations: errors with exit codes, config base, atomic IO, registries, checkpoints."""

@@ -1,0 +1,123 @@
+"""Flow vocoder base: mel [B, n_mels, F] conditions an invertible map audio [B, T] <-> z [B, T].
+
+Every family registers ``(ConfigClass, ModelClass)`` under its name in :data:`FAMILIES`.
+Both directions follow the contract of :class:`edgeflow.flows.base.InvertibleModule`, with
+``cond`` being the mel spectrogram; T must equal F * hop_length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from edgeflow.audio.mel import MelConfig
+from edgeflow.core.config import ConfigBase
+from edgeflow.core.errors import ConfigError, InputError
+from edgeflow.core.registry import Registry
+from edgeflow.flows.base import InvertibleModule
+
+FAMILIES: Registry = Registry("model family")
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclasses.dataclass
+class VocoderConfig(ConfigBase):
+    """Fields every vocoder config has; families add their own."""
+
+    mel: MelConfig = dataclasses.field(default_factory=MelConfig)
+    sigma_train: float = 1.0
+    sigma_infer: float = 0.8
+
+
+class FlowVocoder(InvertibleModule):
+    """Base of the flow vocoders. Subclasses implement :meth:`forward` / :meth:`inverse`."""
+
+    family: str = ""
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        self.config = config
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.mel.hop_length
+
+    @property
+    def n_mels(self) -> int:
+        return self.config.mel.n_mels
+
+    @property
+    def length_multiple(self) -> int:
+        """Audio lengths the flow accepts are multiples of this (in samples)."""
+        return self.hop_length
+
+    def check_mel(self, mel: torch.Tensor) -> None:
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise InputError(f"mel must be [B, {self.n_mels}, frames], got {tuple(mel.shape)}")
+        if mel.shape[2] == 0:
+            raise InputError("mel has zero frames")
+        if not torch.isfinite(mel).all():
+            raise InputError("mel contains NaN or Inf")
+
+    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, sigma: Optional[float] = None) -> torch.Tensor:
+        """Exact log p(audio | mel) per batch item [B] in nats, with z ~ N(0, sigma^2 I)."""
+        sigma = self.config.sigma_train if sigma is None else sigma
+        z, logdet = self(audio, mel)
+        n = z[0].numel()
+        log_pz = -0.5 * (z.flatten(1) ** 2).sum(1) / sigma ** 2 - n * (math.log(sigma) + 0.5 * LOG_2PI)
+        return log_pz + logdet
+
+    def nll_per_dim(self, audio: torch.Tensor, mel: torch.Tensor, sigma: Optional[float] = None) -> torch.Tensor:
+        """Mean negative log-likelihood per sample (nats/dim), the training loss."""
+        return -self.log_likelihood(audio, mel, sigma).mean() / audio[0].numel()
+
+    def noise(self, mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Standard normal z [B, F * hop] from an explicit seed (CPU generator, then moved)."""
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(mel.shape[0], mel.shape[2] * self.hop_length, generator=g)
+        return z.to(device=mel.device, dtype=mel.dtype)
+
+    @torch.no_grad()
+    def synthesize(self, mel: torch.Tensor, sigma: Optional[float] = None, z: Optional[torch.Tensor] = None,
+                   seed: int = 0) -> torch.Tensor:
+        """Audio [B, F * hop] from mel [B, n_mels, F]: inverse(sigma * z). z defaults to seeded noise."""
+        self.check_mel(mel)
+        sigma = self.config.sigma_infer if sigma is None else sigma
+        if z is None:
+            z = self.noise(mel, seed)
+        audio, _ = self.inverse(z * sigma, mel)
+        return audio
+
+
+def config_from_dict(family: str, data: Dict[str, Any]) -> VocoderConfig:
+    """Build a family's config from a dict (unknown keys refused)."""
+    cfg_cls, _ = FAMILIES.get(family)
+    return cfg_cls.from_dict(data)
+
+
+def build_model(family: str, config: VocoderConfig | Dict[str, Any] | None = None) -> FlowVocoder:
+    """Instantiate a model of ``family`` from its config (object, dict, or None for defaults)."""
+    cfg_cls, model_cls = FAMILIES.get(family)
+    if config is None:
+        config = cfg_cls()
+    elif isinstance(config, dict):
+        config = cfg_cls.from_dict(config)
+    elif not isinstance(config, cfg_cls):
+        raise ConfigError(f"{family} needs a {cfg_cls.__name__}, got {type(config).__name__}")
+    return model_cls(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_lengths(audio: torch.Tensor, mel: torch.Tensor, hop: int) -> Tuple[int, int]:
+    if audio.dim() != 2:
+        raise InputError(f"audio must be [B, T], got {tuple(audio.shape)}")
+    if audio.shape[1] != mel.shape[2] * hop:
+        raise InputError(f"audio length {audio.shape[1]} != mel frames {mel.shape[2]} x hop {hop}")
+    return audio.shape[0], audio.shape[1]
