@@ -76,10 +76,12 @@ class FlowVocoder(InvertibleModule):
         return -self.log_likelihood(audio, mel, sigma).mean() / audio[0].numel()
 
     def noise(self, mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """Standard normal z [B, F * hop] from an explicit seed (CPU generator, then moved)."""
-        g = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(mel.shape[0], mel.shape[2] * self.hop_length, generator=g)
-        return z.to(device=mel.device, dtype=mel.dtype)
+        """Standard normal z [B, F * hop] from an explicit seed (:func:`edgeflow.core.noise.noise`,
+        the same noise the runtime draws)."""
+        from edgeflow.core.noise import noise
+
+        z = noise(seed, 0, mel.shape[2], self.hop_length, batch=mel.shape[0])
+        return torch.from_numpy(z).to(device=mel.device, dtype=mel.dtype)
 
     @torch.no_grad()
     def synthesize(self, mel: torch.Tensor, sigma: Optional[float] = None, z: Optional[torch.Tensor] = None,

@@ -9,6 +9,7 @@ Layout (a plain dict of tensors, strings and numbers; nothing that runs code on 
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -51,6 +52,21 @@ def save_model(path: str | Path, model: FlowVocoder, history=None, meta=None) ->
         torch.save(checkpoint_dict(model, history, meta), tmp)
 
 
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickle_runs_code(path: Path) -> bool:
+    """Whether a file parses as a pickle that imports or calls objects (read with pickletools; never run)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            ops = [op.name for op, _, _ in pickletools.genops(f)]   # the whole pickle must parse
+    except Exception:  # noqa: BLE001 - not a pickle at all
+        return False
+    return bool(_CODE_OPCODES.intersection(ops))
+
+
 def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     """Load and validate a checkpoint dict without building the model.
 
@@ -61,13 +77,20 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: refused, the file holds Python objects that would run code on load "
-                              f"(weights_only load failed{': ' + first[:120] if first else ''})") from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        if lines or (not zipfile.is_zipfile(path) and _pickle_runs_code(path)):
+            why = f": {lines[0][:120]}" if lines else ""
+            raise CheckpointError(f"{path}: refused, the file holds Python objects that would run code on load "
+                                  f"(weights_only load failed{why})") from None
+        raise CheckpointError(f"{path}: corrupt or not a PyTorch file (unreadable pickle data)") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling arbitrary bytes raises KeyError, IndexError, ...
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, LookupError):
+            msg = "unreadable pickle data"
         raise CheckpointError(f"{path}: corrupt or not a PyTorch file ({msg})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an edgeflow model checkpoint (foreign format; expected "

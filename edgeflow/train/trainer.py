@@ -70,8 +70,10 @@ class Trainer:
         self.best_valid = math.inf
         self.ddp = None
         if self.world > 1:
+            # find_unused_parameters: WaveFlow's last residual layer has a res_conv whose output is unused.
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_path(self) -> Path:

@@ -1,0 +1,1 @@
+"""Export: freezing, per-family export specs, torch -> ONNX with parity validation, bundles."""

@@ -1,0 +1,8 @@
+"""Passes: a config dataclass plus a registered handler, applied in place to an :class:`Artifact`.
+
+Importing this package registers the built-in passes. Later passes (quantize, distill, prune,
+reduce_flows) register themselves the same way; the pipeline looks them up by name only.
+"""
+
+from edgeflow.passes.base import PASSES, Artifact, PassConfig, PassContext, apply_pass, register_pass  # noqa: F401
+from edgeflow.passes import builtin as _builtin  # noqa: F401  (freeze, export, validate)

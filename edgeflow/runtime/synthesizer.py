@@ -1,0 +1,268 @@
+"""The torch-free synthesizer: a bundle's ONNX graph in onnxruntime plus its manifest.
+
+Only numpy, onnxruntime, soundfile/scipy (through edgeflow.audio) and torch-free edgeflow.core
+modules are imported here. Noise comes from :func:`edgeflow.core.noise.noise`, the function the
+PyTorch models use, so a bundle and its source model.pt give the same audio for a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.core.noise import noise
+from edgeflow.runtime.bundle import MODEL_FILE, read_manifest
+
+#: Longest input accepted in one call (seconds of audio); longer input is refused, not truncated.
+MAX_SECONDS = 600.0
+
+_ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU = "CPUExecutionProvider"
+
+
+def check_mel(mel: Any, n_mels: int, allow_empty: bool = False) -> Tuple[np.ndarray, bool]:
+    """Validate a mel spectrogram and return it as float32 [B, n_mels, F].
+
+    Args:
+        mel: array-like [n_mels, F] or [B, n_mels, F] of floats (float16/32/64).
+        n_mels: channels the model expects.
+        allow_empty: accept F == 0 (stream chunks).
+
+    Returns:
+        (mel float32 [B, n_mels, F], True if the input was 2-D).
+
+    Raises:
+        InputError: not numeric, a non-float dtype, wrong rank or channel count, zero frames or
+            batch, NaN or Inf.
+    """
+    try:
+        arr = np.asarray(mel)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"mel is not an array ({type(exc).__name__})") from None
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"mel must be a float array, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise InputError(f"mel must be [{n_mels}, frames] or [B, {n_mels}, frames], got shape {arr.shape}")
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[None]
+    if arr.shape[1] != n_mels:
+        raise InputError(f"mel has {arr.shape[1]} channels, the model expects {n_mels} "
+                         f"(shape {arr.shape[1 if squeeze else 0:]})")
+    if arr.shape[0] == 0:
+        raise InputError("mel has an empty batch")
+    if arr.shape[2] == 0 and not allow_empty:
+        raise InputError("mel has zero frames")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("mel contains NaN or Inf")
+    return np.ascontiguousarray(arr, dtype=np.float32), squeeze
+
+
+def check_seed(seed: Any) -> int:
+    """A non-negative integer seed, else InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def check_sigma(sigma: Any) -> float:
+    """A finite non-negative float sigma, else InputError."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise InputError(f"sigma must be a number, got {sigma!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"sigma must be finite and >= 0, got {sigma!r}")
+    return value
+
+
+def resolve_providers(providers: Union[None, str, Sequence[str]]) -> List[str]:
+    """onnxruntime execution providers to use.
+
+    Args:
+        providers: None or "cpu": CPU only (the default). "auto": TensorRT / CUDA when this
+            onnxruntime has them, then CPU. A name or list of names: those, in order (CPU appended
+            as the fallback); each must be available.
+
+    Raises:
+        DependencyError: a requested provider is not available in the installed onnxruntime.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None or (isinstance(providers, str) and providers.lower() == "cpu"):
+        return [CPU]
+    if isinstance(providers, str) and providers.lower() == "auto":
+        return [p for p in _ACCELERATED if p in available] + [CPU]
+    names = [providers] if isinstance(providers, str) else list(providers)
+    for name in names:
+        if name not in available:
+            raise DependencyError(f"onnxruntime provider {name} is not available here "
+                                  f"(available: {', '.join(available)})")
+    return names + ([CPU] if CPU not in names else [])
+
+
+class Synthesizer:
+    """A loaded bundle: an onnxruntime session plus the manifest. Thread-safe (no mutable state).
+
+    Build with :meth:`load`. ``synthesize`` runs whole utterances, ``synthesize_stream`` runs mel
+    chunks as they arrive, ``vocode`` resynthesizes a wav through the bundle's own front-end.
+    """
+
+    def __init__(self, session: Any, manifest: Dict[str, Any], bundle_dir: Optional[Path] = None):
+        self.session = session
+        self.manifest = manifest
+        self.bundle_dir = bundle_dir
+        mel = manifest["mel"]
+        self.n_mels = int(mel["n_mels"])
+        self.hop_length = int(mel["hop_length"])
+        self.sample_rate = int(manifest["sample_rate"])
+        io = manifest["io"]
+        self.sigma_default = float(io["sigma_default"])
+        self.frame_multiple = int(io.get("frame_multiple", 1))
+        self.input_names = [i["name"] for i in io["inputs"]]
+        self.output_name = io["outputs"][0]["name"]
+        ctx = manifest["streaming"]["context_frames"]
+        self.context_frames = (int(ctx["left"]), int(ctx["right"]))
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, threads: Optional[int] = None,
+             providers: Union[None, str, Sequence[str]] = None) -> "Synthesizer":
+        """Open a bundle (manifest and file hashes checked first).
+
+        Args:
+            bundle_dir: the bundle directory.
+            threads: intra-op threads (None: onnxruntime's default).
+            providers: see :func:`resolve_providers`; default CPU.
+
+        Raises:
+            BundleError: missing/tampered/unknown-version bundle, or a graph onnxruntime refuses.
+            DependencyError: onnxruntime missing, or a requested provider unavailable.
+        """
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
+        bundle_dir = Path(bundle_dir)
+        manifest = read_manifest(bundle_dir)
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=opts,
+                                           providers=resolve_providers(providers))
+        except DependencyError:
+            raise
+        except Exception as exc:
+            raise BundleError(f"{bundle_dir}: onnxruntime cannot load {MODEL_FILE} "
+                              f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})"
+                              ) from None
+        synth = cls(session, manifest, bundle_dir)
+        names = sorted(i.name for i in session.get_inputs())
+        if names != sorted(synth.input_names):
+            raise BundleError(f"{bundle_dir}: graph inputs {names} do not match the manifest's io spec")
+        return synth
+
+    @property
+    def providers(self) -> List[str]:
+        """Execution providers of the session, in priority order."""
+        return list(self.session.get_providers())
+
+    @property
+    def mel_config(self):
+        """The bundle's front-end parameters as a :class:`edgeflow.audio.mel.MelConfig`."""
+        from edgeflow.audio.mel import MelConfig
+
+        return MelConfig.from_dict(self.manifest["mel"])
+
+    def run_frames(self, mel: np.ndarray, sigma: float, seed: int, start_frame: int = 0) -> np.ndarray:
+        """Run the graph on checked mel [B, n_mels, F] whose first frame is ``start_frame`` of the utterance.
+
+        The noise is the utterance's noise for frames [start_frame, start_frame + F) (per item b,
+        seed + b). F is padded (edge frames) to a multiple of ``frame_multiple``; the padding is cut.
+
+        Returns:
+            float32 audio [B, F * hop].
+        """
+        b, _, f = mel.shape
+        if f * self.hop_length / self.sample_rate > MAX_SECONDS:
+            raise InputError(f"mel of {f} frames is {f * self.hop_length / self.sample_rate:.0f} s of audio, "
+                             f"more than the {MAX_SECONDS:.0f} s limit")
+        pad = (-f) % self.frame_multiple
+        if pad:
+            mel = np.concatenate([mel, np.repeat(mel[:, :, -1:], pad, axis=2)], axis=2)
+        z = noise(seed, start_frame, f + pad, self.hop_length, batch=b)
+        feeds = dict(zip(self.input_names, (mel, z, np.array([sigma], dtype=np.float32))))
+        audio = self.session.run([self.output_name], feeds)[0]
+        return np.ascontiguousarray(audio[:, :f * self.hop_length], dtype=np.float32)
+
+    def synthesize(self, mel: Any, sigma: Optional[float] = None, seed: int = 0) -> np.ndarray:
+        """Audio from a mel spectrogram.
+
+        Args:
+            mel: [n_mels, F] or [B, n_mels, F] float log-mel (the bundle's front-end).
+            sigma: noise scale; None: the manifest's default (the model's sigma_infer).
+            seed: noise seed (batch item b uses seed + b).
+
+        Returns:
+            float32 audio [F * hop] or [B, F * hop].
+
+        Raises:
+            InputError: bad mel, sigma or seed.
+        """
+        arr, squeeze = check_mel(mel, self.n_mels)
+        sigma = self.sigma_default if sigma is None else check_sigma(sigma)
+        audio = self.run_frames(arr, sigma, check_seed(seed))
+        return audio[0] if squeeze else audio
+
+    def vocode(self, wav_path: str | Path, sigma: Optional[float] = None, seed: int = 0) -> np.ndarray:
+        """Copy-synthesis: read a wav at the bundle's rate, take its log-mel (numpy), synthesize.
+
+        Returns:
+            float32 audio [F * hop].
+
+        Raises:
+            AudioError: unreadable, empty or too long audio. InputError: too short for the front-end.
+        """
+        from edgeflow.audio.io import load_wav
+        from edgeflow.audio.mel import log_mel
+
+        audio, _ = load_wav(wav_path, sample_rate=self.sample_rate, max_seconds=MAX_SECONDS)
+        return self.synthesize(log_mel(audio, self.mel_config), sigma=sigma, seed=seed)
+
+    def synthesize_stream(self, mel_chunks: Iterable[Any], sigma: Optional[float] = None, seed: int = 0,
+                          left_context: Optional[int] = None, right_context: Optional[int] = None
+                          ) -> Iterator[np.ndarray]:
+        """Audio as mel chunks arrive; the concatenation matches :meth:`synthesize` on the whole mel.
+
+        Args:
+            mel_chunks: iterable of [n_mels, f] (or [B, n_mels, f]) chunks, f >= 0.
+            sigma, seed: as in :meth:`synthesize`.
+            left_context, right_context: frames of context around each emitted span; None: the
+                manifest's ``streaming.context_frames`` (derived from the receptive field at export).
+
+        Yields:
+            float32 audio pieces [n * hop] (or [B, n * hop]), in order, as soon as enough right
+            context has arrived.
+        """
+        from edgeflow.runtime.streaming import stream
+
+        sigma = self.sigma_default if sigma is None else check_sigma(sigma)
+        left = self.context_frames[0] if left_context is None else left_context
+        right = self.context_frames[1] if right_context is None else right_context
+        for name, v in (("left_context", left), ("right_context", right)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        return stream(self, mel_chunks, sigma, check_seed(seed), int(left), int(right))
+
+    def __repr__(self) -> str:
+        return (f"Synthesizer({self.manifest['family']}, {self.sample_rate} Hz, "
+                f"providers={self.providers})")

@@ -1,0 +1,67 @@
+"""Tiny perturbed models for the export and runtime tests (shared by test_export.py and test_runtime.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeflow.models import build_model
+from edgeflow.models.checkpoint import save_model
+
+#: A small front-end (8 kHz, hop 64, 20 mels) so graphs and runs stay tiny.
+MEL = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "win_length": 256, "n_mels": 20, "fmax": 4000.0}
+HOP, N_MELS, SR = 64, 20, 8000
+
+CONFIGS = {
+    "waveflow": {"n_flows": 2, "n_layers": 2, "height": 8, "channels": 8, "upsample_factors": [8, 8], "mel": MEL},
+    "waveglow": {"n_flows": 4, "n_group": 8, "n_early_every": 2, "n_early_size": 2, "wn_layers": 2,
+                 "wn_channels": 16, "mel": MEL},
+}
+
+
+def tiny_model(family: str, seed: int = 0, scale: float = 0.05, **overrides) -> torch.nn.Module:
+    """A small model whose parameters are perturbed (zero-initialised last layers would make every
+    coupling the identity, hiding export bugs). Same seed, same weights. Eval mode, weight norm kept."""
+    cfg = dict(CONFIGS[family], **overrides)
+    with torch.random.fork_rng():           # deterministic init without touching the global RNG
+        torch.manual_seed(seed)
+        model = build_model(family, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def save_tiny(path: Path, family: str, **kw) -> Path:
+    save_model(path, tiny_model(family, **kw), history=[{"name": "train", "config": {"steps": 1},
+                                                          "metrics": {"nll": 0.0}, "seconds": 0.1}])
+    return path
+
+
+def test_mel(frames: int, batch: int | None = None, seed: int = 0) -> np.ndarray:
+    """Log-mel-like float32 values [N_MELS, frames] (or [batch, N_MELS, frames])."""
+    shape = (N_MELS, frames) if batch is None else (batch, N_MELS, frames)
+    return np.random.default_rng(seed).normal(-5.0, 2.0, shape).astype(np.float32)
+
+
+test_mel.__test__ = False  # not a pytest test
+
+
+def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    err = float(np.sum((ref.astype(np.float64) - test) ** 2))
+    return float("inf") if err == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run torch single-threaded (the CPU is shared; 2 threads are much slower under contention)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
