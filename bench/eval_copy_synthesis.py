@@ -62,7 +62,9 @@ def build_systems(model_path: str, names, gl_iters: int):
             return model.synthesize(torch.from_numpy(lm)[None], sigma=None, seed=0)[0].numpy()
 
     if "flow" in names:
-        systems["flow"] = (f"{info['family']} ({Path(model_path).name}, sigma {sigma}, seed 0)", flow)
+        step = meta["meta"].get("step")
+        at = f", step {step}" if step is not None else ""
+        systems["flow"] = (f"{info['family']} ({Path(model_path).name}{at}, sigma {sigma}, seed 0)", flow)
     if "griffinlim" in names:
         systems["griffinlim"] = (f"Griffin-Lim ({gl_iters} iterations, librosa)",
                                  lambda lm: griffin_lim(lm, cfg, n_iter=gl_iters, seed=0))
@@ -204,7 +206,9 @@ def main(argv=None):
     n = len(report["clips"])
     print(f"Copy synthesis on {n} test clip(s) of {report['corpus']} ({report['sample_rate']} Hz), "
           f"mean ± sd over clips; RTF on {report['machine']['cpus']} CPU(s), "
-          f"{report['machine']['torch_threads']} torch thread(s):\n")
+          f"{report['machine']['torch_threads']} torch thread(s), load average "
+          f"{report['machine']['loadavg_at_start'][0]:.1f} at start, {report['machine']['loadavg_at_end'][0]:.1f} "
+          "at end:\n")
     print(table(report))
     for note in report["notes"]:
         print(f"\n- {note}", end="")

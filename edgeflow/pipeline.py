@@ -98,7 +98,7 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
 
     def outputs_of(art):
-        fn = (bundle_synthesizer(art.bundle_dir, seed=seed, threads=threads) if art.bundle_dir
+        fn = (bundle_synthesizer(art.bundle_dir, seed=seed, threads=local_threads(threads, tgt)) if art.bundle_dir
               else torch_synthesizer(art.model, seed=seed))
         return synthesize_all(fn, clips)
 
@@ -154,7 +154,14 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     from edgeflow.validate.report import write_outputs
 
     return write_outputs(out, artifact, clips, ref_out, ref_metrics, current, budget_d, tgt, state, model_path,
-                         seed=seed, threads=threads or tgt.get("threads"), log=log)
+                         seed=seed, threads=local_threads(threads, tgt), log=log)
+
+
+def local_threads(threads: Optional[int], target: Dict[str, Any]) -> int:
+    """Threads for measuring here: the user's, else the target's, never more than this machine's cores."""
+    import os
+
+    return max(1, min(int(threads or target.get("threads") or 1), os.cpu_count() or 1))
 
 
 def _save(artifact, record, metrics, work: Path, k: int) -> Dict[str, Any]:

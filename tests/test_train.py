@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from edgeflow.audio.io import save_wav
+from edgeflow.core.errors import CheckpointError
 from edgeflow.data.ljspeech import ensure_split
 from edgeflow.models.checkpoint import load_model
 from edgeflow.train.recipe import load_recipe
@@ -134,9 +135,11 @@ def _wait(proc, what: str, timeout: float = 300):
 
 def test_exact_resume_after_sigkill(tmp_path, corpus):
     recipe = write_recipe(tmp_path / "tiny.json", ckpt_every=2)
-    a_steps = 40
-    # Run A, uninterrupted, runs alongside run B (the step-k batch and update do not depend on the total).
-    proc_a = train_cli(recipe, corpus, tmp_path / "a", "--steps", str(a_steps), wait=False)
+    a_steps = 30
+    # Run A, uninterrupted, runs alongside run B (the batch and update of step k depend neither on the total
+    # number of steps nor on how often checkpoints are written).
+    proc_a = train_cli(recipe, corpus, tmp_path / "a", "--steps", str(a_steps), "--set", "ckpt_every=1000",
+                       wait=False)
     # Run B: killed with SIGKILL once a checkpoint at step >= 4 exists, then resumed.
     run_b = tmp_path / "b"
     proc = train_cli(recipe, corpus, run_b, "--steps", "100000", wait=False)
@@ -174,6 +177,21 @@ def test_exact_resume_after_sigkill(tmp_path, corpus):
     assert _state_step(run_b / "train_state.pt") == end
     _, info = load_model(run_b / "model.pt")
     assert info["meta"]["step"] == end
+
+
+@pytest.mark.parametrize("content, match", [(b"garbage" * 100, "unreadable train state"),
+                                            (None, "not an edgeflow train state")])
+def test_resume_from_bad_state_is_a_user_error(tmp_path, corpus, content, match):
+    out = tmp_path / "run"
+    out.mkdir()
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, out / "train_state.pt")
+    else:
+        (out / "train_state.pt").write_bytes(content)
+    trainer = Trainer(load_recipe(write_recipe(tmp_path / "tiny.json")), corpus, out, progress=False)
+    with pytest.raises(CheckpointError, match=match) as info:
+        trainer.train(steps=2, resume=True)
+    assert "\n" not in str(info.value) and "train_state.pt" in str(info.value)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

@@ -18,11 +18,25 @@ def list_targets() -> List[str]:
 
 
 def load_target(name: str) -> Dict[str, Any]:
-    """The profile of target ``name`` (ConfigError naming the known targets if unknown)."""
+    """The profile of target ``name``, or of a target JSON file at that path (a custom device).
+
+    Raises:
+        ConfigError: unknown name (the known ones are listed), unreadable file, or no recipes.
+    """
     path = TARGET_DIR / f"{name}.json"
     if not path.is_file():
-        raise ConfigError(f"unknown target {name!r} (known: {', '.join(list_targets())})")
-    return json.loads(path.read_text())
+        if str(name).endswith(".json") and Path(name).is_file():
+            path = Path(name)
+        else:
+            raise ConfigError(f"unknown target {name!r} (known: {', '.join(list_targets())}, or a JSON file)")
+    try:
+        target = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"target file {path}: {exc}") from None
+    if not isinstance(target, dict) or not isinstance(target.get("recipes"), dict):
+        raise ConfigError(f"target file {path}: no 'recipes' mapping")
+    target.setdefault("name", path.stem)
+    return target
 
 
 def recipe_passes(target: Dict[str, Any], recipe: str | None) -> List[Dict[str, Any]]:

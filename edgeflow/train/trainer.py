@@ -24,7 +24,7 @@ import torch
 
 from edgeflow.audio.io import load_wav
 from edgeflow.audio.mel_torch import LogMel
-from edgeflow.core.errors import ConfigError
+from edgeflow.core.errors import CheckpointError, ConfigError
 from edgeflow.core.io import atomic_path, atomic_write_json
 from edgeflow.models.base import build_model
 from edgeflow.models.checkpoint import checkpoint_dict, model_from_checkpoint, save_model
@@ -88,7 +88,14 @@ class Trainer:
         save_model(self.out / "model.pt", self.model, meta=self._meta())
 
     def load_state(self) -> None:
-        state = torch.load(self.state_path(), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.state_path(), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a corrupt, truncated or unsafe file is a user error
+            msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{self.state_path()}: cannot resume, unreadable train state ({msg}); "
+                                  "delete it to start over") from None
+        if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+            raise CheckpointError(f"{self.state_path()}: cannot resume, not an edgeflow train state")
         loaded = model_from_checkpoint(state["model"], str(self.state_path()))
         self.model.load_state_dict(loaded.state_dict())
         self.opt.load_state_dict(state["optimizer"])

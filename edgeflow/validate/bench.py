@@ -6,8 +6,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
-
 from edgeflow.core.errors import ConfigError
 
 
@@ -36,7 +34,7 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
     """
     from edgeflow.models.checkpoint import load_model
     from edgeflow.passes import Artifact
-    from edgeflow.pipeline import _check_out_dir, _default_data
+    from edgeflow.pipeline import _check_out_dir, _default_data, local_threads
     from edgeflow.targets import load_target
     from edgeflow.validate.evaluate import bundle_synthesizer, load_clips, score, synthesize_all, torch_synthesizer
     from edgeflow.validate.report import write_outputs
@@ -84,4 +82,4 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
     history = read_manifest(bundle_src).get("history", [])
     artifact = Artifact(model=model, reference=reference, bundle_dir=bundle_src, history=list(history))
     return write_outputs(out, artifact, clips, ref_out, ref_metrics, {}, {}, tgt, {}, model_path, seed=seed,
-                         threads=threads or tgt.get("threads"), log=log)
+                         threads=local_threads(threads, tgt), log=log)

@@ -68,7 +68,7 @@ def _fmt(v, digits=3):
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        return f"{v:.{digits}g}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}"
     return html.escape(str(v))
 
 

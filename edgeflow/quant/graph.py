@@ -1,0 +1,128 @@
+"""What each node of an exported flow graph is, for coupling-aware quantization.
+
+The TorchScript exporter names node *weights* after the module that owns them
+(``model.flows.blocks.3.inner.net.layers.2.skip_conv.weight``), while node names in the cached
+WaveFlow graph are generic (``/Conv_17``); so a quantizable node (Conv, ConvTranspose, MatMul, Gemm)
+is classified by its weight initializer's name, and a MatMul by a square constant operand:
+
+* ``coupling_end`` - each coupling net's ``end`` conv: it outputs (log s, t), which feed exp() and
+  the affine update ``x = (z - t) * exp(-log s)``. Kept float.
+* ``inv1x1`` - the invertible 1x1 convs (a MatMul by the frozen W^-1 in WaveGlow). Kept float.
+* ``upsample``, ``cond``, ``start``, ``dilated``, ``res``, ``skip``, ``res_skip`` - the conditioning
+  upsampler and the WaveNet layers: candidates for INT8.
+
+The elementwise coupling arithmetic (Exp, Neg, Sub, Mul, Add, Tanh, Sigmoid) and the log-det
+reductions are never candidates: only the op types given are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, Iterable, List, Optional, Set
+
+#: Roles kept in float by default, and why (written into the manifest).
+FLOAT_ROLES = {
+    "coupling_end": "outputs (log s, t): feeds exp(log s) and the affine update, where int8 error is amplified "
+                    "exponentially and compounds over flows (and rows)",
+    "inv1x1": "invertible 1x1 conv (W^-1): mixes every channel of the audio path itself, not a conditioning net",
+}
+#: Quantizable op types by default.
+DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: The coupling arithmetic: must never get Q/DQ of its own.
+COUPLING_OPS = ("Exp", "Neg", "Sub", "Mul", "Add", "Tanh", "Sigmoid", "Div", "ReduceSum", "Log")
+
+_NET = re.compile(r"^(?:model\.)?(?P<flow>.+?)\.net\.(?P<rest>.+)\.weight(?:_inv)?$")
+_ROLES = [(re.compile(p), r) for p, r in (
+    (r"^end$", "coupling_end"), (r"^start$", "start"), (r"^layers\.\d+\.conv$", "dilated"),
+    (r"^in_layers\.\d+$", "dilated"), (r"^layers\.\d+\.cond_conv$", "cond"), (r"^cond_layer$", "cond"),
+    (r"^layers\.\d+\.res_conv$", "res"), (r"^layers\.\d+\.skip_conv$", "skip"),
+    (r"^res_skip_layers\.\d+$", "res_skip"))]
+
+
+@dataclasses.dataclass
+class NodeRole:
+    """A quantizable node: ``name``, ``op_type``, ``role`` (see module doc), ``flow`` (owning coupling or
+    None), ``weight`` (initializer name or None)."""
+
+    name: str
+    op_type: str
+    role: str
+    flow: Optional[str]
+    weight: Optional[str]
+
+    def group(self, by: str) -> str:
+        """The sensitivity group: ``kind`` -> role, ``flow`` -> flow, ``flow_kind`` -> both."""
+        if by == "kind" or self.flow is None:
+            return self.role
+        return self.flow if by == "flow" else f"{self.flow}/{self.role}"
+
+
+def _short_flow(prefix: str) -> str:
+    return prefix.replace(".inner", "").replace("flows.", "")
+
+
+def _constants(model) -> Dict[str, List[int]]:
+    """name -> shape of every initializer and Constant-node output."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    shapes[n.output[0]] = list(a.t.dims)
+    return shapes
+
+
+def classify(model, op_types: Iterable[str] = DEFAULT_OP_TYPES) -> List[NodeRole]:
+    """Roles of the nodes of ``model`` (an onnx.ModelProto) whose op type is in ``op_types``."""
+    consts = _constants(model)
+    init = {t.name for t in model.graph.initializer}
+    out: List[NodeRole] = []
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        weight = next((i for i in node.input[1:2] if i in init), None)
+        role, flow = "other", None
+        if node.op_type in ("MatMul", "Gemm"):
+            square = [i for i in node.input[:2] if i in consts and len(consts[i]) == 2
+                      and consts[i][0] == consts[i][1]]
+            if square or (weight and weight.endswith("weight_inv")):
+                role, weight = "inv1x1", (square[0] if square else weight)
+        if weight and role == "other":
+            m = _NET.match(weight)
+            if m:
+                flow = _short_flow(m.group("flow"))
+                role = next((r for p, r in _ROLES if p.match(m.group("rest"))), "other")
+            elif "upsample" in weight:
+                role = "upsample"
+            elif "weight_inv" in weight or "conv1x1" in weight:
+                role = "inv1x1"
+        out.append(NodeRole(node.name, node.op_type, role, flow, weight))
+    return out
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a node name (or its role/group label) matches any exclude pattern (exact, or a regex)."""
+    for p in patterns:
+        if name == p:
+            return True
+        try:
+            if re.fullmatch(p, name):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def quantized_nodes(model) -> Set[str]:
+    """Names of the non-Q/DQ nodes that read a DequantizeLinear output (the nodes that run on int8 data)."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq_out for i in n.input)}
+
+
+def quantized_outputs(model) -> Set[str]:
+    """Names of the nodes whose output goes straight into a QuantizeLinear."""
+    q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(o in q_in for o in n.output)}
