@@ -102,7 +102,7 @@ def main() -> None:
         bundles = {}
         for cached in (True, False):
             t0 = time.perf_counter()
-            man = export_bundle(model, Path(tmp) / f"b{int(cached)}", cached=cached)
+            man = export_bundle(model, Path(tmp) / f"b{int(cached)}", cached=cached, check_streaming=cached)
             bundles[cached] = Path(tmp) / f"b{int(cached)}"
             graphs[cached] = dict(man["export"]["graph"], export_s=time.perf_counter() - t0,
                                   max_err=max(r["max_abs_err"] for r in man["validation"]["lengths"]),

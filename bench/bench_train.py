@@ -10,7 +10,7 @@
 Usage::
 
     python bench/bench_train.py                      # full run (minutes on a small CPU), prints a table
-    python bench/bench_train.py --out bench/results/train.md
+    python bench/bench_train.py --threads 1 --out bench/results/train.md   # as recorded (shared CPU)
     python bench/bench_train.py --quick              # tiny sizes, a smoke test of the script
 """
 
@@ -69,7 +69,7 @@ def bench_train(recipe_name: str, steps: int, segment: int, batch: int = 1, over
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     t0 = time.perf_counter()
     step()                                   # warm-up
@@ -166,9 +166,10 @@ def main(argv=None) -> int:
             r["name"] += " (quick: shrunk)"
     table = markdown(train_rows, sample_rows)
     load1 = os.getloadavg()
-    notes = (f"Run {started:%Y-%m-%d %H:%M %Z} with `python bench/bench_train.py{' --quick' if args.quick else ''}`"
+    cmd = " ".join(["python bench/bench_train.py", *(sys.argv[1:] if argv is None else argv)])
+    notes = (f"Run {started:%Y-%m-%d %H:%M %Z} with `{cmd}`"
              f"; {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} intra-op threads. The CPU was shared with other jobs (a model training "
+             f"{torch.get_num_threads()} intra-op thread(s). The CPU was shared with other jobs (a model training "
              f"in the background and other engineers' work): load average {load0[0]:.1f} at the start, "
              f"{load1[0]:.1f} at the end, so absolute times are pessimistic and noisy; ratios measured within "
              f"one run (plain / cached) are the more robust numbers.")

@@ -94,7 +94,8 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         atomic_write_json(state_path, state)
 
     reference = copy.deepcopy(model).eval()
-    artifact = Artifact(model=model, reference=reference, history=list(info.get("history", [])))
+    artifact = Artifact(model=model, reference=reference, history=list(info.get("history", [])),
+                        info={"train_data": (info.get("meta") or {}).get("data")})   # distillation's default data
     from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
 
     def outputs_of(art):

@@ -205,8 +205,10 @@ def _broken_bundle(models, tmp_path, how):
     return bundle
 
 
-@pytest.mark.parametrize("how,match", [("missing", "model.onnx is missing"), ("tampered", "model.onnx does not match"),
-                                       ("version", "unknown bundle format_version 99"), ("no-manifest", "not a bundle")])
+@pytest.mark.parametrize("how,match", [("missing", "model.onnx is missing"),
+                                       ("tampered", "model.onnx does not match"),
+                                       ("version", "unknown bundle format_version 99"),
+                                       ("no-manifest", "not a bundle")])
 def test_broken_bundle_refused(models, tmp_path, how, match):
     with pytest.raises(BundleError, match=match):
         Synthesizer.load(_broken_bundle(models, tmp_path, how))
@@ -270,3 +272,19 @@ def test_cli_synth_bundle_vs_model(models, tmp_path, capsys):
             outs.append(sf.read(str(out))[0])
         assert outs[0].shape == outs[1].shape and np.max(np.abs(outs[0] - outs[1])) <= 2 / 32768
     assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_malformed_manifest_and_large_graph_options(models, tmp_path):
+    from edgeflow.core.io import sha256_file
+    from edgeflow.runtime.synthesizer import LARGE_GRAPH_NODES, session_options
+
+    bundle = tmp_path / "b"
+    shutil.copytree(models["waveflow"][2], bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["streaming"]["context_frames"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert manifest["files"]["model.onnx"] == sha256_file(bundle / "model.onnx")
+    with pytest.raises(BundleError, match="malformed manifest"):
+        Synthesizer.load(bundle)
+    assert session_options(nodes=LARGE_GRAPH_NODES + 1).enable_mem_reuse is False
+    assert session_options(threads=2, nodes=10).enable_mem_reuse is True

@@ -123,7 +123,7 @@ def _state_step(path: Path) -> int:
         return -1
 
 
-def _wait(proc, what: str, timeout: float = 300):
+def _wait(proc, timeout: float = 300):
     try:
         proc.wait(timeout=timeout)
     finally:
@@ -161,7 +161,7 @@ def test_exact_resume_after_sigkill(tmp_path, corpus):
     assert end <= a_steps, f"run B got to step {resume_at} before the kill; too fast for this test"
     res = train_cli(recipe, corpus, run_b, "--steps", str(end), "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert _wait(proc_a, "run A") == 0, (tmp_path / "a.stderr").read_text()[-2000:]
+    assert _wait(proc_a) == 0, (tmp_path / "a.stderr").read_text()[-2000:]
     rows_a = read_log(tmp_path / "a" / "log.csv")
     rows_b = read_log(run_b / "log.csv")
     assert [int(r["step"]) for r in rows_a] == list(range(1, a_steps + 1))

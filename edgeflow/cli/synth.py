@@ -16,7 +16,8 @@ def add_arguments(sub) -> None:
     p.add_argument("model", metavar="BUNDLE_OR_MODEL", help="bundle directory, or model.pt to run in PyTorch")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mel", metavar="X.npy", help="log-mel [n_mels, frames] (float) saved with numpy.save")
-    src.add_argument("--wav", metavar="X.wav", help="copy-synthesis: this audio's log-mel through the model's front-end")
+    src.add_argument("--wav", metavar="X.wav",
+                     help="copy-synthesis: this audio's log-mel through the model's front-end")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output wav (16-bit PCM)")
     p.add_argument("--sigma", type=float, default=None, help="noise scale (default: the model's sigma_infer)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
@@ -118,5 +119,6 @@ def run(args) -> int:
     seconds = time.perf_counter() - t0
     save_wav(out, audio, sr)
     dur = audio.size / sr
-    print(f"wrote {out}: {dur:.2f} s of audio at {sr} Hz ({backend}, {seconds:.2f} s, RTF {seconds / max(dur, 1e-9):.3f})")
+    print(f"wrote {out}: {dur:.2f} s of audio at {sr} Hz ({backend}, {seconds:.2f} s with loading, "
+          f"RTF {seconds / max(dur, 1e-9):.3f})")
     return 0

@@ -36,8 +36,9 @@ class ExportValidationError(BundleError):
 
 
 @functools.lru_cache(maxsize=None)
-def runtime_ir_version(start: int = 14) -> int:
-    """The highest ONNX IR version (<= start) the installed onnxruntime loads, probed on a tiny graph."""
+def runtime_ir_version() -> int:
+    """The highest ONNX IR version (<= the installed onnx's) the installed onnxruntime loads, probed on a
+    tiny graph. The exported graph's IR version is capped at it (onnx may write newer IR than ORT reads)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -45,7 +46,7 @@ def runtime_ir_version(start: int = 14) -> int:
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    for ir in range(start, 6, -1):
+    for ir in range(onnx.IR_VERSION, 6, -1):
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         m.ir_version = ir
         try:
@@ -60,7 +61,7 @@ def export_onnx(frozen: torch.nn.Module, spec: ExportSpec, path: str | Path) -> 
     """Trace the synthesis wrapper of a frozen model to ``path`` and make it loadable and checked.
 
     Returns:
-        Graph size: {"nodes", "initializers", "bytes"}.
+        Graph size and IR version: {"nodes", "initializers", "bytes", "ir_version"}.
     """
     import onnx
 
@@ -77,11 +78,23 @@ def export_onnx(frozen: torch.nn.Module, spec: ExportSpec, path: str | Path) -> 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return {"nodes": len(model.graph.node), "initializers": len(model.graph.initializer),
-            "bytes": Path(path).stat().st_size}
+            "bytes": Path(path).stat().st_size, "ir_version": int(model.ir_version)}
 
 
 def _frame_multiple(model) -> int:
     return int(model.length_multiple // model.hop_length)
+
+
+def _jsonable(obj: Any) -> Any:
+    """A JSON round-trip of ``obj`` (numbers that are tensors or numpy scalars become plain values / strings)."""
+    import json
+
+    def default(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(obj, default=default))
 
 
 def _round_up(n: int, m: int) -> int:
@@ -133,11 +146,19 @@ def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 200.0 if noise == 0 else min(200.0, 10 * math.log10(max(signal, 1e-30) / noise))
 
 
-def choose_stream_context(synth, field: Dict[str, int], frame_multiple: int) -> Dict[str, Any]:
+def choose_stream_context(synth, config: Any, field: Dict[str, int], frame_multiple: int,
+                          check: bool = True) -> Dict[str, Any]:
     """Smallest verified streaming context, starting from the one-pass receptive field.
 
     The context doubles (up to the worst-case bound ``field["left"/"right"]``) until streaming a
-    speech-like mel in chunks of 16 frames matches whole synthesis with SNR >= 50 dB.
+    speech-like mel in chunks of 16 frames matches whole synthesis with SNR >= 50 dB. With
+    ``check=False`` the one-pass field is taken unverified (``check`` is then None).
+
+    Args:
+        synth: a runtime Synthesizer over the exported graph.
+        config: the model config (front-end of the test mel).
+        field: the spec's receptive field (frames).
+        frame_multiple: chunk sizes are rounded up to this.
 
     Returns:
         The manifest's ``streaming`` section.
@@ -145,9 +166,12 @@ def choose_stream_context(synth, field: Dict[str, int], frame_multiple: int) -> 
     left, right = field["net_left"], field["net_right"]
     chunk = _round_up(STREAM_CHUNK_FRAMES, frame_multiple)
     tried = []
+    if not check:
+        return {"receptive_field_frames": dict(field), "context_frames": {"left": left, "right": right},
+                "check": None}
     while True:
         frames = left + right + 3 * chunk
-        mel = _test_mel(synth.config, frames)
+        mel = _test_mel(config, frames)
         whole = synth.synthesize(mel, seed=0)
         pieces = [mel[:, i:i + chunk] for i in range(0, frames, chunk)]
         streamed = np.concatenate(list(synth.synthesize_stream(pieces, seed=0, left_context=left,
@@ -162,7 +186,7 @@ def choose_stream_context(synth, field: Dict[str, int], frame_multiple: int) -> 
 
 
 def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional[List[Dict[str, Any]]] = None,
-                  overwrite: bool = False, cached: bool = True) -> Dict[str, Any]:
+                  overwrite: bool = False, cached: bool = True, check_streaming: bool = True) -> Dict[str, Any]:
     """Export ``model`` (left untouched) as a validated bundle directory.
 
     Args:
@@ -171,6 +195,8 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
         history: passes applied to the model so far (from the checkpoint info), kept in the manifest.
         overwrite: replace an existing bundle (only once the new one is complete).
         cached: WaveFlow: put the cached row-by-row inverse in the graph (False: the plain h^2 one).
+        check_streaming: verify the streaming context by synthesis (False: take the one-pass
+            receptive field unverified; for quick benchmark bundles).
 
     Returns:
         The manifest written.
@@ -181,7 +207,7 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
     """
     import onnxruntime as ort
 
-    from edgeflow.runtime.synthesizer import Synthesizer
+    from edgeflow.runtime.synthesizer import Synthesizer, session_options
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -195,9 +221,8 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
     cfg, fm = reference.config, _frame_multiple(reference)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         graph = export_onnx(frozen, spec, tmp / MODEL_FILE)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(tmp / MODEL_FILE), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(tmp / MODEL_FILE), sess_options=session_options(nodes=graph["nodes"]),
+                                       providers=["CPUExecutionProvider"])
         validation = validate_parity(session, reference, spec, fm)
         if not validation["passed"]:
             errs = ", ".join(f"{r['frames']} frames: {r['max_abs_err']}" for r in validation["lengths"])
@@ -206,15 +231,14 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
         manifest = {
             "family": model.family, "config": cfg.to_dict(), "sample_rate": cfg.mel.sample_rate,
             "mel": cfg.mel.to_dict(), "precision": "float32", "opset": spec.opset,
-            "io": dict(spec.io_spec(cfg), frame_multiple=fm), "history": list(history or []),
+            "io": dict(spec.io_spec(cfg), frame_multiple=fm), "history": _jsonable(list(history or [])),
             "validation": validation,
         }
         synth = Synthesizer(session, dict(manifest, streaming={"context_frames": {"left": 0, "right": 0}}))
-        synth.config = cfg
-        manifest["streaming"] = choose_stream_context(synth, spec.receptive_field(cfg), fm)
+        manifest["streaming"] = choose_stream_context(synth, cfg, spec.receptive_field(cfg), fm, check_streaming)
         manifest["export"] = {"exporter": "torch.onnx TorchScript (dynamo=False)", "torch": torch.__version__,
                               "onnx": __import__("onnx").__version__, "onnxruntime": ort.__version__,
-                              "ir_version": runtime_ir_version(), "cached": cached if hasattr(model, "set_cached")
+                              "cached": cached if hasattr(model, "set_cached")
                               else None, "graph": graph, "seconds": round(time.perf_counter() - t0, 2)}
         manifest = write_manifest(tmp, manifest)
     return manifest

@@ -32,6 +32,8 @@ class WaveFlowConfig(VocoderConfig):
         kernel_size: 2-D conv kernel (k x k).
         dilations_h: height dilation per layer; None: the paper's defaults for ``height``.
         upsample_factors: stride of each transposed-conv upsampling layer; product = hop_length.
+        row_orders: the row order of each flow (n_flows permutations of range(height)); None: the
+            default cumulative reversals of :func:`row_orders` (explicit orders come from reduce_flows).
     """
 
     n_flows: int = 8
@@ -41,6 +43,7 @@ class WaveFlowConfig(VocoderConfig):
     kernel_size: int = 3
     dilations_h: Optional[List[int]] = None
     upsample_factors: List[int] = dataclasses.field(default_factory=lambda: [16, 16])
+    row_orders: Optional[List[List[int]]] = None
 
     def __post_init__(self):
         if int(np.prod(self.upsample_factors)) != self.mel.hop_length:
@@ -49,6 +52,9 @@ class WaveFlowConfig(VocoderConfig):
             raise ValueError("dilations_h must have n_layers entries")
         if min(self.n_flows, self.n_layers, self.height, self.channels) < 1:
             raise ValueError("n_flows, n_layers, height and channels must be >= 1")
+        if self.row_orders is not None and (len(self.row_orders) != self.n_flows or any(
+                sorted(o) != list(range(self.height)) for o in self.row_orders)):
+            raise ValueError("row_orders must hold n_flows permutations of range(height)")
 
     def height_dilations(self) -> List[int]:
         if self.dilations_h is not None:
@@ -97,7 +103,7 @@ class WaveFlow(FlowVocoder):
         self.fold = Fold2d(c.height)
         flows = [Conjugate(WaveFlowCoupling(c.mel.n_mels, c.n_layers, c.channels, c.kernel_size,
                                             c.height_dilations()), order, dim=2)
-                 for order in row_orders(c.height, c.n_flows)]
+                 for order in (c.row_orders or row_orders(c.height, c.n_flows))]
         self.flows = Sequential(flows)
 
     @property

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 #: Roles kept in float by default, and why (written into the manifest).
 FLOAT_ROLES = {
@@ -126,3 +126,30 @@ def quantized_outputs(model) -> Set[str]:
     q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
             and any(o in q_in for o in n.output)}
+
+
+def audio_path(model, roles: List[NodeRole], start_inputs: Iterable[str] = ("z",)) -> Set[str]:
+    """Nodes on the flow's audio path: everything reached from the noise input ``z`` and from the
+    ``coupling_end`` / ``inv1x1`` nodes, stopping at the conditioning nets' quantizable layers.
+
+    That is the affine update (Slice of (log s, t), Neg, Exp, Sub, Mul), the invertible 1x1 convs,
+    the row/channel assembly (Concat, Reshape, Transpose) and any log-det arithmetic: the part of a
+    flow whose error is not absorbed by a later layer. Kept in float for INT8 and FP16 alike.
+    """
+    float_nodes = {r.name for r in roles if r.role in FLOAT_ROLES}
+    net_layers = {r.name for r in roles if r.role not in FLOAT_ROLES}
+    consumers: Dict[str, List[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    seen: Set[str] = set()
+    stack = [n for n in model.graph.node if n.name in float_nodes]
+    stack += [c for i in start_inputs for c in consumers.get(i, [])]
+    while stack:
+        node = stack.pop()
+        if node.name in seen or node.name in net_layers:
+            continue
+        seen.add(node.name)
+        for o in node.output:
+            stack.extend(consumers.get(o, []))
+    return seen

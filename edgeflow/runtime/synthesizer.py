@@ -23,6 +23,26 @@ MAX_SECONDS = 600.0
 _ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU = "CPUExecutionProvider"
 
+#: Graphs with more nodes than this are loaded with onnxruntime's memory-reuse planning off: the planner
+#: is superlinear in graph size (the unrolled cached WaveFlow demo graph, ~20k nodes, takes minutes to
+#: plan, ~10 s without); intermediates are still freed after their last use.
+LARGE_GRAPH_NODES = 4000
+
+
+def session_options(threads: Optional[int] = None, nodes: int = 0):
+    """onnxruntime SessionOptions: ``threads`` intra-op threads (None: ORT default), quiet logging,
+    memory-reuse planning off for graphs of more than :data:`LARGE_GRAPH_NODES` nodes."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if nodes > LARGE_GRAPH_NODES:
+        opts.enable_mem_reuse = False
+    return opts
+
 
 def check_mel(mel: Any, n_mels: int, allow_empty: bool = False) -> Tuple[np.ndarray, bool]:
     """Validate a mel spectrogram and return it as float32 [B, n_mels, F].
@@ -151,11 +171,12 @@ class Synthesizer:
         manifest = read_manifest(bundle_dir)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
-        opts = ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        try:
+            synth = cls(None, manifest, bundle_dir)   # manifest fields first: fail before the (slower) load
+            nodes = int(manifest.get("export", {}).get("graph", {}).get("nodes", 0) or 0)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise BundleError(f"{bundle_dir}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        opts = session_options(threads, nodes)
         try:
             session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=opts,
                                            providers=resolve_providers(providers))
@@ -165,7 +186,7 @@ class Synthesizer:
             raise BundleError(f"{bundle_dir}: onnxruntime cannot load {MODEL_FILE} "
                               f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})"
                               ) from None
-        synth = cls(session, manifest, bundle_dir)
+        synth.session = session
         names = sorted(i.name for i in session.get_inputs())
         if names != sorted(synth.input_names):
             raise BundleError(f"{bundle_dir}: graph inputs {names} do not match the manifest's io spec")

@@ -199,4 +199,4 @@ class Trainer:
         if self.world > 1:
             torch.distributed.barrier()
         return {"steps": self.step, "final_loss": None if loss is None else float(loss.item()),
-                "best_valid_nll": self.best_valid, "seconds": time.time() - t0}
+                "best_valid_nll": self.best_valid if math.isfinite(self.best_valid) else None, "seconds": time.time() - t0}

@@ -122,7 +122,7 @@ def write_outputs(out: Path, artifact, clips, ref_out, ref_metrics, final_metric
         "cost": costs, "speedup_vs_pytorch_4s": (ref_rtf / opt_rtf) if ref_rtf and opt_rtf else None,
         "size": {"model_pt_bytes": Path(model_path).stat().st_size, "bundle_bytes": costs["bundle_bytes"]},
         "passes": [{k: h.get(k) for k in ("name", "status", "seconds", "metrics_before", "metrics_after", "violations",
-                                           "config")} for h in artifact.history],
+                                           "config", "details")} for h in artifact.history],
         "clips": [c.name for c in clips], "samples": sorted(p.name for p in samples.iterdir()),
     }
     atomic_write_json(out / "report.json", report)

@@ -1,0 +1,298 @@
+"""Distillation: a student flow learns the teacher's synthesis, the same noise z and mel for both.
+
+Loss per step (synthesis direction, short segments; WaveFlow runs its cached row-by-row inverse)::
+
+    s = student.inverse(sigma * z, mel),  t = teacher.inverse(sigma * z, mel)   (t without gradients)
+    loss = l1_weight * |s - t|_1 + stft_weight * MR-STFT(s, t) + nll_weight * student NLL(audio | mel)
+
+Segments, mels and z of step k depend only on (seed, k). State (student, Adam, step, best student,
+early-stopping counters, elapsed time) is checkpointed atomically in ``work_dir/distill_state.pt``
+every ``ckpt_every`` steps, so a killed run resumes exactly where it was. Validation (fixed segments
+and z) measures the student-teacher MR-STFT distance every ``valid_every`` steps; the best student is
+kept and training stops after ``patience`` validations without improvement, at ``steps`` or after
+``max_minutes``. The cost is printed after a timed first step. On CUDA, float16 autocast + grad scaling.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+
+from edgeflow.compress.losses import mr_stft_loss, waveform_l1
+from edgeflow.core.config import ConfigBase
+from edgeflow.core.errors import CheckpointError
+from edgeflow.core.io import atomic_path
+
+STATE_FILE = "distill_state.pt"
+
+
+@dataclasses.dataclass
+class DistillSettings(ConfigBase):
+    """Distillation settings (the ``distill`` pass options and the ``finetune`` options of prune/reduce_flows).
+
+    Attributes:
+        steps: optimizer steps at most; max_minutes: wall-clock cap (0: none), counted across resumes.
+        batch_size, segment: segments per step and samples per segment (rounded up to the length multiple).
+        lr, grad_clip: Adam learning rate and gradient-norm clip.
+        l1_weight, stft_weight, nll_weight: loss weights (NLL needs audio, i.e. a corpus source).
+        sigma: noise scale (0: the teacher's sigma_infer).
+        seed: drives segments and z of every step.
+        valid_every, valid_segments, patience: validation interval, fixed validation segments, and
+            validations without improvement before stopping early (0: never).
+        ckpt_every: checkpoint interval in steps.
+        device: "auto" (CUDA if available), "cpu" or "cuda[:i]"; amp: float16 autocast on CUDA.
+        data: training data (corpus, calibration set or wav folder); "": chosen by the pass.
+    """
+
+    steps: int = 200
+    max_minutes: float = 0.0
+    batch_size: int = 2
+    segment: int = 4096
+    lr: float = 2e-4
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    stft_weight: float = 1.0
+    nll_weight: float = 0.0
+    sigma: float = 0.0
+    seed: int = 0
+    valid_every: int = 25
+    valid_segments: int = 4
+    patience: int = 4
+    ckpt_every: int = 25
+    device: str = "auto"
+    amp: bool = True
+    data: str = ""
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.segment < 1 or self.valid_segments < 1:
+            raise ValueError("steps >= 0, batch_size >= 1, segment >= 1 and valid_segments >= 1 are required")
+        if min(self.l1_weight, self.stft_weight, self.nll_weight, self.max_minutes, self.sigma) < 0:
+            raise ValueError("loss weights, sigma and max_minutes must be >= 0")
+        if self.l1_weight + self.stft_weight + self.nll_weight <= 0:
+            raise ValueError("at least one loss weight must be > 0")
+        if not self.lr > 0 or self.valid_every < 0 or self.ckpt_every < 0 or self.patience < 0:
+            raise ValueError("lr > 0 and non-negative valid_every, ckpt_every, patience are required")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def segment_length(settings: DistillSettings, *models) -> int:
+    """The segment length rounded up to a multiple of every model's length multiple."""
+    mult = 1
+    for m in models:
+        mult = int(np.lcm(mult, m.length_multiple))
+    return -(-settings.segment // mult) * mult
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class Distiller:
+    """Trains ``student`` (in place) to reproduce ``teacher``'s synthesis. See the module docstring.
+
+    Args:
+        teacher, student: FlowVocoders of the same family and front-end (the teacher is copied, not changed).
+        data: a :class:`edgeflow.compress.data.DistillData` with segments of :func:`segment_length`.
+        settings: :class:`DistillSettings`.
+        work_dir: where the state file goes.
+        on_checkpoint: called with the step after each checkpoint (tests use it to kill a run).
+    """
+
+    def __init__(self, teacher, student, data, settings: DistillSettings, work_dir: str | Path,
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 on_checkpoint: Optional[Callable[[int], None]] = None):
+        self.s, self.data, self.work = settings, data, Path(work_dir)
+        self.progress, self.log, self.on_checkpoint = progress, log, on_checkpoint
+        self.device = resolve_device(settings.device)
+        self.amp = settings.amp and self.device.type == "cuda"
+        self.teacher = copy.deepcopy(teacher).to(self.device).eval().requires_grad_(False)
+        for m in student.modules():
+            if callable(getattr(m, "unfreeze", None)):
+                m.unfreeze()                      # frozen inverse 1x1 weights would go stale while training
+        self.student = student.to(self.device).train().requires_grad_(True)
+        self.sigma = settings.sigma or float(teacher.config.sigma_infer)
+        self.opt = torch.optim.Adam(self.student.parameters(), lr=settings.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.fingerprint = hashlib.sha256(json.dumps({
+            "settings": {k: v for k, v in settings.to_dict().items() if k in (
+                "batch_size", "segment", "lr", "grad_clip", "l1_weight", "stft_weight", "nll_weight", "sigma", "seed")},
+            "teacher": [teacher.config.to_dict(), weights_digest(teacher)],
+            "student": [student.config.to_dict(), weights_digest(student)], "data": data.source,
+        }, sort_keys=True, default=str).encode()).hexdigest()
+        self.step, self.best, self.best_step, self.since_best = 0, math.inf, 0, 0
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.elapsed, self.rows, self.stopped = 0.0, [], ""
+        self._valid_cache = None
+
+    # -- data ----------------------------------------------------------------------------------------------------
+    def _noise(self, key: int, batch: int, length: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(_seed(self.s.seed, key, 11))
+        return torch.randn(batch, length, generator=g).to(self.device)
+
+    def _outputs(self, z: torch.Tensor, mel: torch.Tensor, teacher: bool):
+        with torch.autocast("cuda", enabled=self.amp):
+            if teacher:
+                with torch.no_grad():
+                    return self.teacher.inverse(z * self.sigma, mel)[0].float()
+            return self.student.inverse(z * self.sigma, mel)[0].float()
+
+    def loss(self, step: int) -> Dict[str, torch.Tensor]:
+        """Loss terms of ``step`` (with gradients into the student)."""
+        audio, mel = self.data.batch(step, self.s.batch_size)
+        mel = mel.to(self.device)
+        z = self._noise(step, mel.shape[0], mel.shape[2] * self.student.hop_length)
+        t, s = self._outputs(z, mel, True), self._outputs(z, mel, False)
+        parts = {"l1": waveform_l1(s, t), "stft": mr_stft_loss(s, t)}
+        total = self.s.l1_weight * parts["l1"] + self.s.stft_weight * parts["stft"]
+        if self.s.nll_weight > 0:
+            with torch.autocast("cuda", enabled=self.amp):
+                parts["nll"] = self.student.nll_per_dim(audio.to(self.device), mel).float()
+            total = total + self.s.nll_weight * parts["nll"]
+        parts["total"] = total
+        return parts
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Student-teacher MR-STFT distance on the fixed validation segments (lower is better)."""
+        if self._valid_cache is None:
+            batches = self.data.valid_batches(self.s.batch_size)
+            self._valid_cache = []
+            for i, (_, mel) in enumerate(batches):
+                mel = mel.to(self.device)
+                z = self._noise(10 ** 6 + i, mel.shape[0], mel.shape[2] * self.student.hop_length)
+                self._valid_cache.append((mel, z, self._outputs(z, mel, True)))
+        self.student.eval()
+        d = [float(mr_stft_loss(self._outputs(z, mel, False), t)) for mel, z, t in self._valid_cache]
+        self.student.train()
+        return float(np.mean(d))
+
+    # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.work / STATE_FILE
+
+    def save_state(self, done: bool = False) -> None:
+        from edgeflow.models.checkpoint import checkpoint_dict
+
+        state = {"fingerprint": self.fingerprint, "step": self.step, "done": done, "stopped": self.stopped,
+                 "student": checkpoint_dict(self.student), "optimizer": self.opt.state_dict(),
+                 "scaler": self.scaler.state_dict(), "best": self.best, "best_step": self.best_step,
+                 "since_best": self.since_best, "best_state": self.best_state, "elapsed": self.elapsed,
+                 "rows": self.rows}
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self) -> bool:
+        """Resume from the state file if it belongs to this run. Returns whether it did."""
+        if not self.state_path.is_file():
+            return False
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign file: a user-facing error
+            raise CheckpointError(f"{self.state_path}: unreadable distillation state ({type(exc).__name__}); "
+                                  "delete it to start over") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            self.log(f"distill: {self.state_path} belongs to other settings; starting over")
+            return False
+        self.student.load_state_dict(state["student"]["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best, self.best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
+        self.since_best, self.best_state = int(state["since_best"]), state["best_state"]
+        self.elapsed, self.rows, self.stopped = float(state["elapsed"]), list(state["rows"]), state["stopped"]
+        return bool(state.get("done"))
+
+    # -- loop --------------------------------------------------------------------------------------------------
+    def _check_valid(self) -> None:
+        v = self.validate()
+        if v < self.best - 1e-9:
+            self.best, self.best_step, self.since_best = v, self.step, 0
+            self.best_state = {k: t.detach().cpu().clone() for k, t in self.student.state_dict().items()}
+        else:
+            self.since_best += 1
+        self.rows.append([self.step, None, v])
+
+    def run(self, resume: bool = True) -> Dict[str, Any]:
+        """Train to the end (steps, time cap or early stop). Returns a summary; the student holds the best weights."""
+        s = self.s
+        self.work.mkdir(parents=True, exist_ok=True)
+        done = self.load_state() if resume else False
+        start_step, t_run, first, est = self.step, time.time(), None, None
+        if not done and self.best_state is None and s.valid_every:
+            self._check_valid()                                    # the distance before training
+        bar = None
+        if self.progress and not done and self.step < s.steps:
+            from tqdm import tqdm
+            bar = tqdm(total=s.steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True)
+        while not done and self.step < s.steps and not self.stopped:
+            t0 = time.time()
+            parts = self.loss(self.step)
+            self.opt.zero_grad(set_to_none=True)
+            if torch.isfinite(parts["total"]):
+                self.scaler.scale(parts["total"]).backward()
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.student.parameters(), s.grad_clip)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            self.step += 1
+            self.elapsed += time.time() - t0
+            loss = float(parts["total"].detach())
+            self.rows.append([self.step, loss, None])
+            if first is None:
+                first = time.time() - t0
+                est = first * (s.steps - self.step)
+                cap = f", capped at {s.max_minutes:g} min" if s.max_minutes else ""
+                self.log(f"distill: {self.data.source}; {s.steps} steps of {s.batch_size} x {self.data.segment} "
+                         f"samples on {self.device}; first step {first:.2f} s -> about {est / 60:.1f} min more on "
+                         f"this machine{cap}")
+            if s.valid_every and self.step % s.valid_every == 0:
+                self._check_valid()
+                if s.patience and self.since_best >= s.patience:
+                    self.stopped = f"early stop: no improvement in {s.patience} validations"
+            if s.max_minutes and self.elapsed > 60 * s.max_minutes and not self.stopped:
+                self.stopped = f"time cap of {s.max_minutes:g} min"
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", best=f"{self.best:.4f}")
+            if s.ckpt_every and self.step % s.ckpt_every == 0:
+                self.save_state()
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(self.step)
+        if bar is not None:
+            bar.close()
+        if not done:
+            if s.valid_every and (not self.rows or self.rows[-1][2] is None):
+                self._check_valid()
+            self.save_state(done=True)
+        if self.best_state is not None:
+            self.student.load_state_dict(self.best_state)
+        self.student.cpu().eval()
+        valid0 = next((r[2] for r in self.rows if r[2] is not None), None)
+        return {"steps": self.step, "steps_this_run": self.step - start_step, "stopped": self.stopped or "steps done",
+                "valid_distance_before": valid0, "valid_distance_best": None if math.isinf(self.best) else self.best,
+                "best_step": self.best_step, "train_seconds": round(self.elapsed, 2),
+                "first_step_seconds": first, "estimated_seconds": est, "device": str(self.device),
+                "data": self.data.source, "wall_seconds_this_run": round(time.time() - t_run, 2)}
