@@ -77,7 +77,7 @@ def smoke_target(name: str, work: Path, clips: Path) -> Path:
 
     tgt = copy.deepcopy(load_target(name))
     tiny = {"steps": 2, "max_minutes": 1, "segment": 2048, "valid_every": 1, "ckpt_every": 1, "valid_segments": 2,
-            "data": str(clips)}
+            "threads": 1, "data": str(clips)}
     for passes in tgt["recipes"].values():
         for p in passes:
             if p["pass"] == "distill":
@@ -175,9 +175,12 @@ def main() -> None:
     mel_cfg = teacher.config.mel
     clips = load_clips(args.eval, mel_cfg, n=n_clips, multiple=teacher.length_multiple)
     torch.set_num_threads(args.threads)
-    print(f"teacher {teacher_path}: {count_parameters(teacher):,} parameters; {len(clips)} eval clip(s), "
-          f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
-    ref = dict(name="teacher (PyTorch eager fp32)", params=count_parameters(teacher),
+    print(f"teacher {teacher_path}: {count_parameters(teacher):,} parameters (weight-normed); {len(clips)} eval "
+          f"clip(s), {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+    from edgeflow.export.freeze import freeze_model
+
+    folded = count_parameters(freeze_model(copy.deepcopy(teacher)))       # weight norm folded, as in bundles
+    ref = dict(name="teacher (PyTorch eager fp32)", params=folded,
                bytes=teacher_path.stat().st_size, **measure(torch_synthesizer(teacher, seed=0), clips, mel_cfg))
     rows = []
     for recipe in [r for r in args.recipes.split(",") if r]:
@@ -192,11 +195,13 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     text = table(rows, ref)
-    head = (f"# Compression recipes vs the PyTorch teacher{' (SMOKE: tiny teacher, 2-step distillation)' if args.smoke else ''}\n\n"
+    status = "; ".join(f"{r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["passes"].items()) for r in rows)
+    smoke = " (SMOKE: tiny teacher, 2-step distillation; figures meaningless)" if args.smoke else ""
+    head = (f"# Compression recipes vs the PyTorch teacher{smoke}\n\n"
             f"Teacher `{teacher_path}`, target `{args.target}`, {len(clips)} clip(s) of `{args.eval}`, "
-            f"{args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}. RTF = compute s / "
-            f"audio s. Pass status per recipe: " + "; ".join(f"{r['name']}: " + ", ".join(
-                f"{k} {v}" for k, v in r["passes"].items()) for r in rows) + "\n\n")
+            f"{args.threads} thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, load average "
+            f"{os.getloadavg()[0]:.1f}. RTF = compute s / audio s; params with weight norm folded. "
+            f"Pass status: {status}\n\n")
     print("\n" + text)
     out_md = work / "compress.md" if args.smoke else args.out
     atomic_write_text(out_md, head + text + "\n")

@@ -27,6 +27,20 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = Path("/work/runs/demo/model.pt")
 
 
+NOTES = """
+Notes:
+
+- The CPU is shared (a training run and other benchmarks ran alongside; see the load averages), so absolute
+  RTFs are pessimistic and noisy, and 2-thread cells can be slower than 1-thread ones (oversubscribed cores).
+  Compare within a row.
+- The runtime loads graphs of more than 4000 nodes with onnxruntime's memory-reuse planning off
+  (`edgeflow.runtime.synthesizer.LARGE_GRAPH_NODES`): planning the ~20k-node unrolled cached graph took
+  4-8 minutes on this CPU, ~10 s without it; intermediates are still freed after their last use.
+- The plain graph recomputes the whole net for each of the h rows (h^2 row-work): only the shortest length
+  is timed.
+"""
+
+
 def load_subject(path: Path):
     """(model, description): the checkpoint if present, else the waveflow-demo recipe built fresh."""
     from edgeflow.models import build_model
@@ -106,7 +120,8 @@ def main() -> None:
             bundles[cached] = Path(tmp) / f"b{int(cached)}"
             graphs[cached] = dict(man["export"]["graph"], export_s=time.perf_counter() - t0,
                                   max_err=max(r["max_abs_err"] for r in man["validation"]["lengths"]),
-                                  context=man["streaming"]["context_frames"])
+                                  context=man["streaming"]["context_frames"],
+                                  verified=man["streaming"]["check"] is not None)
         for sec in lengths:
             mel = speech_like_mel(cfg, sec)
             for threads in (1, 2):
@@ -142,8 +157,9 @@ def main() -> None:
     for cached in (True, False):
         g = graphs[cached]
         lines.append(f"| {'cached' if cached else 'plain'} | {g['nodes']} | {g['initializers']} | {g['bytes']:,} | "
-                     f"{g['export_s']:.1f} | {g['max_err']:.1e} | {g['context']['left']}/{g['context']['right']} |")
-    text = "\n".join(lines) + "\n"
+                     f"{g['export_s']:.1f} | {g['max_err']:.1e} | {g['context']['left']}/{g['context']['right']}"
+                     f"{'' if g['verified'] else ' (unverified)'} |")
+    text = "\n".join(lines) + "\n" + NOTES
     atomic_write_text(args.out, text)
     print(text)
 

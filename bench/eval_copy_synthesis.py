@@ -36,14 +36,14 @@ from edgeflow.core.io import atomic_write_json  # noqa: E402
 from edgeflow.data.ljspeech import load_split  # noqa: E402
 from edgeflow.validate import metrics as M  # noqa: E402
 
-SYSTEMS = ("flow", "griffinlim", "hifigan", "truth")
+SYSTEMS = ("flow", "bundle", "griffinlim", "hifigan", "truth")
 REF_METRICS = ("pesq", "stoi", "log_mel_l1", "mr_stft")
 COLUMNS = (("dnsmos_ovrl", "DNSMOS ovrl ↑"), ("dnsmos_p808", "DNSMOS P.808 ↑"), ("pesq", "PESQ-WB ↑"),
            ("stoi", "STOI ↑"), ("log_mel_l1", "log-mel L1 ↓"), ("mr_stft", "MR-STFT ↓"), ("wer", "WER ↓"),
            ("rtf", "RTF ↓"))
 
 
-def build_systems(model_path: str, names, gl_iters: int):
+def build_systems(model_path: str, names, gl_iters: int, bundle=None, threads: int = 0):
     """name -> (description, fn(log_mel [n_mels, F]) -> audio [F * hop]); plus notes."""
     import torch
 
@@ -65,6 +65,13 @@ def build_systems(model_path: str, names, gl_iters: int):
         step = meta["meta"].get("step")
         at = f", step {step}" if step is not None else ""
         systems["flow"] = (f"{info['family']} ({Path(model_path).name}{at}, sigma {sigma}, seed 0)", flow)
+    if "bundle" in names and bundle:
+        from edgeflow.runtime import Synthesizer
+
+        syn = Synthesizer.load(bundle, threads=threads or None)
+        prec = syn.manifest.get("precision", "?")
+        systems["bundle"] = (f"edgeflow bundle ({Path(bundle).name}, {prec}, onnxruntime, seed 0)",
+                             lambda lm: syn.synthesize(lm, seed=0))
     if "griffinlim" in names:
         systems["griffinlim"] = (f"Griffin-Lim ({gl_iters} iterations, librosa)",
                                  lambda lm: griffin_lim(lm, cfg, n_iter=gl_iters, seed=0))
@@ -109,7 +116,7 @@ def evaluate(args) -> dict:
         raise SystemExit(f"unknown system(s) {bad}; choose from {SYSTEMS}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    systems, cfg, meta, notes = build_systems(args.model, names, args.gl_iters)
+    systems, cfg, meta, notes = build_systems(args.model, names, args.gl_iters, args.bundle, args.threads)
     utts = load_split(args.data, "test")[:args.n]
     sr = cfg.sample_rate
     res = {name: {"description": desc, "clips": [], "compute_s": 0.0, "audio_s": 0.0}
@@ -195,6 +202,8 @@ def main(argv=None):
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {SYSTEMS}")
     p.add_argument("--wer", action="store_true", help="also pocketsphinx WER against the transcripts")
     p.add_argument("--gl-iters", type=int, default=32)
+    p.add_argument("--bundle", help="an optimized bundle to score beside the model (system 'bundle'): the headline "
+                                    "table is --systems flow,bundle,hifigan,griffinlim,truth")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--save-audio", help="folder to write every output wav to")
     args = p.parse_args(argv)
@@ -210,6 +219,10 @@ def main(argv=None):
           f"{report['machine']['loadavg_at_start'][0]:.1f} at start, {report['machine']['loadavg_at_end'][0]:.1f} "
           "at end:\n")
     print(table(report))
+    rtf = {k: (r["summary"].get("rtf") or {}).get("aggregate") for k, r in report["systems"].items()}
+    if rtf.get("flow") and rtf.get("bundle"):
+        print(f"\nHeadline: the bundle is {rtf['flow'] / rtf['bundle']:.2f}x faster than the PyTorch eager model "
+              f"(RTF {rtf['flow']:.3f} -> {rtf['bundle']:.3f}), same run, same clips.")
     for note in report["notes"]:
         print(f"\n- {note}", end="")
     print()

@@ -255,6 +255,18 @@ SETTINGS = dict(steps=24, segment=512, batch_size=2, lr=1e-3, valid_every=8, pat
                 valid_segments=4)
 
 
+def test_stft_loss_matches_the_metric():
+    from edgeflow.compress.losses import RESOLUTIONS, mr_stft_loss
+    from edgeflow.validate import metrics
+
+    assert RESOLUTIONS == metrics.RESOLUTIONS
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, 8192, generator=g, dtype=torch.float64)
+    b = a + 0.3 * torch.randn(1, 8192, generator=g, dtype=torch.float64)
+    assert float(mr_stft_loss(b, a)) == pytest.approx(metrics.mr_stft_distance(a[0].numpy(), b[0].numpy()), rel=1e-3)
+    assert float(mr_stft_loss(a, a)) == 0.0
+
+
 def test_distillation_lowers_student_teacher_distance(tmp_path, wavs):
     teacher = tiny_model("waveflow")
     student, _ = prune_model(teacher, 0.5)

@@ -243,12 +243,17 @@ def test_fp16_bundle(bundles, calib, tmp_path, family):
 def test_fp16_refuses_nan(bundles, calib, tmp_path, monkeypatch):
     import edgeflow.quant.fp16 as fp16
 
-    real = fp16.run_graph
-    monkeypatch.setattr(fp16, "run_graph", lambda path, feeds, threads=None: (
-        real(path, feeds, threads) if "bundle" in str(Path(path).parent.name) and "quantize" not in str(path)
-        else [np.full(8, np.nan, np.float32) for _ in feeds]))
+    calls = []
+
+    def fake(path, feeds, threads=None):                    # float reference first, then a broken fp16 graph
+        calls.append(path)
+        outs = run_graph(path, feeds, threads)
+        return outs if len(calls) == 1 else [np.where(np.arange(o.size) == 3, np.inf, o) for o in outs]
+
+    monkeypatch.setattr(fp16, "run_graph", fake)
     with pytest.raises(QuantizationError, match="NaN/Inf"):
         quantize(bundles["waveglow"], calib, tmp_path, precision="float16")
+    assert not list(tmp_path.glob("bundle-*"))
 
 
 def test_targets_have_quantize():

@@ -58,17 +58,20 @@ def _single(mel, n_mels: int):
 
 
 def _with_bundle(args):
-    from edgeflow.runtime import Synthesizer
-    from edgeflow.runtime.synthesizer import check_seed, check_sigma
+    from edgeflow.runtime import Synthesizer, read_manifest
 
+    mel = None
+    if args.mel:   # check the input before the (possibly slow) session load
+        n_mels = (read_manifest(args.model).get("mel") or {}).get("n_mels")
+        mel = load_mel_file(args.mel)
+        if isinstance(n_mels, int):
+            mel = _single(mel, n_mels)[0]
     providers = args.providers.split(",") if args.providers and "," in args.providers else args.providers
     synth = Synthesizer.load(args.model, threads=args.threads, providers=providers)
     if args.wav:
         audio = synth.vocode(args.wav, sigma=args.sigma, seed=args.seed)
     else:
-        mel = _single(load_mel_file(args.mel), synth.n_mels)
-        audio = synth.synthesize(mel[0], sigma=None if args.sigma is None else check_sigma(args.sigma),
-                                 seed=check_seed(args.seed))
+        audio = synth.synthesize(_single(mel, synth.n_mels)[0], sigma=args.sigma, seed=args.seed)
     return audio, synth.sample_rate, "onnxruntime"
 
 

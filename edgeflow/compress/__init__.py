@@ -4,8 +4,10 @@ Library code only (torch, no ONNX); the passes in :mod:`edgeflow.passes` wrap it
 
 * :mod:`~edgeflow.compress.losses`: waveform L1 and multi-resolution STFT loss (torch).
 * :mod:`~edgeflow.compress.data`: distillation data (corpus segments or calibration mels), by (seed, step).
-* :mod:`~edgeflow.compress.distill`: teacher -> student training with checkpoints and exact resume.
+* :mod:`~edgeflow.compress.settings` + :mod:`~edgeflow.compress.distill`: teacher -> student training with
+  checkpoints and exact resume.
 * :mod:`~edgeflow.compress.prune`: channel pruning of the WaveNet-like conditioning nets.
 * :mod:`~edgeflow.compress.reduce`: fewer flows, smaller WaveFlow height, fewer layers.
 * :mod:`~edgeflow.compress.student`: student configs (overrides, size checks, target fitting).
+* :mod:`~edgeflow.compress.layers`: shared helpers (find the nets, rebuild, copy sliced weight-normed convs).
 """

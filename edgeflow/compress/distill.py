@@ -16,7 +16,6 @@ kept and training stops after ``patience`` validations without improvement, at `
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -28,73 +27,11 @@ import numpy as np
 import torch
 
 from edgeflow.compress.losses import mr_stft_loss, waveform_l1
-from edgeflow.core.config import ConfigBase
+from edgeflow.compress.settings import DistillSettings, resolve_device, segment_length  # noqa: F401 (re-exported)
 from edgeflow.core.errors import CheckpointError
 from edgeflow.core.io import atomic_path
 
 STATE_FILE = "distill_state.pt"
-
-
-@dataclasses.dataclass
-class DistillSettings(ConfigBase):
-    """Distillation settings (the ``distill`` pass options and the ``finetune`` options of prune/reduce_flows).
-
-    Attributes:
-        steps: optimizer steps at most; max_minutes: wall-clock cap (0: none), counted across resumes.
-        batch_size, segment: segments per step and samples per segment (rounded up to the length multiple).
-        lr, grad_clip: Adam learning rate and gradient-norm clip.
-        l1_weight, stft_weight, nll_weight: loss weights (NLL needs audio, i.e. a corpus source).
-        sigma: noise scale (0: the teacher's sigma_infer).
-        seed: drives segments and z of every step.
-        valid_every, valid_segments, patience: validation interval, fixed validation segments, and
-            validations without improvement before stopping early (0: never).
-        ckpt_every: checkpoint interval in steps.
-        device: "auto" (CUDA if available), "cpu" or "cuda[:i]"; amp: float16 autocast on CUDA.
-        data: training data (corpus, calibration set or wav folder); "": chosen by the pass.
-    """
-
-    steps: int = 200
-    max_minutes: float = 0.0
-    batch_size: int = 2
-    segment: int = 4096
-    lr: float = 2e-4
-    grad_clip: float = 1.0
-    l1_weight: float = 1.0
-    stft_weight: float = 1.0
-    nll_weight: float = 0.0
-    sigma: float = 0.0
-    seed: int = 0
-    valid_every: int = 25
-    valid_segments: int = 4
-    patience: int = 4
-    ckpt_every: int = 25
-    device: str = "auto"
-    amp: bool = True
-    data: str = ""
-
-    def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.segment < 1 or self.valid_segments < 1:
-            raise ValueError("steps >= 0, batch_size >= 1, segment >= 1 and valid_segments >= 1 are required")
-        if min(self.l1_weight, self.stft_weight, self.nll_weight, self.max_minutes, self.sigma) < 0:
-            raise ValueError("loss weights, sigma and max_minutes must be >= 0")
-        if self.l1_weight + self.stft_weight + self.nll_weight <= 0:
-            raise ValueError("at least one loss weight must be > 0")
-        if not self.lr > 0 or self.valid_every < 0 or self.ckpt_every < 0 or self.patience < 0:
-            raise ValueError("lr > 0 and non-negative valid_every, ckpt_every, patience are required")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def segment_length(settings: DistillSettings, *models) -> int:
-    """The segment length rounded up to a multiple of every model's length multiple."""
-    mult = 1
-    for m in models:
-        mult = int(np.lcm(mult, m.length_multiple))
-    return -(-settings.segment // mult) * mult
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -237,16 +174,26 @@ class Distiller:
 
     def run(self, resume: bool = True) -> Dict[str, Any]:
         """Train to the end (steps, time cap or early stop). Returns a summary; the student holds the best weights."""
+        old = torch.get_num_threads()
+        if self.s.threads:
+            torch.set_num_threads(self.s.threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(old)
+
+    def _run(self, resume: bool) -> Dict[str, Any]:
         s = self.s
         self.work.mkdir(parents=True, exist_ok=True)
         done = self.load_state() if resume else False
         start_step, t_run, first, est = self.step, time.time(), None, None
+        t_valid = time.time()
         if not done and self.best_state is None and s.valid_every:
             self._check_valid()                                    # the distance before training
+        t_valid = time.time() - t_valid
         bar = None
-        if self.progress and not done and self.step < s.steps:
-            from tqdm import tqdm
-            bar = tqdm(total=s.steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True)
+        if not done and self.step < s.steps:
+            self.log(f"distill: steps {self.step} -> {s.steps}; timing the first step to estimate the cost ...")
         while not done and self.step < s.steps and not self.stopped:
             t0 = time.time()
             parts = self.loss(self.step)
@@ -258,20 +205,24 @@ class Distiller:
                 self.scaler.step(self.opt)
                 self.scaler.update()
             self.step += 1
-            self.elapsed += time.time() - t0
             loss = float(parts["total"].detach())
             self.rows.append([self.step, loss, None])
             if first is None:
                 first = time.time() - t0
-                est = first * (s.steps - self.step)
+                left = s.steps - self.step
+                est = first * left + (t_valid * (left // s.valid_every) if s.valid_every else 0.0)
                 cap = f", capped at {s.max_minutes:g} min" if s.max_minutes else ""
                 self.log(f"distill: {self.data.source}; {s.steps} steps of {s.batch_size} x {self.data.segment} "
                          f"samples on {self.device}; first step {first:.2f} s -> about {est / 60:.1f} min more on "
                          f"this machine{cap}")
+                if self.progress:                                  # the bar starts below the estimate
+                    from tqdm import tqdm
+                    bar = tqdm(total=s.steps, initial=self.step - 1, desc="distill", unit="step", dynamic_ncols=True)
             if s.valid_every and self.step % s.valid_every == 0:
                 self._check_valid()
                 if s.patience and self.since_best >= s.patience:
                     self.stopped = f"early stop: no improvement in {s.patience} validations"
+            self.elapsed += time.time() - t0                      # training and validation time
             if s.max_minutes and self.elapsed > 60 * s.max_minutes and not self.stopped:
                 self.stopped = f"time cap of {s.max_minutes:g} min"
             if bar is not None:

@@ -11,8 +11,9 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from edgeflow.validate.metrics import RESOLUTIONS
-
+#: (n_fft, hop, win): those of :data:`edgeflow.validate.metrics.RESOLUTIONS` (not imported: validate is a
+#: later layer; a test keeps the two equal).
+RESOLUTIONS: Tuple[Tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
 _MAG_FLOOR = 1e-7
 
 

@@ -3,23 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.nn.utils import parametrize
 
 from edgeflow.flows.coupling import remove_weight_norm
-
-
-def _own_parametrized_classes(model: torch.nn.Module) -> None:
-    """Give every parametrized module a class of its own.
-
-    ``copy.deepcopy`` of a parametrized module shares torch's injected ``Parametrized<Conv>`` class
-    with the original, and ``remove_parametrizations`` deletes the ``weight`` property from that
-    class: folding weight norm in a copy would break the original. A private class copy avoids it.
-    """
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            cls = m.__class__
-            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-            m.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def freeze_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -33,7 +18,6 @@ def freeze_model(model: torch.nn.Module) -> torch.nn.Module:
 
     The frozen model's ``inverse`` equals the unfrozen one's to float32 rounding (< 1e-5).
     """
-    _own_parametrized_classes(model)
     remove_weight_norm(model)
     for m in model.modules():
         if m is not model and callable(getattr(m, "freeze", None)):

@@ -96,12 +96,20 @@ class AffineCoupling(InvertibleModule):
 
 
 def remove_weight_norm(module: nn.Module) -> int:
-    """Fold every weight-norm parametrisation under ``module`` into a plain weight. Returns the count."""
+    """Fold every weight-norm parametrisation under ``module`` into a plain weight. Returns the count.
+
+    Safe on a ``copy.deepcopy`` of a model: a deep copy shares torch's injected ``Parametrized<Conv>``
+    class with the original, and ``remove_parametrizations`` deletes ``weight`` from that class, which
+    would break the original. Each module first gets a class of its own.
+    """
     from torch.nn.utils import parametrize
 
     n = 0
     for m in module.modules():
         if parametrize.is_parametrized(m, "weight"):
+            cls = m.__class__
+            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            m.__class__ = type(cls.__name__, cls.__bases__, body)
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
             n += 1
     return n

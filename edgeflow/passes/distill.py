@@ -5,7 +5,7 @@ the path of a model.pt of the same family. Student: the current model's config w
 overrides (e.g. ``{"channels": 16, "n_flows": 4}``), initialised from the current model where it can
 be (see :mod:`edgeflow.compress.student`); with no overrides, the current model itself (fine-tuning
 after prune / reduce_flows), narrowed first if it exceeds the target's ``max_bundle_mb`` (``fit_target``).
-Training options are those of :class:`edgeflow.compress.distill.DistillSettings` (steps, max_minutes, ...).
+Training options are those of :class:`edgeflow.compress.settings.DistillSettings` (steps, max_minutes, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from edgeflow.compress.data import NoTrainingData
-from edgeflow.compress.distill import DistillSettings, Distiller, segment_length
+from edgeflow.compress.distill import Distiller
+from edgeflow.compress.settings import DistillSettings, segment_length
 from edgeflow.core.errors import CheckpointError, ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
@@ -108,6 +109,8 @@ def settings_of(cfg) -> DistillSettings:
 
 @DistillConfig.handler
 def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
+    import torch
+
     from edgeflow.compress.layers import finish_like
     from edgeflow.compress.student import fit_target, make_student, student_config
     from edgeflow.models.base import build_model, count_parameters
@@ -119,7 +122,8 @@ def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
     check_pair(teacher, model)
     overrides = dict(cfg.student) or (fit_target(model, ctx.target) if cfg.fit_target else {})
     scfg = student_config(model, overrides, "teacher" if model.config == teacher.config else "current model")
-    probe = build_model(model.family, scfg)
+    with torch.random.fork_rng():
+        probe = build_model(model.family, scfg)                  # sizes and length multiple only
     if count_parameters(probe) > count_parameters(teacher):
         raise ConfigError(f"distill: the student has more parameters than the teacher "
                           f"({count_parameters(probe)} > {count_parameters(teacher)})")

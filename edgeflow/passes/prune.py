@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any, Dict
 
 from edgeflow.compress.data import NoTrainingData
-from edgeflow.compress.distill import DistillSettings
 from edgeflow.compress.prune import check_ratio, prune_model, width_key
+from edgeflow.compress.settings import DistillSettings
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.distill import load_data, run_distill, score_batches, size_facts, skipped, teacher_of

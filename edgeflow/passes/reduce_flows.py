@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any, Dict, List
 
 from edgeflow.compress.data import NoTrainingData
-from edgeflow.compress.distill import DistillSettings
 from edgeflow.compress.reduce import KEEP_MODES, count_for_fraction, flow_counts, keep_flows, set_height
+from edgeflow.compress.settings import DistillSettings
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.distill import load_data, run_distill, size_facts, skipped, teacher_of

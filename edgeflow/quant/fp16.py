@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from edgeflow.quant.graph import DEFAULT_OP_TYPES, audio_path, classify
+from edgeflow.quant.graph import DEFAULT_OP_TYPES, audio_path, classify, with_shapes
 from edgeflow.quant.int8 import QuantizationError, compare, run_graph
 
 #: Op types kept float32 wherever they appear (overflow or precision loss in float16).
@@ -51,6 +51,7 @@ def convert_fp16(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]], mel_c
                                     node_block_list=sorted(keep), disable_shape_infer=False)
     half.ir_version = min(half.ir_version, runtime_ir_version())
     _tidy(half)
+    half = with_shapes(half)
     onnx.checker.check_model(half)
     onnx.save(half, str(dst))
     ref = run_graph(src, feeds, threads)

@@ -153,3 +153,19 @@ def audio_path(model, roles: List[NodeRole], start_inputs: Iterable[str] = ("z",
         for o in node.output:
             stack.extend(consumers.get(o, []))
     return seen
+
+
+def with_shapes(model):
+    """``model`` with symbolic shapes of every tensor in ``value_info`` (onnxruntime's symbolic shape
+    inference, the first step of ``quant_pre_process``); the model itself if inference fails.
+
+    Without them onnxruntime invents a fresh symbol for each Conv output's unknown length while it
+    loads the graph, which is quadratic: the demo WaveFlow graph (~20k nodes) took ~15 minutes to
+    load here, and 15 seconds with the shapes.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - an op the symbolic inference does not know: load without hints
+        return model

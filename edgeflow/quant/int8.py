@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgeflow.core.errors import EdgeflowError
-from edgeflow.quant.graph import DEFAULT_OP_TYPES, FLOAT_ROLES, classify, matches
+from edgeflow.quant.graph import DEFAULT_OP_TYPES, FLOAT_ROLES, classify, matches, with_shapes
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy", "distribution": "Distribution"}
 
@@ -148,7 +148,9 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
 
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model = onnx.load(str(src))
+    model = with_shapes(onnx.load(str(src)))        # value_info: fast session loads for every trial
+    src = work / "float.onnx"
+    onnx.save(model, str(src))
     roles = classify(model, cfg.op_types)
     float_keep: Dict[str, str] = {}
     for r in roles:

@@ -196,20 +196,20 @@ def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: 
         if quantize_outputs and y in ranges and y not in graph_outputs:
             done_out.add(y)
     # Output pairs last: every consumer of y (but its own Q) reads the dequantized value.
-    for y in done_out:
-        dq = act_pair(y)
-        for n in list(g.node):
+    if done_out:
+        pairs = {y: act_pair(y) for y in done_out}
+        for n in g.node:
             for i, name in enumerate(n.input):
-                if name == y:
-                    n.input[i] = dq
+                if name in pairs:
+                    n.input[i] = pairs[name]
     # Inputs already rewired to a pair stay; pairs on outputs made after them are shared.
     g.initializer.extend(new_inits)
     order = _toposort(list(g.node) + new_nodes, {i.name for i in g.input} | set(inits) |
                       {t.name for t in new_inits})
     del g.node[:]
     g.node.extend(order)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used or t.name in {i.name for i in g.input}]
+    used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
+    keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
     return m, skipped
