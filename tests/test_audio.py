@@ -17,13 +17,6 @@ librosa = pytest.importorskip("librosa")
 SR = 22050
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def speech_like(n=SR // 2, sr=SR, seed=0):
     """Speech-like test audio: harmonics with vibrato plus noise, in [-1, 1]."""

