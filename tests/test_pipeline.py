@@ -177,3 +177,43 @@ def test_report_renders_in_chromium(tmp_path):
     assert img.shape[0] > 500 and img.shape[1] > 500
     assert img[..., :3].std() > 0.05                         # not a blank page
     assert (img[..., :3].mean(axis=2) < 0.3).mean() > 0.002   # dark text / spectrogram pixels present
+
+
+def test_bench_command(tiny, tmp_path):
+    """``edgeflow bench``: a model.pt, then its bundle against the model; bad input exits 2 and writes nothing."""
+    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.models.checkpoint import load_model
+
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "edgeflow", "bench", *map(str, args), "--n-eval", "2",
+                               "--threads", "1"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+    out = tmp_path / "rep"
+    r = bench(tiny / "model.pt", "--data", tiny / "clips", "-o", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["cost"]["parameters"] == sum(p.numel() for p in load_model(tiny / "model.pt")[0].parameters())
+    assert report["cost"]["rtf_by_length"]["4"]["median"] > 0
+    vs_ref = report["quality"]["optimized_vs_ground_truth"]
+    assert vs_ref["snr_vs_ref"] > 60                        # the exported bundle = the eager model, same noise
+    assert np.isfinite(report["quality"]["optimized_vs_ground_truth"]["pesq"])
+    assert (out / "report.html").stat().st_size > 10000 and list((out / "samples").glob("*.wav"))
+
+    model, _ = load_model(tiny / "model.pt")
+    with torch.no_grad():                                   # a different model: the comparison must notice
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    export_bundle(model, tmp_path / "other")
+    out2 = tmp_path / "rep2"
+    r = bench(tmp_path / "other", "--against", tiny / "model.pt", "--data", tiny / "clips", "-o", out2)
+    assert r.returncode == 0, r.stderr
+    snr = json.loads((out2 / "report.json").read_text())["quality"]["optimized_vs_ground_truth"]["snr_vs_ref"]
+    assert snr < vs_ref["snr_vs_ref"] - 20
+
+    for args, needle in [((tmp_path / "nothing.pt", "--data", tiny / "clips"), "not found"),
+                         ((tiny / "model.pt", "--data", tmp_path), "no audio"),
+                         ((tiny / "model.pt", "--data", tiny / "clips", "--target", "mars"), "unknown target")]:
+        bad = tmp_path / "bad"
+        r = bench(*args, "-o", bad)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists()

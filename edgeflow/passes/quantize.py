@@ -37,6 +37,7 @@ class QuantizeConfig(PassConfig):
         op_types: the only op types quantized.
         exclude: node names, roles (start, dilated, res, skip, res_skip, cond, upsample) or
             groups (regexes allowed) kept float in addition to the coupling-aware defaults.
+        weight_type: "int8" only: symmetric, per output channel when ``per_channel`` (zero point 0).
         activation_type: "int8" (symmetric, zero point 0: TensorRT) or "uint8" (symmetric, zero
             point 128: onnxruntime's x86 u8s8 kernels, which fuse into QLinearConv).
         quantize_outputs: also Q/DQ each quantized conv's output (onnxruntime needs it to fuse
@@ -59,6 +60,7 @@ class QuantizeConfig(PassConfig):
     op_types: List[str] = dataclasses.field(default_factory=lambda: ["Conv", "ConvTranspose", "MatMul", "Gemm"])
     exclude: List[str] = dataclasses.field(default_factory=list)
     activation_type: str = "int8"
+    weight_type: str = "int8"
     quantize_outputs: bool = True
     keep_float_roles: List[str] = dataclasses.field(default_factory=lambda: ["coupling_end", "inv1x1"])
     sensitivity: bool = True
@@ -73,8 +75,8 @@ class QuantizeConfig(PassConfig):
         from edgeflow.quant.int8 import METHODS
 
         checks = [("precision", ("int8", "float16")), ("method", tuple(METHODS)),
-                  ("activation_type", ("int8", "uint8")), ("group_by", ("kind", "flow", "flow_kind")),
-                  ("engine", ("edgeflow", "onnxruntime"))]
+                  ("activation_type", ("int8", "uint8")), ("weight_type", ("int8",)),
+                  ("group_by", ("kind", "flow", "flow_kind")), ("engine", ("edgeflow", "onnxruntime"))]
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -111,7 +111,8 @@ def quantize_nodes(src: Path, dst: Path, nodes: List[str], cfg: Any, reader: Cal
     level = root.level
     root.setLevel(logging.ERROR)                    # quantize_static logs pre-processing advice at WARNING
     try:
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(cfg.op_types),
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(cfg.op_types),
                         per_channel=cfg.per_channel, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_quantize=list(nodes), calibrate_method=getattr(CalibrationMethod, METHODS[cfg.method]),
                         extra_options=extra, calibration_cache_path=str(cache))

@@ -189,8 +189,9 @@ def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: 
             new_inits.extend([numpy_helper.from_array(qb, f"{bn}_quantized"),
                               numpy_helper.from_array(bscale.astype(np.float32), f"{bn}_scale"),
                               numpy_helper.from_array(np.zeros_like(qb), f"{bn}_zero_point")])
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bn}_quantized", f"{bn}_scale", f"{bn}_zero_point"],
-                                              [f"{bn}_dq"], name=f"{bn}_DequantizeLinear", axis=0))
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bn}_quantized", f"{bn}_scale",
+                                              f"{bn}_zero_point"], [f"{bn}_dq"], name=f"{bn}_DequantizeLinear",
+                                              axis=0))
             node.input[2] = f"{bn}_dq"
         y = node.output[0]
         if quantize_outputs and y in ranges and y not in graph_outputs:

@@ -1,0 +1,161 @@
+"""INT8 on this CPU, side by side: float32 vs edgeflow INT8 vs plain ``quantize_static`` (its defaults).
+
+Rows (all run through onnxruntime with the same mel, noise z (seed 0) and sigma):
+
+* float32: the exported bundle.
+* edgeflow INT8: the ``quantize`` pass with the cpu target's ``fast`` recipe options (coupling-aware,
+  sensitivity on, uint8 activations), calibration set ``calibration/waveflow-demo``.
+* edgeflow INT8, int8 activations: the same layers with int8 (TensorRT-style, zero point 0) activations.
+* plain quantize_static: ``quantize_static(float.onnx, out.onnx, reader)`` with every option at its
+  default (QDQ, int8, MinMax, per-tensor, all op types), same 16 calibration utterances, plus
+  ``CalibMaxIntermediateOutputs=1`` (same ranges, bounded memory; documented as result-neutral).
+
+Metrics: RTF at 2 threads (median of repeats, rows interleaved), model size, PESQ-WB and log-mel L1 against
+the ground truth of the eval clips (``models/waveflow-demo/eval``, cropped to 4 s), SNR vs float32.
+
+Usage::
+
+    PYTHONPATH=. python bench/bench_quant.py [--model models/waveflow-demo/model.pt] [--work /tmp/bq]
+        [--repeats 5] [--out bench/results/quant.md]
+
+``--work`` keeps the float bundle, the INT8 bundles and the plain model, and reuses them when present
+(the plain ``quantize_static`` run takes a long time on the 20k-node unrolled graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plain_quantize_static(src: Path, dst: Path, feeds) -> float:
+    """quantize_static with its defaults; returns the seconds it took."""
+    from onnxruntime.quantization import quantize_static
+
+    from edgeflow.quant.int8 import CalibReader
+
+    logging.getLogger().setLevel(logging.ERROR)
+    t0 = time.time()
+    quantize_static(str(src), str(dst), CalibReader(feeds), extra_options={"CalibMaxIntermediateOutputs": 1})
+    return time.time() - t0
+
+
+def session(path: Path, threads: int = 2):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    t0 = time.time()
+    s = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return s, time.time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_model = REPO / "models/waveflow-demo/model.pt"
+    ap.add_argument("--model", default=str(default_model if default_model.is_file() else "/work/runs/demo/model.pt"))
+    ap.add_argument("--calib", default=str(REPO / "calibration/waveflow-demo"))
+    ap.add_argument("--eval", default=str(REPO / "models/waveflow-demo/eval"))
+    ap.add_argument("--work", default="/tmp/bench_quant")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "bench/results/quant.md"))
+    args = ap.parse_args()
+
+    from edgeflow.core.noise import noise
+    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.passes import Artifact, PassContext, apply_pass
+    from edgeflow.passes.base import make_config
+    from edgeflow.quant.calibration import load_calibration_set
+    from edgeflow.quant.int8 import compare
+    from edgeflow.targets import load_target, recipe_passes
+    from edgeflow.validate import metrics as M
+    from edgeflow.validate import perceptual as P
+    from edgeflow.validate.evaluate import load_clips
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model, info = load_model(args.model)
+    mel_cfg = model.config.mel
+    log: dict = {"model": args.model, "step": info.get("meta", {}).get("step")}
+    fbundle = work / "float32"
+    if not fbundle.exists():
+        t0 = time.time()
+        export_bundle(model, fbundle)
+        log["export_s"] = round(time.time() - t0, 1)
+    manifest = json.loads((fbundle / "manifest.json").read_text())
+    cset = load_calibration_set(args.calib, mel_cfg)
+    feeds = list(cset.feeds(mel_cfg.hop_length, float(manifest["io"]["sigma_default"])))
+
+    opts = next(p for p in recipe_passes(load_target("cpu"), "fast") if p["pass"] == "quantize")
+    opts = {k: v for k, v in opts.items() if k != "pass"}
+    bundles = {}
+    for name, over in (("edgeflow INT8", {}), ("edgeflow INT8, int8 activations", {"activation_type": "int8"})):
+        tag = "edge_u8" if not over else "edge_s8"
+        done = sorted(work.glob(f"{tag}/bundle-*"))
+        if not done:
+            (work / tag).mkdir(exist_ok=True)
+            art = Artifact(bundle_dir=fbundle)
+            ctx = PassContext(work_dir=work / tag, calib_dir=Path(args.calib), target={"threads": args.threads})
+            rec = apply_pass(art, make_config("quantize", dict(opts, **over)), ctx)
+            log[f"{tag}_pass_s"] = rec["seconds"]
+            done = [art.bundle_dir]
+        bundles[name] = done[-1] / "model.onnx"
+    plain = work / "plain_quantize_static.onnx"
+    if not plain.exists():
+        log["plain_quantize_static_s"] = round(plain_quantize_static(fbundle / "model.onnx", plain, feeds), 1)
+    paths = {"float32": fbundle / "model.onnx", **bundles, "plain quantize_static (defaults)": plain}
+
+    clips = load_clips(args.eval, mel_cfg, n=6, max_seconds=4.0, multiple=int(model.length_multiple))
+    clip_feeds = [{"mel": c.mel[None], "z": noise(0, 0, c.mel.shape[1], mel_cfg.hop_length),
+                   "sigma": np.array([manifest["io"]["sigma_default"]], np.float32)} for c in clips]
+    audio_s = sum(len(c.audio) for c in clips) / mel_cfg.sample_rate
+    sess, load_s = {}, {}
+    for k, p in paths.items():
+        sess[k], load_s[k] = session(p, args.threads)
+    outs = {k: [s.run(None, f)[0][0] for f in clip_feeds] for k, s in sess.items()}   # also a warm-up
+    rtf = {k: [] for k in sess}
+    loads = []
+    for _ in range(args.repeats):
+        loads.append(os.getloadavg()[0])
+        for k, s in sess.items():
+            t0 = time.perf_counter()
+            for f in clip_feeds:
+                s.run(None, f)
+            rtf[k].append((time.perf_counter() - t0) / audio_s)
+    rows = []
+    for k in paths:
+        o = outs[k]
+        pesq = [P.pesq_wb(c.audio, x[:len(c.audio)], mel_cfg.sample_rate) for c, x in zip(clips, o)]
+        l1 = [M.log_mel_l1(c.audio, x[:len(c.audio)], mel_cfg.sample_rate, mel_cfg) for c, x in zip(clips, o)]
+        vs = compare(outs["float32"], o, mel_cfg)
+        rows.append({"row": k, "rtf_median": float(np.median(rtf[k])), "rtf_all": [round(x, 3) for x in rtf[k]],
+                     "mb": paths[k].stat().st_size / 1e6, "pesq": float(np.mean(pesq)), "mel_l1": float(np.mean(l1)),
+                     "snr_vs_f32": vs["snr_db"], "mel_l1_vs_f32": vs["mel_l1"], "load_s": round(load_s[k], 1)})
+    base = rows[0]["rtf_median"]
+    lines = ["| variant | RTF (2 thr, median) | speed-up | size MB | PESQ-WB | log-mel L1 | SNR vs f32 dB | "
+             "log-mel L1 vs f32 | session load s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['rtf_median']:.3f} | {base / r['rtf_median']:.2f}x | {r['mb']:.2f} | "
+                     f"{r['pesq']:.3f} | {r['mel_l1']:.3f} | {min(r['snr_vs_f32'], 120):.1f} | "
+                     f"{r['mel_l1_vs_f32']:.4f} | {r['load_s']} |")
+    table = "\n".join(lines)
+    log.update({"clips": [c.name for c in clips], "audio_s": round(audio_s, 2), "repeats": args.repeats,
+                "load_avg_during_timing": [round(x, 2) for x in loads], "rows": rows, "quantize_options": opts})
+    print(table)
+    print(json.dumps(log, indent=1))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(log, indent=1) + "\n")
+    (work / "table.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
