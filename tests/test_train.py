@@ -158,6 +158,8 @@ def test_exact_resume_after_sigkill(tmp_path, corpus):
     rows_a = read_log(tmp_path / "a" / "log.csv")
     rows_b = read_log(run_b / "log.csv")
     assert [int(r["step"]) for r in rows_a] == list(range(1, a_steps + 1))
+    # one row per step: rows the killed process logged past its last checkpoint were dropped on resume
+    assert [int(r["step"]) for r in rows_b] == list(range(1, end + 1))
     resumed = rows_b[-5:]   # appended by the resumed process
     assert [int(r["step"]) for r in resumed] == list(range(resume_at + 1, end + 1))
     assert [_deterministic(r) for r in resumed] == [_deterministic(r) for r in rows_a[resume_at:end]]

@@ -105,6 +105,18 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def _trim_log(self, log_path: Path) -> None:
+        """Start log.csv, or on resume drop the rows after the resumed step (they are about to be redone)."""
+        rows = []
+        if log_path.exists():
+            with open(log_path, newline="") as f:
+                rows = [r for r in csv.reader(f)][1:]
+            rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= self.step]
+        tmp = log_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([LOG_FIELDS, *rows])
+        os.replace(tmp, log_path)
+
     def _meta(self) -> Dict[str, Any]:
         return {"recipe": self.recipe.to_dict(), "step": self.step, "best_valid_nll": self.best_valid,
                 "data": str(self.data_dir)}
@@ -150,9 +162,8 @@ class Trainer:
         valid = center_segments([load_wav(p, sr)[0] for p in split_wavs(self.data_dir, "valid")[:cfg.valid_clips]],
                                 cfg.valid_segment)
         log_path = self.out / "log.csv"
-        if self.rank == 0 and not log_path.exists():
-            with open(log_path, "w", newline="") as f:
-                csv.writer(f).writerow(LOG_FIELDS)
+        if self.rank == 0:
+            self._trim_log(log_path)
         per_rank = cfg.batch_size // self.world
         bar = None
         if self.progress:
