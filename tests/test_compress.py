@@ -29,16 +29,10 @@ from edgeflow.models.checkpoint import load_model, save_model
 from edgeflow.passes import Artifact, PassContext, apply_pass
 from edgeflow.passes.base import make_config
 from edgeflow.validate.cost import flops_per_second_of_audio
-from export_helpers import HOP, N_MELS, SR, tiny_model, torch_threads
+from export_helpers import HOP, N_MELS, SR, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["waveflow", "waveglow"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

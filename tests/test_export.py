@@ -21,16 +21,10 @@ from edgeflow.export.freeze import freeze_model
 from edgeflow.export.onnx_export import ExportValidationError, export_bundle, runtime_ir_version
 from edgeflow.export.specs import SPECS, SynthesisWrapper, get_spec
 from edgeflow.runtime.bundle import read_manifest
-from export_helpers import HOP, N_MELS, save_tiny, tiny_model, torch_threads
+from export_helpers import HOP, N_MELS, save_tiny, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["waveflow", "waveglow"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

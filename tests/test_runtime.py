@@ -19,15 +19,9 @@ from edgeflow.cli.main import main
 from edgeflow.core.errors import BundleError, DependencyError, InputError
 from edgeflow.export.onnx_export import export_bundle
 from edgeflow.runtime import Synthesizer, read_manifest, resolve_providers
-from export_helpers import HOP, N_MELS, SR, save_tiny, snr_db, test_mel, tiny_model, torch_threads
+from export_helpers import HOP, N_MELS, SR, save_tiny, snr_db, test_mel, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
