@@ -59,6 +59,57 @@ def test_frozen_inverse_equals_unfrozen(family, kw):
     assert any(parametrize.is_parametrized(m) for m in model.modules())
 
 
+@pytest.mark.parametrize("factors", [[16, 16], [8, 8], [4, 2]])
+def test_frozen_upsampler_phase_form_equals_transposed_conv(factors):
+    from edgeflow.models.waveflow import UpsampleNet
+
+    torch.manual_seed(0)
+    net = UpsampleNet(factors)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    mel = torch.randn(2, 80, 9)
+    net.requires_grad_(False)
+    ref = net(mel)
+    net.fuse()
+    assert net.phased
+    out = net(mel)
+    assert out.shape == ref.shape == (2, 80, 9 * int(np.prod(factors)))
+    assert torch.max(torch.abs(out - ref)) < 1e-5 * max(1.0, float(ref.abs().max()))
+    net.unfuse()
+    assert torch.equal(net(mel), ref)
+
+
+def test_frozen_upsampler_keeps_odd_factors_transposed():
+    from edgeflow.models.waveflow import UpsampleNet
+
+    net = UpsampleNet([3, 4])
+    net.fuse()
+    assert not net.phased
+
+
+def test_fused_waveflow_equals_frozen():
+    """fuse_for_export (upsampler phase form, end conv folded into skip convs): same inverse and forward."""
+    from edgeflow.export.freeze import fuse_for_export
+    from edgeflow.flows.waveflow import WaveFlowNet
+
+    model = tiny_model("waveflow")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frozen = freeze_model(copy.deepcopy(model))
+    fused = fuse_for_export(copy.deepcopy(frozen))
+    nets = [m for m in fused.modules() if isinstance(m, WaveFlowNet)]
+    assert nets and all(n.fused and all(l.skip_end.out_channels == 2 for l in n.layers) for n in nets)
+    assert not any(getattr(m, "fused", False) for m in frozen.modules())     # the freeze pass does not fuse
+    mel, z = _inputs(model, 12)
+    with torch.no_grad():
+        ref, out = frozen.inverse(z * 0.8, mel), fused.inverse(z * 0.8, mel)
+        fwd_ref, fwd = frozen(z * 0.1, mel), fused(z * 0.1, mel)
+    assert torch.max(torch.abs(ref[0] - out[0])) < 1e-5 and torch.allclose(ref[1], out[1], atol=1e-4)
+    assert torch.max(torch.abs(fwd_ref[0] - fwd[0])) < 1e-5
+
+
 def test_specs_registry():
     assert list(SPECS) == FAMILIES
     for family in FAMILIES:
@@ -104,6 +155,8 @@ def test_onnx_graph_checked_and_loadable(exported):
     assert manifest["export"]["graph"]["nodes"] == len(graph.graph.node)
     ops = {n.op_type for n in graph.graph.node}
     assert not ops & {"Inverse", "Det"}
+    if manifest["family"] == "waveflow":   # the upsampler is exported in phase form (see UpsampleNet.fuse)
+        assert "ConvTranspose" not in ops
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     mel, z = _inputs(model, 17, batch=3, seed=5)   # another batch and length than the checks used
     got = sess.run(None, {"mel": mel.numpy(), "z": z.numpy(), "sigma": np.array([0.7], np.float32)})[0]

@@ -178,7 +178,8 @@ def test_int8_qdq_placement_and_parity(bundles, calib, tmp_path, family, outputs
 def test_int8_sensitivity_and_budget(bundles, calib, tmp_path):
     art = quantize(bundles["waveflow"], calib, tmp_path / "ok", max_mel_l1=None, min_snr_db=20.0)
     det = json.loads((art.bundle_dir / "manifest.json").read_text())["quantization"]
-    assert set(det["sensitivity"]) == set(det["groups"]) >= {"dilated", "skip", "start"}
+    assert set(det["sensitivity"]) == set(det["groups"]) >= {"dilated", "res", "start"}
+    assert "skip" not in det["groups"]      # frozen WaveFlow: skip convs folded with the end conv, kept float
     assert all(v["snr_db"] > 0 for v in det["sensitivity"].values())
     with pytest.raises(QuantizationError, match="tried: .*alone.*all but"):
         quantize(bundles["waveflow"], calib, tmp_path / "no", min_snr_db=150.0, max_float_layers=2)
@@ -271,3 +272,4 @@ def test_targets_have_quantize():
             assert cfg.precision in tgt["precisions"]
             if tgt["backend"] == "tensorrt" and cfg.precision == "int8":
                 assert cfg.activation_type == "int8"                      # TensorRT: zero point 0
+

@@ -25,3 +25,17 @@ def freeze_model(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def fuse_for_export(model: torch.nn.Module) -> torch.nn.Module:
+    """Rewrite a frozen model's graph-only forms, in place (the exporter calls it on its own copy).
+
+    Every module with a ``fuse()`` method precomputes an equivalent, faster form for the exported graph:
+    WaveFlow's upsampler in phase form (a plain conv instead of a 1-channel ConvTranspose) and each
+    WaveFlow net's end conv folded into its layers' skip convs. The result's ``inverse`` equals the frozen
+    model's to float32 rounding. Derived weights are not kept in sync with later edits: fuse last.
+    """
+    for m in list(model.modules()):
+        if m is not model and callable(getattr(m, "fuse", None)):
+            m.fuse()
+    return model

@@ -1,6 +1,6 @@
 """torch -> ONNX export of the synthesis graph, validated, written as a bundle (see edgeflow.runtime.bundle).
 
-``export_bundle`` freezes a copy of the model, traces the family's synthesis wrapper with the
+``export_bundle`` freezes and fuses a copy of the model (``fuse_for_export``), traces the family's synthesis wrapper with the
 TorchScript exporter (``dynamo=False``), sets an IR version the installed onnxruntime reads,
 runs ``onnx.checker``, checks onnxruntime against the PyTorch inverse on the same z at three
 lengths, picks the streaming context, and writes ``model.onnx`` + ``manifest.json`` into a
@@ -22,7 +22,7 @@ import torch
 
 from edgeflow.core.errors import BundleError
 from edgeflow.core.io import atomic_dir
-from edgeflow.export.freeze import freeze_model
+from edgeflow.export.freeze import freeze_model, fuse_for_export
 from edgeflow.export.specs import ExportSpec, get_spec
 from edgeflow.runtime.bundle import MODEL_FILE, write_manifest
 
@@ -224,7 +224,7 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
     reference = copy.deepcopy(model).cpu().float().eval()
     if hasattr(reference, "set_cached"):
         reference.set_cached(cached)
-    frozen = freeze_model(copy.deepcopy(reference))
+    frozen = fuse_for_export(freeze_model(copy.deepcopy(reference)))
     cfg, fm = reference.config, _frame_multiple(reference)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         graph = export_onnx(frozen, spec, tmp / MODEL_FILE)

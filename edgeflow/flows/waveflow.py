@@ -14,7 +14,7 @@ for each row (h^2 row-work) and is kept as the reference.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ class ResidualBlock2d(nn.Module):
         self.cond_conv = weight_norm(nn.Conv2d(cond_channels, 2 * channels, 1))
         self.res_conv = weight_norm(nn.Conv2d(channels, channels, 1))
         self.skip_conv = weight_norm(nn.Conv2d(channels, channels, 1))
+        self.skip_end: Optional[nn.Conv2d] = None   # set by WaveFlowNet.fuse: end conv o skip conv
 
     @property
     def receptive_rows(self) -> int:
@@ -51,7 +52,7 @@ class ResidualBlock2d(nn.Module):
     def gate(self, a: torch.Tensor, c: torch.Tensor):
         a = a + c
         g = torch.tanh(a[:, :self.channels]) * torch.sigmoid(a[:, self.channels:])
-        return self.res_conv(g), self.skip_conv(g)
+        return self.res_conv(g), (self.skip_conv if self.skip_end is None else self.skip_end)(g)
 
     def forward(self, x, cond_proj):
         a = self.conv(F.pad(x, (0, 0, self.receptive_rows - 1, 0)))
@@ -81,6 +82,38 @@ class WaveFlowNet(nn.Module):
         self.end = nn.Conv2d(channels, 2, 1)
         nn.init.zeros_(self.end.weight)
         nn.init.zeros_(self.end.bias)
+        self.fused = False
+
+    def fuse(self) -> None:
+        """Fold the end conv into every layer's skip conv (export): ``skip_end_l = end o skip_l / sqrt(L)``.
+
+        The end conv is linear, so ``end(sum_l skip_l(g_l) / sqrt(L)) = sum_l (end o skip_l)(g_l) / sqrt(L)``
+        (the end bias goes to layer 0): each layer's ``skip_end`` has 2 outputs instead of C, the skip sum
+        adds [B, 2, ., W] tensors and :meth:`head` is the identity. The ``skip_end`` convs output (log s, t)
+        contributions, so quantization treats them as the coupling end (edgeflow.quant.graph). Called by the
+        exporter on its frozen copy (:func:`edgeflow.export.freeze.fuse_for_export`), never on a model that
+        is trained or saved afterwards: later edits of ``end``/``skip_conv`` would not reach ``skip_end``.
+        """
+        if self.fused:
+            return
+        with torch.no_grad():
+            end_w = self.end.weight.detach()[:, :, 0, 0].double()                       # [2, C]
+            scale = math.sqrt(1.0 / self.n_layers)
+            for i, layer in enumerate(self.layers):
+                old = layer.skip_conv
+                w = old.weight.detach()[:, :, 0, 0].double()                               # [C, C]
+                new = nn.Conv2d(w.shape[1], 2, 1).to(old.weight.device, old.weight.dtype)
+                new.weight.copy_((end_w @ w * scale)[:, :, None, None])
+                bias = end_w @ old.bias.detach().double() * scale
+                if i == 0:
+                    bias = bias + self.end.bias.detach().double()
+                new.bias.copy_(bias)
+                layer.skip_end = new.requires_grad_(False)
+        self.fused = True
+
+    def head(self, skip: torch.Tensor) -> torch.Tensor:
+        """(log s, t) stacked [B, 2, h, w] from the skip sum (already folded through the end conv when frozen)."""
+        return skip if self.fused else self.end(skip * math.sqrt(1.0 / self.n_layers))
 
     def forward(self, x, cond):
         h = self.start(x)
@@ -88,7 +121,7 @@ class WaveFlowNet(nn.Module):
         for layer in self.layers:
             h, s = layer(h, layer.cond_conv(cond))
             skip = skip + s
-        out = self.end(skip * math.sqrt(1.0 / self.n_layers))
+        out = self.head(skip)
         return out[:, :1], out[:, 1:]
 
 
@@ -148,7 +181,7 @@ class WaveFlowCoupling(InvertibleModule):
                         for k in range(layer.k - 1, -1, -1)]
                 hid, s = layer.step(torch.cat(taps, 2), cond_proj[li][:, :, i:i + 1])
                 skip = skip + s
-            out = net.end(skip * math.sqrt(1.0 / net.n_layers))
+            out = net.head(skip)
             log_s, t = out[:, :1], out[:, 1:]
             prev = (z[:, :, i:i + 1] - t) * torch.exp(-log_s)
             out_rows.append(prev)

@@ -5,8 +5,9 @@ The TorchScript exporter names node *weights* after the module that owns them
 WaveFlow graph are generic (``/Conv_17``); so a quantizable node (Conv, ConvTranspose, MatMul, Gemm)
 is classified by its weight initializer's name, and a MatMul by a square constant operand:
 
-* ``coupling_end`` - each coupling net's ``end`` conv: it outputs (log s, t), which feed exp() and
-  the affine update ``x = (z - t) * exp(-log s)``. Kept float.
+* ``coupling_end`` - each coupling net's ``end`` conv (or, in a frozen WaveFlow net, each layer's
+  ``skip_end``: its skip conv with the end conv folded in): it outputs (log s, t), which feed exp()
+  and the affine update ``x = (z - t) * exp(-log s)``. Kept float.
 * ``inv1x1`` - the invertible 1x1 convs (a MatMul by the frozen W^-1 in WaveGlow). Kept float.
 * ``upsample``, ``cond``, ``start``, ``dilated``, ``res``, ``skip``, ``res_skip`` - the conditioning
   upsampler and the WaveNet layers: candidates for INT8.
@@ -34,7 +35,8 @@ COUPLING_OPS = ("Exp", "Neg", "Sub", "Mul", "Add", "Tanh", "Sigmoid", "Div", "Re
 
 _NET = re.compile(r"^(?:model\.)?(?P<flow>.+?)\.net\.(?P<rest>.+)\.weight(?:_inv)?$")
 _ROLES = [(re.compile(p), r) for p, r in (
-    (r"^end$", "coupling_end"), (r"^start$", "start"), (r"^layers\.\d+\.conv$", "dilated"),
+    (r"^end$", "coupling_end"), (r"^layers\.\d+\.skip_end$", "coupling_end"), (r"^start$", "start"),
+    (r"^layers\.\d+\.conv$", "dilated"),
     (r"^in_layers\.\d+$", "dilated"), (r"^layers\.\d+\.cond_conv$", "cond"), (r"^cond_layer$", "cond"),
     (r"^layers\.\d+\.res_conv$", "res"), (r"^layers\.\d+\.skip_conv$", "skip"),
     (r"^res_skip_layers\.\d+$", "res_skip"))]

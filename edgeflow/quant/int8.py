@@ -119,10 +119,33 @@ def quantize_nodes(src: Path, dst: Path, nodes: List[str], cfg: Any, reader: Cal
     finally:
         root.setLevel(level)
     model = onnx.load(str(dst))
-    if model.ir_version > runtime_ir_version():
-        model.ir_version = runtime_ir_version()
+    rewired = _float_readers_back(model, set(nodes), set(cfg.op_types))
+    if model.ir_version > runtime_ir_version() or rewired:
+        model.ir_version = min(model.ir_version, runtime_ir_version())
         onnx.save(model, str(dst))
     return dst
+
+
+def _float_readers_back(model, quantized: set, op_types: set) -> int:
+    """Give float nodes of ``op_types`` their float inputs back; returns how many inputs were rewired.
+
+    ``quantize_static`` shares one Q/DQ pair among all readers of a tensor when only one reader is
+    quantized (``DedicatedQDQPair`` applies to two or more), so a float conv reading the same tensor (a
+    frozen WaveFlow layer's gate output feeds the int8 res conv and the float ``skip_end``) would read
+    int8-rounded data. edgeflow's own writer never does this.
+    """
+    prod = {o: n for n in model.graph.node for o in n.output}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type not in op_types or node.name in quantized:
+            continue
+        for i, name in enumerate(node.input[:1]):
+            dq = prod.get(name)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                count += 1
+    return count
 
 
 def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]], mel_cfg: Any, cfg: Any,
