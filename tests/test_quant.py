@@ -273,3 +273,37 @@ def test_targets_have_quantize():
             if tgt["backend"] == "tensorrt" and cfg.precision == "int8":
                 assert cfg.activation_type == "int8"                      # TensorRT: zero point 0
 
+
+
+def test_bench_quant_speed_patches_are_result_identical(bundles, calib, tmp_path):
+    """bench/bench_quant.py's two linear-time replacements inside quantize_static change no byte of its output."""
+    import importlib.util
+    import logging
+
+    from onnxruntime.quantization import calibrate, quantize_static
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    from edgeflow.quant.calibration import load_calibration_set
+    from edgeflow.quant.int8 import CalibReader
+
+    spec = importlib.util.spec_from_file_location("bench_quant", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "bench_quant.py")
+    bq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bq)
+    src = bundles["waveflow"] / "model.onnx"
+    feeds = list(load_calibration_set(calib, MEL_CFG).feeds(MEL_CFG.hop_length, 0.7))[:2]
+    saved = {(calibrate.MinMaxCalibrater, "augment_graph"): calibrate.MinMaxCalibrater.__dict__["augment_graph"]}
+    for name in ("replace_input_of_all_nodes", "replace_node_input", "remove_node"):
+        saved[(ONNXModel, name)] = ONNXModel.__dict__[name]
+    level = logging.getLogger().level
+    try:
+        quantize_static(str(src), str(tmp_path / "plain.onnx"), CalibReader(feeds))
+        calibrate.MinMaxCalibrater.augment_graph = bq._linear_augment_graph
+        bq._patch_onnx_model()
+        quantize_static(str(src), str(tmp_path / "patched.onnx"), CalibReader(feeds))
+    finally:
+        for (cls, name), fn in saved.items():
+            setattr(cls, name, fn)
+        logging.getLogger().setLevel(level)
+    plain, patched = (tmp_path / "plain.onnx").read_bytes(), (tmp_path / "patched.onnx").read_bytes()
+    assert len(plain) > 10_000 and plain == patched
