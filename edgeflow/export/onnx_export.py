@@ -1,9 +1,9 @@
 """torch -> ONNX export of the synthesis graph, validated, written as a bundle (see edgeflow.runtime.bundle).
 
-``export_bundle`` freezes and fuses a copy of the model (``fuse_for_export``), traces the family's synthesis wrapper with the
-TorchScript exporter (``dynamo=False``), sets an IR version the installed onnxruntime reads,
-runs ``onnx.checker``, checks onnxruntime against the PyTorch inverse on the same z at three
-lengths, picks the streaming context, and writes ``model.onnx`` + ``manifest.json`` into a
+``export_bundle`` freezes and fuses a copy of the model (``fuse_for_export``), traces the family's
+synthesis wrapper with the TorchScript exporter (``dynamo=False``), sets an IR version the installed
+onnxruntime reads, runs ``onnx.checker``, checks onnxruntime against the PyTorch inverse on the same z
+at three lengths, picks the streaming context, and writes ``model.onnx`` + ``manifest.json`` into a
 directory that appears only when everything passed (``atomic_dir``).
 """
 

@@ -112,7 +112,7 @@ class WaveFlowNet(nn.Module):
         self.fused = True
 
     def head(self, skip: torch.Tensor) -> torch.Tensor:
-        """(log s, t) stacked [B, 2, h, w] from the skip sum (already folded through the end conv when frozen)."""
+        """(log s, t) stacked [B, 2, h, w] from the skip sum (already folded through the end conv once fused)."""
         return skip if self.fused else self.end(skip * math.sqrt(1.0 / self.n_layers))
 
     def forward(self, x, cond):
