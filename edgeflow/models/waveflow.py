@@ -79,9 +79,9 @@ def row_orders(height: int, n_flows: int) -> List[List[int]]:
 class UpsampleNet(nn.Module):
     """Mel [B, n_mels, F] -> [B, n_mels, F * prod(factors)] by 2-D transposed convs (leaky ReLU 0.4).
 
-    :meth:`fuse` (called by the exporter on its frozen copy) rewrites each transposed conv as the same linear map in
-    "phase" form: a plain 3 x 3 conv with ``s`` output channels (output phase r of every input step)
-    and an interleave (transpose + reshape). Exact up to float rounding; onnxruntime's single-channel
+    :meth:`fuse` (called by the exporter on its frozen copy) rewrites each transposed conv as the same
+    linear map in "phase" form: a plain 3 x 3 conv with ``s`` output channels (output phase r of every
+    input step) and an interleave (transpose + reshape). Exact up to float rounding; onnxruntime's single-channel
     ConvTranspose is slow (about 10 % of the float demo bundle's time, 20 % of an INT8 one's).
     """
 
@@ -101,14 +101,14 @@ class UpsampleNet(nn.Module):
             return
         with torch.no_grad():
             for i, (layer, s) in enumerate(zip(self.layers, self.factors)):
-                w = layer.weight.detach()[0, 0]                       # [3, 2s]
+                w = layer.weight.detach()[0, 0].flip(0)               # [3, 2s], height taps reversed
                 k = torch.zeros(s, 1, 3, 3, dtype=w.dtype)
                 p = s // 2
                 for r in range(s):
                     for m in (-1, 0, 1):                              # input step q - m feeds output q*s + r
                         j = m * s + r + p
                         if 0 <= j < 2 * s:
-                            k[r, 0, :, 1 - m] = w.flip(0)[:, j]
+                            k[r, 0, :, 1 - m] = w[:, j]
                 self.register_buffer(f"phase_weight_{i}", k.to(w.device))   # in the export copy only
         self.phased = True
 

@@ -131,7 +131,7 @@ def _float_readers_back(model, quantized: set, op_types: set) -> int:
 
     ``quantize_static`` shares one Q/DQ pair among all readers of a tensor when only one reader is
     quantized (``DedicatedQDQPair`` applies to two or more), so a float conv reading the same tensor (a
-    frozen WaveFlow layer's gate output feeds the int8 res conv and the float ``skip_end``) would read
+    fused WaveFlow layer's gate output feeds the int8 res conv and the float ``skip_end``) would read
     int8-rounded data. edgeflow's own writer never does this.
     """
     prod = {o: n for n in model.graph.node for o in n.output}
@@ -139,12 +139,11 @@ def _float_readers_back(model, quantized: set, op_types: set) -> int:
     for node in model.graph.node:
         if node.op_type not in op_types or node.name in quantized:
             continue
-        for i, name in enumerate(node.input[:1]):
-            dq = prod.get(name)
-            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
-                count += 1
+        dq = prod.get(node.input[0])
+        q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+            count += 1
     return count
 
 
