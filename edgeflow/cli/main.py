@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 #: Subcommand modules under edgeflow.cli; each defines add_arguments(subparsers) and run(args) -> int.
-COMMANDS = ["models", "corpus", "train", "export", "synth", "optimize", "bench", "calibrate", "build_engine"]
+COMMANDS = ["models", "corpus", "train", "finetune", "export", "synth", "optimize", "bench", "calibrate", "build_engine"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,11 @@ Loss per step (synthesis direction, short segments; WaveFlow runs its cached row
 
     s = student.inverse(sigma * z, mel),  t = teacher.inverse(sigma * z, mel)   (t without gradients)
     loss = l1_weight * |s - t|_1 + stft_weight * MR-STFT(s, t) + nll_weight * student NLL(audio | mel)
+           + mel_weight * |logmel(s) - logmel(t)|_1
+
+With ``target="audio"`` (spectral fine-tuning) t is the recorded segment the mel came from, and the
+teacher is only the starting point: the sampling path is trained directly towards the recordings'
+spectra while the NLL term keeps the model a likelihood-trained flow.
 
 Segments, mels and z of step k depend only on (seed, k). State (student, Adam, step, best student,
 early-stopping counters, elapsed time) is checkpointed atomically in ``work_dir/distill_state.pt``
@@ -26,9 +31,9 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from edgeflow.compress.losses import mr_stft_loss, waveform_l1
+from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.settings import DistillSettings, resolve_device, segment_length  # noqa: F401 (re-exported)
-from edgeflow.core.errors import CheckpointError
+from edgeflow.core.errors import CheckpointError, ConfigError
 from edgeflow.core.io import atomic_path
 
 STATE_FILE = "distill_state.pt"
@@ -61,6 +66,8 @@ class Distiller:
                  progress: bool = True, log: Callable[[str], None] = print,
                  on_checkpoint: Optional[Callable[[int], None]] = None):
         self.s, self.data, self.work = settings, data, Path(work_dir)
+        if settings.target == "audio" and not data.has_audio:
+            raise ConfigError(f"distillation target 'audio' needs recordings, but {data.source} has none")
         self.progress, self.log, self.on_checkpoint = progress, log, on_checkpoint
         self.device = resolve_device(settings.device)
         self.amp = settings.amp and self.device.type == "cuda"
@@ -74,7 +81,8 @@ class Distiller:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.fingerprint = hashlib.sha256(json.dumps({
             "settings": {k: v for k, v in settings.to_dict().items() if k in (
-                "batch_size", "segment", "lr", "grad_clip", "l1_weight", "stft_weight", "nll_weight", "sigma", "seed")},
+                "batch_size", "segment", "lr", "grad_clip", "l1_weight", "stft_weight", "nll_weight", "sigma", "seed",
+                "target", "mel_weight", "stft_sc")},
             "teacher": [teacher.config.to_dict(), weights_digest(teacher)],
             "student": [student.config.to_dict(), weights_digest(student)], "data": data.source,
         }, sort_keys=True, default=str).encode()).hexdigest()
@@ -100,9 +108,16 @@ class Distiller:
         audio, mel = self.data.batch(step, self.s.batch_size)
         mel = mel.to(self.device)
         z = self._noise(step, mel.shape[0], mel.shape[2] * self.student.hop_length)
-        t, s = self._outputs(z, mel, True), self._outputs(z, mel, False)
-        parts = {"l1": waveform_l1(s, t), "stft": mr_stft_loss(s, t)}
+        if self.s.target == "audio":
+            t = audio.to(self.device).float()
+        else:
+            t = self._outputs(z, mel, True)
+        s = self._outputs(z, mel, False)
+        parts = {"l1": waveform_l1(s, t), "stft": mr_stft_loss(s, t, sc=self.s.stft_sc)}
         total = self.s.l1_weight * parts["l1"] + self.s.stft_weight * parts["stft"]
+        if self.s.mel_weight > 0:
+            parts["mel"] = log_mel_l1(self.data.logmel.to(self.device), s, t)
+            total = total + self.s.mel_weight * parts["mel"]
         if self.s.nll_weight > 0:
             with torch.autocast("cuda", enabled=self.amp):
                 parts["nll"] = self.student.nll_per_dim(audio.to(self.device), mel).float()
@@ -110,18 +125,29 @@ class Distiller:
         parts["total"] = total
         return parts
 
+    def _distance(self, s: torch.Tensor, t: torch.Tensor) -> float:
+        """The spectral terms of the loss, weighted as in it (MR-STFT alone when neither is weighted)."""
+        w_stft, w_mel = self.s.stft_weight, self.s.mel_weight
+        stft = lambda: float(mr_stft_loss(s, t, sc=self.s.stft_sc))
+        if w_mel <= 0:
+            return stft()
+        mel = float(log_mel_l1(self.data.logmel.to(self.device), s, t))
+        return (w_stft * stft() + w_mel * mel) / (w_stft + w_mel) if w_stft > 0 else mel
+
     @torch.no_grad()
     def validate(self) -> float:
-        """Student-teacher MR-STFT distance on the fixed validation segments (lower is better)."""
+        """Spectral distance of the student to the target (teacher or audio) on fixed validation segments:
+        MR-STFT, or with ``mel_weight`` the weighted mean of the MR-STFT and log-mel L1 terms of the loss."""
         if self._valid_cache is None:
             batches = self.data.valid_batches(self.s.batch_size)
             self._valid_cache = []
-            for i, (_, mel) in enumerate(batches):
+            for i, (audio, mel) in enumerate(batches):
                 mel = mel.to(self.device)
                 z = self._noise(10 ** 6 + i, mel.shape[0], mel.shape[2] * self.student.hop_length)
-                self._valid_cache.append((mel, z, self._outputs(z, mel, True)))
+                t = audio.to(self.device).float() if self.s.target == "audio" else self._outputs(z, mel, True)
+                self._valid_cache.append((mel, z, t))
         self.student.eval()
-        d = [float(mr_stft_loss(self._outputs(z, mel, False), t)) for mel, z, t in self._valid_cache]
+        d = [self._distance(self._outputs(z, mel, False), t) for mel, z, t in self._valid_cache]
         self.student.train()
         return float(np.mean(d))
 

@@ -1,4 +1,4 @@
-"""Distillation losses in torch: waveform L1 and a differentiable multi-resolution STFT distance.
+"""Distillation losses in torch: waveform L1, log-mel L1 and a differentiable multi-resolution STFT distance.
 
 The STFT distance follows :func:`edgeflow.validate.metrics.mr_stft_distance` (same resolutions,
 centred frames with reflect padding, periodic Hann window, spectral convergence + mean |log-magnitude
@@ -36,26 +36,38 @@ def stft_magnitude(x: torch.Tensor, n_fft: int, hop: int, win: int) -> torch.Ten
 
 
 def mr_stft_loss(pred: torch.Tensor, target: torch.Tensor,
-                 resolutions: Sequence[Tuple[int, int, int]] = RESOLUTIONS) -> torch.Tensor:
+                 resolutions: Sequence[Tuple[int, int, int]] = RESOLUTIONS, sc: bool = True) -> torch.Tensor:
     """Mean over resolutions of spectral convergence + log-magnitude L1 (a scalar; 0 for equal inputs).
 
     Args:
         pred, target: waveforms [B, T] (computed in float32 at least).
         resolutions: (n_fft, hop, win) triples; those longer than T are replaced by one that fits.
+        sc: include the spectral-convergence term (False: log-magnitude L1 alone, which does not reward
+            a quieter output when the target's fine structure cannot be matched).
     """
     pred, target = pred.float(), target.float()
     total = pred.new_zeros(())
     res = usable_resolutions(pred.shape[-1], resolutions)
     for n_fft, hop, win in res:
         p, t = stft_magnitude(pred, n_fft, hop, win), stft_magnitude(target, n_fft, hop, win)
-        num = torch.linalg.vector_norm(t - p, dim=(1, 2))
-        den = torch.linalg.vector_norm(t, dim=(1, 2)).clamp_min(1e-8)
-        sc = (num / den).mean()
+        if sc:
+            num = torch.linalg.vector_norm(t - p, dim=(1, 2))
+            den = torch.linalg.vector_norm(t, dim=(1, 2)).clamp_min(1e-8)
         logmag = (torch.log(t.clamp_min(_MAG_FLOOR)) - torch.log(p.clamp_min(_MAG_FLOOR))).abs().mean()
-        total = total + sc + logmag
+        total = total + logmag + ((num / den).mean() if sc else 0.0)
     return total / len(res)
 
 
 def waveform_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute sample difference (a scalar)."""
     return (pred.float() - target.float()).abs().mean()
+
+
+def log_mel_l1(logmel: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean |log-mel(pred) - log-mel(target)| with the model's front-end ``logmel`` (a scalar).
+
+    Args:
+        logmel: an :class:`edgeflow.audio.mel_torch.LogMel` (waveform [B, T] -> [B, n_mels, T / hop]).
+        pred, target: waveforms [B, T].
+    """
+    return (logmel(pred.float()) - logmel(target.float())).abs().mean()

@@ -19,6 +19,10 @@ class DistillSettings(ConfigBase):
         batch_size, segment: segments per step and samples per segment (rounded up to the length multiple).
         lr, grad_clip: Adam learning rate and gradient-norm clip.
         l1_weight, stft_weight, nll_weight: loss weights (NLL needs audio, i.e. a corpus source).
+        stft_sc: include the spectral-convergence term in the MR-STFT loss (False: log-magnitudes only).
+        mel_weight: weight of the log-mel L1 distance (the model's own front-end, HiFi-GAN's mel loss).
+            Unlike the MR-STFT distance it has no spectral-convergence term, which, against a target
+            whose fine structure the student cannot match (a recording), is lowest for a quieter output.
         sigma: noise scale (0: the teacher's sigma_infer).
         seed: drives segments and z of every step.
         valid_every, valid_segments, patience: validation interval, fixed validation segments, and
@@ -28,6 +32,10 @@ class DistillSettings(ConfigBase):
         threads: torch CPU threads while distilling (0: leave torch's setting; 1 is often fastest on a
             CPU shared with other jobs, where extra threads spin and wait).
         data: training data (corpus, calibration set or wav folder); "": chosen by the pass.
+        target: what the student's synthesis is compared with: "teacher" (distillation: the teacher's
+            output for the same z and mel) or "audio" (spectral fine-tuning: the recorded segment the mel
+            was computed from; needs an audio source, and l1_weight 0, since a waveform L1 against a
+            recording asks the flow for a phase that the mel does not determine).
     """
 
     steps: int = 200
@@ -39,6 +47,8 @@ class DistillSettings(ConfigBase):
     l1_weight: float = 1.0
     stft_weight: float = 1.0
     nll_weight: float = 0.0
+    mel_weight: float = 0.0
+    stft_sc: bool = True
     sigma: float = 0.0
     seed: int = 0
     valid_every: int = 25
@@ -49,16 +59,22 @@ class DistillSettings(ConfigBase):
     amp: bool = True
     threads: int = 0
     data: str = ""
+    target: str = "teacher"
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.segment < 1 or self.valid_segments < 1:
             raise ValueError("steps >= 0, batch_size >= 1, segment >= 1 and valid_segments >= 1 are required")
-        if min(self.l1_weight, self.stft_weight, self.nll_weight, self.max_minutes, self.sigma) < 0:
+        weights = (self.l1_weight, self.stft_weight, self.nll_weight, self.mel_weight)
+        if min(*weights, self.max_minutes, self.sigma) < 0:
             raise ValueError("loss weights, sigma and max_minutes must be >= 0")
-        if self.l1_weight + self.stft_weight + self.nll_weight <= 0:
+        if sum(weights) <= 0:
             raise ValueError("at least one loss weight must be > 0")
         if not self.lr > 0 or min(self.valid_every, self.ckpt_every, self.patience, self.threads) < 0:
             raise ValueError("lr > 0 and non-negative valid_every, ckpt_every, patience, threads are required")
+        if self.target not in ("teacher", "audio"):
+            raise ValueError(f"target must be 'teacher' or 'audio', not {self.target!r}")
+        if self.target == "audio" and self.l1_weight > 0:
+            raise ValueError("target 'audio' needs l1_weight 0 (the mel does not fix the recording's phase)")
 
 
 def resolve_device(name: str) -> torch.device:
