@@ -347,3 +347,19 @@ def test_optimize_with_reduce_prune_distill_recipe(tmp_path, wavs):
     assert manifest["config"]["n_flows"] == 2 and manifest["config"]["channels"] == 6
     hist = {h["name"]: h for h in manifest["history"]}
     assert set(hist["reduce_flows"]["details"]["quality_by_flow_count"]) == {"1", "2"}
+
+
+def test_cpu_recipes_cut_the_demo_to_three_and_two_flows():
+    """The shipped cpu recipes as bench/results/compress.md measured them: balanced 3 of the demo's 6 flows,
+    fast 2 of 6; on a 12-flow WaveGlow (early outputs every 4) both fractions give counts it accepts."""
+    from edgeflow.compress.reduce import count_for_fraction, flow_counts
+    from edgeflow.targets import load_target
+
+    recipes = load_target("cpu")["recipes"]
+    frac = {r: next(p["fraction"] for p in recipes[r] if p["pass"] == "reduce_flows") for r in ("balanced", "fast")}
+    demo = tiny_model("waveflow", n_flows=6)
+    assert count_for_fraction(demo, frac["balanced"]) == 3 and count_for_fraction(demo, frac["fast"]) == 2
+    glow = tiny_model("waveglow", n_flows=12, n_early_every=4)
+    for f in frac.values():
+        k = count_for_fraction(glow, f)
+        assert k in flow_counts(glow) and k < 12

@@ -82,13 +82,15 @@ def test_finetune_command_writes_a_safe_checkpoint_and_resumes(tmp_path, capsys)
     save_model(tmp_path / "in.pt", model, meta={"step": 7})
     args = ["finetune", str(tmp_path / "in.pt"), "--data", str(corpus), "--out", str(tmp_path / "run"),
             "--steps", "4", "--threads", "1", "--device", "cpu", "--no-progress",
-            "--set", "segment=2048", "--set", "valid_every=2", "--set", "ckpt_every=2", "--set", "valid_segments=2"]
+            "--set", "segment=2048", "--set", "valid_every=2", "--set", "ckpt_every=2", "--set", "valid_segments=2",
+            "--set", "sigma=0.3"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "4 steps" in first and "validation MR-STFT distance" in first
     ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert ckpt["meta"]["step"] == 7 and ckpt["meta"]["finetune"]["settings"]["target"] == "audio"
     tuned, _ = load_model(tmp_path / "run" / "model.pt")
+    assert tuned.config.sigma_infer == 0.3 and model.config.sigma_infer != 0.3    # synthesizes as trained
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
     assert main(args) == 0                                   # done: resumes to the same weights, no training
     again, _ = load_model(tmp_path / "run" / "model.pt")

@@ -217,3 +217,23 @@ def test_bench_command(tiny, tmp_path):
         r = bench(*args, "-o", bad)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists()
+
+
+def test_optimize_threads_apply_to_torch_too(monkeypatch):
+    """--threads bounds torch's threads as well as onnxruntime's (distillation in a pass is torch work)."""
+    import torch
+
+    import edgeflow.pipeline
+    from edgeflow.cli.main import main
+
+    seen = {}
+
+    def fake_optimize(*args, **kwargs):
+        seen.update(torch=torch.get_num_threads(), ort=kwargs["threads"])
+        return {"quality": {"optimized_vs_ground_truth": {"pesq": 1.0}}, "budget_held": True,
+                "cost": {"rtf_by_length": {"4": {"median": 0.5}}}}
+
+    monkeypatch.setattr(edgeflow.pipeline, "optimize", fake_optimize)
+    torch.set_num_threads(1)
+    assert main(["optimize", "m.pt", "--threads", "2", "-o", "out"]) == 0
+    assert seen == {"torch": 2, "ort": 2}

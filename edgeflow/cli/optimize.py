@@ -17,7 +17,9 @@ def add_arguments(sub) -> None:
                                                 "(default: the eval/ folder beside the model)")
     p.add_argument("--calib", default=None, help="calibration set folder (quantization)")
     p.add_argument("--n-eval", type=int, default=4, help="clips used for gating and the report")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the target's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for onnxruntime and for torch (distillation, evaluation); default: the "
+                        "target's for onnxruntime, torch's own default for torch")
     p.add_argument("--seed", type=int, default=0, help="noise seed for every synthesis")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=run)
@@ -25,6 +27,11 @@ def add_arguments(sub) -> None:
 
 def run(args) -> int:
     from edgeflow.pipeline import optimize
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)   # torch's default (every core) spins against a busy neighbour
 
     report = optimize(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
                       data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads)

@@ -57,7 +57,13 @@ def run(args) -> int:
     if not (Path(args.data) / "metadata.csv").is_file():
         raise CorpusError(f"{args.data}: not a corpus folder (no metadata.csv)")
     trainer = Trainer(recipe, args.data, args.out, device=device, progress=not args.no_progress)
-    summary = trainer.train(steps=args.steps, resume=args.resume)
+    try:
+        summary = trainer.train(steps=args.steps, resume=args.resume)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # gloo's threads must be joined before exit, or a rank can abort ("terminate called without
+            # an active exception") after training finished
+            torch.distributed.destroy_process_group()
     if trainer.rank == 0:
         print(json.dumps(summary))
     return 0
