@@ -363,3 +363,20 @@ def test_cpu_recipes_cut_the_demo_to_three_and_two_flows():
     for f in frac.values():
         k = count_for_fraction(glow, f)
         assert k in flow_counts(glow) and k < 12
+
+
+@pytest.mark.parametrize("family,key", [("waveflow", "n_layers"), ("waveglow", "wn_layers")])
+def test_distill_layers_fraction_fits_any_depth(tmp_path, wavs, family, key):
+    """layers_fraction keeps round(fraction x layers) of each flow's layers, for either family."""
+    model = tiny_model(family, **{key: 3})
+    art = Artifact(model=model, reference=model)
+    cfg = make_config("distill", {"layers_fraction": 0.67, "steps": 1, "segment": 512, "valid_every": 0,
+                                  "data": str(wavs)})
+    rec = apply_pass(art, cfg, PassContext(work_dir=tmp_path / "a", progress=False))
+    assert getattr(art.model.config, key) == 2 and rec["details"]["student"] == {key: 2}
+    with pytest.raises(ConfigError, match="not both"):
+        apply_pass(Artifact(model=model, reference=model),
+                   make_config("distill", {"layers_fraction": 0.5, "student": {key: 1}, "data": str(wavs)}),
+                   PassContext(work_dir=tmp_path / "b", progress=False))
+    with pytest.raises(ConfigError, match="layers_fraction"):
+        make_config("distill", {"layers_fraction": 1.0})

@@ -87,15 +87,20 @@ def size_facts(model) -> Dict[str, Any]:
 @register_pass("distill")
 @dataclasses.dataclass
 class DistillConfig(PassConfig, DistillSettings):
-    """Distillation pass options: DistillSettings plus teacher, student overrides, init, fit_target."""
+    """Distillation pass options: DistillSettings plus teacher, student overrides, layers_fraction, init,
+    fit_target. ``layers_fraction`` (0: unused) keeps that fraction of each flow's layers (WaveFlow
+    ``n_layers``, WaveGlow ``wn_layers``; rounded, at least 1), so one recipe fits models of any depth."""
 
     teacher: str = "reference"
     student: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    layers_fraction: float = 0.0
     init: str = "teacher"
     fit_target: bool = True
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.layers_fraction < 1:
+            raise ValueError(f"layers_fraction must be in [0, 1), got {self.layers_fraction}")
         if self.init not in ("teacher", "fresh"):
             raise ValueError(f"init must be 'teacher' or 'fresh', got {self.init!r}")
         if not isinstance(self.student, dict):
@@ -120,7 +125,13 @@ def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
         raise ConfigError("distill: the artifact has no torch model")
     teacher = teacher_of(artifact, cfg.teacher)
     check_pair(teacher, model)
-    overrides = dict(cfg.student) or (fit_target(model, ctx.target) if cfg.fit_target else {})
+    overrides = dict(cfg.student)
+    if cfg.layers_fraction:
+        key = "n_layers" if model.family == "waveflow" else "wn_layers"
+        if key in overrides:
+            raise ConfigError(f"distill: give either layers_fraction or student.{key}, not both")
+        overrides[key] = max(1, round(cfg.layers_fraction * getattr(model.config, key)))
+    overrides = overrides or (fit_target(model, ctx.target) if cfg.fit_target else {})
     scfg = student_config(model, overrides, "teacher" if model.config == teacher.config else "current model")
     with torch.random.fork_rng():
         probe = build_model(model.family, scfg)                  # sizes and length multiple only
