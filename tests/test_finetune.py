@@ -86,7 +86,7 @@ def test_finetune_command_writes_a_safe_checkpoint_and_resumes(tmp_path, capsys)
             "--set", "sigma=0.3"]
     assert main(args) == 0
     first = capsys.readouterr().out
-    assert "4 steps" in first and "validation MR-STFT distance" in first
+    assert "4 steps" in first and "validation spectral distance" in first
     ckpt = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert ckpt["meta"]["step"] == 7 and ckpt["meta"]["finetune"]["settings"]["target"] == "audio"
     tuned, _ = load_model(tmp_path / "run" / "model.pt")

@@ -1,7 +1,7 @@
 """``edgeflow finetune MODEL.pt --data CORPUS --out RUN``: spectral fine-tuning of a likelihood-trained flow.
 
 The model's own synthesis (``inverse(sigma * z, mel)``) is trained towards the recordings' spectra
-(multi-resolution STFT distance), with the NLL kept in the loss so the result is still a flow trained
+(log-mel L1 + multi-resolution log-magnitude L1 by default), with the NLL kept in the loss so the result is still a flow trained
 for likelihood. This is :class:`edgeflow.compress.distill.Distiller` with ``target="audio"``: the same
 deterministic batches, atomic state every ``ckpt_every`` steps, and exact resume after a kill.
 Fine-tuned at a ``sigma`` other than the model's ``sigma_infer``, the written model synthesizes at
@@ -40,6 +40,8 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> int:
+    import copy
+
     from edgeflow.cli.train import _overrides
     from edgeflow.compress.data import from_corpus
     from edgeflow.compress.distill import Distiller
@@ -60,7 +62,7 @@ def run(args) -> int:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"finetune settings: {exc}") from None
     model, info = load_model(args.model)
-    student, _ = load_model(args.model)
+    student = copy.deepcopy(model)                # trained in place; the Distiller keeps its own teacher copy
     seg = segment_length(settings, model)
     data = from_corpus(Path(args.data), model.config.mel, seg, settings.seed, settings.valid_segments)
     out = Path(args.out)
@@ -72,6 +74,6 @@ def run(args) -> int:
                         "summary": summary}
     save_model(out / "model.pt", student, history=info.get("history"), meta=meta)
     before, best = summary["valid_distance_before"], summary["valid_distance_best"]
-    print(f"wrote {out / 'model.pt'}: {summary['steps']} steps ({summary['stopped']}), validation MR-STFT "
+    print(f"wrote {out / 'model.pt'}: {summary['steps']} steps ({summary['stopped']}), validation spectral "
           f"distance to the recordings {before:.4f} -> {best:.4f} (best at step {summary['best_step']})")
     return 0

@@ -128,11 +128,12 @@ class Distiller:
     def _distance(self, s: torch.Tensor, t: torch.Tensor) -> float:
         """The spectral terms of the loss, weighted as in it (MR-STFT alone when neither is weighted)."""
         w_stft, w_mel = self.s.stft_weight, self.s.mel_weight
-        stft = lambda: float(mr_stft_loss(s, t, sc=self.s.stft_sc))
         if w_mel <= 0:
-            return stft()
+            return float(mr_stft_loss(s, t, sc=self.s.stft_sc))
         mel = float(log_mel_l1(self.data.logmel.to(self.device), s, t))
-        return (w_stft * stft() + w_mel * mel) / (w_stft + w_mel) if w_stft > 0 else mel
+        if w_stft <= 0:
+            return mel
+        return (w_stft * float(mr_stft_loss(s, t, sc=self.s.stft_sc)) + w_mel * mel) / (w_stft + w_mel)
 
     @torch.no_grad()
     def validate(self) -> float:

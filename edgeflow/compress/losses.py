@@ -50,11 +50,10 @@ def mr_stft_loss(pred: torch.Tensor, target: torch.Tensor,
     res = usable_resolutions(pred.shape[-1], resolutions)
     for n_fft, hop, win in res:
         p, t = stft_magnitude(pred, n_fft, hop, win), stft_magnitude(target, n_fft, hop, win)
+        total = total + (torch.log(t.clamp_min(_MAG_FLOOR)) - torch.log(p.clamp_min(_MAG_FLOOR))).abs().mean()
         if sc:
-            num = torch.linalg.vector_norm(t - p, dim=(1, 2))
             den = torch.linalg.vector_norm(t, dim=(1, 2)).clamp_min(1e-8)
-        logmag = (torch.log(t.clamp_min(_MAG_FLOOR)) - torch.log(p.clamp_min(_MAG_FLOOR))).abs().mean()
-        total = total + logmag + ((num / den).mean() if sc else 0.0)
+            total = total + (torch.linalg.vector_norm(t - p, dim=(1, 2)) / den).mean()
     return total / len(res)
 
 
