@@ -192,10 +192,10 @@ def _plain_child(src: str, dst: str, calib: str, sigma: str) -> None:
 def session(path: Path, threads: int = 2):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    from edgeflow.core.ort import session_options
+
     t0 = time.time()
-    s = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
     return s, time.time() - t0
 
 
@@ -217,7 +217,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgeflow.core.noise import noise
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
     from edgeflow.models.checkpoint import load_model
     from edgeflow.passes import Artifact, PassContext, apply_pass
     from edgeflow.passes.base import make_config

@@ -58,10 +58,10 @@ def load_subject(path: Path):
 
 def speech_like_mel(cfg, seconds: float) -> np.ndarray:
     """Log-mel [n_mels, F] of a synthetic voiced signal through the numpy front-end."""
-    from edgeflow.export.onnx_export import _test_mel
+    from edgeflow.validate.export import speech_like_mel as mel_of
 
     frames = int(round(seconds * cfg.mel.sample_rate / cfg.mel.hop_length))
-    return _test_mel(cfg, frames)
+    return mel_of(cfg.mel, frames)
 
 
 def timed(fn) -> float:
@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgeflow.core.io import atomic_write_text
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
 
     model, source = load_subject(args.model)
     cfg = model.config

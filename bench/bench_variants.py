@@ -32,7 +32,7 @@ def build(name: str, cfg: dict, work: Path, threads: int) -> Path:
     """Random-weight WaveFlow ``cfg`` -> float bundle -> INT8 bundle (cached in ``work``); returns its model.onnx."""
     import torch
 
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
     from edgeflow.models.waveflow import WaveFlow, WaveFlowConfig
     from edgeflow.passes import Artifact, PassContext, apply_pass
     from edgeflow.passes.base import make_config
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from edgeflow.runtime.synthesizer import session_options
+    from edgeflow.core.ort import session_options
 
     variants = dict(VARIANTS)
     if args.variants:

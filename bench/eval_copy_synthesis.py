@@ -37,9 +37,9 @@ from edgeflow.data.ljspeech import load_split  # noqa: E402
 from edgeflow.validate import metrics as M  # noqa: E402
 
 SYSTEMS = ("flow", "bundle", "griffinlim", "hifigan", "truth")
-REF_METRICS = ("pesq", "stoi", "log_mel_l1", "mr_stft")
+REF_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft")
 COLUMNS = (("dnsmos_ovrl", "DNSMOS ovrl ↑"), ("dnsmos_p808", "DNSMOS P.808 ↑"), ("pesq", "PESQ-WB ↑"),
-           ("stoi", "STOI ↑"), ("log_mel_l1", "log-mel L1 ↓"), ("mr_stft", "MR-STFT ↓"), ("wer", "WER ↓"),
+           ("stoi", "STOI ↑"), ("mel_l1", "log-mel L1 ↓"), ("mr_stft", "MR-STFT ↓"), ("wer", "WER ↓"),
            ("rtf", "RTF ↓"))
 
 

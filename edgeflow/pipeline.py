@@ -2,26 +2,37 @@
 
 The one place that joins the layers. A run directory ``OUT/`` gets ``bundle/``, ``report.json``,
 ``report.html`` and ``samples/``; its ``.work/`` folder holds the state that lets an interrupted run
-resume without redoing finished passes.
+resume without redoing finished passes (``clean_work`` removes it once the run is done).
+
+Every input a pass will need (calibration set, training data) and every budget metric is checked
+before the first pass. Each finished pass is stored under a key that covers the model, the run
+settings and the passes up to it with their inputs, so changing a later pass's input (``--calib``)
+keeps the earlier passes.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from edgeflow.core.errors import ConfigError
 from edgeflow.core.io import atomic_write_json, sha256_file
 
 STATE = "state.json"
+STATE_VERSION = 2
+#: how to give a pass that skipped itself the training data it lacked
+ENABLE_TRAINING = "--data CORPUS (its train split) or --calib CALIBRATION_SET"
 
 
 def _check_out_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ".work" / STATE).is_file())):
+        if (out / "report.json").is_file() and not (out / ".work").exists():
+            raise ConfigError(f"output directory {out} holds a finished run whose work state was removed "
+                              f"(--clean-work); choose a new directory")
         raise ConfigError(f"output directory {out} holds something else (not an edgeflow optimize run); "
                           f"choose an empty or new directory")
 
@@ -33,10 +44,87 @@ def _default_data(model_path: Path) -> Optional[Path]:
     return None
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_budget_metrics(budget: Dict[str, float], clips) -> None:
+    """Refuse a budget metric that cannot be scored on these clips here (missing package, no transcripts)."""
+    from edgeflow.validate.table import why_unscorable
+
+    for metric in budget:
+        why = why_unscorable(metric, [c.text for c in clips])
+        if why:
+            raise ConfigError(f"budget metric {metric} cannot be checked: {why}; drop it from --max-drop")
+
+
+def resolve_inputs(cfgs, model, info: Dict[str, Any], data: Path, calib: Optional[str | Path],
+                   allow_skip: bool, model_path: Optional[Path] = None) -> Dict[str, Any]:
+    """Check every input the passes will read, before the first pass runs (``model_path``: where the
+    default calibration set is looked for, beside the model, see :func:`default_calibration`).
+
+    Returns:
+        ``{"calib": Path or None, "data": data, "inputs": [per pass {kind: fingerprint}],
+        "skips": {pass index: reason}}``.
+
+    Raises:
+        ConfigError: a bad ``--calib``, a missing named data folder, no calibration set for a quantize
+            pass, or passes without training data (unless ``allow_skip``).
+    """
+    from edgeflow.compress.data import NoTrainingData, resolve_source
+    from edgeflow.passes.quantize import default_calibration
+    from edgeflow.quant.calibration import load_calibration_set
+
+    needs = [cfg.inputs() if hasattr(cfg, "inputs") else {} for cfg in cfgs]
+    mel = model.config.mel
+    calib_dir = Path(calib) if calib else None
+    if calib_dir is not None:
+        load_calibration_set(calib_dir, mel)                   # a bad --calib fails now, not after training
+    elif any(needs):
+        name = ((info.get("meta") or {}).get("recipe") or {}).get("name")
+        try:
+            calib_dir = default_calibration(model.family, mel.to_dict(), name, model_path)
+        except ConfigError:
+            if any("calibration" in n and not n["calibration"] for n in needs):
+                raise
+    calib_fp = sha256_file(calib_dir / "manifest.json") if calib_dir else None
+    train_data = (info.get("meta") or {}).get("data")
+    inputs: List[Dict[str, Any]] = []
+    skips: Dict[int, str] = {}
+    for k, (cfg, need) in enumerate(zip(cfgs, needs)):
+        got: Dict[str, Any] = {}
+        if "calibration" in need:
+            path = Path(need["calibration"]) if need["calibration"] else calib_dir
+            if need["calibration"]:
+                load_calibration_set(path, mel)
+            got["calibration"] = [str(path), calib_fp if path == calib_dir else sha256_file(path / "manifest.json")]
+        if "training_data" in need:
+            try:
+                kind, path = resolve_source(need["training_data"], data, train_data, calib_dir)
+                got["training_data"] = [kind, str(path)]
+            except NoTrainingData as exc:
+                skips[k] = str(exc)
+        inputs.append(got)
+    if skips and not allow_skip:
+        names = ", ".join(type(cfgs[k]).pass_name for k in skips)
+        raise ConfigError(f"pass(es) {names} need training data and none was found: pass {ENABLE_TRAINING}, "
+                          f"or --allow-skip to run the recipe without them")
+    return {"calib": calib_dir, "data": data, "inputs": inputs, "skips": skips}
+
+
+def pass_keys(base: str, cfgs, inputs) -> List[str]:
+    """Key of each pass: the run settings, and every pass up to it with its config and inputs."""
+    keys, chain = [], []
+    for cfg, got in zip(cfgs, inputs):
+        chain.append([type(cfg).pass_name, cfg.to_dict(), got])
+        keys.append(_digest([base, chain]))
+    return keys
+
+
 def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", recipe: Optional[str] = None,
              budget: Any = None, data: Optional[str | Path] = None, calib: Optional[str | Path] = None,
              n_eval: int = 4, seed: int = 0, threads: Optional[int] = None, progress: bool = True,
-             log=print) -> Dict[str, Any]:
+             allow_skip: bool = False, clean_work: bool = False, log=print) -> Dict[str, Any]:
     """Run the target's recipe on a model.pt and write the bundle and the report.
 
     Args:
@@ -44,27 +132,29 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         out_dir: run directory (new, empty, or an earlier run of the same settings to resume).
         target: a target profile name (``edgeflow/targets/*.json``).
         recipe: ``quality`` | ``balanced`` | ``fast`` (default: the target's).
-        budget: allowed quality drops, e.g. ``"pesq=0.1,mel_l1=0.25"`` (default: the target's).
+        budget: allowed quality drops, e.g. ``"pesq=0.1,mel_l1=0.25"`` (default: the target's); every
+            metric named is scored after every pass.
         data: held-out clips (a corpus folder, whose test split is used, or a folder of wavs);
             default: the ``eval/`` folder beside the model.
-        calib: calibration set folder for quantization passes.
+        calib: calibration set folder (quantization; also distillation data when there is no corpus);
+            default: the model's own set under ``calibration/`` when there is one.
         n_eval: clips used for gating and the report.
+        allow_skip: run passes that lack training data as ``skipped`` instead of refusing to start.
+        clean_work: remove ``OUT/.work`` once the report is written (the run can no longer resume).
 
     Returns:
         the report dict (also written to ``OUT/report.json``).
     """
-    from edgeflow.passes import Artifact, PassContext, apply_pass
     from edgeflow.passes.base import make_config
     from edgeflow.targets import load_target, recipe_passes
-    from edgeflow.validate.budget import budget_violations, parse_budget
+    from edgeflow.validate.budget import parse_budget
     from edgeflow.validate.evaluate import load_clips
 
     model_path, out = Path(model_path), Path(out_dir)
     # -- check every input before anything is written ------------------------------------------------------
     tgt = load_target(target)
-    specs = recipe_passes(tgt, recipe)
     cfgs = []
-    for spec in specs:
+    for spec in recipe_passes(tgt, recipe):
         name = spec.pop("pass")
         cfgs.append(make_config(name, spec))
     budget_d = parse_budget(budget if budget is not None else tgt.get("default_budget"))
@@ -75,86 +165,48 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     data = Path(data) if data else _default_data(model_path)
     if data is None:
         raise ConfigError("no evaluation clips: pass --data (a corpus folder or a folder of wavs)")
-    mel_cfg = model.config.mel
-    clips = load_clips(data, mel_cfg, n=n_eval, multiple=model.length_multiple)
+    clips = load_clips(data, model.config.mel, n=n_eval, multiple=model.length_multiple)
+    check_budget_metrics(budget_d, clips)
+    plan = resolve_inputs(cfgs, model, info, data, calib, allow_skip, model_path)
+    base = _digest({"model": sha256_file(model_path), "target": tgt["name"], "budget": budget_d, "data": str(data),
+                    "n_eval": n_eval, "seed": seed, "version": STATE_VERSION})
+    keys = pass_keys(base, cfgs, plan["inputs"])
     # -- run state -------------------------------------------------------------------------------------------
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(json.dumps({
-        "model": sha256_file(model_path), "target": target, "recipe": recipe, "budget": budget_d,
-        "passes": [(type(c).pass_name, c.to_dict()) for c in cfgs], "data": str(data), "n_eval": n_eval,
-        "seed": seed, "calib": str(calib)}, sort_keys=True).encode()).hexdigest()
-    state_path = work / STATE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    if state and state.get("fingerprint") != fingerprint:
-        raise ConfigError(f"{out} holds a run with other settings; use a new output directory")
-    if state is None:
-        state = {"fingerprint": fingerprint, "done": [], "started": time.time()}
-        atomic_write_json(state_path, state)
+    state = _load_state(work / STATE, base, keys, out, log)
+    from edgeflow.pipeline_run import run_passes
 
-    reference = copy.deepcopy(model).eval()
-    artifact = Artifact(model=model, reference=reference, history=list(info.get("history", [])),
-                        info={"train_data": (info.get("meta") or {}).get("data")})   # distillation's default data
-    from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
-
-    def outputs_of(art):
-        fn = (bundle_synthesizer(art.bundle_dir, seed=seed, threads=local_threads(threads, tgt)) if art.bundle_dir
-              else torch_synthesizer(art.model, seed=seed))
-        return synthesize_all(fn, clips)
-
-    if "reference" not in state:
-        log("evaluating the unoptimized model on %d clips ..." % len(clips))
-        ref_out = outputs_of(artifact)
-        state["reference"] = score(ref_out, clips, mel_cfg)
-        import numpy as np
-        np.savez(work / "reference_outputs.npz", *ref_out)
-        atomic_write_json(state_path, state)
-    import numpy as np
-    with np.load(work / "reference_outputs.npz") as z:
-        ref_out = [z[f"arr_{i}"] for i in range(len(clips))]
-    ref_metrics = state["reference"]
-
-    def evaluate(art):
-        return score(outputs_of(art), clips, mel_cfg, reference=ref_out)
-
-    ctx = PassContext(work_dir=work, target=tgt, eval_mels=[c.mel for c in clips],
-                      eval_audio=[c.audio for c in clips], data_dir=data, calib_dir=Path(calib) if calib else None,
-                      progress=progress, seed=seed, evaluate=evaluate)
-    current = dict(ref_metrics)
-    for k, cfg in enumerate(cfgs):
-        name = type(cfg).pass_name
-        if k < len(state["done"]):
-            rec = state["done"][k]
-            artifact.history.append(rec["record"])
-            _restore(artifact, rec, work)
-            current = rec.get("metrics", current)
-            log(f"[{k + 1}/{len(cfgs)}] {name}: done in an earlier run ({rec['record']['status']}), skipped")
-            continue
-        log(f"[{k + 1}/{len(cfgs)}] {name} ...")
-        snap = artifact.snapshot()
-        record = apply_pass(artifact, cfg, ctx, metrics_before=current)
-        after = record["details"].get("quality") or (evaluate(artifact) if name != "freeze" else current)
-        record["metrics_after"] = after
-        bad = budget_violations(ref_metrics, after, budget_d)
-        if bad:
-            record["status"] = "rolled_back"
-            record["violations"] = bad
-            rolled = artifact.history.pop()
-            artifact.model, artifact.bundle_dir, artifact.info = snap.model, snap.bundle_dir, snap.info
-            artifact.history.append(rolled)
-            why = ", ".join(f"{m} drop {v['drop']:.3f} > {v['allowed']}" for m, v in bad.items())
-            log(f"    rolled back: budget broken ({why})")
-        else:
-            current = after
-            log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(f"{m}={v:.3f}" for m, v in sorted(after.items())))
-        state["done"].append(_save(artifact, record, current, work, k))
-        atomic_write_json(state_path, state)
-    if artifact.bundle_dir is None:
-        raise ConfigError("the recipe produced no bundle (no export pass applied)")
+    artifact, ref_out, current = run_passes(model, info, cfgs, keys, plan, clips, budget_d, tgt, state, work,
+                                            seed=seed, threads=local_threads(threads, tgt), progress=progress,
+                                            log=log)
     from edgeflow.validate.report import write_outputs
 
-    return write_outputs(out, artifact, clips, ref_out, ref_metrics, current, budget_d, tgt, state, model_path,
-                         seed=seed, threads=local_threads(threads, tgt), log=log)
+    report = write_outputs(out, artifact, clips, ref_out, state["reference"], current, budget_d, tgt, state,
+                           model_path, seed=seed, threads=local_threads(threads, tgt), log=log)
+    if clean_work:
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"removed {work} (--clean-work)")
+    return report
+
+
+def _load_state(path: Path, base: str, keys: List[str], out: Path, log) -> Dict[str, Any]:
+    """The run state, keeping the finished passes whose keys still match (the rest is redone)."""
+    state = json.loads(path.read_text()) if path.is_file() else None
+    if state is not None and state.get("base") != base:
+        raise ConfigError(f"{out} holds a run with other settings (model, target, budget, data, n_eval or seed); "
+                          f"use a new output directory")
+    if state is None:
+        state = {"base": base, "done": [], "started": time.time()}
+    done = state["done"]
+    keep = 0
+    while keep < min(len(done), len(keys)) and done[keep].get("key") == keys[keep]:
+        keep += 1
+    if keep < len(done):
+        log(f"settings of pass {keep + 1} on changed: passes 1-{keep} reused, the rest redone")
+        del done[keep:]
+    atomic_write_json(path, state)
+    return state
 
 
 def local_threads(threads: Optional[int], target: Dict[str, Any]) -> int:
@@ -162,27 +214,3 @@ def local_threads(threads: Optional[int], target: Dict[str, Any]) -> int:
     import os
 
     return max(1, min(int(threads or target.get("threads") or 1), os.cpu_count() or 1))
-
-
-def _save(artifact, record, metrics, work: Path, k: int) -> Dict[str, Any]:
-    from edgeflow.models.checkpoint import save_model
-
-    entry = {"record": record, "metrics": metrics, "bundle": artifact.bundle_dir.name if artifact.bundle_dir else None,
-             "info": artifact.info}
-    if artifact.model is not None:
-        path = work / f"model-{k:02d}.pt"
-        save_model(path, artifact.model, history=artifact.history)
-        entry["model"] = path.name
-    return entry
-
-
-def _restore(artifact, rec, work: Path) -> None:
-    from edgeflow.models.checkpoint import load_model
-
-    if rec.get("model"):
-        artifact.model, _ = load_model(work / rec["model"])
-        if any(h["name"] == "freeze" and h["status"] == "applied" for h in artifact.history):
-            from edgeflow.export.freeze import freeze_model
-            freeze_model(artifact.model)
-    artifact.bundle_dir = work / rec["bundle"] if rec.get("bundle") else None
-    artifact.info = dict(rec.get("info", {}))

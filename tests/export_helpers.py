@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeflow.audio.snr import snr_db  # noqa: F401 - the tests' SNR is the project's
 from edgeflow.models import build_model
 from edgeflow.models.checkpoint import save_model
 
@@ -49,11 +50,6 @@ def test_mel(frames: int, batch: int | None = None, seed: int = 0) -> np.ndarray
 
 
 test_mel.__test__ = False  # not a pytest test
-
-
-def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    err = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    return float("inf") if err == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from edgeflow.compress.prune import _parts, prune_model
 from edgeflow.compress.reduce import drop_layers, keep_flows, set_height
 from edgeflow.compress.student import make_student
 from edgeflow.core.errors import CheckpointError, ConfigError
-from edgeflow.export.onnx_export import export_bundle
+from edgeflow.validate.export import export_bundle
 from edgeflow.models.base import count_parameters
 from edgeflow.models.checkpoint import load_model, save_model
 from edgeflow.passes import Artifact, PassContext, apply_pass
@@ -326,6 +326,7 @@ def test_killed_distillation_resumes_exactly(tmp_path, wavs):
 
 # -- passes through the pipeline ---------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.needs_eval("pesq", "pystoi", "speechmos", "matplotlib")      # optimize() scores and plots its report
 def test_optimize_with_reduce_prune_distill_recipe(tmp_path, wavs):
     """reduce_flows + prune (both fine-tuned) + distill + freeze + export + validate, gated, on a tiny model."""
     from edgeflow.pipeline import optimize

@@ -15,7 +15,7 @@ from edgeflow.core.errors import ConfigError, InputError
 from edgeflow.models.base import build_model, count_parameters
 from edgeflow.models.waveflow import WaveFlowConfig, row_orders
 from edgeflow.models.waveglow import WaveGlowConfig
-from edgeflow.train.recipe import RECIPE_DIR, load_recipe
+from edgeflow.train.recipe import load_recipe, recipe_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_models_cli_json_lists_recipes():
     assert proc.returncode == 0, proc.stderr
     entries = json.loads(proc.stdout)
     recipes = {e["name"]: e for e in entries if e["kind"] == "recipe"}
-    assert set(recipes) == {p.stem for p in RECIPE_DIR.glob("*.json")}
+    assert set(recipes) == set(recipe_names())
     assert {"waveflow-r64", "waveglow-256", "waveflow-demo"} <= set(recipes)
     for name, e in recipes.items():
         r = load_recipe(name)

@@ -20,13 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SR = 22050
 
 
-@register_pass("test_wreck")
 @dataclasses.dataclass
 class WreckConfig(PassConfig):
     """Test-only pass: lowers every flow's log-s bias by 3, so the inverse is e^3 louder per flow (breaks quality)."""
 
 
-@WreckConfig.handler
 def _wreck(artifact, cfg, ctx):
     from edgeflow.flows.waveflow import WaveFlowNet
 
@@ -37,7 +35,9 @@ def _wreck(artifact, cfg, ctx):
     return {}
 
 
-@register_pass("test_flaky")
+register_pass("test_wreck", WreckConfig, _wreck)
+
+
 @dataclasses.dataclass
 class FlakyConfig(PassConfig):
     """Test-only pass: fails the first time (as an interrupt would), succeeds once its flag file exists."""
@@ -45,13 +45,15 @@ class FlakyConfig(PassConfig):
     flag: str = ""
 
 
-@FlakyConfig.handler
 def _flaky(artifact, cfg, ctx):
     flag = Path(cfg.flag)
     if not flag.exists():
         flag.write_text("1")
         raise KeyboardInterrupt("simulated interrupt")
     return {}
+
+
+register_pass("test_flaky", FlakyConfig, _flaky)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,7 @@ def _optimize(model, out, target, data, extra=()):
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
 
 
+@pytest.mark.needs_eval("pesq", "pystoi", "speechmos", "matplotlib")      # scored and plotted in the report
 def test_pipeline_outputs_gate_and_resume(tiny, tmp_path):
     flag = tmp_path / "flag"
     passes = [{"pass": "freeze"}, {"pass": "test_wreck"}, {"pass": "export"},
@@ -150,6 +153,7 @@ def test_bad_dirs(tiny, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+@pytest.mark.needs_eval("matplotlib")
 def test_report_renders_in_chromium(tmp_path):
     from edgeflow.audio.mel import MelConfig
     from edgeflow.validate.evaluate import EvalClip
@@ -179,9 +183,10 @@ def test_report_renders_in_chromium(tmp_path):
     assert (img[..., :3].mean(axis=2) < 0.3).mean() > 0.002   # dark text / spectrogram pixels present
 
 
+@pytest.mark.needs_eval("pesq", "pystoi", "matplotlib")
 def test_bench_command(tiny, tmp_path):
     """``edgeflow bench``: a model.pt, then its bundle against the model; bad input exits 2 and writes nothing."""
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
     from edgeflow.models.checkpoint import load_model
 
     def bench(*args):

@@ -52,7 +52,7 @@ def calib(corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """Float bundles of the tiny WaveFlow and WaveGlow (exported once)."""
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
 
     root = tmp_path_factory.mktemp("qbundles")
     out = {}
@@ -199,13 +199,29 @@ def test_int8_uint8_and_exclude(bundles, calib, tmp_path):
 def test_quantize_needs_bundle_and_calibration(bundles, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="export pass first"):
         apply_pass(Artifact(), make_config("quantize", {}), PassContext(work_dir=tmp_path))
-    monkeypatch.chdir(tmp_path)
-    import edgeflow.passes.quantize as qp
-    monkeypatch.setattr(qp, "_REPO", tmp_path)
+    monkeypatch.chdir(tmp_path)                     # no calibration/ here, and none beside an installed edgeflow
     with pytest.raises(ConfigError, match="edgeflow calibrate"):
         quantize(bundles["waveflow"], None, tmp_path / "w")
     with pytest.raises(ConfigError, match="method must be one of"):
         make_config("quantize", {"method": "magic"})
+
+
+def test_default_calibration_is_found_beside_the_model(calib, tmp_path, monkeypatch):
+    """models/NAME/model.pt finds its project's calibration/NAME from any working directory."""
+    from edgeflow.passes.quantize import default_calibration
+
+    project = tmp_path / "project"
+    (project / "models" / "demo").mkdir(parents=True)
+    shutil.copytree(calib, project / "calibration" / "demo")
+    mel = json.loads((calib / "manifest.json").read_text())["mel"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = project / "models" / "demo" / "model.pt"
+    assert default_calibration("waveflow", mel, "demo", model) == project / "calibration" / "demo"
+    assert default_calibration("waveflow", mel, None, model) == project / "calibration" / "demo"   # the only fit
+    with pytest.raises(ConfigError, match="edgeflow calibrate"):
+        default_calibration("waveflow", mel, "demo")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import torch
 from edgeflow.audio.io import save_wav
 from edgeflow.cli.main import main
 from edgeflow.core.errors import BundleError, DependencyError, InputError
-from edgeflow.export.onnx_export import export_bundle
+from edgeflow.validate.export import export_bundle
 from edgeflow.runtime import Synthesizer, read_manifest, resolve_providers
 from export_helpers import HOP, N_MELS, SR, save_tiny, snr_db, test_mel, tiny_model
 
@@ -206,7 +206,7 @@ def _broken_bundle(models, tmp_path, how):
 def test_broken_bundle_refused(models, tmp_path, how, match):
     with pytest.raises(BundleError, match=match):
         Synthesizer.load(_broken_bundle(models, tmp_path, how))
-    assert read_manifest(models["waveflow"][2])["format_version"] == 1
+    assert read_manifest(models["waveflow"][2])["format_version"] == 2
 
 
 def _bad_case(models, tmp_path, case):
@@ -277,8 +277,13 @@ def test_malformed_manifest_and_large_graph_options(models, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     del manifest["streaming"]["context_frames"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not match its sha256 in manifest.sha256"):
+        Synthesizer.load(bundle)
+    from edgeflow.core.bundle_format import manifest_digest
+
+    (bundle / "manifest.sha256").write_text(f"{manifest_digest(manifest)}  manifest.json\n")   # re-signed: fields
     assert manifest["files"]["model.onnx"] == sha256_file(bundle / "model.onnx")
-    with pytest.raises(BundleError, match="malformed manifest"):
+    with pytest.raises(BundleError, match="manifest lacks field streaming.context_frames"):
         Synthesizer.load(bundle)
     assert session_options(nodes=LARGE_GRAPH_NODES + 1).enable_mem_reuse is False
     assert session_options(threads=2, nodes=10).enable_mem_reuse is True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeflow.core.errors import AudioError
+from edgeflow.core.errors import AudioError, short_reason
 from edgeflow.core.io import atomic_path
 
 #: Longest audio edgeflow accepts by default (seconds). Longer input is refused, not truncated.
@@ -74,8 +74,7 @@ def load_wav(path: str | Path, sample_rate: int | None = None,
     except AudioError:
         raise
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"cannot read audio file {path}: {msg}") from None
+        raise AudioError(f"cannot read audio file {path}: {short_reason(exc)}") from None
     audio = data.mean(axis=1)
     check_audio(audio, what=str(path))
     if sample_rate is not None and sr != sample_rate:

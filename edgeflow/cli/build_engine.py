@@ -22,6 +22,6 @@ def run(args) -> int:
 
         print(" ".join(shlex.quote(c) for c in trtexec_command(args.bundle, read_manifest(args.bundle), args.engine)))
         return 0
-    path = build_engine(args.bundle, args.engine)
+    path = build_engine(args.bundle, read_manifest(args.bundle), args.engine)
     print(f"engine written: {path}")
     return 0

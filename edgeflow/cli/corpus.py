@@ -7,6 +7,8 @@ import argparse
 
 def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``corpus`` command (with ``build`` and ``info``) to the top-level subparsers."""
+    from edgeflow.cli.args import int_range, positive_float, seed_int
+
     parser = subparsers.add_parser(
         "corpus", help="build or inspect an LJSpeech-layout speech corpus",
         description="Build a synthetic English corpus offline from Debian voices, or describe "
@@ -14,12 +16,12 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="corpus_command", metavar="{build,info}", required=True)
     build = sub.add_parser("build", help="synthesise a corpus with transcripts (offline)")
     build.add_argument("--out", required=True, help="output folder (absent, empty or a corpus)")
-    build.add_argument("--minutes", required=True, type=float, help="minutes of speech")
+    build.add_argument("--minutes", required=True, type=positive_float, help="minutes of speech")
     build.add_argument("--sources", default=None,
                        help="comma-separated voices (default: slt_hts,kal_diphone,flite_slt,"
                             "flite_rms,flite_awb,flite_kal16; 'piper' is opt-in)")
-    build.add_argument("--seed", type=int, default=0, help="text and split seed (default 0)")
-    build.add_argument("--sample-rate", type=int, default=22050, help="Hz (default 22050)")
+    build.add_argument("--seed", type=seed_int, default=0, help="text and split seed (default 0)")
+    build.add_argument("--sample-rate", type=int_range(4000, 192000), default=22050, help="Hz (default 22050)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     info = sub.add_parser("info", help="utterances, minutes, speakers and split of a corpus")
     info.add_argument("dir", help="corpus folder (metadata.csv + wavs/)")
@@ -33,7 +35,7 @@ def _info(corpus_dir: str) -> int:
 
     import soundfile as sf
 
-    from edgeflow.core.errors import CorpusError
+    from edgeflow.core.errors import CorpusError, short_reason
     from edgeflow.data.ljspeech import SPLITS_FILE, ensure_split, load_corpus
 
     utts = load_corpus(corpus_dir)
@@ -43,7 +45,7 @@ def _info(corpus_dir: str) -> int:
         try:
             meta = sf.info(str(u.wav))
         except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
-            raise CorpusError(f"{u.wav}: unreadable wav ({str(exc).splitlines()[0][:100]})") from None
+            raise CorpusError(f"{u.wav}: unreadable wav ({short_reason(exc)})") from None
         seconds[u.speaker] += meta.frames / meta.samplerate
         rates[meta.samplerate] += 1
     counts = Counter(u.speaker for u in utts)
@@ -71,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
     """Run ``corpus build`` or ``corpus info``. Returns the exit code."""
     if args.corpus_command == "info":
         return _info(args.dir)
+    from edgeflow.cli.args import check_out_dir
     from edgeflow.data.corpus import DEFAULT_SOURCES, build_corpus
     from edgeflow.data.ljspeech import load_corpus
 
     sources = (tuple(s.strip() for s in args.sources.split(",") if s.strip())
                if args.sources else DEFAULT_SOURCES)
+    check_out_dir(args.out)
     out = build_corpus(args.out, minutes=args.minutes, sources=sources,
                        sample_rate=args.sample_rate, seed=args.seed,
                        progress=not args.no_progress)

@@ -19,13 +19,15 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> int:
+    from edgeflow.cli.args import check_out_file
     from edgeflow.core.errors import BundleError
-    from edgeflow.export.onnx_export import export_bundle
     from edgeflow.models.checkpoint import load_model
+    from edgeflow.validate.export import export_bundle
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise BundleError(f"{out} already exists (use --overwrite to replace it)")
+    check_out_file(out, replace_dir=True)     # its folder: writable, no file where a folder should be
     model, info = load_model(args.model)
     manifest = export_bundle(model, out, history=info.get("history"), overwrite=args.overwrite,
                              cached=not args.no_cache)

@@ -20,6 +20,8 @@ DEFAULTS = {"target": "audio", "l1_weight": 0.0, "stft_weight": 1.0, "stft_sc": 
 
 
 def add_arguments(sub) -> None:
+    from edgeflow.cli.args import device_name, nonneg_int, positive_float, positive_int
+
     p = sub.add_parser("finetune", help="spectral fine-tuning of a flow vocoder's synthesis on a corpus",
                        description="Train MODEL.pt's synthesis path towards the recordings of CORPUS's train split "
                                    "(log-mel L1 + multi-resolution log-magnitude L1 on inverse(sigma*z, mel), plus "
@@ -29,10 +31,10 @@ def add_arguments(sub) -> None:
     p.add_argument("model", metavar="MODEL.pt", help="edgeflow model checkpoint to start from")
     p.add_argument("--data", required=True, help="corpus folder (metadata.csv + wavs/); its train split is used")
     p.add_argument("--out", required=True, help="run folder (distill_state.pt, model.pt)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {DEFAULTS['steps']})")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock cap in minutes, across resumes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default {DEFAULTS['steps']})")
+    p.add_argument("--minutes", type=positive_float, default=None, help="wall-clock cap in minutes, across resumes")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of edgeflow.compress.settings.DistillSettings, e.g. --set nll_weight=0.2")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,6 +44,7 @@ def add_arguments(sub) -> None:
 def run(args) -> int:
     import copy
 
+    from edgeflow.cli.args import check_device, check_out_dir
     from edgeflow.cli.train import _overrides
     from edgeflow.compress.data import from_corpus
     from edgeflow.compress.distill import Distiller
@@ -51,7 +54,8 @@ def run(args) -> int:
 
     if not (Path(args.data) / "metadata.csv").is_file():
         raise CorpusError(f"{args.data}: not a corpus folder (no metadata.csv)")
-    opts = dict(DEFAULTS, device=args.device, threads=args.threads)
+    check_out_dir(args.out)
+    opts = dict(DEFAULTS, device=check_device(args.device), threads=args.threads)
     if args.steps is not None:
         opts["steps"] = args.steps
     if args.minutes is not None:

@@ -12,22 +12,25 @@ def add_arguments(sub) -> None:
 
 
 def zoo() -> list:
-    """One entry per recipe in models/recipes and per bundled model.pt under models/."""
+    """One entry per shipped recipe (package data, :func:`edgeflow.train.recipe.recipe_names`) and per
+    model.pt under ``models/*/`` of the working directory (the checkpoints of a source checkout)."""
+    from pathlib import Path
+
     import torch
 
     from edgeflow.models.base import build_model, count_parameters
-    from edgeflow.train.recipe import RECIPE_DIR, load_recipe
+    from edgeflow.train.recipe import load_recipe, recipe_names, recipe_resource
 
     entries = []
-    for path in sorted(RECIPE_DIR.glob("*.json")):
-        recipe = load_recipe(path)
+    for name in recipe_names():
+        recipe, res = load_recipe(name), recipe_resource(name)
         with torch.device("meta"):
             n = count_parameters(build_model(recipe.family, recipe.model))
-        data = json.loads(path.read_text())
-        entries.append({"name": recipe.name or path.stem, "kind": "recipe", "family": recipe.family,
-                        "parameters": n, "path": str(path), "paper": data.get("paper", ""),
+        data = json.loads(res.read_text(encoding="utf-8"))
+        entries.append({"name": recipe.name or name, "kind": "recipe", "family": recipe.family,
+                        "parameters": n, "path": str(res), "paper": data.get("paper", ""),
                         "description": data.get("description", "")})
-    for path in sorted(RECIPE_DIR.parent.glob("*/model.pt")):
+    for path in sorted(Path("models").glob("*/model.pt")):
         from edgeflow.models.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(path)

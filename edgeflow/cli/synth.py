@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def add_arguments(sub) -> None:
+    from edgeflow.cli.args import positive_int, seed_int, sigma_float
+
     p = sub.add_parser("synth", help="synthesize a wav from a mel (.npy) or resynthesize a wav, with a bundle "
                                      "(onnxruntime) or a model.pt (PyTorch)")
     p.add_argument("model", metavar="BUNDLE_OR_MODEL", help="bundle directory, or model.pt to run in PyTorch")
@@ -19,9 +21,9 @@ def add_arguments(sub) -> None:
     src.add_argument("--wav", metavar="X.wav",
                      help="copy-synthesis: this audio's log-mel through the model's front-end")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output wav (16-bit PCM)")
-    p.add_argument("--sigma", type=float, default=None, help="noise scale (default: the model's sigma_infer)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: library default)")
+    p.add_argument("--sigma", type=sigma_float, default=None, help="noise scale (default: the model's sigma_infer)")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: library default)")
     p.add_argument("--providers", default=None, help="bundle only: 'cpu' (default), 'auto', or provider names, "
                                                      "comma-separated")
     p.set_defaults(func=run)
@@ -31,7 +33,7 @@ def load_mel_file(path: str | Path):
     """A .npy mel as an array (no pickles). Raises InputError if missing or unreadable."""
     import numpy as np
 
-    from edgeflow.core.errors import InputError
+    from edgeflow.core.errors import InputError, short_reason
 
     path = Path(path)
     if not path.is_file():
@@ -42,8 +44,7 @@ def load_mel_file(path: str | Path):
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read mel file {path}: {msg}") from None
+        raise InputError(f"cannot read mel file {path}: {short_reason(exc)}") from None
 
 
 def _single(mel, n_mels: int):
@@ -110,11 +111,11 @@ def _with_torch(args):
 
 def run(args) -> int:
     from edgeflow.audio.io import save_wav
-    from edgeflow.core.errors import BundleError, InputError
+    from edgeflow.cli.args import check_out_file
+    from edgeflow.core.errors import BundleError
 
     src, out = Path(args.model), Path(args.output)
-    if out.is_dir():
-        raise InputError(f"output {out} is a directory; give a .wav path")
+    check_out_file(out)
     if not src.exists():
         raise BundleError(f"not found: {src} (expected a bundle directory or a model.pt)")
     t0 = time.perf_counter()

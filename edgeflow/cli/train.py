@@ -4,16 +4,20 @@ from __future__ import annotations
 
 
 def add_arguments(sub) -> None:
+    from edgeflow.cli.args import device_name, positive_int
+
     p = sub.add_parser("train", help="train a flow vocoder by maximum likelihood",
                        description="Train RECIPE (a name in models/recipes or a JSON path) on a corpus in "
                                    "LJSpeech layout. Multi-GPU / multi-node: launch with torchrun.")
     p.add_argument("recipe", help="recipe name (models/recipes/NAME.json) or path")
     p.add_argument("--data", required=True, help="corpus folder (metadata.csv + wavs/)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps (default: the recipe's)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="stop after this many steps (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/train_state.pt")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads on CPU")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train setting, e.g. --set batch_size=4 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,6 +46,9 @@ def run(args) -> int:
 
     import torch
 
+    from pathlib import Path
+
+    from edgeflow.cli.args import check_device, check_out_dir
     from edgeflow.core.errors import CorpusError
     from edgeflow.train.recipe import load_recipe
     from edgeflow.train.trainer import Trainer
@@ -49,13 +56,12 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     if args.set:
         recipe.train = recipe.train.replace(**_overrides(args.set))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from pathlib import Path
-
+    device = check_device(args.device)
+    check_out_dir(args.out)
     if not (Path(args.data) / "metadata.csv").is_file():
         raise CorpusError(f"{args.data}: not a corpus folder (no metadata.csv)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trainer = Trainer(recipe, args.data, args.out, device=device, progress=not args.no_progress)
     try:
         summary = trainer.train(steps=args.steps, resume=args.resume)

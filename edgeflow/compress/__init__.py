@@ -9,5 +9,8 @@ Library code only (torch, no ONNX); the passes in :mod:`edgeflow.passes` wrap it
 * :mod:`~edgeflow.compress.prune`: channel pruning of the WaveNet-like conditioning nets.
 * :mod:`~edgeflow.compress.reduce`: fewer flows, smaller WaveFlow height, fewer layers.
 * :mod:`~edgeflow.compress.student`: student configs (overrides, size checks, target fitting).
-* :mod:`~edgeflow.compress.layers`: shared helpers (find the nets, rebuild, copy sliced weight-normed convs).
+* :mod:`~edgeflow.compress.layers`: shared helpers (the model's family and its prunable nets, frozen-state
+  carry-over; the weight surgery is :mod:`edgeflow.models.surgery`).
+
+What a model may lose comes from its family's declarations (:class:`edgeflow.models.family.Family`).
 """

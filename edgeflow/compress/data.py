@@ -124,7 +124,7 @@ def from_wav_folder(folder: Path, mel_cfg, segment: int, seed: int, n_valid: int
 
 
 def from_calibration(path: Path, mel_cfg, segment: int, seed: int, n_valid: int) -> DistillData:
-    from edgeflow.quant.calibration import load_calibration_set
+    from edgeflow.data.calibration import load_calibration_set
 
     cal = load_calibration_set(path, mel_cfg)
     mels = list(cal.mels)

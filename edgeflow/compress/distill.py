@@ -16,6 +16,9 @@ every ``ckpt_every`` steps, so a killed run resumes exactly where it was. Valida
 and z) measures the student-teacher MR-STFT distance every ``valid_every`` steps; the best student is
 kept and training stops after ``patience`` validations without improvement, at ``steps`` or after
 ``max_minutes``. The cost is printed after a timed first step. On CUDA, float16 autocast + grad scaling.
+
+The loop is :class:`edgeflow.train.loop.TrainLoop`; this module adds the :class:`DistillObjective`
+and the distillation state file.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ import copy
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.settings import DistillSettings, resolve_device, segment_length  # noqa: F401 (re-exported)
-from edgeflow.core.errors import CheckpointError, ConfigError
+from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
 from edgeflow.core.io import atomic_path
+from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
 
 STATE_FILE = "distill_state.pt"
 
@@ -51,7 +54,64 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-class Distiller:
+class DistillObjective:
+    """The distillation loss of a batch ``(audio, mel, z)`` (see the module docstring).
+
+    Args:
+        teacher: the frozen teacher (on the device), or None with ``target="audio"``.
+        settings: :class:`DistillSettings` (loss weights, target, stft_sc).
+        sigma: the noise scale.
+        logmel: the model's log-mel front-end (on the device).
+        amp: float16 autocast (CUDA).
+    """
+
+    def __init__(self, teacher, settings: DistillSettings, sigma: float, logmel: torch.nn.Module, amp: bool):
+        self.teacher, self.s, self.sigma, self.logmel, self.amp = teacher, settings, sigma, logmel, amp
+
+    def synthesis(self, model, z: torch.Tensor, mel: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        """model.inverse(sigma * z, mel) as float32 audio [B, T]."""
+        with torch.autocast("cuda", enabled=self.amp), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return model.inverse(z * self.sigma, mel)[0].float()
+
+    def target(self, audio: torch.Tensor, mel: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """What the student's synthesis is compared with: the recording or the teacher's synthesis."""
+        if self.s.target == "audio":
+            return audio.float()
+        return self.synthesis(self.teacher, z, mel, grad=False)
+
+    def terms(self, student, batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Every weighted loss term of ``batch`` and their weighted sum ``"total"``."""
+        audio, mel, z = batch
+        t = self.target(audio, mel, z)
+        s = self.synthesis(student, z, mel)
+        parts = {"l1": waveform_l1(s, t), "stft": mr_stft_loss(s, t, sc=self.s.stft_sc)}
+        total = self.s.l1_weight * parts["l1"] + self.s.stft_weight * parts["stft"]
+        if self.s.mel_weight > 0:
+            parts["mel"] = log_mel_l1(self.logmel, s, t)
+            total = total + self.s.mel_weight * parts["mel"]
+        if self.s.nll_weight > 0:
+            with torch.autocast("cuda", enabled=self.amp):
+                parts["nll"] = student.nll_per_dim(audio, mel).float()
+            total = total + self.s.nll_weight * parts["nll"]
+        parts["total"] = total
+        return parts
+
+    def loss(self, student, batch):
+        parts = self.terms(student, batch)
+        return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
+
+    def distance(self, s: torch.Tensor, t: torch.Tensor) -> float:
+        """The spectral terms of the loss, weighted as in it (MR-STFT alone when neither is weighted)."""
+        w_stft, w_mel = self.s.stft_weight, self.s.mel_weight
+        if w_mel <= 0:
+            return float(mr_stft_loss(s, t, sc=self.s.stft_sc))
+        mel = float(log_mel_l1(self.logmel, s, t))
+        if w_stft <= 0:
+            return mel
+        return (w_stft * float(mr_stft_loss(s, t, sc=self.s.stft_sc)) + w_mel * mel) / (w_stft + w_mel)
+
+
+class Distiller(LoopHooks):
     """Trains ``student`` (in place) to reproduce ``teacher``'s synthesis. See the module docstring.
 
     Args:
@@ -77,8 +137,13 @@ class Distiller:
                 m.unfreeze()                      # frozen inverse 1x1 weights would go stale while training
         self.student = student.to(self.device).train().requires_grad_(True)
         self.sigma = settings.sigma or float(teacher.config.sigma_infer)
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=settings.lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.objective = DistillObjective(self.teacher, settings, self.sigma, data.logmel.to(self.device), self.amp)
+        self.loop = TrainLoop(self.student, self.objective, self, LoopSettings(
+            steps=settings.steps, lr=settings.lr, grad_clip=settings.grad_clip, valid_every=settings.valid_every,
+            ckpt_every=settings.ckpt_every, patience=settings.patience, max_minutes=settings.max_minutes,
+            skip_nonfinite=True, amp=self.amp, desc="distill"), progress=progress, log=log)
+        self.loop.context = (f"{data.source}; {settings.steps} steps of {settings.batch_size} x {data.segment} "
+                             f"samples on {self.device}; ")
         self.fingerprint = hashlib.sha256(json.dumps({
             "settings": {k: v for k, v in settings.to_dict().items() if k in (
                 "batch_size", "segment", "lr", "grad_clip", "l1_weight", "stft_weight", "nll_weight", "sigma", "seed",
@@ -86,73 +151,66 @@ class Distiller:
             "teacher": [teacher.config.to_dict(), weights_digest(teacher)],
             "student": [student.config.to_dict(), weights_digest(student)], "data": data.source,
         }, sort_keys=True, default=str).encode()).hexdigest()
-        self.step, self.best, self.best_step, self.since_best = 0, math.inf, 0, 0
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
-        self.elapsed, self.rows, self.stopped = 0.0, [], ""
+        self.rows: list = []
         self._valid_cache = None
 
-    # -- data ----------------------------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    # -- data and loss -----------------------------------------------------------------------------------------
     def _noise(self, key: int, batch: int, length: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(_seed(self.s.seed, key, 11))
         return torch.randn(batch, length, generator=g).to(self.device)
 
-    def _outputs(self, z: torch.Tensor, mel: torch.Tensor, teacher: bool):
-        with torch.autocast("cuda", enabled=self.amp):
-            if teacher:
-                with torch.no_grad():
-                    return self.teacher.inverse(z * self.sigma, mel)[0].float()
-            return self.student.inverse(z * self.sigma, mel)[0].float()
-
-    def loss(self, step: int) -> Dict[str, torch.Tensor]:
-        """Loss terms of ``step`` (with gradients into the student)."""
+    def batch(self, step: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(audio [B, T], mel [B, n_mels, F], z [B, T]) of ``step``, on the device."""
         audio, mel = self.data.batch(step, self.s.batch_size)
         mel = mel.to(self.device)
         z = self._noise(step, mel.shape[0], mel.shape[2] * self.student.hop_length)
-        if self.s.target == "audio":
-            t = audio.to(self.device).float()
-        else:
-            t = self._outputs(z, mel, True)
-        s = self._outputs(z, mel, False)
-        parts = {"l1": waveform_l1(s, t), "stft": mr_stft_loss(s, t, sc=self.s.stft_sc)}
-        total = self.s.l1_weight * parts["l1"] + self.s.stft_weight * parts["stft"]
-        if self.s.mel_weight > 0:
-            parts["mel"] = log_mel_l1(self.data.logmel.to(self.device), s, t)
-            total = total + self.s.mel_weight * parts["mel"]
-        if self.s.nll_weight > 0:
-            with torch.autocast("cuda", enabled=self.amp):
-                parts["nll"] = self.student.nll_per_dim(audio.to(self.device), mel).float()
-            total = total + self.s.nll_weight * parts["nll"]
-        parts["total"] = total
-        return parts
+        return (audio.to(self.device) if audio is not None else None), mel, z     # None: a mel-only source
+
+    def loss(self, step: int) -> Dict[str, torch.Tensor]:
+        """Loss terms of ``step`` (with gradients into the student)."""
+        return self.objective.terms(self.student, self.batch(step))
 
     def _distance(self, s: torch.Tensor, t: torch.Tensor) -> float:
-        """The spectral terms of the loss, weighted as in it (MR-STFT alone when neither is weighted)."""
-        w_stft, w_mel = self.s.stft_weight, self.s.mel_weight
-        if w_mel <= 0:
-            return float(mr_stft_loss(s, t, sc=self.s.stft_sc))
-        mel = float(log_mel_l1(self.data.logmel.to(self.device), s, t))
-        if w_stft <= 0:
-            return mel
-        return (w_stft * float(mr_stft_loss(s, t, sc=self.s.stft_sc)) + w_mel * mel) / (w_stft + w_mel)
+        return self.objective.distance(s.to(self.device), t.to(self.device))
 
     @torch.no_grad()
     def validate(self) -> float:
         """Spectral distance of the student to the target (teacher or audio) on fixed validation segments:
         MR-STFT, or with ``mel_weight`` the weighted mean of the MR-STFT and log-mel L1 terms of the loss."""
         if self._valid_cache is None:
-            batches = self.data.valid_batches(self.s.batch_size)
             self._valid_cache = []
-            for i, (audio, mel) in enumerate(batches):
+            for i, (audio, mel) in enumerate(self.data.valid_batches(self.s.batch_size)):
                 mel = mel.to(self.device)
                 z = self._noise(10 ** 6 + i, mel.shape[0], mel.shape[2] * self.student.hop_length)
-                t = audio.to(self.device).float() if self.s.target == "audio" else self._outputs(z, mel, True)
-                self._valid_cache.append((mel, z, t))
+                audio = audio.to(self.device) if audio is not None else None        # None: a mel-only source
+                self._valid_cache.append((mel, z, self.objective.target(audio, mel, z)))
         self.student.eval()
-        d = [self._distance(self._outputs(z, mel, False), t) for mel, z, t in self._valid_cache]
+        d = [self.objective.distance(self.objective.synthesis(self.student, z, mel), t)
+             for mel, z, t in self._valid_cache]
         self.student.train()
         return float(np.mean(d))
 
-    # -- state -----------------------------------------------------------------------------------------------
+    # -- loop hooks --------------------------------------------------------------------------------------------
+    def on_valid(self, step: int, value: float, improved: bool) -> None:
+        if improved:
+            self.best_state = {k: t.detach().cpu().clone() for k, t in self.student.state_dict().items()}
+        self.rows.append([step, None, value])
+
+    def on_step(self, step: int, loss: float, logs: Dict[str, Any], grad_norm: float, valid) -> None:
+        # the loss row goes before this step's validation row
+        self.rows.insert(len(self.rows) - (valid is not None), [step, loss, None])
+
+    def save(self, step: int) -> None:
+        self.save_state()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step)
+
+    # -- state -------------------------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
         return self.work / STATE_FILE
@@ -160,11 +218,9 @@ class Distiller:
     def save_state(self, done: bool = False) -> None:
         from edgeflow.models.checkpoint import checkpoint_dict
 
-        state = {"fingerprint": self.fingerprint, "step": self.step, "done": done, "stopped": self.stopped,
-                 "student": checkpoint_dict(self.student), "optimizer": self.opt.state_dict(),
-                 "scaler": self.scaler.state_dict(), "best": self.best, "best_step": self.best_step,
-                 "since_best": self.since_best, "best_state": self.best_state, "elapsed": self.elapsed,
-                 "rows": self.rows}
+        loop = self.loop.state_dict()
+        state = {"fingerprint": self.fingerprint, "done": done, "student": checkpoint_dict(self.student),
+                 "best_state": self.best_state, "rows": self.rows, **loop}
         with atomic_path(self.state_path) as tmp:
             torch.save(state, tmp)
 
@@ -175,30 +231,17 @@ class Distiller:
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated or foreign file: a user-facing error
-            raise CheckpointError(f"{self.state_path}: unreadable distillation state ({type(exc).__name__}); "
+            raise CheckpointError(f"{self.state_path}: unreadable distillation state ({short_reason(exc)}); "
                                   "delete it to start over") from None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             self.log(f"distill: {self.state_path} belongs to other settings; starting over")
             return False
         self.student.load_state_dict(state["student"]["state_dict"])
-        self.opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best, self.best_step = int(state["step"]), float(state["best"]), int(state["best_step"])
-        self.since_best, self.best_state = int(state["since_best"]), state["best_state"]
-        self.elapsed, self.rows, self.stopped = float(state["elapsed"]), list(state["rows"]), state["stopped"]
+        self.loop.load_state_dict(state)
+        self.best_state, self.rows = state["best_state"], list(state["rows"])
         return bool(state.get("done"))
 
-    # -- loop --------------------------------------------------------------------------------------------------
-    def _check_valid(self) -> None:
-        v = self.validate()
-        if v < self.best - 1e-9:
-            self.best, self.best_step, self.since_best = v, self.step, 0
-            self.best_state = {k: t.detach().cpu().clone() for k, t in self.student.state_dict().items()}
-        else:
-            self.since_best += 1
-        self.rows.append([self.step, None, v])
-
+    # -- run ---------------------------------------------------------------------------------------------------
     def run(self, resume: bool = True) -> Dict[str, Any]:
         """Train to the end (steps, time cap or early stop). Returns a summary; the student holds the best weights."""
         old = torch.get_num_threads()
@@ -210,67 +253,24 @@ class Distiller:
             torch.set_num_threads(old)
 
     def _run(self, resume: bool) -> Dict[str, Any]:
-        s = self.s
+        s, loop = self.s, self.loop
         self.work.mkdir(parents=True, exist_ok=True)
         done = self.load_state() if resume else False
-        start_step, t_run, first, est = self.step, time.time(), None, None
-        t_valid = time.time()
-        if not done and self.best_state is None and s.valid_every:
-            self._check_valid()                                    # the distance before training
-        t_valid = time.time() - t_valid
-        bar = None
-        if not done and self.step < s.steps:
-            self.log(f"distill: steps {self.step} -> {s.steps}; timing the first step to estimate the cost ...")
-        while not done and self.step < s.steps and not self.stopped:
-            t0 = time.time()
-            parts = self.loss(self.step)
-            self.opt.zero_grad(set_to_none=True)
-            if torch.isfinite(parts["total"]):
-                self.scaler.scale(parts["total"]).backward()
-                self.scaler.unscale_(self.opt)
-                torch.nn.utils.clip_grad_norm_(self.student.parameters(), s.grad_clip)
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            self.step += 1
-            loss = float(parts["total"].detach())
-            self.rows.append([self.step, loss, None])
-            if first is None:
-                first = time.time() - t0
-                left = s.steps - self.step
-                est = first * left + (t_valid * (left // s.valid_every) if s.valid_every else 0.0)
-                cap = f", capped at {s.max_minutes:g} min" if s.max_minutes else ""
-                self.log(f"distill: {self.data.source}; {s.steps} steps of {s.batch_size} x {self.data.segment} "
-                         f"samples on {self.device}; first step {first:.2f} s -> about {est / 60:.1f} min more on "
-                         f"this machine{cap}")
-                if self.progress:                                  # the bar starts below the estimate
-                    from tqdm import tqdm
-                    bar = tqdm(total=s.steps, initial=self.step - 1, desc="distill", unit="step", dynamic_ncols=True)
-            if s.valid_every and self.step % s.valid_every == 0:
-                self._check_valid()
-                if s.patience and self.since_best >= s.patience:
-                    self.stopped = f"early stop: no improvement in {s.patience} validations"
-            self.elapsed += time.time() - t0                      # training and validation time
-            if s.max_minutes and self.elapsed > 60 * s.max_minutes and not self.stopped:
-                self.stopped = f"time cap of {s.max_minutes:g} min"
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", best=f"{self.best:.4f}")
-            if s.ckpt_every and self.step % s.ckpt_every == 0:
-                self.save_state()
-                if self.on_checkpoint is not None:
-                    self.on_checkpoint(self.step)
-        if bar is not None:
-            bar.close()
+        start_step = loop.step
+        summary = {"steps_this_run": 0, "first_step_seconds": None, "estimated_seconds": None,
+                   "wall_seconds_this_run": 0.0}
         if not done:
+            summary = loop.run(valid_first=self.best_state is None)   # the distance before training first
             if s.valid_every and (not self.rows or self.rows[-1][2] is None):
-                self._check_valid()
+                loop.check_valid()
             self.save_state(done=True)
         if self.best_state is not None:
             self.student.load_state_dict(self.best_state)
         self.student.cpu().eval()
         valid0 = next((r[2] for r in self.rows if r[2] is not None), None)
-        return {"steps": self.step, "steps_this_run": self.step - start_step, "stopped": self.stopped or "steps done",
-                "valid_distance_before": valid0, "valid_distance_best": None if math.isinf(self.best) else self.best,
-                "best_step": self.best_step, "train_seconds": round(self.elapsed, 2),
-                "first_step_seconds": first, "estimated_seconds": est, "device": str(self.device),
-                "data": self.data.source, "wall_seconds_this_run": round(time.time() - t_run, 2)}
+        return {"steps": loop.step, "steps_this_run": loop.step - start_step, "stopped": loop.stopped or "steps done",
+                "valid_distance_before": valid0, "valid_distance_best": None if math.isinf(loop.best) else loop.best,
+                "best_step": loop.best_step, "train_seconds": round(loop.elapsed, 2),
+                "first_step_seconds": summary["first_step_seconds"], "estimated_seconds": summary["estimated_seconds"],
+                "device": str(self.device), "data": self.data.source,
+                "wall_seconds_this_run": summary["wall_seconds_this_run"]}

@@ -1,99 +1,39 @@
-"""Helpers shared by pruning and reduction: find the conditioning nets, rebuild a model with a new config,
-and copy (sliced) convolution weights with or without weight norm.
-
-Weight norm (``torch.nn.utils.parametrizations.weight_norm``, dim 0) stores ``w = g * v / ||v||`` with
-``g`` [out, 1, ...] and the norm over every dim but the output one. Slicing output channels slices g
-and v as they are (exact); slicing input channels changes ``||v||``, so g is rescaled by
-``||v_sliced|| / ||v||`` per output channel: the effective weight is exactly ``w[out][:, in]``.
+"""Helpers shared by pruning and reduction: a model's family, its prunable nets, rebuild, sliced conv copies,
+and giving a new model its source's state. Family knowledge comes from the family object
+(:class:`edgeflow.models.family.Family`); the weight surgery itself lives in :mod:`edgeflow.models.surgery`.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from edgeflow.core.errors import ConfigError
-from edgeflow.flows.coupling import WN, AffineCoupling, remove_weight_norm
-from edgeflow.flows.waveflow import WaveFlowNet
-from edgeflow.models.base import FlowVocoder, build_model
+from edgeflow.models.checkpoint import has_weight_norm  # noqa: F401  (one implementation, found here too)
+from edgeflow.models.family import Family, get_family
+from edgeflow.models.surgery import copy_conv_, rebuild  # noqa: F401  (compress's helpers, kept importable here)
 
 
-def family_of(model) -> str:
-    fam = getattr(model, "family", "")
-    if fam not in ("waveflow", "waveglow"):
-        raise ConfigError(f"compression supports waveflow and waveglow models, got {type(model).__name__}")
-    return fam
+def family_of(model) -> Family:
+    """The registered family of a model (ConfigError naming the type if it has none)."""
+    try:
+        return get_family(model)
+    except ConfigError:
+        raise ConfigError(f"compression needs a model of a registered family, got {type(model).__name__}") from None
 
 
 def nets(model: nn.Module) -> List[nn.Module]:
-    """The conditioning nets in flow order: WaveFlowNet (WaveFlow) or WN (WaveGlow)."""
-    return [m for m in model.modules() if isinstance(m, (WaveFlowNet, WN))]
-
-
-def waveglow_flows(model: nn.Module) -> List[Tuple[nn.Module, AffineCoupling]]:
-    """WaveGlow's (1x1 conv, coupling) pairs in forward order, through the nested early-output stages."""
-    out, seq = [], model.flows
-    while seq is not None:
-        blocks, nxt = list(seq.blocks), None
-        if blocks and not isinstance(blocks[-1], AffineCoupling) and hasattr(blocks[-1], "inner"):
-            nxt = blocks.pop().inner
-        out += [(blocks[i], blocks[i + 1]) for i in range(0, len(blocks), 2)]
-        seq = nxt
-    return out
-
-
-def has_weight_norm(model: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m, "weight") for m in model.modules())
+    """The conditioning nets the family's width group sizes, in flow order (WaveFlowNet or WN)."""
+    return family_of(model).prunable_nets(model)
 
 
 def is_frozen(model: nn.Module) -> bool:
-    """Whether the model went through :func:`edgeflow.export.freeze.freeze_model` (inverse 1x1 buffers set)."""
+    """Whether the model went through its family's ``freeze`` (inverse 1x1 buffers set, or no weight norm and
+    no trainable parameters)."""
     return any(getattr(m, "weight_inv", None) is not None for m in model.modules()) or (
         not has_weight_norm(model) and not any(p.requires_grad for p in model.parameters()))
-
-
-def rebuild(model: FlowVocoder, **changes) -> FlowVocoder:
-    """A fresh model of the same family with ``changes`` applied to the config (weights not copied),
-    weight norm removed when the source has none, same dtype, CPU, eval mode."""
-    try:
-        cfg = model.config.replace(**changes)
-    except ConfigError as exc:
-        raise ConfigError(f"invalid compressed config: {exc}") from None
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        new = build_model(model.family, cfg)
-    if not has_weight_norm(model):
-        remove_weight_norm(new)
-    dtype = next(model.parameters()).dtype
-    return new.to(dtype).eval()
-
-
-def _take(t: torch.Tensor, dim: int, idx: Optional[torch.Tensor]) -> torch.Tensor:
-    return t if idx is None else t.index_select(dim, idx.to(t.device))
-
-
-@torch.no_grad()
-def copy_conv_(dst: nn.Module, src: nn.Module, out_idx: Optional[torch.Tensor] = None,
-               in_idx: Optional[torch.Tensor] = None, scale: float = 1.0) -> None:
-    """Copy src's weight (rows ``out_idx``, input channels ``in_idx``; None = all) and bias into dst,
-    multiplying the effective weight by ``scale``. Both must be weight-normed, or neither."""
-    if parametrize.is_parametrized(src, "weight") != parametrize.is_parametrized(dst, "weight"):
-        raise ValueError("copy_conv_: weight norm differs between source and destination")
-    if parametrize.is_parametrized(src, "weight"):
-        g, v = src.parametrizations.weight.original0, src.parametrizations.weight.original1
-        v_out, g_out = _take(v, 0, out_idx), _take(g, 0, out_idx)
-        v_new = _take(v_out, 1, in_idx)
-        if in_idx is not None:
-            g_out = g_out * torch.norm_except_dim(v_new, 2, 0) / torch.norm_except_dim(v_out, 2, 0).clamp_min(1e-30)
-        dst.parametrizations.weight.original0.copy_(g_out * scale)
-        dst.parametrizations.weight.original1.copy_(v_new)
-    else:
-        dst.weight.copy_(_take(_take(src.weight, 0, out_idx), 1, in_idx) * scale)
-    if src.bias is not None:
-        dst.bias.copy_(_take(src.bias, 0, out_idx))
 
 
 def read_norms(conv: nn.Module) -> torch.Tensor:
@@ -102,11 +42,9 @@ def read_norms(conv: nn.Module) -> torch.Tensor:
     return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
 
 
-def finish_like(new: FlowVocoder, src: FlowVocoder) -> FlowVocoder:
-    """Give ``new`` the source's state: eval mode, and frozen (for export) if the source was frozen."""
+def finish_like(new: nn.Module, src: nn.Module) -> nn.Module:
+    """Give ``new`` the source's state: eval mode, and frozen (its family's ``freeze``) if the source was frozen."""
     new.eval()
     if is_frozen(src):
-        from edgeflow.export.freeze import freeze_model
-
-        freeze_model(new)
+        family_of(new).freeze(new)
     return new

@@ -1,6 +1,8 @@
 """Structured channel pruning of the WaveNet-like conditioning nets (WaveFlow 2-D, WaveGlow 1-D).
 
-Each net has three channel groups, all of width C (``channels`` / ``wn_channels``):
+Each net has three channel groups, all of width C: the family's width group
+(:class:`edgeflow.models.family.WidthGroup`, e.g. WaveFlow ``channels``, WaveGlow ``wn_channels``) over the
+nets its ``prunable_nets`` names:
 
 * residual channels: the stream h shared by every layer of one flow (start conv out, dilated conv in,
   residual conv out): one set per flow, pruned identically in all its layers;
@@ -118,8 +120,17 @@ def check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
+def width_fields(model) -> Tuple[str, ...]:
+    """The config fields of the model's width group (they take the new width together)."""
+    fam = family_of(model)
+    if fam.width is None or not fam.width.fields:
+        raise ConfigError(f"prune: the {fam.name} family declares no channel group to prune")
+    return tuple(fam.width.fields)
+
+
 def width_key(model) -> str:
-    return "channels" if family_of(model) == "waveflow" else "wn_channels"
+    """The width group's first field (the one reported)."""
+    return width_fields(model)[0]
 
 
 @torch.no_grad()
@@ -147,7 +158,7 @@ def _copy_net(dst, src, res: torch.Tensor, skip: torch.Tensor, gates: List[torch
 
 def prune_model(model, ratio: Optional[float] = None, channels: Optional[int] = None,
                 batches: Optional[Sequence] = None) -> Tuple[Any, Dict[str, Any]]:
-    """Prune the conditioning nets of a WaveFlow / WaveGlow model to a dense smaller model.
+    """Prune the conditioning nets of a model (its family's width group) to a dense smaller model.
 
     Args:
         model: the model (left untouched).
@@ -158,8 +169,8 @@ def prune_model(model, ratio: Optional[float] = None, channels: Optional[int] = 
         (pruned model of the same class, info {"from", "to", "score", "kept": per flow index lists}).
         Ratio 0 (or a width equal to the current one) returns an unchanged deep copy.
     """
-    key = width_key(model)
-    width = getattr(model.config, key)
+    fields = width_fields(model)
+    width = getattr(model.config, fields[0])
     if channels is None:
         channels = kept_channels(check_ratio(0.0 if ratio is None else ratio), width)
     if not 1 <= channels <= width:
@@ -169,7 +180,7 @@ def prune_model(model, ratio: Optional[float] = None, channels: Optional[int] = 
     if channels == width:
         return copy.deepcopy(model), dict(info, kept=None)
     scores = channel_scores(model, batches)
-    new = rebuild(model, **{key: channels})
+    new = rebuild(model, **{f: channels for f in fields})
     sd = new.state_dict()
     same = {k: v for k, v in model.state_dict().items() if k in sd and sd[k].shape == v.shape}
     new.load_state_dict(same, strict=False)

@@ -1,9 +1,9 @@
 """Students for distillation: a teacher config with overrides, size checks, fitting a target's limits.
 
-A student is initialised from the teacher where its config allows it (fewer flows -> :func:`keep_flows`,
-lower height -> :func:`set_height`, fewer layers -> :func:`drop_layers`, fewer channels ->
-:func:`prune_model`), which starts distillation close to the teacher; other changes (kernel size,
-front-end, ...) need ``init="fresh"`` (random init, seeded).
+A student is initialised from the teacher where its config allows it, through the family's declared cuts
+(fewer flows -> :func:`keep_flows`, the family's other cuts such as WaveFlow's height -> :func:`cut`, fewer
+layers -> :func:`drop_layers`, a narrower width group -> :func:`prune_model`), which starts distillation
+close to the teacher; other changes (kernel size, front-end, ...) need ``init="fresh"`` (random init, seeded).
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from edgeflow.compress.layers import family_of, finish_like
-from edgeflow.compress.prune import prune_model
-from edgeflow.compress.reduce import drop_layers, keep_flows, set_height
+from edgeflow.compress.prune import prune_model, width_fields
+from edgeflow.compress.reduce import cut, drop_layers, keep_flows
 from edgeflow.core.errors import ConfigError
-from edgeflow.models.base import build_model, count_parameters
+from edgeflow.models.base import count_parameters
 
-#: Config fields that size a model: a student may not exceed the teacher in any of them.
-SIZE_FIELDS = {"waveflow": ("n_flows", "n_layers", "channels", "height"),
-               "waveglow": ("n_flows", "wn_layers", "wn_channels")}
-#: Fields a student may change freely (no effect on weights).
-FREE_FIELDS = ("sigma_infer", "sigma_train")
 
 
 def student_config(teacher, overrides: Dict[str, Any], what: str = "teacher"):
@@ -34,18 +29,19 @@ def student_config(teacher, overrides: Dict[str, Any], what: str = "teacher"):
     data = teacher.config.to_dict()
     for k, v in overrides.items():
         data[k] = dict(data[k], **v) if isinstance(v, dict) and isinstance(data.get(k), dict) else v
-    if fam == "waveflow" and ("n_flows" in overrides or "height" in overrides) and "row_orders" not in overrides:
-        data["row_orders"] = None        # reduce_flows carries the kept flows' orders over itself
+    for derived, sources in fam.derived_fields.items():   # e.g. WaveFlow's row orders: keep_flows sets them
+        if derived not in overrides and any(k in overrides for k in sources):
+            data[derived] = None
     try:
         cfg = type(teacher.config).from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"distill: invalid student config: {exc}") from None
-    bigger = [f"{k} {getattr(cfg, k)} > {getattr(teacher.config, k)}" for k in SIZE_FIELDS[fam]
+    bigger = [f"{k} {getattr(cfg, k)} > {getattr(teacher.config, k)}" for k in fam.size_fields
               if getattr(cfg, k) > getattr(teacher.config, k)]
     if bigger:
         raise ConfigError(f"distill: the student is bigger than the {what} ({', '.join(bigger)})")
     with torch.random.fork_rng():
-        n_student = count_parameters(build_model(fam, cfg))
+        n_student = count_parameters(fam.build(cfg))
     if n_student > count_parameters(teacher):
         raise ConfigError(f"distill: the student has more parameters than the {what} "
                           f"({n_student} > {count_parameters(teacher)})")
@@ -72,32 +68,40 @@ def make_student(teacher, overrides: Dict[str, Any], init: str = "teacher", seed
     if init == "fresh":
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            student = build_model(fam, cfg)
+            student = fam.build(cfg)
         return finish_like(student.to(next(teacher.parameters()).dtype), teacher), {"init": "fresh"}
     tc = teacher.config
-    other = [k for k in overrides if k not in SIZE_FIELDS[fam] + FREE_FIELDS
+    other = [k for k in overrides if k not in fam.size_fields + fam.free_fields
              and getattr(cfg, k) != getattr(tc, k)]
     if other:
         raise ConfigError(f"distill: cannot carry the teacher's weights over a change of {', '.join(other)}; "
                           f"set init='fresh'")
+    cuttable = {fam.flows_field, fam.layers_field, *fam.extra_cuts, *(fam.width.fields if fam.width else ())}
+    uncut = [k for k in fam.size_fields if k not in cuttable and getattr(cfg, k) != getattr(tc, k)]
+    if uncut:
+        raise ConfigError(f"distill: the {fam.name} family cannot carry the teacher's weights over a change of "
+                          f"{', '.join(uncut)}; set init='fresh'")
     import copy
 
     model, steps = copy.deepcopy(teacher), []
-    if cfg.n_flows < tc.n_flows:
-        model, info = keep_flows(model, cfg.n_flows)
+
+    def smaller(k):
+        return k is not None and getattr(cfg, k) < getattr(tc, k)
+
+    if smaller(fam.flows_field):
+        model, info = keep_flows(model, getattr(cfg, fam.flows_field))
         steps.append({"keep_flows": info})
-    if fam == "waveflow" and cfg.height < tc.height:
-        model, info = set_height(model, cfg.height)
-        steps.append({"set_height": info})
-    layers = "n_layers" if fam == "waveflow" else "wn_layers"
-    if getattr(cfg, layers) < getattr(tc, layers):
-        model, info = drop_layers(model, getattr(cfg, layers))
+    for field in fam.extra_cuts:
+        if smaller(field):
+            model, info = cut(model, field, getattr(cfg, field))
+            steps.append({f"set_{field}": info})
+    if smaller(fam.layers_field):
+        model, info = drop_layers(model, getattr(cfg, fam.layers_field))
         steps.append({"drop_layers": info})
-    width = "channels" if fam == "waveflow" else "wn_channels"
-    if getattr(cfg, width) < getattr(tc, width):
-        model, info = prune_model(model, channels=getattr(cfg, width), batches=batches)
+    if fam.width is not None and smaller(fam.width.fields[0]):
+        model, info = prune_model(model, channels=getattr(cfg, fam.width.fields[0]), batches=batches)
         steps.append({"prune": {k: v for k, v in info.items() if k != "kept"}})
-    free = {k: getattr(cfg, k) for k in FREE_FIELDS if getattr(cfg, k) != getattr(model.config, k)}
+    free = {k: getattr(cfg, k) for k in fam.free_fields if getattr(cfg, k) != getattr(model.config, k)}
     if free:
         model.config = model.config.replace(**free)
     return model, {"init": "teacher", "steps": steps}
@@ -110,12 +114,12 @@ def fit_target(teacher, target: Dict[str, Any], bytes_per_param: int = 4) -> Dic
     if not limit or count_parameters(teacher) * bytes_per_param <= limit * 1e6:
         return {}
     fam = family_of(teacher)
-    width = "channels" if fam == "waveflow" else "wn_channels"
-    c = getattr(teacher.config, width)
+    fields = width_fields(teacher)
+    c = getattr(teacher.config, fields[0])
     while c > 1:
         c = max(1, int(c * 0.875))
         with torch.random.fork_rng():
-            n = count_parameters(build_model(fam, teacher.config.replace(**{width: c})))
+            n = count_parameters(fam.build(teacher.config.replace(**{f: c for f in fields})))
         if n * bytes_per_param <= limit * 1e6:
-            return {width: c}
-    raise ConfigError(f"distill: no {width} makes the model fit the target's {limit} MB")
+            return {f: c for f in fields}
+    raise ConfigError(f"distill: no {fields[0]} makes the model fit the target's {limit} MB")

@@ -5,6 +5,8 @@ deriving from :class:`EdgeflowError`. The CLI turns these into a one-line messag
 exit code 2. Anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class EdgeflowError(Exception):
     """Base class of errors caused by user input. ``exit_code`` is what the CLI returns."""
@@ -38,3 +40,37 @@ class BundleError(EdgeflowError):
 
 class DependencyError(EdgeflowError):
     """An optional dependency (TensorRT, a Debian voice, ...) that is needed but not installed."""
+
+
+class OutputError(EdgeflowError, OSError):
+    """An output path that cannot be written: a read-only folder, a path component that is a file, a full disk.
+
+    Also an :class:`OSError` (with ``errno``, ``strerror`` and ``filename`` of the cause), so code that
+    handles ``OSError`` around a write keeps working.
+    """
+
+    def __init__(self, message: str, cause: OSError | None = None):
+        if cause is not None and cause.errno is not None:
+            OSError.__init__(self, cause.errno, cause.strerror, cause.filename)
+        else:
+            OSError.__init__(self, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: Longest reason :func:`short_reason` quotes from an underlying error.
+REASON_CHARS = 160
+
+
+def short_reason(exc: BaseException | str, limit: int = REASON_CHARS) -> str:
+    """The first non-empty line of an exception's message (or of a text), cut to ``limit`` characters,
+    for quoting a library's error inside a one-line user error; the exception's type name if it has no
+    message."""
+    text = exc if isinstance(exc, str) else str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "" if isinstance(exc, str) else type(exc).__name__
+    line = lines[0]
+    return line if len(line) <= limit else line[:limit - 3].rstrip() + "..."

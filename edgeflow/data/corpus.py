@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeflow.audio.io import load_wav, save_wav
-from edgeflow.core.errors import ConfigError, CorpusError, DependencyError
+from edgeflow.core.errors import ConfigError, CorpusError, DependencyError, short_reason
 from edgeflow.core.io import atomic_dir, atomic_write_json, atomic_write_text
 from edgeflow.data.ljspeech import split_corpus, write_split, load_corpus
 from edgeflow.data.text import sentence_stream
@@ -112,7 +112,7 @@ def _piper_synthesise(text: str, wav: Path) -> None:
     proc = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", config.get("espeak", {}).get(
         "voice", "en-us"), text], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise CorpusError(f"espeak-ng failed on {text[:40]!r}: {proc.stderr.strip()[:120]}")
+        raise CorpusError(f"espeak-ng failed on {text[:40]!r}: {short_reason(proc.stderr)}")
     # espeak-ng drops punctuation: clause breaks come back as new lines (Piper keeps ", ").
     phonemes = ", ".join(line.strip() for line in proc.stdout.splitlines() if line.strip())
     phonemes += text.rstrip()[-1] if text.rstrip()[-1:] in ".?!" else "."
@@ -125,9 +125,9 @@ def _piper_synthesise(text: str, wav: Path) -> None:
     if not _PIPER_SESSION:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        _PIPER_SESSION[:] = [ort.InferenceSession(str(model), opts), threading.Lock()]
+        from edgeflow.core.ort import session_options
+
+        _PIPER_SESSION[:] = [ort.InferenceSession(str(model), session_options(threads=1)), threading.Lock()]
     session, lock = _PIPER_SESSION
     inf = config.get("inference", {})
     scales = np.array([inf.get("noise_scale", 0.667), inf.get("length_scale", 1.0),
@@ -169,7 +169,7 @@ def check_source(source: str, scratch: Path) -> None:
         _synthesise(source, "Test.", scratch / f"probe_{source}.wav")
         load_wav(scratch / f"probe_{source}.wav")
     except Exception as exc:  # noqa: BLE001 - any failure here means a missing or broken voice
-        raise DependencyError(f"corpus source {source!r} does not work ({str(exc)[:120]}); "
+        raise DependencyError(f"corpus source {source!r} does not work ({short_reason(exc)}); "
                               f"apt-get install {spec['packages'][0]}") from None
 
 

@@ -1,41 +1,23 @@
-"""Freeze a model for export: weight norm folded, inverse 1x1 weights precomputed, eval mode."""
+"""Freeze and fuse a model for export through its family's declared hooks (:class:`edgeflow.models.family.Family`)."""
 
 from __future__ import annotations
 
 import torch
 
-from edgeflow.flows.coupling import remove_weight_norm
+from edgeflow.models.family import get_family
 
 
 def freeze_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Make ``model`` export-ready, in place, and return it.
-
-    * every weight-norm parametrisation is folded into a plain weight (safe on a deep copy: the
-      original keeps its weight norm);
-    * every module with a ``freeze()`` method (the invertible 1x1 convs) computes its inverse weight
-      once in float64 and keeps it as a buffer, so the graph needs no matrix inverse;
-    * eval mode, parameters without gradients.
-
-    The frozen model's ``inverse`` equals the unfrozen one's to float32 rounding (< 1e-5).
-    """
-    remove_weight_norm(model)
-    for m in model.modules():
-        if m is not model and callable(getattr(m, "freeze", None)):
-            m.freeze()
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    """Make ``model`` export-ready, in place, and return it (:meth:`Family.freeze`): weight norm folded
+    (safe on a deep copy: the original keeps its weight norm), inverse 1x1 weights precomputed in float64,
+    eval mode, parameters without gradients. The frozen model's ``inverse`` equals the unfrozen one's to
+    float32 rounding (< 1e-5)."""
+    return get_family(model).freeze(model)
 
 
 def fuse_for_export(model: torch.nn.Module) -> torch.nn.Module:
-    """Rewrite a frozen model's graph-only forms, in place (the exporter calls it on its own copy).
-
-    Every module with a ``fuse()`` method precomputes an equivalent, faster form for the exported graph:
-    WaveFlow's upsampler in phase form (a plain conv instead of a 1-channel ConvTranspose) and each
-    WaveFlow net's end conv folded into its layers' skip convs. The result's ``inverse`` equals the frozen
-    model's to float32 rounding. Derived weights are not kept in sync with later edits: fuse last.
-    """
-    for m in list(model.modules()):
-        if m is not model and callable(getattr(m, "fuse", None)):
-            m.fuse()
-    return model
+    """Rewrite a frozen model's graph-only forms, in place (:meth:`Family.fuse`; the exporter calls it on its
+    own copy), e.g. WaveFlow's upsampler in phase form and each net's end conv folded into its layers' skip
+    convs. The result's ``inverse`` equals the frozen model's to float32 rounding. Derived weights are not
+    kept in sync with later edits: fuse last."""
+    return get_family(model).fuse(model)

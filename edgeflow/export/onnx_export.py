@@ -1,34 +1,35 @@
-"""torch -> ONNX export of the synthesis graph, validated, written as a bundle (see edgeflow.runtime.bundle).
+"""torch -> ONNX export of the synthesis graph, validated, written as a bundle (format: edgeflow.core.bundle_format).
 
-``export_bundle`` freezes and fuses a copy of the model (``fuse_for_export``), traces the family's
-synthesis wrapper with the TorchScript exporter (``dynamo=False``), sets an IR version the installed
+``export_bundle`` freezes and fuses a copy of the model (the family's ``freeze`` / ``fuse`` hooks), traces the
+family's synthesis wrapper with the TorchScript exporter (``dynamo=False``), sets an IR version the installed
 onnxruntime reads, runs ``onnx.checker``, checks onnxruntime against the PyTorch inverse on the same z
-at three lengths, picks the streaming context, and writes ``model.onnx`` + ``manifest.json`` into a
-directory that appears only when everything passed (``atomic_dir``).
+at three lengths, sets the streaming context (the one-pass receptive field, or what a ``stream_context``
+callback verified: :func:`edgeflow.validate.export.export_bundle` passes one that streams through the
+runtime), and writes ``model.onnx`` + ``manifest.json`` into a directory that appears only when everything
+passed (``atomic_dir``). Nothing here imports the runtime.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from edgeflow.core.bundle_format import MODEL_FILE, write_manifest
 from edgeflow.core.errors import BundleError
 from edgeflow.core.io import atomic_dir
-from edgeflow.export.freeze import freeze_model, fuse_for_export
+from edgeflow.core.ort import session_options
 from edgeflow.export.specs import ExportSpec, get_spec
-from edgeflow.runtime.bundle import MODEL_FILE, write_manifest
+from edgeflow.models.family import get_family
 
-#: Streaming context is grown until stitched audio is this close to whole synthesis (dB).
-STREAM_TARGET_SNR_DB = 50.0
-STREAM_CHUNK_FRAMES = 16
+#: ``stream_context(session, manifest, field, frame_multiple) -> the manifest's streaming section``.
+StreamContext = Callable[[Any, Dict[str, Any], Dict[str, int], int], Dict[str, Any]]
 
 
 class ExportValidationError(BundleError):
@@ -83,6 +84,9 @@ def export_onnx(frozen: torch.nn.Module, spec: ExportSpec, path: str | Path) -> 
         model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # noqa: BLE001 - an op it does not know: the graph still loads, only slower
         pass
+    from edgeflow.export.dedup import dedup_constants
+
+    dedup_constants(model)          # one Constant per distinct value (the unrolled inverse repeats them)
     onnx.save(model, str(path))
     return {"nodes": len(model.graph.node), "initializers": len(model.graph.initializer),
             "bytes": Path(path).stat().st_size, "ir_version": int(model.ir_version)}
@@ -133,67 +137,15 @@ def validate_parity(session, reference: torch.nn.Module, spec: ExportSpec, frame
             "reference": "PyTorch inverse of the unfrozen model, same mel, z and sigma"}
 
 
-def _test_mel(cfg, frames: int) -> np.ndarray:
-    """A speech-like log-mel [n_mels, frames] from the numpy front-end: gliding harmonics + noise bursts."""
-    from edgeflow.audio.mel import log_mel
-
-    sr, n = cfg.mel.sample_rate, frames * cfg.mel.hop_length
-    t = np.arange(n) / sr
-    rng = np.random.default_rng(0)
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    audio = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2.3 * t) ** 2)
-    audio = 0.1 * audio + 0.02 * rng.standard_normal(n) * (np.sin(2 * np.pi * 1.1 * t) > 0.6)
-    return log_mel(audio.astype(np.float32), cfg.mel)
-
-
-def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return 200.0 if noise == 0 else min(200.0, 10 * math.log10(max(signal, 1e-30) / noise))
-
-
-def choose_stream_context(synth, config: Any, field: Dict[str, int], frame_multiple: int,
-                          check: bool = True) -> Dict[str, Any]:
-    """Smallest verified streaming context, starting from the one-pass receptive field.
-
-    The context doubles (up to the worst-case bound ``field["left"/"right"]``) until streaming a
-    speech-like mel in chunks of 16 frames matches whole synthesis with SNR >= 50 dB. With
-    ``check=False`` the one-pass field is taken unverified (``check`` is then None).
-
-    Args:
-        synth: a runtime Synthesizer over the exported graph.
-        config: the model config (front-end of the test mel).
-        field: the spec's receptive field (frames).
-        frame_multiple: chunk sizes are rounded up to this.
-
-    Returns:
-        The manifest's ``streaming`` section.
-    """
-    left, right = field["net_left"], field["net_right"]
-    chunk = _round_up(STREAM_CHUNK_FRAMES, frame_multiple)
-    tried = []
-    if not check:
-        return {"receptive_field_frames": dict(field), "context_frames": {"left": left, "right": right},
-                "check": None}
-    while True:
-        frames = left + right + 3 * chunk
-        mel = _test_mel(config, frames)
-        whole = synth.synthesize(mel, seed=0)
-        pieces = [mel[:, i:i + chunk] for i in range(0, frames, chunk)]
-        streamed = np.concatenate(list(synth.synthesize_stream(pieces, seed=0, left_context=left,
-                                                               right_context=right)))
-        snr = _snr_db(whole, streamed)
-        tried.append({"left": left, "right": right, "snr_db": round(snr, 2)})
-        if snr >= STREAM_TARGET_SNR_DB or (left >= field["left"] and right >= field["right"]):
-            break
-        left, right = min(2 * left, field["left"]), min(2 * right, field["right"])
-    return {"receptive_field_frames": dict(field), "context_frames": {"left": left, "right": right},
-            "check": {"target_snr_db": STREAM_TARGET_SNR_DB, "chunk_frames": chunk, "tried": tried}}
+def one_pass_context(field: Dict[str, int]) -> Dict[str, Any]:
+    """The manifest's ``streaming`` section from the one-pass receptive field, unverified (``check`` None)."""
+    return {"receptive_field_frames": dict(field),
+            "context_frames": {"left": field["net_left"], "right": field["net_right"]}, "check": None}
 
 
 def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional[List[Dict[str, Any]]] = None,
-                  overwrite: bool = False, cached: bool = True, check_streaming: bool = True) -> Dict[str, Any]:
+                  overwrite: bool = False, cached: bool = True,
+                  stream_context: Optional[StreamContext] = None) -> Dict[str, Any]:
     """Export ``model`` (left untouched) as a validated bundle directory.
 
     Args:
@@ -202,8 +154,8 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
         history: passes applied to the model so far (from the checkpoint info), kept in the manifest.
         overwrite: replace an existing bundle (only once the new one is complete).
         cached: WaveFlow: put the cached row-by-row inverse in the graph (False: the plain h^2 one).
-        check_streaming: verify the streaming context by synthesis (False: take the one-pass
-            receptive field unverified; for quick benchmark bundles).
+        stream_context: ``(onnxruntime session, manifest so far, receptive field, frame multiple) ->``
+            the manifest's ``streaming`` section; None: the one-pass receptive field, unverified.
 
     Returns:
         The manifest written.
@@ -214,17 +166,15 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
     """
     import onnxruntime as ort
 
-    from edgeflow.runtime.synthesizer import Synthesizer, session_options
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} already exists (pass overwrite / --overwrite to replace it)")
-    spec = get_spec(model.family)
+    family = get_family(model)
+    spec = get_spec(family.name)
     reference = copy.deepcopy(model).cpu().float().eval()
-    if hasattr(reference, "set_cached"):
-        reference.set_cached(cached)
-    frozen = fuse_for_export(freeze_model(copy.deepcopy(reference)))
+    family.set_cached(reference, cached)
+    frozen = family.fuse(family.freeze(copy.deepcopy(reference)))
     cfg, fm = reference.config, _frame_multiple(reference)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         graph = export_onnx(frozen, spec, tmp / MODEL_FILE)
@@ -241,11 +191,12 @@ def export_bundle(model: torch.nn.Module, out_dir: str | Path, history: Optional
             "io": dict(spec.io_spec(cfg), frame_multiple=fm), "history": _jsonable(list(history or [])),
             "validation": validation,
         }
-        synth = Synthesizer(session, dict(manifest, streaming={"context_frames": {"left": 0, "right": 0}}))
-        manifest["streaming"] = choose_stream_context(synth, cfg, spec.receptive_field(cfg), fm, check_streaming)
+        field = spec.receptive_field(cfg)
+        manifest["streaming"] = (stream_context(session, manifest, field, fm) if stream_context
+                                 else one_pass_context(field))
         manifest["export"] = {"exporter": "torch.onnx TorchScript (dynamo=False)", "torch": torch.__version__,
                               "onnx": __import__("onnx").__version__, "onnxruntime": ort.__version__,
-                              "cached": cached if hasattr(model, "set_cached")
-                              else None, "graph": graph, "seconds": round(time.perf_counter() - t0, 2)}
+                              "cached": cached if family.has_cached_inverse else None, "graph": graph,
+                              "seconds": round(time.perf_counter() - t0, 2)}
         manifest = write_manifest(tmp, manifest)
     return manifest

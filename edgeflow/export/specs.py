@@ -1,24 +1,22 @@
-"""Export specs: what each model family's synthesis graph looks like, in one registry.
+"""Export specs: what a model family's synthesis graph looks like, built from its declaration.
 
 A spec names the graph's inputs (``mel`` [B, n_mels, T], ``z`` [B, T*hop], ``sigma`` [1]) and
 output (``audio`` [B, T*hop]), the dynamic axes (B and T), the opset, the parity tolerance, the
 wrapper module for the synthesis direction, and the family's receptive field in mel frames
-(used to pick the streaming context). ONNX is not imported here nor in flows/ and models/.
+(used to pick the streaming context). Everything family-specific comes from the family's
+:class:`edgeflow.models.family.ExportDecl`; nothing here switches on a family.
+ONNX is not imported here nor in flows/ and models/.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from edgeflow.core.registry import Registry
-
-#: Export spec per model family.
-SPECS: Registry = Registry("export spec")
+from edgeflow.models.family import FAMILIES, get_family
 
 
 class SynthesisWrapper(nn.Module):
@@ -86,53 +84,24 @@ class ExportSpec:
         return mel, z, torch.tensor([float(config.sigma_infer)])
 
 
-def _frames(samples: int, hop: int) -> int:
-    return int(math.ceil(samples / hop))
+def spec_of(family: Any) -> ExportSpec:
+    """The export spec of a family (name, model, config or Family), from its ``export`` declaration."""
+    fam = get_family(family)
+    decl = fam.export
+    if decl is None:
+        from edgeflow.core.errors import ConfigError
 
-
-def _wn_radius(kernel_size: int, n_layers: int) -> int:
-    """Steps one output of a non-causal dilated stack (dilations 1, 2, 4, ...) reaches on each side."""
-    return (kernel_size - 1) // 2 * (2 ** n_layers - 1)
-
-
-def waveflow_field(cfg: Any) -> Dict[str, int]:
-    """WaveFlow receptive field in frames.
-
-    One net pass reaches ``r = (k-1)/2 * (2^L - 1)`` columns (of h samples) each side. In the
-    inverse, row i depends on rows < i through the net, so the reach compounds over the h rows:
-    ``n_flows * h * r`` columns in the worst case (``left``/``right``), versus ``n_flows * r`` for one
-    pass per flow (``net_*``, what the trained nets mostly use). The transposed-conv upsampler adds
-    at most 2 input steps per layer.
-    """
-    h, hop = cfg.height, cfg.mel.hop_length
-    r = _wn_radius(cfg.kernel_size, cfg.n_layers)
-    up, scale = 0.0, 1
-    for s in cfg.upsample_factors:
-        up += 2.0 / scale
-        scale *= s
-    up = int(math.ceil(up))
-    strict = _frames(cfg.n_flows * h * r * h + h, hop) + up
-    net = _frames(cfg.n_flows * r * h + h, hop) + up
-    return {"left": strict, "right": strict, "net_left": net, "net_right": net}
-
-
-def waveglow_field(cfg: Any) -> Dict[str, int]:
-    """WaveGlow receptive field in frames: each coupling's WN reaches ``(k-1)/2 * (2^L - 1)`` groups
-    of n_group samples each side (couplings are not autoregressive, so this bound is exact), plus
-    the upsampler (kernel 4*hop, stride hop: up to 4 frames back)."""
-    r = _wn_radius(cfg.wn_kernel_size, cfg.wn_layers)
-    f = _frames(cfg.n_flows * r * cfg.n_group + cfg.n_group, cfg.mel.hop_length)
-    return {"left": f + 4, "right": f + 1, "net_left": f + 4, "net_right": f + 1}
-
-
-SPECS.register("waveflow")(ExportSpec("waveflow", waveflow_field))
-SPECS.register("waveglow")(ExportSpec("waveglow", waveglow_field))
+        raise ConfigError(f"the {fam.name} family declares no export")
+    return ExportSpec(fam.name, decl.receptive_field, input_names=tuple(decl.input_names),
+                      output_names=tuple(decl.output_names), opset=decl.opset, tolerance=decl.tolerance,
+                      validation_frames=tuple(decl.validation_frames), wrapper=decl.wrapper or SynthesisWrapper)
 
 
 def get_spec(family: str) -> ExportSpec:
     """The export spec of ``family`` (ConfigError listing the known ones if unknown)."""
-    return SPECS.get(family)
+    return spec_of(family)
 
 
 def families() -> List[str]:
-    return list(SPECS)
+    """Families that declare an export."""
+    return [name for name, fam in FAMILIES.items() if fam.export is not None]

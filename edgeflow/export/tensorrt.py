@@ -96,18 +96,21 @@ def tensorrt_plan(bundle_dir: str | Path, manifest: Dict[str, Any]) -> Dict[str,
                     "bundle directory). Engines only run on the GPU and TensorRT version that built them."}
 
 
-def build_engine(bundle_dir: str | Path, engine: str = "model.plan", workspace_mb: int = 1024) -> Path:
+def build_engine(bundle_dir: str | Path, manifest: Dict[str, Any], engine: str = "model.plan",
+                 workspace_mb: int = 1024) -> Path:
     """Build the TensorRT engine on this device with the Python API (strongly typed network).
+
+    Args:
+        bundle_dir: the bundle directory.
+        manifest: its manifest, as read (and verified) by :func:`edgeflow.runtime.bundle.read_manifest`.
 
     Raises:
         DependencyError: TensorRT is not installed here.
         BundleError: the ONNX does not parse.
     """
-    from edgeflow.core.errors import BundleError, DependencyError
+    from edgeflow.core.errors import BundleError, DependencyError, short_reason
     from edgeflow.core.io import atomic_path
-    from edgeflow.runtime.bundle import read_manifest
 
-    manifest = read_manifest(bundle_dir)
     try:
         import tensorrt as trt  # noqa: F401
     except ImportError:
@@ -121,7 +124,7 @@ def build_engine(bundle_dir: str | Path, engine: str = "model.plan", workspace_m
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(Path(bundle_dir) / "model.onnx")):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT could not parse the bundle's ONNX: {errs[:300]}")
+        raise BundleError(f"TensorRT could not parse the bundle's ONNX: {short_reason(errs, 300)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     profile = builder.create_optimization_profile()

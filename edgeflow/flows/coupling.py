@@ -6,8 +6,6 @@ z_b = x_b * exp(log s) + t; logdet = sum(log s). The inverse is x_b = (z_b - t) 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -114,5 +112,3 @@ def remove_weight_norm(module: nn.Module) -> int:
             n += 1
     return n
 
-
-SQRT_HALF = math.sqrt(0.5)

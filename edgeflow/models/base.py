@@ -1,6 +1,6 @@
 """Flow vocoder base: mel [B, n_mels, F] conditions an invertible map audio [B, T] <-> z [B, T].
 
-Every family registers ``(ConfigClass, ModelClass)`` under its name in :data:`FAMILIES`.
+Every family is a :class:`edgeflow.models.family.Family` registered in :data:`FAMILIES`.
 Both directions follow the contract of :class:`edgeflow.flows.base.InvertibleModule`, with
 ``cond`` being the mel spectrogram; T must equal F * hop_length.
 """
@@ -15,11 +15,9 @@ import torch
 
 from edgeflow.audio.mel import MelConfig
 from edgeflow.core.config import ConfigBase
-from edgeflow.core.errors import ConfigError, InputError
-from edgeflow.core.registry import Registry
+from edgeflow.core.errors import InputError
 from edgeflow.flows.base import InvertibleModule
-
-FAMILIES: Registry = Registry("model family")
+from edgeflow.models.family import FAMILIES, get_family  # noqa: F401  (FAMILIES: the old name)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -66,14 +64,12 @@ class FlowVocoder(InvertibleModule):
     def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, sigma: Optional[float] = None) -> torch.Tensor:
         """Exact log p(audio | mel) per batch item [B] in nats, with z ~ N(0, sigma^2 I)."""
         sigma = self.config.sigma_train if sigma is None else sigma
-        z, logdet = self(audio, mel)
-        n = z[0].numel()
-        log_pz = -0.5 * (z.flatten(1) ** 2).sum(1) / sigma ** 2 - n * (math.log(sigma) + 0.5 * LOG_2PI)
-        return log_pz + logdet
+        return latent_log_likelihood(*self(audio, mel), sigma)
 
     def nll_per_dim(self, audio: torch.Tensor, mel: torch.Tensor, sigma: Optional[float] = None) -> torch.Tensor:
         """Mean negative log-likelihood per sample (nats/dim), the training loss."""
-        return -self.log_likelihood(audio, mel, sigma).mean() / audio[0].numel()
+        sigma = self.config.sigma_train if sigma is None else sigma
+        return latent_nll_per_dim(*self(audio, mel), sigma)
 
     def noise(self, mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Standard normal z [B, F * hop] from an explicit seed (:func:`edgeflow.core.noise.noise`,
@@ -95,22 +91,29 @@ class FlowVocoder(InvertibleModule):
         return audio
 
 
+def latent_log_likelihood(z: torch.Tensor, logdet: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log p(x) per batch item [B] in nats of a flow's output: z [B, ...] ~ N(0, sigma^2 I), logdet [B]
+    (log|det dz/dx|). The one place the Gaussian likelihood formula lives."""
+    n = z[0].numel()
+    log_pz = -0.5 * (z.flatten(1) ** 2).sum(1) / sigma ** 2 - n * (math.log(sigma) + 0.5 * LOG_2PI)
+    return log_pz + logdet
+
+
+def latent_nll_per_dim(z: torch.Tensor, logdet: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean negative log-likelihood per sample (nats/dim, a scalar) of a flow's output (z [B, T], logdet [B]).
+
+    The training loss; takes the flow's outputs, so a trainer can run the flow through a DDP wrapper."""
+    return -latent_log_likelihood(z, logdet, sigma).mean() / z[0].numel()
+
+
 def config_from_dict(family: str, data: Dict[str, Any]) -> VocoderConfig:
     """Build a family's config from a dict (unknown keys refused)."""
-    cfg_cls, _ = FAMILIES.get(family)
-    return cfg_cls.from_dict(data)
+    return get_family(family).config_from_dict(data)
 
 
 def build_model(family: str, config: VocoderConfig | Dict[str, Any] | None = None) -> FlowVocoder:
     """Instantiate a model of ``family`` from its config (object, dict, or None for defaults)."""
-    cfg_cls, model_cls = FAMILIES.get(family)
-    if config is None:
-        config = cfg_cls()
-    elif isinstance(config, dict):
-        config = cfg_cls.from_dict(config)
-    elif not isinstance(config, cfg_cls):
-        raise ConfigError(f"{family} needs a {cfg_cls.__name__}, got {type(config).__name__}")
-    return model_cls(config)
+    return get_family(family).build(config)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

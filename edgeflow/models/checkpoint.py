@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from edgeflow.core.errors import CheckpointError, ConfigError
+from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
 from edgeflow.core.io import atomic_path
 from edgeflow.flows.coupling import remove_weight_norm
 from edgeflow.models.base import FAMILIES, FlowVocoder, build_model
@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 
 
 def has_weight_norm(model: torch.nn.Module) -> bool:
+    """Whether any weight of ``model`` is parametrized (weight norm, the training-time form)."""
     from torch.nn.utils import parametrize
 
     return any(parametrize.is_parametrized(m, "weight") for m in model.modules())
@@ -83,12 +84,12 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
         if lines or (not zipfile.is_zipfile(path) and _pickle_runs_code(path)):
-            why = f": {lines[0][:120]}" if lines else ""
+            why = f": {short_reason(lines[0])}" if lines else ""
             raise CheckpointError(f"{path}: refused, the file holds Python objects that would run code on load "
                                   f"(weights_only load failed{why})") from None
         raise CheckpointError(f"{path}: corrupt or not a PyTorch file (unreadable pickle data)") from None
     except Exception as exc:  # noqa: BLE001 - unpickling arbitrary bytes raises KeyError, IndexError, ...
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        msg = short_reason(exc)
         if isinstance(exc, LookupError):
             msg = "unreadable pickle data"
         raise CheckpointError(f"{path}: corrupt or not a PyTorch file ({msg})") from None
@@ -120,7 +121,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], where: str = "checkpoint") -> Fl
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise CheckpointError(f"{where}: weights do not match the {ckpt['family']} config "
-                              f"({' '.join(lines[1:2])[:200]})") from None
+                              f"({short_reason(' '.join(lines[1:2]), 200)})") from None
     return model
 
 

@@ -17,7 +17,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from edgeflow.flows.base import Sequential
 from edgeflow.flows.reshape import Conjugate, Fold2d
 from edgeflow.flows.waveflow import DEFAULT_DILATIONS_H, WaveFlowCoupling
-from edgeflow.models.base import FAMILIES, FlowVocoder, VocoderConfig, check_lengths
+from edgeflow.models.base import FlowVocoder, VocoderConfig, check_lengths
 
 
 @dataclasses.dataclass
@@ -112,9 +112,6 @@ class UpsampleNet(nn.Module):
                 self.register_buffer(f"phase_weight_{i}", k.to(w.device))   # in the export copy only
         self.phased = True
 
-    def unfuse(self) -> None:
-        self.phased = False
-
     def forward(self, mel):
         x = mel[:, None]
         for i, (layer, s) in enumerate(zip(self.layers, self.factors)):
@@ -170,5 +167,3 @@ class WaveFlow(FlowVocoder):
             if isinstance(m, WaveFlowCoupling):
                 m.cached = cached
 
-
-FAMILIES.register("waveflow")((WaveFlowConfig, WaveFlow))

@@ -15,7 +15,7 @@ from edgeflow.flows.base import Sequential
 from edgeflow.flows.conv1x1 import Invertible1x1Conv, InvertibleLU1x1Conv
 from edgeflow.flows.coupling import AffineCoupling
 from edgeflow.flows.reshape import EarlySplit, Squeeze1d
-from edgeflow.models.base import FAMILIES, FlowVocoder, VocoderConfig, check_lengths
+from edgeflow.models.base import FlowVocoder, VocoderConfig, check_lengths
 
 
 @dataclasses.dataclass
@@ -96,5 +96,3 @@ class WaveGlow(FlowVocoder):
         audio, logdet = self.flows.inverse(x, self.cond(mel))
         return self.squeeze.inverse(audio)[0][:, 0], logdet
 
-
-FAMILIES.register("waveglow")((WaveGlowConfig, WaveGlow))

@@ -1,7 +1,7 @@
 """The pass framework (after torchao's ``quantize_(model, config)`` and ModelOpt's modes).
 
 A pass is a config dataclass registered with :func:`register_pass` together with its handler
-``handler(artifact, cfg, ctx) -> dict``. :func:`apply_pass` runs the handler on the artifact in
+``handler(artifact, cfg, ctx) -> dict`` (required). :func:`apply_pass` runs the handler on the artifact in
 place and appends a history record ``{name, config, version, metrics_before, metrics_after,
 seconds, status}``. The pipeline (``edgeflow.pipeline``) adds the quality gate and rollback.
 """
@@ -19,42 +19,64 @@ from edgeflow.core.config import ConfigBase
 from edgeflow.core.errors import ConfigError
 from edgeflow.core.registry import Registry
 
-#: name -> (config class, handler)
+#: name -> :class:`PassEntry`
 PASSES: Registry = Registry("pass")
 
 
 @dataclasses.dataclass
 class PassConfig(ConfigBase):
-    """Base of every pass config."""
+    """Base of every pass config. ``pass_name`` and ``changes_output`` are set by :func:`register_pass`."""
+
+    #: whether the pass can change the synthesised audio (False: the pipeline keeps the metrics it had
+    #: instead of evaluating again, e.g. ``freeze``).
+    changes_output = True
+
+    def inputs(self) -> Dict[str, str]:
+        """Inputs this pass reads besides the artifact, which the pipeline checks before the first pass:
+        ``"calibration"`` (a calibration set) and/or ``"training_data"`` (distillation data), each mapped to
+        the path the options name ("" = the run's default). The base pass reads none."""
+        return {}
 
 
-def register_pass(name: str):
-    """Class decorator registering a pass config; the handler is attached with ``@Config.handler``.
+@dataclasses.dataclass(frozen=True)
+class PassEntry:
+    """A registered pass: its config class, its handler ``handler(artifact, cfg, ctx) -> dict``, and whether it
+    can change the synthesised audio."""
 
-    Example::
+    name: str
+    config: type
+    handler: Callable[..., Optional[Dict[str, Any]]]
+    changes_output: bool = True
 
-        @register_pass("freeze")
+
+def register_pass(name: str, config: type, handler: Callable, *, changes_output: bool = True) -> type:
+    """Register pass ``name``: its config dataclass and its handler, both required. Returns the config class.
+
+    A pass is one module of :mod:`edgeflow.passes` ending with its registration (the package imports all its
+    modules, so nothing else is edited to add one)::
+
         @dataclasses.dataclass
         class FreezeConfig(PassConfig):
             ...
 
-        @FreezeConfig.handler
         def _freeze(artifact, cfg, ctx): ...
+
+        register_pass("freeze", FreezeConfig, _freeze, changes_output=False)
+
+    Raises:
+        ValueError: no name, a config that is not a PassConfig dataclass, no callable handler, or a name
+            registered twice.
     """
-
-    def deco(cfg_cls):
-        entry = {"config": cfg_cls, "handler": None}
-        PASSES.register(name)(entry)
-        cfg_cls.pass_name = name
-
-        def handler(fn: Callable) -> Callable:
-            entry["handler"] = fn
-            return fn
-
-        cfg_cls.handler = staticmethod(handler)
-        return cfg_cls
-
-    return deco
+    if not isinstance(name, str) or not name:
+        raise ValueError("register_pass needs a pass name")
+    if not (isinstance(config, type) and issubclass(config, PassConfig) and dataclasses.is_dataclass(config)):
+        raise ValueError(f"pass {name!r}: the config must be a PassConfig dataclass, got {config!r}")
+    if not callable(handler):
+        raise ValueError(f"pass {name!r}: a pass needs a handler (got {handler!r})")
+    PASSES.register(name)(PassEntry(name, config, handler, bool(changes_output)))
+    config.pass_name = name
+    config.changes_output = bool(changes_output)
+    return config
 
 
 @dataclasses.dataclass
@@ -98,8 +120,7 @@ class PassContext:
 
 def make_config(name: str, options: Optional[Dict[str, Any]] = None) -> PassConfig:
     """The config object of pass ``name`` from a dict of options (unknown keys refused)."""
-    entry = PASSES.get(name)
-    return entry["config"].from_dict(dict(options or {}))
+    return PASSES.get(name).config.from_dict(dict(options or {}))
 
 
 def apply_pass(artifact: Artifact, cfg: PassConfig, ctx: PassContext,
@@ -108,11 +129,8 @@ def apply_pass(artifact: Artifact, cfg: PassConfig, ctx: PassContext,
     name = getattr(type(cfg), "pass_name", None)
     if name is None:
         raise ConfigError(f"{type(cfg).__name__} is not a registered pass config")
-    handler = PASSES.get(name)["handler"]
-    if handler is None:
-        raise ConfigError(f"pass {name!r} has no handler")
     t0 = time.time()
-    details = handler(artifact, cfg, ctx) or {}
+    details = PASSES.get(name).handler(artifact, cfg, ctx) or {}
     record = {"name": name, "config": cfg.to_dict(), "version": __version__, "seconds": round(time.time() - t0, 3),
               "metrics_before": dict(metrics_before or {}), "metrics_after": {}, "status": "applied",
               "details": details}

@@ -9,23 +9,24 @@ from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
 
-@register_pass("freeze")
 @dataclasses.dataclass
 class FreezeConfig(PassConfig):
     """Remove weight norm and precompute inverse 1x1-conv weights (float64) as buffers."""
 
 
-@FreezeConfig.handler
 def _freeze(artifact: Artifact, cfg: FreezeConfig, ctx: PassContext):
     from edgeflow.export.freeze import freeze_model
 
     if artifact.model is None:
         raise ConfigError("freeze: the artifact has no torch model")
     freeze_model(artifact.model)
+    artifact.info["frozen"] = True                # the pipeline re-freezes a model it restores from disk
     return {"frozen": True}
 
 
-@register_pass("export")
+register_pass("freeze", FreezeConfig, _freeze, changes_output=False)
+
+
 @dataclasses.dataclass
 class ExportConfig(PassConfig):
     """Export the synthesis direction to an ONNX bundle (parity-checked against PyTorch).
@@ -43,9 +44,8 @@ class ExportConfig(PassConfig):
             raise ValueError("export writes float32; use the quantize pass for int8/float16")
 
 
-@ExportConfig.handler
 def _export(artifact: Artifact, cfg: ExportConfig, ctx: PassContext):
-    from edgeflow.export.onnx_export import export_bundle
+    from edgeflow.validate.export import export_bundle
 
     if artifact.model is None:
         raise ConfigError("export: the artifact has no torch model")
@@ -58,13 +58,14 @@ def _export(artifact: Artifact, cfg: ExportConfig, ctx: PassContext):
     return {"bundle": out.name, "validation": manifest.get("validation")}
 
 
-@register_pass("validate")
+register_pass("export", ExportConfig, _export)
+
+
 @dataclasses.dataclass
 class ValidateConfig(PassConfig):
     """Check the current bundle: manifest and hashes, parity already recorded, quality on eval clips."""
 
 
-@ValidateConfig.handler
 def _validate(artifact: Artifact, cfg: ValidateConfig, ctx: PassContext):
     from edgeflow.runtime.bundle import read_manifest
 
@@ -73,3 +74,6 @@ def _validate(artifact: Artifact, cfg: ValidateConfig, ctx: PassContext):
     manifest = read_manifest(artifact.bundle_dir)
     metrics = ctx.evaluate(artifact) if ctx.evaluate else {}
     return {"manifest_ok": True, "export_parity": manifest.get("validation"), "quality": metrics}
+
+
+register_pass("validate", ValidateConfig, _validate, changes_output=False)

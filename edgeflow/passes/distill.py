@@ -77,19 +77,20 @@ def teacher_of(artifact: Artifact, which: str):
 
 
 def size_facts(model) -> Dict[str, Any]:
+    """Parameters and analytic GFLOPs per second of audio (the family's cost model)."""
     from edgeflow.models.base import count_parameters
-    from edgeflow.validate.cost import flops_per_second_of_audio
+    from edgeflow.models.family import get_family
 
-    return {"parameters": count_parameters(model), "gflops_per_audio_second": round(flops_per_second_of_audio(model)
-                                                                                   / 1e9, 3)}
+    flops = sum(get_family(model).flops_breakdown(model.config).values())
+    return {"parameters": count_parameters(model), "gflops_per_audio_second": round(flops / 1e9, 3)}
 
 
-@register_pass("distill")
 @dataclasses.dataclass
 class DistillConfig(PassConfig, DistillSettings):
     """Distillation pass options: DistillSettings plus teacher, student overrides, layers_fraction, init,
-    fit_target. ``layers_fraction`` (0: unused) keeps that fraction of each flow's layers (WaveFlow
-    ``n_layers``, WaveGlow ``wn_layers``; rounded, at least 1), so one recipe fits models of any depth."""
+    fit_target. ``layers_fraction`` (0: unused) keeps that fraction of each flow's layers (the family's
+    ``layers_field``: WaveFlow ``n_layers``, WaveGlow ``wn_layers``; rounded, at least 1), so one recipe fits
+    models of any depth."""
 
     teacher: str = "reference"
     student: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -106,19 +107,22 @@ class DistillConfig(PassConfig, DistillSettings):
         if not isinstance(self.student, dict):
             raise ValueError("student must be a mapping of config fields")
 
+    def inputs(self):
+        return {"training_data": self.data}
+
 
 def settings_of(cfg) -> DistillSettings:
     names = {f.name for f in dataclasses.fields(DistillSettings)}
     return DistillSettings.from_dict({k: v for k, v in cfg.to_dict().items() if k in names})
 
 
-@DistillConfig.handler
 def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
     import torch
 
     from edgeflow.compress.layers import finish_like
     from edgeflow.compress.student import fit_target, make_student, student_config
     from edgeflow.models.base import build_model, count_parameters
+    from edgeflow.models.family import get_family
 
     model = artifact.model
     if model is None:
@@ -127,7 +131,9 @@ def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
     check_pair(teacher, model)
     overrides = dict(cfg.student)
     if cfg.layers_fraction:
-        key = "n_layers" if model.family == "waveflow" else "wn_layers"
+        key = get_family(model).layers_field
+        if key is None:
+            raise ConfigError(f"distill: layers_fraction needs a layer stack; the {model.family} family has none")
         if key in overrides:
             raise ConfigError(f"distill: give either layers_fraction or student.{key}, not both")
         overrides[key] = max(1, round(cfg.layers_fraction * getattr(model.config, key)))
@@ -148,3 +154,6 @@ def _distill(artifact: Artifact, cfg: DistillConfig, ctx: PassContext):
     summary = run_distill(artifact, ctx, settings, teacher, student, data)
     artifact.model = finish_like(student, model)
     return {"student": overrides, "init": init, "before": before, "after": size_facts(student), "training": summary}
+
+
+register_pass("distill", DistillConfig, _distill)

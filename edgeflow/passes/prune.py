@@ -20,7 +20,6 @@ from edgeflow.passes.distill import load_data, run_distill, score_batches, size_
 SCORES = ("activation", "weight")
 
 
-@register_pass("prune")
 @dataclasses.dataclass
 class PruneConfig(PassConfig):
     """Options.
@@ -48,6 +47,9 @@ class PruneConfig(PassConfig):
             raise ValueError("finetune must be a mapping of distillation options")
         DistillSettings.from_dict(self.finetune)
 
+    def inputs(self):
+        return {"training_data": self.finetune.get("data", "")} if self.finetune and self.ratio > 0 else {}
+
 
 def _data_or_none(artifact, ctx, settings, model, need: bool):
     try:
@@ -58,7 +60,6 @@ def _data_or_none(artifact, ctx, settings, model, need: bool):
         return None
 
 
-@PruneConfig.handler
 def _prune(artifact: Artifact, cfg: PruneConfig, ctx: PassContext):
     model = artifact.model
     if model is None:
@@ -83,3 +84,6 @@ def _prune(artifact: Artifact, cfg: PruneConfig, ctx: PassContext):
         new = finish_like(new, model)
     artifact.model = new
     return details
+
+
+register_pass("prune", PruneConfig, _prune)

@@ -6,9 +6,11 @@ section in the manifest (method, calibration set and its hash, what stayed float
 quality against the float bundle), and points ``artifact.bundle_dir`` at it.
 
 Calibration data: ``ctx.calib_dir`` (``edgeflow optimize --calib DIR``), else the default set
-``calibration/<model-name>`` (the checkpoint's recipe name, when the pipeline records it), else the
-only set under ``calibration/`` made for this model's family and front-end; otherwise an error
-telling how to build one (``edgeflow calibrate``).
+``calibration/<model-name>`` (the checkpoint's recipe name, recorded by the pipeline), else the
+only set made for this model's family and front-end; ``calibration/`` folders are looked for in the
+working directory, then beside the model.pt and up to three folders above it (so
+``models/NAME/model.pt`` finds ``calibration/NAME`` of its project wherever edgeflow is installed).
+Otherwise an error telling how to build one (``edgeflow calibrate``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,6 @@ from typing import List, Optional
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
-_REPO = Path(__file__).resolve().parents[2]
-
-
-@register_pass("quantize")
 @dataclasses.dataclass
 class QuantizeConfig(PassConfig):
     """Options of the quantize pass.
@@ -87,10 +85,17 @@ class QuantizeConfig(PassConfig):
         if self.sensitivity_clips < 1:
             raise ValueError("sensitivity_clips must be >= 1")
 
+    def inputs(self):
+        return {"calibration": ""}
 
-def default_calibration(family: str, mel: dict, name: Optional[str] = None) -> Path:
+
+def default_calibration(family: str, mel: dict, name: Optional[str] = None,
+                        model_path: Optional[str | Path] = None) -> Path:
     """The default calibration set for a model (see the module doc). Raises ConfigError when there is none."""
-    roots = [Path.cwd() / "calibration", _REPO / "calibration"]
+    roots = [Path.cwd() / "calibration"]
+    if model_path:
+        near = Path(model_path).resolve().parent
+        roots += [d / "calibration" for d in [near, *near.parents][:4]]
     if name:
         for root in roots:
             if (root / name / "manifest.json").is_file():
@@ -113,7 +118,6 @@ def default_calibration(family: str, mel: dict, name: Optional[str] = None) -> P
                         "and pass --calib")
 
 
-@QuantizeConfig.handler
 def _quantize(artifact: Artifact, cfg: QuantizeConfig, ctx: PassContext):
     from edgeflow.audio.mel import MelConfig
     from edgeflow.core.io import atomic_dir
@@ -127,7 +131,7 @@ def _quantize(artifact: Artifact, cfg: QuantizeConfig, ctx: PassContext):
     if manifest.get("precision") != "float32":
         raise ConfigError(f"quantize: the bundle is already {manifest.get('precision')}; quantize a float32 bundle")
     calib_dir = Path(ctx.calib_dir) if ctx.calib_dir else default_calibration(
-        manifest["family"], manifest["mel"], artifact.info.get("model_name"))
+        manifest["family"], manifest["mel"])   # the pipeline passes the set it resolved up front
     cset = load_calibration_set(calib_dir, manifest["mel"])
     mel_cfg = MelConfig.from_dict(manifest["mel"])
     io = manifest["io"]
@@ -169,3 +173,6 @@ def _quantize(artifact: Artifact, cfg: QuantizeConfig, ctx: PassContext):
     return {"bundle": out.name, "precision": cfg.precision, "calibration": details["calibration"],
             "kept_float": details.get("kept_float") or details.get("kept_float32"),
             "quality_vs_float": q, "bytes": (out / MODEL_FILE).stat().st_size}
+
+
+register_pass("quantize", QuantizeConfig, _quantize)

@@ -12,14 +12,14 @@ import dataclasses
 from typing import Any, Dict, List
 
 from edgeflow.compress.data import NoTrainingData
-from edgeflow.compress.reduce import KEEP_MODES, count_for_fraction, flow_counts, keep_flows, set_height
+from edgeflow.compress.reduce import KEEP_MODES, count_for_fraction, cut, flow_counts, keep_flows
 from edgeflow.compress.settings import DistillSettings
 from edgeflow.core.errors import ConfigError
+from edgeflow.models.family import get_family
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.distill import load_data, run_distill, size_facts, skipped, teacher_of
 
 
-@register_pass("reduce_flows")
 @dataclasses.dataclass
 class ReduceFlowsConfig(PassConfig):
     """Options.
@@ -57,18 +57,28 @@ class ReduceFlowsConfig(PassConfig):
             raise ValueError("finetune must be a mapping of distillation options")
         DistillSettings.from_dict(self.finetune)
 
+    def inputs(self):
+        return {"training_data": self.finetune.get("data", "")} if self.finetune else {}
+
+
+def flow_count(model) -> int:
+    """The model's flow count (its family's ``flows_field``)."""
+    fam = get_family(model)
+    if fam.flows_field is None:
+        raise ConfigError(f"reduce_flows: the {fam.name} family has no flow stack to cut")
+    return getattr(model.config, fam.flows_field)
+
 
 def reduce_model(model, n_flows: int, height: int, keep: str):
     """(reduced model, info): keep_flows then set_height, 0 meaning unchanged."""
     info: Dict[str, Any] = {}
-    if n_flows and n_flows != model.config.n_flows:
+    if n_flows:                              # keep_flows returns the model itself when nothing changes
         model, info["flows"] = keep_flows(model, n_flows, keep)
-    if height and height != getattr(model.config, "height", None):
-        model, info["height"] = set_height(model, height)
+    if height:                               # a family cut (WaveFlow); others refuse it, naming what they cut
+        model, info["height"] = cut(model, "height", height)
     return model, info
 
 
-@ReduceFlowsConfig.handler
 def _reduce(artifact: Artifact, cfg: ReduceFlowsConfig, ctx: PassContext):
     model = artifact.model
     if model is None:
@@ -80,7 +90,7 @@ def _reduce(artifact: Artifact, cfg: ReduceFlowsConfig, ctx: PassContext):
             data = load_data(artifact, ctx, settings, model)
         except NoTrainingData as exc:
             return skipped("reduce_flows", exc)
-    n0 = model.config.n_flows
+    n0 = flow_count(model)
     n_flows = count_for_fraction(model, cfg.fraction) if cfg.fraction else cfg.n_flows
     by_count, valid = {}, set(flow_counts(model))
     for k in sorted(set(int(c) for c in cfg.evaluate_counts) | ({n_flows} if cfg.evaluate_counts else set())):
@@ -93,7 +103,7 @@ def _reduce(artifact: Artifact, cfg: ReduceFlowsConfig, ctx: PassContext):
     if new is model:
         import copy
         new = copy.deepcopy(model)
-    details: Dict[str, Any] = {"n_flows": f"{n0} -> {new.config.n_flows}", "reduce": info,
+    details: Dict[str, Any] = {"n_flows": f"{n0} -> {flow_count(new)}", "reduce": info,
                                "before": size_facts(model), "after": size_facts(new)}
     if by_count:
         details["quality_by_flow_count"] = by_count
@@ -106,3 +116,6 @@ def _reduce(artifact: Artifact, cfg: ReduceFlowsConfig, ctx: PassContext):
         new = finish_like(new, model)
     artifact.model = new
     return details
+
+
+register_pass("reduce_flows", ReduceFlowsConfig, _reduce)

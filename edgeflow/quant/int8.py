@@ -64,28 +64,23 @@ def run_graph(path: str | Path, feeds: Sequence[Dict[str, np.ndarray]], threads:
     """
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if basic:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    from edgeflow.core.ort import session_options
+
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads, basic=basic),
+                                providers=["CPUExecutionProvider"])
     return [sess.run(None, f)[0][0].astype(np.float32) for f in feeds]
 
 
 def compare(ref: Sequence[np.ndarray], outs: Sequence[np.ndarray], mel_cfg: Any) -> Dict[str, float]:
-    """Mean SNR (dB, capped at 120), worst SNR, and mean log-mel L1 of ``outs`` against ``ref``."""
-    from edgeflow.validate.metrics import log_mel_l1
+    """Mean SNR (dB, :func:`edgeflow.audio.snr.snr_db`, capped at its SNR_CAP_DB), worst SNR, and mean log-mel L1 of ``outs`` against ``ref``."""
+    from edgeflow.audio.snr import log_mel_l1, snr_db
 
     snrs, l1s = [], []
     for r, o in zip(ref, outs):
         if not np.all(np.isfinite(o)):
             return {"snr_db": -math.inf, "snr_db_min": -math.inf, "mel_l1": math.inf, "finite": False}
-        err = float(np.sum((r.astype(np.float64) - o) ** 2))
-        sig = float(np.sum(r.astype(np.float64) ** 2))
-        snrs.append(120.0 if err == 0 else min(120.0, 10 * math.log10(max(sig, 1e-30) / err)))
-        l1s.append(log_mel_l1(r, o, mel_cfg.sample_rate, mel_cfg))
+        snrs.append(snr_db(r, o))
+        l1s.append(log_mel_l1(r, o, mel_cfg))
     return {"snr_db": round(float(np.mean(snrs)), 2), "snr_db_min": round(float(np.min(snrs)), 2),
             "mel_l1": round(float(np.mean(l1s)), 4), "finite": True}
 

@@ -56,16 +56,15 @@ def collect_ranges(model, tensors: Iterable[str], feeds: Sequence[Dict[str, np.n
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import HistogramCollector
 
+    from edgeflow.core.ort import session_options
+
     names = sorted(tensors)
     m = copy.deepcopy(model)
     present = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
     m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                           for t in names if t not in present)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
     lo: Dict[str, float] = {}
     hi: Dict[str, float] = {}

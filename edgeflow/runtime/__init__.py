@@ -1,4 +1,4 @@
-"""Torch-free runtime: bundle loading and checks, the Synthesizer, streaming, providers.
+"""Torch-free runtime: bundle loading and checks, the Synthesizer, streaming, providers, the TTS Voice.
 
 Nothing under ``edgeflow.runtime`` imports torch (directly or through other edgeflow modules):
 only numpy, onnxruntime, soundfile, scipy, ``edgeflow.core`` and ``edgeflow.audio`` (numpy parts).
@@ -6,3 +6,4 @@ only numpy, onnxruntime, soundfile, scipy, ``edgeflow.core`` and ``edgeflow.audi
 
 from edgeflow.runtime.bundle import FORMAT, FORMAT_VERSION, read_manifest  # noqa: F401
 from edgeflow.runtime.synthesizer import Synthesizer, check_mel, resolve_providers  # noqa: F401
+from edgeflow.runtime.voice import Voice  # noqa: F401

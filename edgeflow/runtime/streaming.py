@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from edgeflow.core.errors import InputError
-from edgeflow.runtime.synthesizer import check_mel
+from edgeflow.runtime.checks import check_mel
 
 
 def stream(synth, mel_chunks: Iterable[Any], sigma: float, seed: int, left: int, right: int

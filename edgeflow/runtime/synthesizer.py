@@ -7,97 +7,23 @@ PyTorch models use, so a bundle and its source model.pt give the same audio for 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.core.errors import BundleError, DependencyError, InputError, short_reason
 from edgeflow.core.noise import noise
+from edgeflow.core.ort import LARGE_GRAPH_NODES, session_options  # noqa: F401  (the one place)
 from edgeflow.runtime.bundle import MODEL_FILE, read_manifest
+from edgeflow.runtime.checks import check_mel, check_seed, check_sigma  # noqa: F401  (check_mel: public here too)
+from edgeflow.runtime.streaming import stream
 
 #: Longest input accepted in one call (seconds of audio); longer input is refused, not truncated.
 MAX_SECONDS = 600.0
 
 _ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU = "CPUExecutionProvider"
-
-#: Graphs with more nodes than this are loaded with onnxruntime's memory-reuse planning off: the planner
-#: is superlinear in graph size (the unrolled cached WaveFlow demo graph, ~20k nodes, takes minutes to
-#: plan, ~10 s without); intermediates are still freed after their last use.
-LARGE_GRAPH_NODES = 4000
-
-
-def session_options(threads: Optional[int] = None, nodes: int = 0):
-    """onnxruntime SessionOptions: ``threads`` intra-op threads (None: ORT default), quiet logging,
-    memory-reuse planning off for graphs of more than :data:`LARGE_GRAPH_NODES` nodes."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if nodes > LARGE_GRAPH_NODES:
-        opts.enable_mem_reuse = False
-    return opts
-
-
-def check_mel(mel: Any, n_mels: int, allow_empty: bool = False) -> Tuple[np.ndarray, bool]:
-    """Validate a mel spectrogram and return it as float32 [B, n_mels, F].
-
-    Args:
-        mel: array-like [n_mels, F] or [B, n_mels, F] of floats (float16/32/64).
-        n_mels: channels the model expects.
-        allow_empty: accept F == 0 (stream chunks).
-
-    Returns:
-        (mel float32 [B, n_mels, F], True if the input was 2-D).
-
-    Raises:
-        InputError: not numeric, a non-float dtype, wrong rank or channel count, zero frames or
-            batch, NaN or Inf.
-    """
-    try:
-        arr = np.asarray(mel)
-    except Exception as exc:  # ragged lists and the like
-        raise InputError(f"mel is not an array ({type(exc).__name__})") from None
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"mel must be a float array, got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise InputError(f"mel must be [{n_mels}, frames] or [B, {n_mels}, frames], got shape {arr.shape}")
-    squeeze = arr.ndim == 2
-    if squeeze:
-        arr = arr[None]
-    if arr.shape[1] != n_mels:
-        raise InputError(f"mel has {arr.shape[1]} channels, the model expects {n_mels} "
-                         f"(shape {arr.shape[1 if squeeze else 0:]})")
-    if arr.shape[0] == 0:
-        raise InputError("mel has an empty batch")
-    if arr.shape[2] == 0 and not allow_empty:
-        raise InputError("mel has zero frames")
-    if not np.all(np.isfinite(arr)):
-        raise InputError("mel contains NaN or Inf")
-    return np.ascontiguousarray(arr, dtype=np.float32), squeeze
-
-
-def check_seed(seed: Any) -> int:
-    """A non-negative integer seed, else InputError."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def check_sigma(sigma: Any) -> float:
-    """A finite non-negative float sigma, else InputError."""
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        raise InputError(f"sigma must be a number, got {sigma!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"sigma must be finite and >= 0, got {sigma!r}")
-    return value
 
 
 def resolve_providers(providers: Union[None, str, Sequence[str]]) -> List[str]:
@@ -183,9 +109,7 @@ class Synthesizer:
         except DependencyError:
             raise
         except Exception as exc:
-            raise BundleError(f"{bundle_dir}: onnxruntime cannot load {MODEL_FILE} "
-                              f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})"
-                              ) from None
+            raise BundleError(f"{bundle_dir}: onnxruntime cannot load {MODEL_FILE} ({short_reason(exc)})") from None
         synth.session = session
         names = sorted(i.name for i in session.get_inputs())
         if names != sorted(synth.input_names):
@@ -274,8 +198,6 @@ class Synthesizer:
             float32 audio pieces [n * hop] (or [B, n * hop]), in order, as soon as enough right
             context has arrived.
         """
-        from edgeflow.runtime.streaming import stream
-
         sigma = self.sigma_default if sigma is None else check_sigma(sigma)
         left = self.context_frames[0] if left_context is None else left_context
         right = self.context_frames[1] if right_context is None else right_context

@@ -1,20 +1,19 @@
-"""Target profiles (data files ``<name>.json`` beside this module): backend, precisions, threads,
-the device's peak throughput and memory bandwidth (for roofline estimates), constraints, and the
-passes of each recipe (``quality``, ``balanced``, ``fast``)."""
+"""Target profiles (package data ``<name>.json`` beside this module, read with :mod:`importlib.resources`):
+backend, precisions, threads, the device's peak throughput and memory bandwidth (for roofline estimates),
+constraints, and the passes of each recipe (``quality``, ``balanced``, ``fast``)."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List
 
 from edgeflow.core.errors import ConfigError
 
-TARGET_DIR = Path(__file__).resolve().parent
-
-
 def list_targets() -> List[str]:
-    return sorted(p.stem for p in TARGET_DIR.glob("*.json"))
+    """Names of the shipped target profiles, sorted."""
+    return sorted(f.name[:-5] for f in resources.files(__name__).iterdir() if f.name.endswith(".json"))
 
 
 def load_target(name: str) -> Dict[str, Any]:
@@ -23,19 +22,17 @@ def load_target(name: str) -> Dict[str, Any]:
     Raises:
         ConfigError: unknown name (the known ones are listed), unreadable file, or no recipes.
     """
-    path = TARGET_DIR / f"{name}.json"
-    if not path.is_file():
-        if str(name).endswith(".json") and Path(name).is_file():
-            path = Path(name)
-        else:
-            raise ConfigError(f"unknown target {name!r} (known: {', '.join(list_targets())}, or a JSON file)")
+    shipped = str(name) in list_targets()
+    path = resources.files(__name__) / f"{name}.json" if shipped else Path(name)
+    if not shipped and not (str(name).endswith(".json") and path.is_file()):
+        raise ConfigError(f"unknown target {name!r} (known: {', '.join(list_targets())}, or a JSON file)")
     try:
-        target = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        target = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"target file {path}: {exc}") from None
     if not isinstance(target, dict) or not isinstance(target.get("recipes"), dict):
         raise ConfigError(f"target file {path}: no 'recipes' mapping")
-    target.setdefault("name", path.stem)
+    target.setdefault("name", path.name[:-5] if path.name.endswith(".json") else path.name)
     return target
 
 

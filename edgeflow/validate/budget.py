@@ -1,14 +1,15 @@
-"""Quality budgets: how far each metric may fall below the unoptimized model's."""
+"""Quality budgets: how far each metric may fall below the unoptimized model's (metrics: :mod:`.table`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 from edgeflow.core.errors import ConfigError
+from edgeflow.validate.table import BUDGET_METRICS, TABLE
 
 #: metric -> True if higher is better. Budgets are absolute allowed drops in the metric's unit.
-DIRECTION = {"pesq": True, "stoi": True, "dnsmos": True,
-             "mel_l1": False, "mr_stft": False, "mcd": False, "lsd": False, "wer": False}
+DIRECTION = {k: TABLE[k].higher_is_better for k in BUDGET_METRICS}
 
 
 def parse_budget(text: str | Dict[str, float] | None) -> Dict[str, float]:
@@ -46,13 +47,38 @@ def parse_budget(text: str | Dict[str, float] | None) -> Dict[str, float]:
 
 def budget_violations(reference: Dict[str, float], current: Dict[str, float],
                       budget: Dict[str, float]) -> Dict[str, Dict[str, float]]:
-    """Metrics whose drop from ``reference`` exceeds the budget: {metric: {reference, current, drop, allowed}}."""
+    """Metrics whose drop from ``reference`` exceeds the budget: {metric: {reference, current, drop, allowed}}.
+
+    A budgeted metric missing from either side (or not finite) is never skipped: it is a violation with
+    ``drop`` None and a ``reason``, since a budget nobody checked has not held.
+    """
     bad = {}
     for metric, allowed in budget.items():
-        if metric not in reference or metric not in current:
+        ref, cur = reference.get(metric), current.get(metric)
+        missing = [side for side, v in (("reference", ref), ("current", cur))
+                   if not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if missing:
+            bad[metric] = {"reference": ref, "current": cur, "drop": None, "allowed": allowed,
+                           "reason": f"not scored on the {' and '.join(missing)} output"}
             continue
-        ref, cur = float(reference[metric]), float(current[metric])
+        ref, cur = float(ref), float(cur)
         drop = ref - cur if DIRECTION[metric] else cur - ref
         if drop > allowed + 1e-12:
             bad[metric] = {"reference": ref, "current": cur, "drop": drop, "allowed": allowed}
     return bad
+
+
+def describe(budget: Dict[str, float]) -> str:
+    """The budget in words, e.g. ``"pesq may fall by 0.1, mel_l1 may rise by 0.25 nats"`` ("none" if empty)."""
+    parts = []
+    for k, v in budget.items():
+        m = TABLE[k]
+        parts.append(f"{k} may {'fall' if m.higher_is_better else 'rise'} by {v:g}{(' ' + m.unit) if m.unit else ''}")
+    return ", ".join(parts) or "none"
+
+
+def describe_violation(metric: str, v: Dict[str, object]) -> str:
+    """One violation in words."""
+    if v.get("drop") is None:
+        return f"{metric} {v.get('reason', 'not scored')}"
+    return f"{metric} drop {v['drop']:.3f} > {v['allowed']}"

@@ -6,20 +6,9 @@ thread count when it is already imported).
 
 Analytic FLOPs (:func:`flops_per_second_of_audio`) count ``2 x multiply-adds`` of every
 convolution per second of output audio; biases, activations, gates, the affine transform and
-reshapes are left out (they are O(channels) per position against O(channels^2)).
-
-WaveFlow (all flows run over all ``T = sample_rate`` positions per second, the folded
-``h x T/h`` grid): per flow ``2 C`` (start 1x1, 1 -> C) + ``4 C`` (end 1x1, C -> 2) and per
-layer ``2 k^2 C 2C`` (dilated k x k conv, C -> 2C) + ``2 n_mels 2C`` (conditioning 1x1)
-+ ``2 C C`` (residual 1x1) + ``2 C C`` (skip 1x1). The cached inverse does the same work (one
-row at a time). Upsampler: each ConvTranspose2d(1, 1, (3, 2s), stride (1, s)) output gets
-``3 x 2`` taps, at ``n_mels x prod(factors so far) / hop`` outputs per audio sample.
-
-WaveGlow (``sample_rate / n_group`` positions per second; flow i has n_i channels, shrinking
-by ``n_early_size`` at each early output): invertible 1x1 conv ``2 n_i^2``; WN start
-``2 (n_i/2) C``, conditioning 1x1 ``2 (n_mels n_group) (2 C L)``, dilated convs
-``2 k C 2C L``, residual/skip 1x1s ``2 C 2C (L - 1) + 2 C C``, end ``2 C n_i``. Upsampler
-ConvTranspose1d(n_mels, n_mels, 4 hop, stride hop): ``2 x 4 n_mels^2`` per audio sample.
+reshapes are left out (they are O(channels) per position against O(channels^2)). Each model family
+declares its own cost model (:meth:`edgeflow.models.family.Family.flops_breakdown`; the formulas are in
+the family modules, e.g. :mod:`edgeflow.models.waveflow_family`).
 """
 
 from __future__ import annotations
@@ -188,37 +177,15 @@ def _config_of(model: Any) -> Any:
 
 
 def flops_breakdown(model: Any) -> Dict[str, float]:
-    """FLOPs per second of audio by part (see the module docstring for the formulas).
+    """FLOPs per second of audio by part, from the model's family (:meth:`Family.flops_breakdown`).
 
     Args:
-        model: a WaveFlow or WaveGlow model, or its config (duck-typed: WaveFlow configs have
-            ``height``, WaveGlow configs ``n_group``).
+        model: a model of a registered family, or its config.
     """
-    c = _config_of(model)
-    mel, sr = c.mel, c.mel.sample_rate
-    if hasattr(c, "height"):
-        ch, k, m = c.channels, c.kernel_size, mel.n_mels
-        per_layer = 2 * k * k * ch * 2 * ch + 2 * m * 2 * ch + 2 * ch * ch + 2 * ch * ch
-        flows = c.n_flows * (c.n_layers * per_layer + 2 * ch + 2 * ch * 2) * sr
-        prod, up = 1, 0.0
-        for s in c.upsample_factors:
-            prod *= s
-            up += 2 * 3 * (2 * s / s) * m * prod / mel.hop_length * sr
-        return {"flows": float(flows), "upsampler": float(up)}
-    if hasattr(c, "n_group"):
-        ch, L, k, m = c.wn_channels, c.wn_layers, c.wn_kernel_size, mel.n_mels
-        n_ch, conv1x1, wn = c.n_group, 0, 0
-        for i in range(c.n_flows):
-            if i > 0 and c.n_early_every > 0 and i % c.n_early_every == 0:
-                n_ch -= c.n_early_size
-            n_a = n_ch // 2
-            conv1x1 += 2 * n_ch * n_ch
-            wn += (2 * n_a * ch + 2 * m * c.n_group * 2 * ch * L + 2 * k * ch * 2 * ch * L
-                   + 2 * ch * 2 * ch * (L - 1) + 2 * ch * ch + 2 * ch * 2 * (n_ch - n_a))
-        pos = sr / c.n_group
-        return {"wn": float(wn * pos), "conv1x1": float(conv1x1 * pos), "upsampler": float(2 * 4 * m * m * sr)}
-    raise ConfigError(f"flops_per_second_of_audio: unknown model/config type {type(c).__name__} "
-                      "(expected WaveFlow or WaveGlow)")
+    from edgeflow.models.family import get_family
+
+    config = _config_of(model)
+    return get_family(config).flops_breakdown(config)
 
 
 def flops_per_second_of_audio(model: Any) -> float:

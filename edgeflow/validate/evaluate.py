@@ -87,48 +87,75 @@ def bundle_synthesizer(bundle_dir: str | Path, seed: int = 0, threads: Optional[
     return lambda mel: np.asarray(syn.synthesize(mel, sigma=sigma, seed=seed), dtype=np.float32).reshape(-1)
 
 
+#: metrics of :func:`score` when none are named (the per-pass gate's historical set)
+GATE_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft")
+#: metrics of the final report (every budgetable metric; wer only where clips have transcripts)
+REPORT_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft", "mcd", "lsd", "dnsmos", "wer")
+
+
 def evaluate(synth: Synth, clips: Sequence[EvalClip], mel_cfg: MelConfig,
-             reference: Optional[Sequence[np.ndarray]] = None, full: bool = False) -> Dict[str, float]:
-    """Mean metrics over clips.
-
-    Against ground truth: ``pesq`` (PESQ-WB), ``stoi``, ``mel_l1`` (log-mel L1), ``mr_stft``; with
-    ``full`` also ``mcd`` (DTW) and ``dnsmos`` (no reference) and ``wer`` where clips have text.
-    Against ``reference`` outputs (same noise): ``snr_vs_ref`` (dB) and ``mel_l1_vs_ref``.
-
-    Returns:
-        dict of metric -> mean value, plus ``outputs`` is not included (see :func:`synthesize_all`).
-    """
-    outs = synthesize_all(synth, clips)
-    return score(outs, clips, mel_cfg, reference, full)
+             reference: Optional[Sequence[np.ndarray]] = None, metrics: Optional[Sequence[str]] = None,
+             log=None) -> Dict[str, float]:
+    """Mean metrics of a synthesizer over clips (see :func:`score`)."""
+    return score(synthesize_all(synth, clips), clips, mel_cfg, reference, metrics, log=log)
 
 
-def synthesize_all(synth: Synth, clips: Sequence[EvalClip]) -> List[np.ndarray]:
-    return [synth(c.mel)[:len(c.audio)] for c in clips]
+def synthesize_all(synth: Synth, clips: Sequence[EvalClip], log=None, label: str = "synthesizing") -> List[np.ndarray]:
+    """Outputs of ``synth`` for each clip, cut to the clip's length (progress lines through ``log``)."""
+    from edgeflow.validate.progress import Progress
+
+    prog = Progress(label, sum(len(c.audio) for c in clips), log, "samples")
+    outs = []
+    for c in clips:
+        outs.append(synth(c.mel)[:len(c.audio)])
+        prog.advance(len(c.audio))
+    return outs
 
 
 def score(outs: Sequence[np.ndarray], clips: Sequence[EvalClip], mel_cfg: MelConfig,
-          reference: Optional[Sequence[np.ndarray]] = None, full: bool = False) -> Dict[str, float]:
-    from edgeflow.validate import metrics as M
-    from edgeflow.validate import perceptual as P
+          reference: Optional[Sequence[np.ndarray]] = None, metrics: Optional[Sequence[str]] = None,
+          log=None, label: str = "scoring") -> Dict[str, float]:
+    """Mean of each metric over clips (names from :mod:`edgeflow.validate.table`).
 
+    Args:
+        outs: outputs [T_i] for each clip.
+        metrics: table names to score (default :data:`GATE_METRICS`); only these are computed. ``wer``
+            is averaged over the clips that have a transcript.
+        reference: outputs of the unoptimized model for the same clips and noise: adds ``snr_vs_ref``
+            (dB, capped at 120) and ``mel_l1_vs_ref``.
+        log: where progress lines go (see :mod:`edgeflow.validate.progress`).
+
+    Returns:
+        {metric: mean}. A metric that fails on any clip it applies to (PESQ finding no speech, a
+        non-finite value) is absent, so that a budget on it reports it as not scored rather than
+        averaging over fewer clips.
+    """
+    from edgeflow.core.errors import AudioError
+    from edgeflow.validate import metrics as M
+    from edgeflow.validate.progress import Progress
+    from edgeflow.validate.table import get
+
+    specs = [get(m) for m in (GATE_METRICS if metrics is None else metrics)]
     sr = mel_cfg.sample_rate
     rows: Dict[str, List[float]] = {}
+    failed = set()
 
     def add(k, v):
         if v is not None and np.isfinite(v):
             rows.setdefault(k, []).append(float(v))
 
+    prog = Progress(label, len(clips), log, "clips")
     for i, (out, clip) in enumerate(zip(outs, clips)):
-        add("pesq", P.pesq_wb(clip.audio, out, sr))
-        add("stoi", P.stoi(clip.audio, out, sr))
-        add("mel_l1", M.log_mel_l1(clip.audio, out, sr, mel_cfg))
-        add("mr_stft", M.mr_stft_distance(clip.audio, out, sr))
-        if full:
-            add("mcd", M.mcd_dtw(clip.audio, out, sr))
-            add("dnsmos", P.dnsmos(out, sr)["ovrl"])
-            if clip.text:
-                add("wer", P.asr_wer(out, sr, clip.text)["wer"])
+        for spec in specs:
+            try:
+                v = spec.score(clip.audio, out, sr, mel_cfg, clip.text)
+            except AudioError:
+                v = float("nan")
+            if v is not None and not np.isfinite(v):
+                failed.add(spec.name)
+            add(spec.name, v)
         if reference is not None:
             add("snr_vs_ref", min(M.snr(reference[i], out, sr), 120.0))
             add("mel_l1_vs_ref", M.log_mel_l1(reference[i], out, sr, mel_cfg))
-    return {k: float(np.mean(v)) for k, v in rows.items()}
+        prog.advance()
+    return {k: float(np.mean(v)) for k, v in rows.items() if k not in failed}

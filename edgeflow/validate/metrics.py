@@ -1,37 +1,26 @@
-"""Objective audio metrics (numpy/scipy only) and the ``compare`` / ``no_reference`` entry points.
+"""Objective audio metrics (numpy/scipy only). Their names, definitions and directions are listed once,
+in :mod:`edgeflow.validate.table` (which also holds ``compare`` / ``no_reference``).
 
 Every metric takes float waveforms in [-1, 1]. Full-reference metrics take ``(ref, test, sr)``;
 when the two lengths differ (a vocoder returns ``frames * hop`` samples) both are cut to the
 shorter one, which is harmless for the sub-hop differences copy synthesis produces; unaligned
 audio (a delay, another take) needs :func:`mcd` with ``use_dtw=True`` instead.
 
-Summary (name: what; direction, unit):
-
-- ``mr_stft``: multi-resolution STFT distance (spectral convergence + log-magnitude); lower, 0 = equal
-- ``log_mel_l1``: mean |log-mel difference| with edgeflow's front-end; lower, nats
-- ``mcd``: mel-cepstral distortion, frames compared index by index; lower, dB
-- ``mcd_dtw``: mel-cepstral distortion after DTW alignment; lower, dB
-- ``lsd``: log-spectral distance; lower, dB
-- ``snr``: signal-to-noise ratio of test against ref (sample-aligned audio only); higher, dB
-- ``pesq``: PESQ wide-band MOS-LQO, 1.04..4.64; higher
-- ``stoi``: short-time objective intelligibility, 0..1; higher
-
-No-reference (:func:`no_reference`): DNSMOS (speechmos, MOS 1..5, higher better) and the
-word-error rate of pocketsphinx against a transcript (lower better); see
-:mod:`edgeflow.validate.perceptual`.
+Functions: :func:`mr_stft_distance` (``mr_stft``), :func:`log_mel_l1` (``mel_l1``), :func:`mcd`
+(``mcd``: frames index by index; ``mcd_dtw``: DTW-aligned), :func:`lsd`, :func:`snr`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from edgeflow.audio.io import check_audio
 from edgeflow.audio.mel import MelConfig, hann_window, log_mel
-from edgeflow.core.errors import ConfigError, InputError
-from edgeflow.validate import perceptual
+from edgeflow.audio.snr import snr_db
+from edgeflow.core.errors import InputError
 
 #: (n_fft, hop, win) of the multi-resolution STFT distance (Parallel WaveGAN / HiFi-GAN style).
 RESOLUTIONS: Tuple[Tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
@@ -193,62 +182,18 @@ def lsd(ref: np.ndarray, test: np.ndarray, sr: int = 22050, n_fft: int = 2048, h
 
 
 def snr(ref: np.ndarray, test: np.ndarray, sr: int = 22050) -> float:
-    """Signal-to-noise ratio ``10 log10(sum ref^2 / sum (test - ref)^2)`` in dB. Higher is better;
-    ``inf`` for identical signals. Only meaningful for sample-aligned audio (e.g. the same model
-    and noise before/after an optimisation pass), not for vocoder vs recording."""
-    ref, test = _pair(ref, test)
-    noise = float(np.sum((test - ref) ** 2))
-    signal = float(np.sum(ref ** 2))
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+    """Signal-to-noise ratio in dB (:func:`edgeflow.audio.snr.snr_db`, capped at
+    :data:`~edgeflow.audio.snr.SNR_CAP_DB`, the value for identical signals). Higher is better. Only
+    meaningful for sample-aligned audio (e.g. the same model and noise before/after an optimisation
+    pass), not for vocoder vs recording."""
+    return snr_db(*_pair(ref, test))
 
 
-#: name -> (function(ref, test, sr) -> float, higher_is_better, unit)
-METRICS: Dict[str, Tuple[Callable[..., float], bool, str]] = {
-    "mr_stft": (mr_stft_distance, False, ""),
-    "log_mel_l1": (log_mel_l1, False, "nats"),
-    "mcd": (mcd, False, "dB"),
-    "mcd_dtw": (mcd_dtw, False, "dB"),
-    "lsd": (lsd, False, "dB"),
-    "snr": (snr, True, "dB"),
-    "pesq": (perceptual.pesq_wb, True, "MOS-LQO"),
-    "stoi": (perceptual.stoi, True, ""),
-}
+def __getattr__(name: str):
+    """``METRICS``, ``DEFAULT_METRICS``, ``compare`` and ``no_reference`` live in :mod:`edgeflow.validate.table`
+    (the one metric table); they are found here too for older callers."""
+    if name in ("METRICS", "DEFAULT_METRICS", "compare", "no_reference"):
+        from edgeflow.validate import table
 
-DEFAULT_METRICS = ("mr_stft", "log_mel_l1", "mcd", "lsd", "snr", "pesq", "stoi")
-
-
-def compare(ref: np.ndarray, test: np.ndarray, sr: int, metrics: Iterable[str] = DEFAULT_METRICS) -> Dict[str, float]:
-    """Full-reference metrics of ``test`` against ``ref`` (both at ``sr``).
-
-    Args:
-        metrics: names from :data:`METRICS`.
-
-    Returns:
-        ``{name: value}`` in the order asked.
-
-    Raises:
-        ConfigError: an unknown metric name.
-        DependencyError: a metric's optional package is missing.
-    """
-    metrics = list(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRICS)})")
-    return {name: float(METRICS[name][0](ref, test, sr)) for name in metrics}
-
-
-def no_reference(test: np.ndarray, sr: int, text: Optional[str] = None) -> Dict[str, object]:
-    """No-reference metrics: DNSMOS (``dnsmos_ovrl``, ``dnsmos_sig``, ``dnsmos_bak``,
-    ``dnsmos_p808``; MOS 1..5, higher is better) and, when ``text`` is given, the pocketsphinx
-    word-error rate ``wer`` (lower is better) with its ``asr_hypothesis``.
-
-    Raises:
-        DependencyError: speechmos (or pocketsphinx, with ``text``) is missing.
-    """
-    out: Dict[str, object] = {f"dnsmos_{k}": v for k, v in perceptual.dnsmos(test, sr).items()}
-    if text is not None:
-        res = perceptual.asr_wer(test, sr, text)
-        out["wer"], out["asr_hypothesis"] = res["wer"], res["hypothesis"]
-    return out
+        return getattr(table, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

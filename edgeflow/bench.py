@@ -1,4 +1,7 @@
-"""``bench()``: the optimize report for any bundle or model.pt, without optimizing it."""
+"""``bench()``: the optimize report for any bundle or model.pt, without optimizing it.
+
+At the pipeline's level (it shares the pipeline's run-directory helpers and the report writer).
+"""
 
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
     if bundle_src is None:
         import copy
 
-        from edgeflow.export.onnx_export import export_bundle
+        from edgeflow.validate.export import export_bundle
 
         bundle_src = work / "bundle"
         if bundle_src.exists():

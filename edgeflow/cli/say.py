@@ -1,0 +1,139 @@
+"""``edgeflow say MODEL.pt|BUNDLE|VOICE.onnx (--text T | --text-file F) -o OUT.wav``: text to speech.
+
+A VITS bundle or a stock Piper voice (``VOICE.onnx`` + ``VOICE.onnx.json``) runs in the torch-free
+:class:`edgeflow.runtime.Voice`; a VITS ``model.pt`` runs in PyTorch with the same text front-end and
+noise. Audio is streamed sentence by sentence into the wav (bounded memory for any text length),
+written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Longest --text-file accepted (bytes); a 10,000-word text is about 60 kB.
+MAX_TEXT_BYTES = 10_000_000
+
+
+def add_arguments(sub) -> None:
+    from edgeflow.cli.args import finite_float, positive_int, seed_int
+
+    p = sub.add_parser("say", help="speak text with a VITS bundle, a Piper voice (.onnx) or a VITS model.pt")
+    p.add_argument("model", metavar="MODEL", help="VITS bundle directory, Piper VOICE.onnx (with VOICE.onnx.json "
+                                                   "next to it), or a VITS model.pt (PyTorch)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to speak")
+    src.add_argument("--text-file", metavar="F", help="a UTF-8 text file to speak")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="output wav (16-bit PCM)")
+    p.add_argument("--noise-scale", type=float, default=None,
+                   help="prior noise temperature (default: the voice's)")
+    p.add_argument("--length-scale", type=float, default=None,
+                   help="duration multiplier, > 1 is slower (default: the voice's)")
+    p.add_argument("--noise-w", type=float, default=None,
+                   help="duration noise temperature (default: the voice's)")
+    p.add_argument("--seed", type=seed_int, default=0, help="noise seed; sentence i uses seed + i (default 0; a stock "
+                                                            "Piper graph samples its own noise and ignores it)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: library default)")
+    p.add_argument("--config", metavar="VOICE.onnx.json", default=None,
+                   help="Piper voice only: its json, if not VOICE.onnx.json")
+    p.add_argument("--sentence-silence", type=finite_float(0.0, 60.0), default=0.0,
+                   help="seconds of silence after each sentence")
+    p.set_defaults(func=run)
+
+
+def read_text(args) -> str:
+    """The text from --text or --text-file (InputError: missing, unreadable, not UTF-8, too big, empty)."""
+    from edgeflow.core.errors import InputError
+
+    if args.text_file is not None:
+        path = Path(args.text_file)
+        if not path.is_file():
+            raise InputError(f"text file not found: {path}")
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise InputError(f"text file {path} is larger than {MAX_TEXT_BYTES // 1_000_000} MB")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"text file {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise InputError(f"cannot read text file {path}: {exc.strerror or exc}") from None
+    else:
+        text = args.text
+    if not text.strip():
+        raise InputError("the text is empty")
+    return text
+
+
+def _torch_stream(args, text: str, scales):
+    """(chunks, sample_rate) of a VITS model.pt in PyTorch, sentence by sentence (seed + i)."""
+    import torch
+
+    from edgeflow.core.errors import CheckpointError, InputError
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.runtime import text as frontend
+    from edgeflow.runtime.voice_config import VoiceConfig
+
+    model, _ = load_model(args.model)
+    cfg = model.config
+    if getattr(model, "family", None) != "vits" or getattr(cfg, "phoneme_id_map", None) is None:
+        raise CheckpointError(f"{args.model}: a {getattr(model, 'family', '?')} model without a phoneme map cannot "
+                              "speak text (edgeflow say needs a VITS model.pt)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    voice = VoiceConfig.from_dict({"sample_rate": cfg.sample_rate, "phoneme_type": cfg.phoneme_type,
+                                   "espeak": {"voice": cfg.espeak_voice}, "phoneme_id_map": cfg.phoneme_id_map,
+                                   "num_symbols": cfg.num_symbols,
+                                   "inference": {"noise_scale": cfg.noise_scale, "length_scale": cfg.length_scale,
+                                                 "noise_w": cfg.noise_w}}, str(args.model))
+    s = scales(voice)
+
+    def chunks():
+        missing, count = frontend.new_counter(), 0
+        for i, phonemes in enumerate(voice.phonemize_iter(text)):
+            ids = frontend.phonemes_to_ids(phonemes, voice.phoneme_id_map, missing)
+            yield model.synthesize(ids, seed=args.seed + i, **s).float().numpy()
+            count += 1
+        if missing:
+            print(f"edgeflow: warning: {frontend.describe_missing(missing)}")
+        if not count:
+            raise InputError("the text has nothing to speak (empty, or punctuation only)")
+    return chunks(), voice.sample_rate
+
+
+def run(args) -> int:
+    import warnings
+
+    from edgeflow.core.errors import BundleError, InputError
+    from edgeflow.runtime.checks import check_seed
+    from edgeflow.runtime.voice import PhonemeWarning, Voice, write_wav_stream
+    from edgeflow.runtime.voice_config import check_scales, resolve_scales
+
+    src, out = Path(args.model), Path(args.output)
+    if out.is_dir():
+        raise InputError(f"output {out} is a directory; give a .wav path")
+    if not src.exists():
+        raise BundleError(f"not found: {src} (expected a VITS bundle directory, a Piper .onnx or a model.pt)")
+    text = read_text(args)
+    check_seed(args.seed)
+    check_scales(*(0.5 if v is None else v for v in (args.noise_scale, args.length_scale, args.noise_w)))
+
+    def scales(cfg):
+        return resolve_scales(cfg, args.noise_scale, args.length_scale, args.noise_w)
+
+    if src.is_file() and src.suffix == ".pt":
+        chunks, sr = _torch_stream(args, text, scales)
+        backend = "PyTorch"
+    else:
+        voice = Voice.load(src, threads=args.threads, config=args.config)
+        chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
+                                    **scales(voice.config))
+        sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PhonemeWarning)
+        stats = write_wav_stream(chunks, sr, out)
+    for w in caught:
+        print(f"edgeflow: warning: {w.message}")
+    print(f"wrote {out}: {stats['seconds']:.2f} s of audio at {sr} Hz ({backend}; first audio after "
+          f"{stats['time_to_first_audio']:.2f} s, RTF {stats['wall'] / max(stats['seconds'], 1e-9):.3f})")
+    return 0

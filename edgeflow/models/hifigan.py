@@ -1,0 +1,225 @@
+"""HiFi-GAN generator (Kong et al., 2020): VITS's decoder, and a stand-alone mel vocoder family.
+
+Parameter names follow the reference implementation (``conv_pre``, ``ups.i``, ``resblocks.j.convs1/convs2``
+(type "1") or ``resblocks.j.convs`` (type "2"), ``conv_post``), so its checkpoints and VITS/Piper decoders map
+one to one. The upsampling and residual convs carry weight norm (torch parametrizations, dim 0) until
+:func:`edgeflow.flows.coupling.remove_weight_norm` folds it.
+
+Presets: :data:`V1` / :data:`V2` / :data:`V3` (the paper's), and Piper's decoders (``medium``: V3's layout
+from 192 prior channels; ``high``: V1's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from edgeflow.audio.mel import MelConfig
+from edgeflow.core.config import ConfigBase
+
+LRELU_SLOPE = 0.1
+
+
+@dataclasses.dataclass
+class GeneratorConfig(ConfigBase):
+    """HiFi-GAN generator hyper-parameters.
+
+    Attributes:
+        in_channels: input channels (n_mels for a vocoder, inter_channels for VITS).
+        resblock: "1" (three dilated conv pairs) or "2" (dilated convs, lighter).
+        resblock_kernel_sizes, resblock_dilation_sizes: the multi-receptive-field fusion blocks.
+        upsample_rates, upsample_kernel_sizes: transposed-conv strides and kernels (product = hop).
+        upsample_initial_channel: channels after conv_pre (halved at each upsampling).
+        gin_channels: speaker conditioning channels (0: none).
+        pre_post_weight_norm: weight norm on conv_pre / conv_post too (the reference vocoder; VITS: no).
+        post_bias: conv_post has a bias (the reference vocoder; VITS: no).
+    """
+
+    in_channels: int = 80
+    resblock: str = "1"
+    resblock_kernel_sizes: List[int] = dataclasses.field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: List[List[int]] = dataclasses.field(
+        default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    upsample_rates: List[int] = dataclasses.field(default_factory=lambda: [8, 8, 2, 2])
+    upsample_kernel_sizes: List[int] = dataclasses.field(default_factory=lambda: [16, 16, 4, 4])
+    upsample_initial_channel: int = 512
+    gin_channels: int = 0
+    pre_post_weight_norm: bool = True
+    post_bias: bool = True
+
+    def __post_init__(self):
+        if self.resblock not in ("1", "2"):
+            raise ValueError("resblock must be '1' or '2'")
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ValueError("upsample_rates and upsample_kernel_sizes must have the same length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
+        if any((k - u) % 2 for k, u in zip(self.upsample_kernel_sizes, self.upsample_rates)):
+            raise ValueError("each upsample kernel minus its rate must be even (exact length)")
+        if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
+            raise ValueError("upsample_initial_channel must halve evenly at every upsampling")
+
+    @property
+    def hop_length(self) -> int:
+        n = 1
+        for r in self.upsample_rates:
+            n *= r
+        return n
+
+
+def _preset(**kw) -> GeneratorConfig:
+    return GeneratorConfig(**kw)
+
+
+V1 = _preset()
+V2 = _preset(upsample_initial_channel=128)
+V3 = _preset(resblock="2", resblock_kernel_sizes=[3, 5, 7], resblock_dilation_sizes=[[1, 2], [2, 6], [3, 12]],
+             upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=256)
+PRESETS = {"v1": V1, "v2": V2, "v3": V3}
+
+
+def _pad(k: int, d: int) -> int:
+    return (k * d - d) // 2
+
+
+class ResBlock1(nn.Module):
+    """Pairs (dilated conv, conv) with leaky ReLUs, residual after each pair."""
+
+    def __init__(self, ch: int, k: int, dilations: List[int]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, dilation=d, padding=_pad(k, d)))
+                                    for d in dilations)
+        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, padding=_pad(k, 1))) for _ in dilations)
+        for c in list(self.convs1) + list(self.convs2):
+            nn.init.normal_(c.parametrizations.weight.original1, 0.0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2):
+            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        return x
+
+
+class ResBlock2(nn.Module):
+    """Dilated convs with leaky ReLUs, residual after each."""
+
+    def __init__(self, ch: int, k: int, dilations: List[int]):
+        super().__init__()
+        self.convs = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, dilation=d, padding=_pad(k, d)))
+                                   for d in dilations)
+        for c in self.convs:
+            nn.init.normal_(c.parametrizations.weight.original1, 0.0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c in self.convs:
+            x = x + c(F.leaky_relu(x, LRELU_SLOPE))
+        return x
+
+
+class Generator(nn.Module):
+    """[B, in_channels, F] -> audio [B, 1, F * hop] in [-1, 1]."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        wn = weight_norm if cfg.pre_post_weight_norm else (lambda m: m)
+        ch = cfg.upsample_initial_channel
+        self.conv_pre = wn(nn.Conv1d(cfg.in_channels, ch, 7, 1, padding=3))
+        block = ResBlock1 if cfg.resblock == "1" else ResBlock2
+        self.ups, self.resblocks = nn.ModuleList(), nn.ModuleList()
+        for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+            up = nn.ConvTranspose1d(ch // 2 ** i, ch // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            nn.init.normal_(up.weight, 0.0, 0.01)
+            self.ups.append(weight_norm(up))
+            for k_r, d_r in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+                self.resblocks.append(block(ch // 2 ** (i + 1), k_r, list(d_r)))
+        self.conv_post = wn(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, 1, padding=3,
+                                      bias=cfg.post_bias))
+        if cfg.gin_channels:
+            self.cond = nn.Conv1d(cfg.gin_channels, ch, 1)
+
+    def forward(self, x: torch.Tensor, g: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.conv_pre(x)
+        if g is not None and hasattr(self, "cond"):
+            x = x + self.cond(g)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+            xs = blocks[0](x)
+            for b in blocks[1:]:
+                xs = xs + b(x)
+            x = xs / self.num_kernels
+        return torch.tanh(self.conv_post(F.leaky_relu(x)))
+
+
+@dataclasses.dataclass
+class HiFiGANConfig(ConfigBase):
+    """Stand-alone HiFi-GAN vocoder: the mel front-end it expects and its generator."""
+
+    mel: MelConfig = dataclasses.field(default_factory=MelConfig)
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+
+    def __post_init__(self):
+        if self.generator.hop_length != self.mel.hop_length:
+            raise ValueError("product of generator.upsample_rates must equal mel.hop_length")
+        if self.generator.in_channels != self.mel.n_mels:
+            raise ValueError("generator.in_channels must equal mel.n_mels")
+
+
+class HiFiGAN(nn.Module):
+    """HiFi-GAN mel vocoder: :meth:`synthesize` maps mel [B, n_mels, F] to audio [B, F * hop]."""
+
+    family = "hifigan"
+
+    def __init__(self, config: HiFiGANConfig):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config.generator)
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.mel.hop_length
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop]."""
+        return self.generator(mel)[:, 0]
+
+    @torch.no_grad()
+    def synthesize(self, mel: torch.Tensor, **_ignored) -> torch.Tensor:
+        """Audio [B, F * hop] (deterministic: HiFi-GAN draws no noise; sigma/seed are ignored)."""
+        return self.forward(mel)
+
+
+def _family():
+    """The "hifigan" Family (task "vocoder"); its export and compression hooks are not declared yet."""
+    from edgeflow.models.family import Family
+
+    class HiFiGANFamily(Family):
+        name, task = "hifigan", "vocoder"
+        config_cls, model_cls = HiFiGANConfig, HiFiGAN
+        export = None
+        free_fields = ()
+
+        def flops_breakdown(self, config):
+            from edgeflow.models.vits.family import decoder_flops_per_frame
+
+            return {"generator": decoder_flops_per_frame(config.generator) * config.mel.sample_rate
+                    / config.mel.hop_length}
+
+    return HiFiGANFamily()
+
+
+def register():
+    """Register the "hifigan" family once (idempotent); returns it."""
+    from edgeflow.models.family import FAMILIES, register_family
+
+    if "hifigan" in FAMILIES:
+        return FAMILIES.get("hifigan")
+    return register_family(_family())
+
+
+register()

@@ -1,0 +1,127 @@
+"""The pass loop of :func:`edgeflow.pipeline.optimize`: reference scores, each pass, its quality gate and rollback.
+
+After every pass the gate scores exactly the budget's metrics (plus ``mel_l1``, cheap and shown in
+the log) against the ground truth and compares them with the unoptimized model's; a pass that breaks
+the budget is rolled back. A pass that skipped itself (no training data) is recorded ``skipped``
+with its reason and the option that would enable it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from edgeflow.core.errors import ConfigError
+from edgeflow.core.io import atomic_write_json
+
+
+def gate_metrics(budget: Dict[str, float]) -> List[str]:
+    """What the gate scores: the budget's metrics, and mel_l1 for the log."""
+    return list(budget) + ([] if "mel_l1" in budget else ["mel_l1"])
+
+
+def run_passes(model, info, cfgs, keys, plan, clips, budget, target, state, work: Path, seed: int, threads: int,
+               progress: bool, log):
+    """Apply the passes (reusing finished ones from ``state``). Returns (artifact, reference outputs, metrics)."""
+    from edgeflow.passes import Artifact, PassContext, apply_pass
+    from edgeflow.pipeline import ENABLE_TRAINING, STATE
+    from edgeflow.validate.budget import budget_violations, describe_violation
+    from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
+
+    mel_cfg = model.config.mel
+    metrics = gate_metrics(budget)
+    reference = copy.deepcopy(model).eval()
+    artifact = Artifact(model=model, reference=reference, history=list(info.get("history", [])),
+                        info={"train_data": (info.get("meta") or {}).get("data")})   # distillation's default data
+
+    def outputs_of(art, label):
+        fn = (bundle_synthesizer(art.bundle_dir, seed=seed, threads=threads) if art.bundle_dir
+              else torch_synthesizer(art.model, seed=seed))
+        return synthesize_all(fn, clips, log=log, label=label)
+
+    if "reference" not in state:
+        log("evaluating the unoptimized model on %d clips ..." % len(clips))
+        ref_out = outputs_of(artifact, "synthesizing (unoptimized)")
+        state["reference"] = score(ref_out, clips, mel_cfg, metrics=metrics, log=log, label="scoring (unoptimized)")
+        np.savez(work / "reference_outputs.npz", *ref_out)
+        missing = [m for m in budget if m not in state["reference"]]
+        if missing:
+            raise ConfigError(f"budget metric(s) {', '.join(missing)}: no finite value on the unoptimized model's "
+                              f"output for these clips; drop them from --max-drop")
+        atomic_write_json(work / STATE, state)
+    with np.load(work / "reference_outputs.npz") as z:
+        ref_out = [z[f"arr_{i}"] for i in range(len(clips))]
+    ref_metrics = state["reference"]
+
+    def evaluate(art):
+        return score(outputs_of(art, "synthesizing"), clips, mel_cfg, reference=ref_out, metrics=metrics, log=log)
+
+    ctx = PassContext(work_dir=work, target=target, eval_mels=[c.mel for c in clips],
+                      eval_audio=[c.audio for c in clips], data_dir=plan.get("data"), calib_dir=plan["calib"],
+                      progress=progress, seed=seed, evaluate=evaluate)
+    current = dict(ref_metrics)
+    n = len(cfgs)
+    for k, cfg in enumerate(cfgs):
+        name = type(cfg).pass_name
+        if k < len(state["done"]):
+            rec = state["done"][k]
+            artifact.history.append(rec["record"])
+            _restore(artifact, rec, work)
+            current = rec.get("metrics", current)
+            log(f"[{k + 1}/{n}] {name}: done in an earlier run ({rec['record']['status']}), reused")
+            continue
+        log(f"[{k + 1}/{n}] {name} ...")
+        snap = artifact.snapshot()
+        record = apply_pass(artifact, cfg, ctx, metrics_before=current)
+        skipped = record["details"].get("skipped")
+        if skipped:
+            record.update(status="skipped", reason=str(skipped), enable_with=ENABLE_TRAINING, metrics_after=current)
+            log(f"    SKIPPED: {skipped} (enable with {ENABLE_TRAINING})")
+        else:
+            after = record["details"].get("quality") or (evaluate(artifact) if cfg.changes_output else current)
+            record["metrics_after"] = after
+            bad = budget_violations(ref_metrics, after, budget)
+            if bad:
+                record["status"] = "rolled_back"
+                record["violations"] = bad
+                rolled = artifact.history.pop()
+                artifact.model, artifact.bundle_dir, artifact.info = snap.model, snap.bundle_dir, snap.info
+                artifact.history.append(rolled)
+                log(f"    rolled back: budget broken ({', '.join(describe_violation(m, v) for m, v in bad.items())})")
+            else:
+                current = after
+                log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(f"{m}={v:.3f}" for m, v in sorted(after.items())))
+        entry = _save(artifact, record, current, work, k)
+        entry["key"] = keys[k]
+        state["done"].append(entry)
+        atomic_write_json(work / STATE, state)
+    if artifact.bundle_dir is None:
+        raise ConfigError("the recipe produced no bundle (no export pass applied)")
+    return artifact, ref_out, current
+
+
+def _save(artifact, record, metrics, work: Path, k: int) -> Dict[str, Any]:
+    from edgeflow.models.checkpoint import save_model
+
+    entry = {"record": record, "metrics": metrics, "bundle": artifact.bundle_dir.name if artifact.bundle_dir else None,
+             "info": artifact.info}
+    if artifact.model is not None:
+        path = work / f"model-{k:02d}.pt"
+        save_model(path, artifact.model, history=artifact.history)
+        entry["model"] = path.name
+    return entry
+
+
+def _restore(artifact, rec, work: Path) -> None:
+    from edgeflow.models.checkpoint import load_model
+
+    if rec.get("model"):
+        artifact.model, _ = load_model(work / rec["model"])
+        if rec.get("info", {}).get("frozen"):         # set by a pass that froze the model (export-ready)
+            from edgeflow.export.freeze import freeze_model
+            freeze_model(artifact.model)
+    artifact.bundle_dir = work / rec["bundle"] if rec.get("bundle") else None
+    artifact.info = dict(rec.get("info", {}))

@@ -1,0 +1,66 @@
+"""Checks of the runtime's inputs: mel spectrograms, seeds, sigma (numpy only)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Tuple
+
+import numpy as np
+
+from edgeflow.core.errors import InputError
+
+
+def check_mel(mel: Any, n_mels: int, allow_empty: bool = False) -> Tuple[np.ndarray, bool]:
+    """Validate a mel spectrogram and return it as float32 [B, n_mels, F].
+
+    Args:
+        mel: array-like [n_mels, F] or [B, n_mels, F] of floats (float16/32/64).
+        n_mels: channels the model expects.
+        allow_empty: accept F == 0 (stream chunks).
+
+    Returns:
+        (mel float32 [B, n_mels, F], True if the input was 2-D).
+
+    Raises:
+        InputError: not numeric, a non-float dtype, wrong rank or channel count, zero frames or
+            batch, NaN or Inf.
+    """
+    try:
+        arr = np.asarray(mel)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"mel is not an array ({type(exc).__name__})") from None
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"mel must be a float array, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise InputError(f"mel must be [{n_mels}, frames] or [B, {n_mels}, frames], got shape {arr.shape}")
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[None]
+    if arr.shape[1] != n_mels:
+        raise InputError(f"mel has {arr.shape[1]} channels, the model expects {n_mels} "
+                         f"(shape {arr.shape[1 if squeeze else 0:]})")
+    if arr.shape[0] == 0:
+        raise InputError("mel has an empty batch")
+    if arr.shape[2] == 0 and not allow_empty:
+        raise InputError("mel has zero frames")
+    if not np.all(np.isfinite(arr)):
+        raise InputError("mel contains NaN or Inf")
+    return np.ascontiguousarray(arr, dtype=np.float32), squeeze
+
+
+def check_seed(seed: Any) -> int:
+    """A non-negative integer seed, else InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def check_sigma(sigma: Any) -> float:
+    """A finite non-negative float sigma, else InputError."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise InputError(f"sigma must be a number, got {sigma!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"sigma must be finite and >= 0, got {sigma!r}")
+    return value

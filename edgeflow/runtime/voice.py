@@ -1,0 +1,308 @@
+"""The torch-free text-to-speech runtime: :class:`Voice` = onnxruntime session(s) + a voice config.
+
+Two sources load the same way (``Voice.load(path)``):
+
+* an **edgeflow VITS bundle** (a directory, ``family`` "vits"): ``model.onnx`` (encoder: phoneme ids ->
+  frame-level prior mean / log-std and durations) and ``decoder.onnx`` (prior + noise -> audio, frame-local).
+  Every noise is a graph input drawn from the seed, so output is deterministic; ``speak_stream`` decodes
+  a sentence in frame chunks with the manifest's context, equal to whole synthesis (>= 40 dB).
+* a **stock Piper voice** (``VOICE.onnx`` + ``VOICE.onnx.json``): one graph (ids, lengths, scales ->
+  audio). Its noise is sampled inside the graph (``RandomNormalLike`` without a seed): ``seed`` has no
+  effect and output differs run to run unless ``noise_scale`` and ``noise_w`` are 0; streaming is by
+  sentence only.
+
+Text is turned into ids by :mod:`edgeflow.runtime.text` (espeak-ng, Piper's convention). Sentence ``i``
+of a text uses seed ``seed + i``. A ``Voice`` holds no mutable state: threads may share one.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, DependencyError, InputError, short_reason
+from edgeflow.core.noise import noise
+from edgeflow.runtime import text as frontend
+from edgeflow.runtime.checks import check_seed
+from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
+
+#: Longest audio of one sentence (seconds); a bundle's durations beyond it are refused.
+MAX_SENTENCE_SECONDS = 600.0
+
+
+class PhonemeWarning(UserWarning):
+    """Symbols espeak-ng produced that the voice's phoneme_id_map lacks (they were dropped)."""
+
+
+def _open_session(path: Path, threads: Optional[int], providers: Any, what: str):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
+    from edgeflow.core.ort import session_options
+    from edgeflow.runtime.synthesizer import resolve_providers
+
+    if not path.is_file():
+        raise BundleError(f"{what} not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                    providers=resolve_providers(providers))
+    except DependencyError:
+        raise
+    except Exception as exc:
+        raise BundleError(f"{path}: onnxruntime cannot load this {what} ({short_reason(exc)})") from None
+
+
+class Voice:
+    """A loaded voice. Build with :meth:`load`; ``speak`` / ``speak_stream`` / ``speak_to_wav``.
+
+    Attributes:
+        config: the :class:`VoiceConfig` (sample rate, phoneme map, default scales).
+        kind: "bundle" (edgeflow VITS bundle, deterministic, chunked decoding) or "piper" (stock voice).
+        manifest: the bundle manifest (None for a Piper voice).
+    """
+
+    def __init__(self, config: VoiceConfig, encoder: Any, decoder: Any = None,
+                 manifest: Optional[Dict[str, Any]] = None, source: Optional[Path] = None):
+        self.config = config
+        self.encoder = encoder
+        self.decoder = decoder
+        self.manifest = manifest
+        self.source = source
+        self.kind = "bundle" if decoder is not None else "piper"
+        self.hop_length = int(manifest.get("hop_length", 256)) if manifest else 256
+        self.channels = int(manifest.get("inter_channels", 0)) if manifest else 0
+        ctx = ((manifest or {}).get("streaming") or {}).get("context_frames") or {}
+        self.context_frames = (int(ctx.get("left", 0)), int(ctx.get("right", 0)))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @classmethod
+    def load(cls, path: str | Path, threads: Optional[int] = None, providers: Any = None,
+             config: Optional[str | Path] = None) -> "Voice":
+        """Open an edgeflow VITS bundle directory or a Piper ``VOICE.onnx`` (config ``VOICE.onnx.json``).
+
+        Args:
+            path: bundle directory or Piper .onnx file.
+            threads: intra-op threads per session (None: onnxruntime's default).
+            providers: as :func:`edgeflow.runtime.synthesizer.resolve_providers` (default CPU).
+            config: Piper only: the json if it is not ``path + ".json"``.
+
+        Raises:
+            BundleError: missing, tampered, truncated or foreign graph/bundle, or a phoneme map with ids
+                the model's embedding does not have. ConfigError: a bad voice json.
+        """
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        path = Path(path)
+        if path.is_dir():
+            voice = cls._load_bundle(path, threads, providers)
+        elif path.is_file():
+            cfg = VoiceConfig.read(config if config is not None else Path(f"{path}.json"))
+            voice = cls(cfg, _open_session(path, threads, providers, "Piper voice graph"), source=path)
+            names = {i.name for i in voice.encoder.get_inputs()}
+            if not {"input", "input_lengths", "scales"} <= names:
+                raise BundleError(f"{path}: not a Piper voice graph (inputs {sorted(names)}; expected "
+                                  "input, input_lengths, scales)")
+        else:
+            raise BundleError(f"voice not found: {path} (expected a VITS bundle directory or a Piper .onnx)")
+        voice._probe()
+        return voice
+
+    @classmethod
+    def _load_bundle(cls, path: Path, threads: Optional[int], providers: Any) -> "Voice":
+        manifest = read_vits_manifest(path)
+        cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
+        graphs = manifest["graphs"]
+        sessions = [_open_session(path / graphs[role], threads, providers, f"{role} graph")
+                    for role in ("encoder", "decoder")]
+        voice = cls(cfg, sessions[0], sessions[1], manifest, path)
+        return voice
+
+    def _probe(self) -> None:
+        """Run the largest id of the phoneme map once: a map beyond the model's embedding fails here."""
+        ids = list(self.config.phoneme_id_map[frontend.BOS]) + [self.config.max_id] + \
+            list(self.config.phoneme_id_map[frontend.EOS])
+        try:
+            self._encode(ids, {"noise_scale": 0.0, "length_scale": 1.0, "noise_w": 0.0}, 0, probe=True)
+        except BundleError as exc:
+            raise BundleError(f"{self.source}: the phoneme map (ids up to {self.config.max_id}) does not fit "
+                              f"this model: {exc}") from None
+
+    # -- text ---------------------------------------------------------------------------------------
+
+    def phonemize(self, text: str) -> List[List[str]]:
+        """Phoneme codepoints of each sentence of ``text``."""
+        return list(self.config.phonemize_iter(text))
+
+    def sentence_ids(self, text: str, missing=None) -> Iterator[List[int]]:
+        """Phoneme ids of each sentence (lazy); unknown symbols are counted into ``missing``."""
+        for phonemes in self.config.phonemize_iter(text):
+            yield frontend.phonemes_to_ids(phonemes, self.config.phoneme_id_map, missing)
+
+    # -- graphs -------------------------------------------------------------------------------------
+
+    def _run(self, session: Any, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        try:
+            return session.run(None, feeds)
+        except Exception as exc:
+            raise BundleError(f"the voice's graph failed ({short_reason(exc)})") from None
+
+    def _encode(self, ids: Sequence[int], scales: Dict[str, float], seed: int, probe: bool = False):
+        """Piper: the audio [T]. Bundle: (m_p [1, C, F], logs_p [1, C, F])."""
+        x = np.asarray(ids, dtype=np.int64)[None]
+        feeds = {"input": x, "input_lengths": np.array([x.shape[1]], dtype=np.int64),
+                 "scales": np.array([scales["noise_scale"], scales["length_scale"], scales["noise_w"]],
+                                    dtype=np.float32)}
+        if self.kind == "piper":
+            if self.config.num_speakers > 1:
+                feeds["sid"] = np.zeros(1, dtype=np.int64)
+            return self._run(self.encoder, feeds)[0].reshape(-1).astype(np.float32, copy=False)
+        feeds["noise_w_z"] = np.random.default_rng([seed, 0, 1]).standard_normal(
+            2 * x.shape[1], dtype=np.float32).reshape(1, 2, x.shape[1])
+        names = [o.name for o in self.encoder.get_outputs()]
+        out = dict(zip(names, self._run(self.encoder, feeds)))
+        m_p, logs_p = out["m_p"], out["logs_p"]
+        frames = m_p.shape[2]
+        if not probe and frames * self.hop_length / self.sample_rate > MAX_SENTENCE_SECONDS:
+            raise InputError(f"a sentence would be {frames * self.hop_length / self.sample_rate:.0f} s of audio, "
+                             f"more than the {MAX_SENTENCE_SECONDS:.0f} s limit (lower length_scale)")
+        return m_p, logs_p
+
+    def _decode(self, m_p: np.ndarray, logs_p: np.ndarray, noise_scale: float, seed: int,
+                start: int, stop: int) -> np.ndarray:
+        """Audio [(stop - start) * hop] of frames [start, stop), with the utterance's noise for them."""
+        n = stop - start
+        z = noise(seed, start, n, self.channels).reshape(1, n, self.channels).transpose(0, 2, 1)
+        feeds = {"m_p": np.ascontiguousarray(m_p[:, :, start:stop]),
+                 "logs_p": np.ascontiguousarray(logs_p[:, :, start:stop]),
+                 "noise_z": np.ascontiguousarray(z),
+                 "scales": np.array([noise_scale, 1.0, 0.0], dtype=np.float32)}
+        return self._run(self.decoder, feeds)[0].reshape(-1)[:n * self.hop_length].astype(np.float32, copy=False)
+
+    def _sentence_chunks(self, ids: Sequence[int], scales: Dict[str, float], seed: int,
+                         chunk_frames: Optional[int], first_chunk_frames: Optional[int]) -> Iterator[np.ndarray]:
+        if self.kind == "piper":
+            yield self._encode(ids, scales, seed)
+            return
+        m_p, logs_p = self._encode(ids, scales, seed)
+        total = m_p.shape[2]
+        if not chunk_frames:
+            yield self._decode(m_p, logs_p, scales["noise_scale"], seed, 0, total)
+            return
+        left, right = self.context_frames
+        a, size = 0, first_chunk_frames or chunk_frames
+        while a < total:
+            b = min(total, a + size)
+            ws, we = max(0, a - left), min(total, b + right)
+            audio = self._decode(m_p, logs_p, scales["noise_scale"], seed, ws, we)
+            yield audio[(a - ws) * self.hop_length:(b - ws) * self.hop_length]
+            a, size = b, chunk_frames
+
+    # -- public synthesis ---------------------------------------------------------------------------
+
+    def speak_ids(self, ids: Sequence[int], noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
+                  noise_w: Optional[float] = None, seed: int = 0) -> np.ndarray:
+        """Audio float32 [T] of one sentence's phoneme ids (as :func:`edgeflow.runtime.text.phonemes_to_ids`)."""
+        scales = resolve_scales(self.config, noise_scale, length_scale, noise_w)
+        ids = [int(i) for i in ids]
+        if not ids or min(ids) < 0 or max(ids) > self.config.max_id:
+            raise InputError(f"phoneme ids must be non-empty and within 0..{self.config.max_id}")
+        return np.concatenate(list(self._sentence_chunks(ids, scales, check_seed(seed), None, None)))
+
+    def speak_stream(self, text: str, noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
+                     noise_w: Optional[float] = None, seed: int = 0, chunk_frames: Optional[int] = 128,
+                     first_chunk_frames: Optional[int] = 32, sentence_silence: float = 0.0) -> Iterator[np.ndarray]:
+        """Audio chunks as they are ready: per sentence, and (bundles) per decoder chunk inside a sentence.
+
+        Args:
+            text: any text (see :mod:`edgeflow.runtime.text` for what espeak-ng does with it).
+            noise_scale, length_scale, noise_w: None: the voice's defaults.
+            seed: sentence i uses seed + i (bundles; a stock Piper voice ignores it).
+            chunk_frames: decoder frames per chunk (bundles; None or 0: whole sentences).
+            first_chunk_frames: a smaller first chunk of each sentence, for a short time to first audio.
+            sentence_silence: seconds of silence after each sentence.
+
+        Yields:
+            float32 audio [n] pieces; their concatenation equals :meth:`speak` (>= 40 dB for bundles).
+
+        Raises:
+            InputError: bad scales or seed, or a text with nothing to speak (raised on first use).
+        """
+        scales = resolve_scales(self.config, noise_scale, length_scale, noise_w)
+        seed = check_seed(seed)
+        for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        if not isinstance(text, str):
+            raise InputError(f"text must be a str, got {type(text).__name__}")
+        silence = np.zeros(int(round(max(0.0, float(sentence_silence)) * self.sample_rate)), dtype=np.float32)
+        return self._stream(text, scales, seed, chunk_frames, first_chunk_frames, silence)
+
+    def _stream(self, text, scales, seed, chunk_frames, first_chunk_frames, silence) -> Iterator[np.ndarray]:
+        missing = frontend.new_counter()
+        count = 0
+        for i, ids in enumerate(self.sentence_ids(text, missing)):
+            yield from self._sentence_chunks(ids, scales, seed + i, chunk_frames, first_chunk_frames)
+            if silence.size:
+                yield silence
+            count += 1
+        if missing:
+            warnings.warn(frontend.describe_missing(missing), PhonemeWarning, stacklevel=3)
+        if count == 0:
+            raise InputError("the text has nothing to speak (empty, or punctuation only)")
+
+    def speak(self, text: str, noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
+              noise_w: Optional[float] = None, seed: int = 0, sentence_silence: float = 0.0) -> Tuple[np.ndarray, int]:
+        """Synthesize a whole text.
+
+        Returns:
+            (audio float32 [T], sample_rate).
+
+        Raises:
+            InputError: bad scales or seed, or nothing to speak.
+        """
+        pieces = list(self.speak_stream(text, noise_scale, length_scale, noise_w, seed, chunk_frames=None,
+                                        first_chunk_frames=None, sentence_silence=sentence_silence))
+        return np.concatenate(pieces), self.sample_rate
+
+    def speak_to_wav(self, text: str, path: str | Path, **kwargs: Any) -> Dict[str, float]:
+        """Stream ``text`` into a 16-bit wav with :func:`write_wav_stream` (bounded memory, atomic).
+
+        ``kwargs`` go to :meth:`speak_stream`. Returns :func:`write_wav_stream`'s figures.
+        """
+        return write_wav_stream(self.speak_stream(text, **kwargs), self.sample_rate, path)
+
+    def __repr__(self) -> str:
+        return f"Voice({self.kind}, {self.source}, {self.sample_rate} Hz)"
+
+
+def write_wav_stream(chunks: Iterator[np.ndarray], sample_rate: int, path: str | Path) -> Dict[str, float]:
+    """Write float audio chunks as they come into a 16-bit PCM wav: a temporary file renamed when the stream
+    ends, removed if it raises (nothing half-written). Memory: one chunk at a time.
+
+    Returns:
+        {"seconds": audio seconds, "time_to_first_audio": s, "wall": s} (times from the call).
+    """
+    import soundfile as sf
+
+    from edgeflow.core.io import atomic_path
+
+    t0 = time.perf_counter()
+    first, samples = None, 0
+    with atomic_path(path) as tmp:
+        with sf.SoundFile(str(tmp), "w", samplerate=int(sample_rate), channels=1, subtype="PCM_16",
+                          format="WAV") as f:
+            for chunk in chunks:
+                if first is None:
+                    first = time.perf_counter() - t0
+                f.write(np.clip(np.asarray(chunk, dtype=np.float32).reshape(-1), -1.0, 1.0))
+                samples += chunk.size
+    return {"seconds": samples / sample_rate, "time_to_first_audio": first or 0.0,
+            "wall": time.perf_counter() - t0}

@@ -1,0 +1,151 @@
+"""A text-to-speech voice's sidecar configuration: a Piper ``VOICE.onnx.json`` or an edgeflow VITS bundle's
+manifest (the same keys). No torch.
+
+Piper json keys read: ``audio.sample_rate``, ``espeak.voice``, ``inference.{noise_scale, length_scale,
+noise_w}``, ``phoneme_id_map``, ``phoneme_type`` ("espeak" or "text"), ``num_symbols``, ``num_speakers``.
+A bundle manifest has ``sample_rate`` at the top level and the rest under the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from edgeflow.core.errors import ConfigError, InputError, short_reason
+from edgeflow.runtime import text as frontend
+
+#: Bounds on the synthesis scales (length_scale above this would make absurdly slow speech).
+MAX_LENGTH_SCALE = 20.0
+MAX_NOISE = 10.0
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """What the runtime needs besides the graph(s).
+
+    Attributes:
+        sample_rate: output rate (Hz).
+        espeak_voice: espeak-ng voice name for ``phoneme_type`` "espeak".
+        phoneme_type: "espeak" (IPA from espeak-ng) or "text" (the text's own codepoints).
+        phoneme_id_map: {symbol: [id, ...]} with ``^ $ _``.
+        num_symbols: rows of the model's phoneme embedding the config claims (0: unknown).
+        num_speakers: speakers of the model (1: single speaker; more: speaker 0 is used).
+        noise_scale, length_scale, noise_w: default synthesis scales.
+    """
+
+    sample_rate: int
+    espeak_voice: str
+    phoneme_type: str
+    phoneme_id_map: Mapping[str, List[int]]
+    num_symbols: int = 0
+    num_speakers: int = 1
+    noise_scale: float = 0.667
+    length_scale: float = 1.0
+    noise_w: float = 0.8
+
+    @property
+    def max_id(self) -> int:
+        """Largest id the map can produce."""
+        return max(i for ids in self.phoneme_id_map.values() for i in ids)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "VoiceConfig":
+        """Parse a Piper voice json or a VITS bundle manifest.
+
+        Raises:
+            ConfigError: missing or malformed keys, unknown phoneme type, map ids beyond ``num_symbols``.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: not a voice config (a JSON object is expected)")
+        try:
+            rate = d["sample_rate"] if "sample_rate" in d else d["audio"]["sample_rate"]
+            ptype = str(d.get("phoneme_type", "espeak"))
+            voice = (d.get("espeak") or {}).get("voice", "") if ptype == "espeak" else ""
+            inference = d.get("inference") or {}
+            cfg = cls(sample_rate=int(rate), espeak_voice=str(voice), phoneme_type=ptype,
+                      phoneme_id_map=frontend.check_id_map(d.get("phoneme_id_map"), where),
+                      num_symbols=int(d.get("num_symbols", 0) or 0),
+                      num_speakers=int(d.get("num_speakers", 1) or 1),
+                      **{k: float(inference.get(k, v)) for k, v in
+                         (("noise_scale", 0.667), ("length_scale", 1.0), ("noise_w", 0.8))})
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where}: not a voice config ({type(exc).__name__}: {exc})") from None
+        if ptype not in ("espeak", "text"):
+            raise ConfigError(f"{where}: phoneme_type {ptype!r} is not supported (espeak or text)")
+        if ptype == "espeak" and not cfg.espeak_voice:
+            raise ConfigError(f"{where}: espeak.voice is missing")
+        if cfg.sample_rate <= 0:
+            raise ConfigError(f"{where}: sample rate {cfg.sample_rate} is not positive")
+        if cfg.num_symbols and cfg.max_id >= cfg.num_symbols:
+            raise ConfigError(f"{where}: phoneme_id_map uses id {cfg.max_id}, beyond num_symbols "
+                              f"{cfg.num_symbols}")
+        check_scales(cfg.noise_scale, cfg.length_scale, cfg.noise_w)
+        return cfg
+
+    @classmethod
+    def read(cls, path: str | Path) -> "VoiceConfig":
+        """Read a Piper ``.onnx.json`` file (ConfigError if missing or not JSON)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"voice config not found: {path} (Piper voices come as VOICE.onnx + VOICE.onnx.json)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a JSON voice config ({short_reason(exc)})") from None
+        return cls.from_dict(data, str(path))
+
+    def phonemize_iter(self, text: str):
+        """Sentences of phoneme codepoints for ``text`` (espeak-ng, or the text's own NFD codepoints)."""
+        if self.phoneme_type == "text":
+            cleaned = unicodedata.normalize("NFD", frontend.clean_text(text).casefold())
+            return iter([list(cleaned)] if cleaned.strip() else [])
+        return frontend.phonemize_iter(text, self.espeak_voice)
+
+
+def check_scales(noise_scale: Any, length_scale: Any, noise_w: Any) -> Dict[str, float]:
+    """Validated synthesis scales: finite, noise_scale and noise_w in [0, 10], length_scale in (0, 20].
+
+    Raises:
+        InputError: NaN, Inf, negative, or out of range.
+    """
+    out = {}
+    for name, value, low_open, high in (("noise_scale", noise_scale, False, MAX_NOISE),
+                                        ("length_scale", length_scale, True, MAX_LENGTH_SCALE),
+                                        ("noise_w", noise_w, False, MAX_NOISE)):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(v) or v < 0 or (low_open and v == 0) or v > high:
+            bound = f"{'>' if low_open else '>='} 0 and <= {high:g}"
+            raise InputError(f"{name} must be finite, {bound}; got {value!r}")
+        out[name] = v
+    return out
+
+
+def resolve_scales(cfg: VoiceConfig, noise_scale: Optional[float], length_scale: Optional[float],
+                   noise_w: Optional[float]) -> Dict[str, float]:
+    """The call's scales, None meaning the voice's default, checked with :func:`check_scales`."""
+    return check_scales(cfg.noise_scale if noise_scale is None else noise_scale,
+                        cfg.length_scale if length_scale is None else length_scale,
+                        cfg.noise_w if noise_w is None else noise_w)
+
+
+def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
+    """Read and check a text-to-speech bundle's manifest with the shared reader
+    (:func:`edgeflow.runtime.bundle.read_manifest` with ``task="tts"``): format and version, the
+    ``manifest.sha256`` sidecar, every listed file's sha256, the encoder/decoder graph names and the fields the
+    runtime uses; a vocoder bundle is refused.
+
+    Raises:
+        BundleError: anything missing, foreign, tampered or out of range (one line naming it).
+    """
+    from edgeflow.runtime.bundle import read_manifest
+
+    return read_manifest(bundle_dir, task="tts")
