@@ -58,7 +58,7 @@ def prepare(voice: Path, work: Path):
 
 def parity(model, bundle: Path, voice: Path, texts) -> dict:
     """Max abs difference to the stock ONNX at noise scales 0: the imported model.pt and the bundle."""
-    from edgeflow.bench_tts import System, TorchVoice, open_system
+    from edgeflow.validate.tts_systems import System, TorchVoice, open_system
     from edgeflow.validate.tts_report import distances
 
     stock = open_system(voice, threads=1)
@@ -78,7 +78,8 @@ def parity(model, bundle: Path, voice: Path, texts) -> dict:
 
 
 def run_threads(bundle: Path, voice: Path, texts, threads: int, repeats: int, score: bool) -> dict:
-    from edgeflow.bench_tts import measure, open_system
+    from edgeflow.bench_tts import measure
+    from edgeflow.validate.tts_systems import open_system
     from edgeflow.validate.tts_report import paired, score_spread
 
     systems = [open_system(bundle, threads=threads), open_system(voice, threads=threads)]

@@ -35,6 +35,7 @@ from edgeflow.core.errors import EdgeflowError  # noqa: E402
 from edgeflow.core.io import atomic_write_json  # noqa: E402
 from edgeflow.data.ljspeech import load_split  # noqa: E402
 from edgeflow.validate import metrics as M  # noqa: E402
+from edgeflow.validate import table as T  # noqa: E402  (compare, no_reference)
 
 SYSTEMS = ("flow", "bundle", "griffinlim", "hifigan", "truth")
 REF_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft")
@@ -93,9 +94,9 @@ def build_systems(model_path: str, names, gl_iters: int, bundle=None, threads: i
 
 def score_clip(name, audio, ref, sr, text, want_wer):
     row = {}
-    row.update(M.no_reference(audio, sr, text if want_wer else None))
+    row.update(T.no_reference(audio, sr, text if want_wer else None))
     if name != "truth":
-        row.update(M.compare(ref, audio, sr, REF_METRICS))
+        row.update(T.compare(ref, audio, sr, REF_METRICS))
         row["mr_stft_parts"] = M.mr_stft_distance(ref, audio, sr, return_parts=True)
     return row
 

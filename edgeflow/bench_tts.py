@@ -1,6 +1,6 @@
 """``bench_tts()``: the text-to-speech side of ``edgeflow bench``: a voice, optionally against another, side by side.
 
-A *system* is one of (see :func:`open_system`):
+A *system* is one of (:mod:`edgeflow.validate.tts_systems`):
 
 * an edgeflow VITS **bundle** in :class:`edgeflow.runtime.Voice` (a model.pt subject is exported to
   ``OUT/bundle`` first, and its PyTorch model is the default ``--against``);
@@ -24,144 +24,16 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edgeflow.core.errors import BundleError, CheckpointError, ConfigError, InputError
+from edgeflow.core.errors import ConfigError, InputError
+from edgeflow.validate.tts_systems import System, TorchVoice, open_system, task_of  # noqa: F401 - the API
 
 #: sentences scored for the zero-noise parity of an edgeflow system against a stock Piper graph
 PARITY_SENTENCES = 5
-
-
-class TorchVoice:
-    """A VITS model.pt in PyTorch with the runtime's text front-end: sentence ``i`` uses ``seed + i``."""
-
-    def __init__(self, model: Any, threads: Optional[int] = None):
-        from edgeflow.runtime.voice_config import VoiceConfig
-
-        c = model.config
-        self.model = model.eval()
-        self.threads = threads
-        self.config = VoiceConfig.from_dict(
-            {"sample_rate": c.sample_rate, "phoneme_type": c.phoneme_type, "espeak": {"voice": c.espeak_voice},
-             "phoneme_id_map": c.phoneme_id_map, "num_symbols": c.num_symbols,
-             "inference": {"noise_scale": c.noise_scale, "length_scale": c.length_scale, "noise_w": c.noise_w}},
-            "model.pt")
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    def speak_stream(self, text: str, seed: int = 0, noise_scale: Optional[float] = None,
-                     length_scale: Optional[float] = None, noise_w: Optional[float] = None):
-        """Sentence audio float32 [T] in order."""
-        import torch
-
-        from edgeflow.runtime import text as frontend
-        from edgeflow.runtime.voice_config import resolve_scales
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        scales = resolve_scales(self.config, noise_scale, length_scale, noise_w)
-        for i, phonemes in enumerate(self.config.phonemize_iter(text)):
-            ids = frontend.phonemes_to_ids(phonemes, self.config.phoneme_id_map)
-            yield self.model.synthesize(ids, seed=seed + i, **scales).float().numpy()
-
-
-@dataclass
-class System:
-    """One voice under test: ``kind`` "bundle", "pytorch" or "piper"; ``voice`` has ``speak_stream``."""
-
-    label: str
-    kind: str
-    path: Path
-    voice: Any
-    size_bytes: int
-
-    @property
-    def sample_rate(self) -> int:
-        return self.voice.sample_rate
-
-    @property
-    def seeded(self) -> bool:
-        """Its noise comes from the seed (edgeflow), so two seeded systems share noise and durations."""
-        return self.kind in ("bundle", "pytorch")
-
-    def speak_stream(self, text: str, streaming: bool = False, seed: int = 0, **scales: Any):
-        """Audio pieces of ``text``: whole sentences, or (bundles, ``streaming``) decoder chunks."""
-        if self.kind == "bundle":
-            chunks = {} if streaming else {"chunk_frames": None, "first_chunk_frames": None}
-            return self.voice.speak_stream(text, seed=seed, **chunks, **scales)
-        return self.voice.speak_stream(text, seed=seed, **scales)
-
-
-def _bytes(path: Path) -> int:
-    if path.is_dir():
-        return int(sum(f.stat().st_size for f in path.iterdir() if f.is_file()))
-    return int(path.stat().st_size)
-
-
-def task_of(path: str | Path) -> Optional[str]:
-    """"tts" or "vocoder" for a bundle, model.pt or .onnx (a .onnx is taken for a Piper voice); None if
-    it cannot tell (missing or unreadable: the bench that runs it says why)."""
-    p = Path(path)
-    if p.is_dir():
-        try:
-            m = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
-            return m.get("task") or ("tts" if m.get("family") == "vits" else "vocoder")
-        except (OSError, ValueError, AttributeError):
-            return None
-    if p.is_file() and p.suffix == ".onnx":
-        return "tts"
-    if p.is_file():
-        from edgeflow.models.checkpoint import read_checkpoint
-        from edgeflow.models.family import get_family
-
-        try:
-            return get_family(read_checkpoint(p)["family"]).task
-        except (CheckpointError, ConfigError):
-            return None
-    return None
-
-
-def open_system(path: str | Path, threads: Optional[int] = None, what: str = "subject") -> System:
-    """The system at ``path`` (a VITS bundle, a VITS model.pt or a Piper .onnx).
-
-    Raises:
-        BundleError / CheckpointError / ConfigError / InputError: not found, not a voice (a vocoder bundle
-            or model), tampered, or a Piper graph without its json (one line naming ``what`` and the path).
-    """
-    from edgeflow.runtime import Voice
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} not found: {p}")
-    if p.is_dir():
-        from edgeflow.runtime.bundle import read_manifest
-
-        m = read_manifest(p, task=None)
-        if m.get("task", "vocoder") != "tts":
-            raise BundleError(f"{what} {p}: a {m.get('family')!r} vocoder bundle is not a text-to-speech voice "
-                              "(bench a vocoder against a vocoder)")
-        return System("edgeflow bundle (onnxruntime)", "bundle", p, Voice.load(p, threads=threads), _bytes(p))
-    if p.suffix == ".onnx":
-        from edgeflow.validate.tts import BarePiper
-
-        Voice.load(p, threads=threads)            # checks: a Piper graph, its json, a phoneme map that fits
-        return System("stock Piper (bare onnxruntime)", "piper", p, BarePiper(p, threads=threads),
-                      _bytes(p) + _bytes(Path(f"{p}.json")))
-    from edgeflow.models.checkpoint import model_from_checkpoint, read_checkpoint
-    from edgeflow.models.family import get_family
-
-    ckpt = read_checkpoint(p)
-    if get_family(ckpt["family"]).task != "tts":
-        raise CheckpointError(f"{what} {p}: a {ckpt['family']} model is a vocoder, not a text-to-speech voice "
-                              "(bench a vocoder against a vocoder)")
-    model = model_from_checkpoint(ckpt, str(p))
-    return System("VITS model.pt (PyTorch)", "pytorch", p, TorchVoice(model, threads), _bytes(p))
 
 
 def check_out(out: Path) -> None:
@@ -288,6 +160,12 @@ def _system_entry(s: System, res: Dict[str, Any]) -> Dict[str, Any]:
             "spread": score_spread(rows), "rows": rows}
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def bench_tts(subject: str | Path, out_dir: str | Path, against: Optional[str | Path] = None, n_eval: int = 20,
               threads: Optional[int] = None, seed: int = 0, repeats: int = 2, n_samples: int = 3,
               wer: bool = True, dnsmos: bool = True, log=print) -> Dict[str, Any]:
@@ -330,9 +208,12 @@ def bench_tts(subject: str | Path, out_dir: str | Path, against: Optional[str | 
               "sentences": len(texts), "seed": seed, "threads": threads, "repeats": repeats,
               "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
                           "processor": platform.processor() or platform.machine()},
-              "systems": [_system_entry(s, r) for s, r in zip(systems, results)], "samples": samples}
+              "systems": [dict(_system_entry(s, r), role=role) for s, r, role in zip(systems, results,
+                                                                                      ("subject", "against"))],
+              "samples": samples}
     if len(systems) == 2:
         report["comparison"] = _compare(systems, results, texts, seed)
+    report = json.loads(json.dumps(report, default=_plain))            # numpy scalars -> JSON numbers
     atomic_write_json(out / "report.json", report)
     render_tts_html(out / "report.html", report, [r["rows"][0]["audio"] for r in results])
     log(f"wrote {out / 'report.json'}, {out / 'report.html'}")

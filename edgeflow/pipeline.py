@@ -21,11 +21,9 @@ from typing import Any, Dict, List, Optional
 
 from edgeflow.core.errors import ConfigError
 from edgeflow.core.io import atomic_write_json, sha256_file
+from edgeflow.pipeline_run import ENABLE_TRAINING, STATE, run_passes
 
-STATE = "state.json"
 STATE_VERSION = 2
-#: how to give a pass that skipped itself the training data it lacked
-ENABLE_TRAINING = "--data CORPUS (its train split) or --calib CALIBRATION_SET"
 
 
 def _check_out_dir(out: Path) -> None:
@@ -175,8 +173,6 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     state = _load_state(work / STATE, base, keys, out, log)
-    from edgeflow.pipeline_run import run_passes
-
     artifact, ref_out, current = run_passes(model, info, cfgs, keys, plan, clips, budget_d, tgt, state, work,
                                             seed=seed, threads=local_threads(threads, tgt), progress=progress,
                                             log=log)

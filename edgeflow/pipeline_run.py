@@ -17,6 +17,10 @@ import numpy as np
 from edgeflow.core.errors import ConfigError
 from edgeflow.core.io import atomic_write_json
 
+STATE = "state.json"
+#: how to give a pass that skipped itself the training data it lacked
+ENABLE_TRAINING = "--data CORPUS (its train split) or --calib CALIBRATION_SET"
+
 
 def gate_metrics(budget: Dict[str, float]) -> List[str]:
     """What the gate scores: the budget's metrics, and mel_l1 for the log."""
@@ -27,7 +31,6 @@ def run_passes(model, info, cfgs, keys, plan, clips, budget, target, state, work
                progress: bool, log):
     """Apply the passes (reusing finished ones from ``state``). Returns (artifact, reference outputs, metrics)."""
     from edgeflow.passes import Artifact, PassContext, apply_pass
-    from edgeflow.pipeline import ENABLE_TRAINING, STATE
     from edgeflow.validate.budget import budget_violations, describe_violation
     from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
 

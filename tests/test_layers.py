@@ -15,7 +15,7 @@ import edgeflow
 ROOT = Path(edgeflow.__file__).parent
 
 #: Lowest first; a module may import its own layer or lower ones.
-LAYERS = ("core", "targets", "audio", "flows", "models", "data", "train", "compress", "export", "quant",
+LAYERS = ("core", "targets", "audio", "text", "flows", "models", "data", "train", "compress", "export", "quant",
           "runtime", "validate", "passes", "pipeline", "cli")
 #: edgeflow/__init__.py (the version only) is core; ``python -m edgeflow`` is cli; other top-level modules
 #: (pipeline.py and its helpers, bench.py) are the pipeline layer.

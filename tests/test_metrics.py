@@ -14,6 +14,7 @@ import pytest
 from edgeflow.audio.snr import SNR_CAP_DB
 from edgeflow.core.errors import ConfigError, DependencyError, InputError
 from edgeflow.validate import cost, metrics as M, perceptual as P
+from edgeflow.validate import table as T
 
 SR = 16000
 NOISE_DB = (30, 20, 10)
@@ -62,10 +63,10 @@ def _needs(name: str) -> list:
 def scores(clean):
     from edgeflow.validate import table
 
-    names = [n for n in M.METRICS if table.missing_package(n) is None]     # what this machine can score
-    out = {"clean": M.compare(clean, clean, SR, names)}
+    names = [n for n in T.METRICS if table.missing_package(n) is None]     # what this machine can score
+    out = {"clean": T.compare(clean, clean, SR, names)}
     for db in NOISE_DB:
-        out[db] = M.compare(clean, add_noise(clean, db), SR, names)
+        out[db] = T.compare(clean, add_noise(clean, db), SR, names)
     return out
 
 
@@ -82,10 +83,10 @@ def test_identical_is_perfect_pesq_stoi(scores):
     assert scores["clean"]["stoi"] == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs(n)) for n in M.METRICS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs(n)) for n in T.METRICS])
 def test_noise_levels_rank_in_order(scores, name):
     vals = [scores[db][name] for db in NOISE_DB]           # 30, 20, 10 dB: quality falls
-    better_high = M.METRICS[name][1]
+    better_high = T.METRICS[name][1]
     assert all((a > b) if better_high else (a < b) for a, b in zip(vals, vals[1:])), (name, vals)
     assert (scores["clean"][name] >= vals[0]) if better_high else (scores["clean"][name] <= vals[0])
 
@@ -141,13 +142,13 @@ def test_pesq_stoi_equal_packages(clean):
 
 
 def test_compare_and_errors(clean, monkeypatch):
-    out = M.compare(clean, clean, SR, ["mr_stft", "snr"])
+    out = T.compare(clean, clean, SR, ["mr_stft", "snr"])
     assert list(out) == ["mr_stft", "snr"]
     with pytest.raises(ConfigError):
-        M.compare(clean, clean, SR, ["nope"])
+        T.compare(clean, clean, SR, ["nope"])
     monkeypatch.setitem(sys.modules, "pesq", None)          # import pesq -> ImportError
     with pytest.raises(DependencyError, match="pip install pesq"):
-        M.compare(clean, clean, SR, ["pesq"])
+        T.compare(clean, clean, SR, ["pesq"])
 
 
 def test_wer_text():
@@ -161,10 +162,10 @@ def test_wer_text():
 
 def test_dnsmos_no_reference(clean):
     pytest.importorskip("speechmos")
-    out = M.no_reference(clean, SR)
+    out = T.no_reference(clean, SR)
     assert set(out) == {"dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"}
     assert all(1.0 <= v <= 5.0 for v in out.values())
-    assert M.no_reference(add_noise(clean, 0), SR)["dnsmos_bak"] < out["dnsmos_bak"]
+    assert T.no_reference(add_noise(clean, 0), SR)["dnsmos_bak"] < out["dnsmos_bak"]
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")

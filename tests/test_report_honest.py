@@ -193,7 +193,7 @@ def test_demo_fast_recipe_runs_every_pass_by_default():
         tgt = load_target(target)
         for recipe in ("balanced", "fast"):
             cfgs = [make_config(s.pop("pass"), s) for s in recipe_passes(tgt, recipe)]
-            plan = resolve_inputs(cfgs, model, info, DEMO / "eval", None, allow_skip=False)
+            plan = resolve_inputs(cfgs, model, info, DEMO / "eval", None, False, DEMO / "model.pt")
             assert plan["skips"] == {}
             for cfg, got in zip(cfgs, plan["inputs"]):
                 if cfg.inputs().get("training_data") == "":

@@ -117,7 +117,7 @@ def _tiny_vits(path: Path, id_map):
 
 def test_say_with_a_vits_model_pt(tmp_path):
     from voice_helpers import tiny_id_map
-    from edgeflow.runtime import text as frontend
+    from edgeflow import text as frontend
 
     id_map = tiny_id_map()
     model = _tiny_vits(tmp_path / "model.pt", id_map)

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from edgeflow.core.errors import ConfigError
-from edgeflow.runtime import text as T
+from edgeflow import text as T
 from voice_helpers import piper_id_map
 
 #: Piper's default espeak map for the symbols of "licht!" (the same ids as the joe voice json).

@@ -96,11 +96,11 @@ def test_import_restores_the_traps(joe):
     assert torch.equal(sd["enc_p.emb.weight"], torch.from_numpy(arrays["sid"].copy()))     # the embedding is "sid"
     folded = [n for n in arrays if n.startswith("/dp/flows.0/") and n.endswith("Exp_output_0")]
     assert len(folded) == 1
-    assert torch.allclose(torch.exp(-sd["dp.flows.0.logs"]), torch.from_numpy(arrays[folded[0]]), rtol=1e-6)
+    assert torch.allclose(torch.exp(-sd["dp.flows.0.logs"]), torch.from_numpy(arrays[folded[0]].copy()), rtol=1e-6)
     conv = model.flow.flows[6].enc.in_layers[0]
     baked = next(n for n in arrays if n.startswith("onnx::Conv_") and any(
         node.name == "/flow/flows.6/enc/in_layers.0/Conv" and node.input[1] == n for node in g.node))
-    w = torch.from_numpy(arrays[baked])
+    w = torch.from_numpy(arrays[baked].copy())
     g_, v_ = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
     assert torch.equal(v_, w) and torch.allclose(g_, wn_norm(w))
     assert torch.allclose(conv.weight, w, rtol=1e-6, atol=1e-7)

@@ -234,3 +234,15 @@ def test_hifigan_v1_loads_the_reference_checkpoint_and_vocodes(tmp_path):
     l1 = float(np.abs(log_mel(out[:wav.size], MelConfig()) - mel).mean())
     silence = float(np.abs(log_mel(np.zeros_like(wav), MelConfig()) - mel).mean())
     assert l1 < 0.7 and silence > 3 * l1
+
+
+@pytest.mark.parametrize("width", [1.0, 0.37, 0.0625, 0.03])
+def test_scale_discriminator_any_width_runs(width):
+    """Each scale-discriminator layer reads its predecessor's width (some widths used to crash)."""
+    from edgeflow.models.vits.discriminators import DiscriminatorS
+
+    d = DiscriminatorS(width=width)
+    logits, fmap = d(torch.randn(1, 1, 2048))
+    assert logits.shape[0] == 1 and len(fmap) == 7
+    if width == 1.0:   # VITS's own layout
+        assert [c.out_channels for c in d.convs] == [16, 64, 256, 1024, 1024, 1024]

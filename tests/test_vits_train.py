@@ -84,6 +84,22 @@ def test_collate_is_a_function_of_the_seed():
     assert a["seg_start"][0] == 0 and collate(items, HOP, 40, 8, 1)["audio"].shape == (3, 40 * HOP)
 
 
+@pytest.mark.parametrize("mode", ["", "decoder"])
+def test_training_forward_aligns_every_frame(tmp_path, mode):
+    items = synthetic_items(3)
+    tr = VitsTrainer(tiny_recipe(finetune=mode), None, tmp_path, progress=False, items=items, valid_items=[])
+    tr._load_data()
+    b = tr.batch(0)
+    out, y, y_hat = tr.objective.generator_terms(tr.net, b)
+    d = out["durations"]
+    assert torch.equal(d.sum(1), b["frame_lens"].to(d.dtype))
+    assert y.shape == y_hat.shape == (len(b["ids"]), 1, 2048)
+    if not mode:                                   # MAS: every phoneme id at least one frame, padding none
+        valid = torch.arange(d.shape[1]) < b["id_lens"].unsqueeze(1)
+        assert (d[valid] >= 1).all() and (d[~valid] == 0).all()
+        assert torch.isfinite(out["kl"]) and torch.isfinite(out["dur"])
+
+
 def test_loss_falls_when_overfitting_one_batch(tmp_path):
     torch.set_num_threads(1)
     items = synthetic_items(2)

@@ -8,7 +8,7 @@ def add_arguments(sub) -> None:
 
     p = sub.add_parser("bench", help="quality and speed report for a bundle or model.pt, without optimizing")
     p.add_argument("subject", help="bundle directory or model.pt (a voice: VITS bundle, VITS model.pt or Piper .onnx)")
-    p.add_argument("--against", default=None, help="reference model.pt or bundle (default: the subject itself)")
+    p.add_argument("--against", default=None, help="reference model.pt or bundle (default: the subject itself); for a voice also a stock Piper VOICE.onnx, run in bare onnxruntime")
     p.add_argument("--data", default=None, help="held-out clips (corpus folder or folder of wavs)")
     p.add_argument("--target", default="cpu", help="target profile for the estimate")
     p.add_argument("--n-eval", type=positive_int, default=None,

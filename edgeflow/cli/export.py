@@ -29,6 +29,10 @@ def run(args) -> int:
         raise BundleError(f"{out} already exists (use --overwrite to replace it)")
     check_out_file(out, replace_dir=True)     # its folder: writable, no file where a folder should be
     model, info = load_model(args.model)
+    from edgeflow.models.family import get_family
+
+    if get_family(model).task == "tts":
+        return _export_tts(model, info, out, args.overwrite)
     manifest = export_bundle(model, out, history=info.get("history"), overwrite=args.overwrite,
                              cached=not args.no_cache)
     val, graph = manifest["validation"], manifest["export"]["graph"]
@@ -38,4 +42,16 @@ def run(args) -> int:
           f"parity max abs err {worst:.2e} < {val['tolerance']:g} at "
           f"{', '.join(str(r['frames']) for r in val['lengths'])} frames, "
           f"streaming context {ctx['left']}/{ctx['right']} frames")
+    return 0
+
+
+def _export_tts(model, info, out: Path, overwrite: bool) -> int:
+    """A text-to-speech model (VITS): the two-graph bundle of :func:`edgeflow.export.vits.export_vits_bundle`."""
+    from edgeflow.export.vits import export_vits_bundle
+
+    manifest = export_vits_bundle(model, out, history=info.get("history"), overwrite=overwrite)
+    val = manifest.get("validation", {})
+    print(f"wrote {out}: {manifest['family']} ({', '.join(manifest['graphs'].values())}), parity max abs err "
+          f"{val.get('max_abs_err', float('nan')):.2e} < {val.get('tolerance', float('nan')):g}, "
+          f"{manifest['sample_rate']} Hz")
     return 0

@@ -10,7 +10,8 @@ def add_arguments(sub) -> None:
                        description="Run the target's recipe (distill, prune, quantize, reduce flows, export ...) "
                                    "with a quality gate after each pass, then write OUT/bundle, OUT/report.json, "
                                    "OUT/report.html and OUT/samples. Re-running the same command resumes.")
-    p.add_argument("model", help="model.pt (edgeflow checkpoint)")
+    p.add_argument("model", help="model.pt (edgeflow checkpoint), or a voice: a Piper VOICE.onnx (+ .onnx.json) "
+                                 "or a VITS model.pt (text-to-speech recipes, edgeflow.pipeline_tts)")
     p.add_argument("--target", default="cpu", help="target profile: cpu, jetson-orin-nano, jetson-agx-orin, gpu")
     p.add_argument("--recipe", default=None, help="quality | balanced | fast (default: the target's)")
     p.add_argument("--max-drop", default=None, metavar="BUDGET",
@@ -20,7 +21,8 @@ def add_arguments(sub) -> None:
     p.add_argument("--calib", default=None, help="calibration set folder (quantization; distillation data when "
                                                  "there is no corpus); default: the model's own set under "
                                                  "calibration/ when there is one")
-    p.add_argument("--n-eval", type=positive_int, default=4, help="clips used for gating and the report")
+    p.add_argument("--n-eval", type=positive_int, default=None,
+                   help="clips used for gating and the report (default 4; a voice: evaluation sentences, default 6)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for onnxruntime and for torch (distillation, evaluation); default: the "
                         "target's for onnxruntime, torch's own default for torch")
@@ -45,10 +47,28 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)   # torch's default (every core) spins against a busy neighbour
 
+    from edgeflow.validate.tts_systems import task_of
+
+    if task_of(args.model) == "tts":
+        return _run_tts(args)
     report = optimize(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
-                      data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads,
+                      data=args.data, calib=args.calib, n_eval=args.n_eval or 4, seed=args.seed, threads=args.threads,
                       allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False))
     print(summary_line(report, args.out))
+    return 0
+
+
+def _run_tts(args) -> int:
+    from edgeflow.core.errors import ConfigError
+    from edgeflow.pipeline_tts import optimize_tts, summary_line as tts_summary
+
+    if args.data or args.calib or getattr(args, "allow_skip", False):
+        raise ConfigError("--data, --calib and --allow-skip do not apply to a voice (its calibration and evaluation "
+                          "sentences are edgeflow.data.tts_text)")
+    report = optimize_tts(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
+                          n_eval=args.n_eval, seed=args.seed, threads=args.threads,
+                          clean_work=getattr(args, "clean_work", False))
+    print(tts_summary(report, args.out))
     return 0
 
 

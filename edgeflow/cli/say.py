@@ -69,7 +69,7 @@ def _torch_stream(args, text: str, scales):
 
     from edgeflow.core.errors import CheckpointError, InputError
     from edgeflow.models.checkpoint import load_model
-    from edgeflow.runtime import text as frontend
+    from edgeflow import text as frontend
     from edgeflow.runtime.voice_config import VoiceConfig
 
     model, _ = load_model(args.model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 def add_arguments(sub) -> None:
     from edgeflow.cli.args import device_name, positive_int
 
-    p = sub.add_parser("train", help="train a flow vocoder by maximum likelihood",
+    p = sub.add_parser("train", help="train a flow vocoder by maximum likelihood, or a VITS voice",
                        description="Train RECIPE (a name in models/recipes or a JSON path) on a corpus in "
                                    "LJSpeech layout. Multi-GPU / multi-node: launch with torchrun.")
     p.add_argument("recipe", help="recipe name (models/recipes/NAME.json) or path")
@@ -51,9 +51,12 @@ def run(args) -> int:
     from edgeflow.cli.args import check_device, check_out_dir
     from edgeflow.core.errors import CorpusError
     from edgeflow.train.recipe import load_recipe
-    from edgeflow.train.trainer import Trainer
 
     recipe = load_recipe(args.recipe)
+    if recipe.family == "vits":          # the VITS objective (MAS, GAN) on the same loop, its own run hooks
+        from edgeflow.train.vits_trainer import VitsTrainer as Trainer
+    else:
+        from edgeflow.train.trainer import Trainer
     if args.set:
         recipe.train = recipe.train.replace(**_overrides(args.set))
     device = check_device(args.device)

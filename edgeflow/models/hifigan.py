@@ -194,6 +194,21 @@ class HiFiGAN(nn.Module):
         return self.forward(mel)
 
 
+def decoder_flops_per_frame(dec) -> float:
+    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig)."""
+    ch = dec.upsample_initial_channel
+    total, rate = 2.0 * dec.in_channels * ch * 7, 1
+    for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes)):
+        c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
+        total += 2.0 * rate * c_in * c_out * k
+        rate *= u
+        per = 2 if dec.resblock == "1" else 1
+        for k_r, d_r in zip(dec.resblock_kernel_sizes, dec.resblock_dilation_sizes):
+            total += 2.0 * rate * per * len(d_r) * c_out * c_out * k_r
+        last = c_out
+    return total + 2.0 * rate * last * 7
+
+
 def _family():
     """The "hifigan" Family (task "vocoder"); its export and compression hooks are not declared yet."""
     from edgeflow.models.family import Family
@@ -205,8 +220,6 @@ def _family():
         free_fields = ()
 
         def flops_breakdown(self, config):
-            from edgeflow.models.vits.family import decoder_flops_per_frame
-
             return {"generator": decoder_flops_per_frame(config.generator) * config.mel.sample_rate
                     / config.mel.hop_length}
 

@@ -11,7 +11,7 @@ Two sources load the same way (``Voice.load(path)``):
   effect and output differs run to run unless ``noise_scale`` and ``noise_w`` are 0; streaming is by
   sentence only.
 
-Text is turned into ids by :mod:`edgeflow.runtime.text` (espeak-ng, Piper's convention). Sentence ``i``
+Text is turned into ids by :mod:`edgeflow.text` (espeak-ng, Piper's convention). Sentence ``i``
 of a text uses seed ``seed + i``. A ``Voice`` holds no mutable state: threads may share one.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, DependencyError, InputError, short_reason
 from edgeflow.core.noise import noise
-from edgeflow.runtime import text as frontend
+from edgeflow import text as frontend
 from edgeflow.runtime.checks import check_seed
 from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
 
@@ -209,7 +209,7 @@ class Voice:
 
     def speak_ids(self, ids: Sequence[int], noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
                   noise_w: Optional[float] = None, seed: int = 0) -> np.ndarray:
-        """Audio float32 [T] of one sentence's phoneme ids (as :func:`edgeflow.runtime.text.phonemes_to_ids`)."""
+        """Audio float32 [T] of one sentence's phoneme ids (as :func:`edgeflow.text.phonemes_to_ids`)."""
         scales = resolve_scales(self.config, noise_scale, length_scale, noise_w)
         ids = [int(i) for i in ids]
         if not ids or min(ids) < 0 or max(ids) > self.config.max_id:
@@ -222,7 +222,7 @@ class Voice:
         """Audio chunks as they are ready: per sentence, and (bundles) per decoder chunk inside a sentence.
 
         Args:
-            text: any text (see :mod:`edgeflow.runtime.text` for what espeak-ng does with it).
+            text: any text (see :mod:`edgeflow.text` for what espeak-ng does with it).
             noise_scale, length_scale, noise_w: None: the voice's defaults.
             seed: sentence i uses seed + i (bundles; a stock Piper voice ignores it).
             chunk_frames: decoder frames per chunk (bundles; None or 0: whole sentences).

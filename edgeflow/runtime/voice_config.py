@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from edgeflow.core.errors import ConfigError, InputError, short_reason
-from edgeflow.runtime import text as frontend
+from edgeflow import text as frontend
 
 #: Bounds on the synthesis scales (length_scale above this would make absurdly slow speech).
 MAX_LENGTH_SCALE = 20.0

@@ -138,6 +138,11 @@ class VitsTrainNet(nn.Module):
         self.vits, self.finetune = vits, finetune
 
     def forward(self, batch: Dict[str, Any], spec: Tensor, seg_frames: int) -> Dict[str, Tensor]:
+        """batch: see :func:`edgeflow.train.vits_trainer.collate`; spec [B, spec, F] linear spectrogram.
+
+        Returns:
+            {y_hat [B, 1, seg_frames * hop], kl (scalar), dur (scalar), durations [B, N] frames per id}.
+        """
         if self.finetune == "decoder":
             return self._decoder_only(batch, seg_frames)
         v, b = self.vits, batch
@@ -153,7 +158,7 @@ class VitsTrainNet(nn.Module):
         m_f, logs_f = torch.matmul(m_p, attn), torch.matmul(logs_p, attn)
         kl = kl_loss(z_p, logs_q, m_f, logs_f, y_mask)
         y_hat = v.dec(slice_segments(z, b["seg_start"], seg_frames), g=g)
-        return {"y_hat": y_hat, "kl": kl, "dur": dur}
+        return {"y_hat": y_hat, "kl": kl, "dur": dur, "durations": w[:, 0]}
 
     def _decoder_only(self, b: Dict[str, Any], seg_frames: int) -> Dict[str, Tensor]:
         v = self.vits
@@ -174,7 +179,7 @@ class VitsTrainNet(nn.Module):
             z, _ = v.flow.inverse(z_p, FlowCond(y_mask, g))
         y_hat = v.dec(slice_segments(z * y_mask, b["seg_start"], seg_frames), g=g)
         zero = y_hat.new_zeros(())
-        return {"y_hat": y_hat, "kl": zero, "dur": zero}
+        return {"y_hat": y_hat, "kl": zero, "dur": zero, "durations": w[:, 0]}
 
 
 def discriminator_loss(real: List[Tensor], fake: List[Tensor]) -> Tensor:

@@ -1,7 +1,7 @@
 """VITS training run: transcribed corpus -> phoneme ids, deterministic batches, the loop's hooks, checkpoints.
 
 Data: an LJSpeech-layout corpus (``edgeflow corpus build``); transcripts go through the runtime's espeak-ng
-front-end (:mod:`edgeflow.runtime.text`, Piper's convention) with the model's ``phoneme_id_map``; all
+front-end (:mod:`edgeflow.text`, Piper's convention) with the model's ``phoneme_id_map``; all
 sentences of an utterance are joined. Utterances longer than ``max_seconds`` or with fewer frames than
 phoneme ids (MAS needs one frame per id) are left out and counted.
 
@@ -37,7 +37,7 @@ def corpus_items(data_dir: str | Path, split: str, config, max_seconds: float) -
     """(items, number left out) of a corpus split, audio cut to a multiple of the hop."""
     from edgeflow.audio.io import load_wav
     from edgeflow.data.ljspeech import load_split
-    from edgeflow.runtime.text import check_id_map, phonemes_to_ids, phonemize
+    from edgeflow.text import check_id_map, phonemes_to_ids, phonemize
 
     id_map = check_id_map(config.phoneme_id_map, "model config")
     hop, items, skipped = config.hop_length, [], 0
@@ -125,6 +125,8 @@ class VitsTrainer(LoopHooks):
             meta["init"] = str(self.cfg.init)
         else:
             model = build_model("vits", self.recipe.model)
+        if model.config.n_speakers > 1:
+            raise ConfigError("multi-speaker vits training is not supported yet (single-speaker recipes only)")
         if model.config.phoneme_id_map is None:
             raise ConfigError("the vits model config has no phoneme_id_map (the recipe must ship one)")
         if meta.get("inference_only") and self.cfg.finetune != "decoder":
@@ -282,12 +284,12 @@ class VitsTrainer(LoopHooks):
     def train(self, steps: Optional[int] = None, resume: bool = False) -> Dict[str, Any]:
         """Run until ``steps`` (default: the recipe's). Returns a summary dict."""
         self.loop.s.steps = int(steps if steps is not None else self.cfg.steps)
+        self._load_data()                                        # corpus errors before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.state_path().exists():
             self.load_state()
         elif self.rank == 0:
             atomic_write_json(self.out / "recipe.json", self.recipe.to_dict())
-        self._load_data()
         if self.rank == 0:
             self._start_log()
         self._t0 = time.time()

@@ -72,9 +72,15 @@ def _fmt(v, digits=3):
     return html.escape(str(v))
 
 
-def _summary(report: Dict[str, Any]) -> List[str]:
-    from edgeflow.validate.report import human_bytes
+def human_bytes(n: float) -> str:
+    """``1536 -> "1.5 kB"``, ``6593934 -> "6.6 MB"`` (decimal units, as file managers show)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
 
+
+def _summary(report: Dict[str, Any]) -> List[str]:
     q = report["quality"]
     ref_q, opt_q = q["unoptimized_vs_ground_truth"], q["optimized_vs_ground_truth"]
     cost, size = report["cost"], report["size"]

@@ -187,13 +187,3 @@ def snr(ref: np.ndarray, test: np.ndarray, sr: int = 22050) -> float:
     meaningful for sample-aligned audio (e.g. the same model and noise before/after an optimisation
     pass), not for vocoder vs recording."""
     return snr_db(*_pair(ref, test))
-
-
-def __getattr__(name: str):
-    """``METRICS``, ``DEFAULT_METRICS``, ``compare`` and ``no_reference`` live in :mod:`edgeflow.validate.table`
-    (the one metric table); they are found here too for older callers."""
-    if name in ("METRICS", "DEFAULT_METRICS", "compare", "no_reference"):
-        from edgeflow.validate import table
-
-        return getattr(table, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

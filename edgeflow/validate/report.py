@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeflow.audio.io import save_wav
 from edgeflow.core.io import atomic_write_json
+from edgeflow.validate.html import human_bytes
 
 
 def finalize_bundle(src: Path, dst: Path, history, target: Dict[str, Any]) -> None:
@@ -42,14 +43,6 @@ def finalize_bundle(src: Path, dst: Path, history, target: Dict[str, Any]) -> No
 
 #: bytes per weight of each bundle precision (the roofline's memory traffic)
 WEIGHT_BYTES = {"int8": 1, "float16": 2, "float32": 4}
-
-
-def human_bytes(n: float) -> str:
-    """``1536 -> "1.5 kB"``, ``6593934 -> "6.6 MB"`` (decimal units, as file managers show)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def measure_costs(model, bundle_dir: Path, clip_mel: np.ndarray, threads: Optional[int], target: Dict[str, Any],

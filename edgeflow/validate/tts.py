@@ -207,7 +207,7 @@ class BarePiper:
 
     def speak_stream(self, text: str, seed: int = 0, **scales: Any):
         """Sentence audio in order (``seed`` is ignored: the graph's noise is internal)."""
-        from edgeflow.runtime import text as frontend
+        from edgeflow import text as frontend
 
         for phonemes in self.config.phonemize_iter(text):
             yield self.speak_ids(frontend.phonemes_to_ids(phonemes, self.config.phoneme_id_map), **scales)

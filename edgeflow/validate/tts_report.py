@@ -94,13 +94,33 @@ def _pm(s: Optional[Dict[str, Any]]) -> str:
     return _fmt(s["mean"]) + (f" ± {_fmt(s['ci95'])}" if s.get("ci95") is not None else "")
 
 
+def _head(s: Dict[str, Any]) -> str:
+    """A column heading: role, what runs it, the file."""
+    return (f"{html.escape(s.get('role', ''))}: {html.escape(s['label'])}<br><span class='note'>"
+            f"{html.escape(Path(s['path']).name)}</span>")
+
+
+def _verdict(report: Dict[str, Any]) -> str:
+    """One line: the RTF ratio and whether every score is equal within its spread."""
+    c = report.get("comparison")
+    if not c:
+        return ""
+    equal = [d["equal_within_spread"] for d in c["paired"].values()]
+    held = c["rtf_ratio"] <= 1.0
+    words = (f"<p>RTF ratio (subject / against, sentence by sentence): <span class='{'ok' if held else 'bad'}'>"
+             f"{c['rtf_ratio']:.3f} ({'no slower' if held else 'slower'})</span>.")
+    if equal:
+        words += (f" WER and DNSMOS equal within their spread: <span class='{'ok' if all(equal) else 'bad'}'>"
+                  f"{'yes' if all(equal) else f'no ({equal.count(False)} of {len(equal)} differ)'}</span>.")
+    return words + "</p>"
+
+
 def _summary(report: Dict[str, Any]) -> List[str]:
     from edgeflow.validate.html import _fmt
     from edgeflow.validate.report import human_bytes
 
     systems = report["systems"]
-    parts = ["<h2>Summary</h2><table><tr><th></th>" + "".join(
-        f"<th>{html.escape(s['label'])}</th>" for s in systems) + "</tr>"]
+    parts = ["<h2>Summary</h2><table><tr><th></th>" + "".join(f"<th>{_head(s)}</th>" for s in systems) + "</tr>"]
 
     def row(name, cells):
         parts.append(f"<tr><td>{name}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -117,7 +137,7 @@ def _summary(report: Dict[str, Any]) -> List[str]:
     row("Audio (s)", [_fmt(s["summary"]["audio_seconds"], 1) for s in systems])
     parts.append("</table>")
     parts.append(f"<p class='note'>{report['sentences']} evaluation sentences; {report['threads'] or 'default'} "
-                 f"thread(s); seed {report['seed']}; timing: the fastest of {report['repeats'] + 1} runs, systems "
+                 f"thread(s); seed {report['seed']}; timing: the fastest of {max(1, report['repeats']) + 1} runs, systems "
                  f"interleaved; load average {_fmt(report['machine']['load_average'], 2)} on "
                  f"{report['machine']['cpus']} CPU(s). Streaming: bundles decode in frame chunks (first audio "
                  "early); the others yield whole sentences. ± is the 95% interval of the mean over sentences.</p>")
@@ -130,8 +150,7 @@ def _comparison(report: Dict[str, Any]) -> List[str]:
     c = report.get("comparison")
     if not c:
         return []
-    a, b = (html.escape(s["label"]) for s in report["systems"])
-    parts = [f"<h2>{a} vs {b}</h2><table><tr><th></th><th>difference (first − second)</th>"
+    parts = ["<h2>Subject vs against</h2><table><tr><th></th><th>difference (first − second)</th>"
              "<th>95% interval</th><th>equal within spread</th></tr>"]
     for key, label in SCORES:
         d = c["paired"].get(key)
@@ -158,7 +177,8 @@ def _rows(report: Dict[str, Any]) -> List[str]:
     from edgeflow.validate.html import _fmt
 
     systems = report["systems"]
-    head = "".join(f"<th>{html.escape(s['kind'])} {k}</th>" for s in systems for k in ("RTF", "WER", "P.808"))
+    head = "".join(f"<th>{html.escape(s.get('role', s['kind']))} {k}</th>" for s in systems
+                   for k in ("RTF", "WER", "P.808"))
     parts = [f"<h2>Per sentence</h2><table><tr><th>sentence</th><th>audio s</th>{head}</tr>"]
     for i, r0 in enumerate(systems[0]["rows"]):
         cells = "".join(f"<td>{_fmt(s['rows'][i]['rtf'])}</td><td>{_fmt(row_score(s['rows'][i], 'wer'))}</td>"
@@ -171,8 +191,8 @@ def _rows(report: Dict[str, Any]) -> List[str]:
 
 def _samples(report: Dict[str, Any]) -> List[str]:
     systems = report["systems"]
-    parts = ["<h2>Samples</h2><table><tr><th>sentence</th>" + "".join(
-        f"<th>{html.escape(s['label'])}</th>" for s in systems) + "</tr>"]
+    parts = ["<h2>Samples</h2><table><tr><th>sentence</th>" + "".join(f"<th>{_head(s)}</th>" for s in systems)
+             + "</tr>"]
     for sample in report["samples"]:
         cells = "".join(f"<td><audio controls preload='none' src='samples/{html.escape(f)}'></audio></td>"
                         for f in sample["files"])
@@ -190,12 +210,15 @@ def _spectrograms(audios: Sequence[np.ndarray], labels: Sequence[str], sr: int) 
     from edgeflow.validate.html import _png
 
     cfg = MelConfig(sample_rate=sr, fmax=min(8000.0, sr / 2))
-    fig, axes = plt.subplots(len(audios), 1, figsize=(10, 2.3 * len(audios) + 0.5), squeeze=False)
-    for ax, audio, label in zip(axes[:, 0], audios, labels):
-        ax.imshow(log_mel(audio, cfg), origin="lower", aspect="auto", cmap="magma")
+    fig, axes = plt.subplots(len(audios), 1, figsize=(10, 2.3 * len(audios) + 0.5), squeeze=False, sharex=True)
+    mels = [log_mel(a, cfg) for a in audios]
+    hi = max(float(m.max()) for m in mels)
+    for ax, m, label in zip(axes[:, 0], mels, labels):
+        ax.imshow(m, origin="lower", aspect="auto", cmap="magma", vmin=hi - 12, vmax=hi)
         ax.set_title(label, fontsize=10)
         ax.set_ylabel("mel band")
     axes[-1, 0].set_xlabel(f"frame (hop {cfg.hop_length} @ {sr} Hz)")
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -207,12 +230,12 @@ def render_tts_html(path: Path, report: Dict[str, Any], first_audio: Sequence[np
     names = " vs ".join(html.escape(Path(s["path"]).name) for s in report["systems"])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgeflow text-to-speech report</title>"
              f"<style>{CSS}</style></head><body><h1>edgeflow text-to-speech report: {names}</h1>",
-             f"<p>Created {html.escape(report['created'])}.</p>"]
+             f"<p>Created {html.escape(report['created'])}.</p>", _verdict(report)]
     parts += _summary(report) + _comparison(report)
     srs = {s["sample_rate"] for s in report["systems"]}
     if len(srs) == 1 and first_audio:
-        parts.append(f"<h2>Spectrograms (first sentence)</h2><img src='"
-                     f"{_spectrograms(first_audio, [s['label'] for s in report['systems']], srs.pop())}'>")
+        labels = [f"{s.get('role', '')}: {s['label']} ({Path(s['path']).name})" for s in report["systems"]]
+        parts.append(f"<h2>Spectrograms (first sentence)</h2><img src='{_spectrograms(first_audio, labels, srs.pop())}'>")
     parts += _rows(report) + _samples(report)
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

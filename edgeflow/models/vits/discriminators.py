@@ -8,6 +8,8 @@ VITS uses :class:`VitsDiscriminator`: one scale discriminator at full rate plus 
 
 from __future__ import annotations
 
+import math
+
 from typing import List, Sequence, Tuple
 
 import torch
@@ -67,11 +69,14 @@ class DiscriminatorS(nn.Module):
         norm = _norm(use_spectral_norm)
         spec = [(1, 16, 15, 1, 1, 7), (16, 64, 41, 4, 4, 20), (64, 256, 41, 4, 16, 20), (256, 1024, 41, 4, 64, 20),
                 (1024, 1024, 41, 4, 256, 20), (1024, 1024, 5, 1, 1, 2)]
-        convs = []
-        for cin, cout, k, s, g, p in spec:
-            g2 = max(1, int(g * width)) if g > 1 else 1
-            ci = 1 if cin == 1 else _ch(cin, width, g2)
-            convs.append(norm(nn.Conv1d(ci, _ch(cout, width, g2), k, s, groups=g2, padding=p)))
+        groups = [max(1, int(g * width)) if g > 1 else 1 for *_, g, _ in spec]
+        convs, ci = [], 1
+        for i, (_, cout, k, s, _, p) in enumerate(spec):
+            # a layer's width is a multiple of its own groups and the next layer's (width 1: VITS's exactly)
+            nxt = groups[i + 1] if i + 1 < len(spec) else 1
+            co = _ch(cout, width, groups[i] * nxt // math.gcd(groups[i], nxt))
+            convs.append(norm(nn.Conv1d(ci, co, k, s, groups=groups[i], padding=p)))
+            ci = co
         self.convs = nn.ModuleList(convs)
         self.conv_post = norm(nn.Conv1d(convs[-1].out_channels, 1, 3, 1, padding=1))
 

@@ -16,26 +16,12 @@ from typing import Any, Dict
 from edgeflow.models.family import Family, register_family, FAMILIES
 from edgeflow.models.vits.config import VitsConfig
 from edgeflow.models.vits.model import Vits
+from edgeflow.models.hifigan import decoder_flops_per_frame  # noqa: F401  (re-exported)
 
 #: Phoneme ids per second of speech: 39-41 measured on en_US-joe-medium at its default scales (2026-12-02).
 PHONEMES_PER_SECOND = 40.0
 #: Ids one attention row spans (a sentence of about 3 s).
 ATTENTION_SPAN = 120
-
-
-def decoder_flops_per_frame(dec) -> float:
-    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig)."""
-    ch = dec.upsample_initial_channel
-    total, rate = 2.0 * dec.in_channels * ch * 7, 1
-    for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes)):
-        c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
-        total += 2.0 * rate * c_in * c_out * k
-        rate *= u
-        per = 2 if dec.resblock == "1" else 1
-        for k_r, d_r in zip(dec.resblock_kernel_sizes, dec.resblock_dilation_sizes):
-            total += 2.0 * rate * per * len(d_r) * c_out * c_out * k_r
-        last = c_out
-    return total + 2.0 * rate * last * 7
 
 
 def flops_breakdown(cfg: VitsConfig) -> Dict[str, float]:

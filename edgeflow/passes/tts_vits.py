@@ -1,0 +1,250 @@
+"""Passes for text-to-speech (VITS) voices: ``tts_export``, ``tts_quantize``, ``tts_validate``.
+
+The target profiles' ``recipes_tts`` table names them (``edgeflow.pipeline_tts`` picks that table for a model
+whose family task is "tts"). Each writes a NEW bundle directory in the work dir, so the pipeline can roll back.
+
+``tts_quantize`` (int8): rewrites the decoder's ConvTranspose upsamplers into their polyphase Conv form
+(:mod:`edgeflow.export.vits_polyphase`), re-exports, and quantizes the HiFi-GAN convs and the text
+encoder's transformer with :mod:`edgeflow.quant.vits_int8` (flows, exp and duration arithmetic float),
+calibrated on the calibration sentences (:mod:`edgeflow.data.tts_text`, never the evaluation ones). With
+``polyphase: "auto"`` both forms are quantized and the faster decoder (timed here) is kept; the timings are
+recorded. ``float16`` converts the decoder's HiFi-GAN to fp16 (flows and the encoder stay float32).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from edgeflow.core.errors import ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+
+
+def _fresh(ctx: PassContext, artifact: Artifact, tag: str) -> Path:
+    out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-{tag}"
+    if out.exists():
+        shutil.rmtree(out)
+    return out
+
+
+@dataclasses.dataclass
+class TtsExportConfig(PassConfig):
+    """Export the VITS model as the two-graph bundle (parity-checked against PyTorch).
+
+    Attributes:
+        precision: "float32" only (int8 / float16 come from ``tts_quantize``).
+    """
+
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision != "float32":
+            raise ValueError("tts_export writes float32; use the tts_quantize pass for int8/float16")
+
+
+def _export(artifact: Artifact, cfg: TtsExportConfig, ctx: PassContext):
+    from edgeflow.export.vits import export_vits_bundle
+
+    if artifact.model is None:
+        raise ConfigError("tts_export: the artifact has no torch model")
+    out = _fresh(ctx, artifact, "export")
+    manifest = export_vits_bundle(artifact.model, out, history=artifact.history)
+    artifact.bundle_dir = out
+    artifact.info.update(precision="float32", float_bundle=out.name)
+    return {"bundle": out.name, "validation": manifest.get("validation")}
+
+
+register_pass("tts_export", TtsExportConfig, _export)
+
+
+@dataclasses.dataclass
+class TtsQuantizeConfig(PassConfig):
+    """Options of ``tts_quantize``.
+
+    Attributes:
+        precision: "int8" (explicit Q/DQ) or "float16" (decoder HiFi-GAN in fp16).
+        method: calibration: minmax | percentile | entropy.
+        activation_type: "uint8" (onnxruntime x86: fuses into QLinearConv) or "int8" (symmetric: TensorRT).
+        polyphase: True / False / "auto" (quantize both forms, keep the faster decoder).
+        quantize_encoder: also quantize the text encoder's transformer.
+        exclude: node-name regexes kept float besides the defaults (the decoder's conv_post).
+        calib_sentences: calibration sentences used (of 20).
+    """
+
+    precision: str = "int8"
+    method: str = "minmax"
+    activation_type: str = "uint8"
+    polyphase: Any = "auto"
+    quantize_encoder: bool = True
+    exclude: List[str] = dataclasses.field(default_factory=list)
+    calib_sentences: int = 8
+
+    def __post_init__(self):
+        if self.precision not in ("int8", "float16"):
+            raise ValueError("tts_quantize precision must be int8 or float16")
+        if self.polyphase not in (True, False, "auto"):
+            raise ValueError("polyphase must be true, false or \"auto\"")
+        if self.activation_type not in ("uint8", "int8"):
+            raise ValueError("activation_type must be uint8 or int8")
+        if not 1 <= int(self.calib_sentences) <= 20:
+            raise ValueError("calib_sentences must be 1..20")
+
+
+def calibration_feeds(bundle: Path, n: int, seed: int = 0):
+    """(encoder feeds, decoder feeds) of the first ``n`` calibration sentences through the float bundle."""
+    from edgeflow.core.noise import noise
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.runtime import Voice
+
+    voice = Voice.load(bundle)
+    c = voice.config
+    scales = np.array([c.noise_scale, c.length_scale, c.noise_w], dtype=np.float32)
+    enc, dec = [], []
+    for k, text in enumerate(sentences("calibration")[:n]):
+        for i, ids in enumerate(voice.sentence_ids(text)):
+            x = np.asarray([ids], dtype=np.int64)
+            s = seed + 1000 * k + i
+            feed = {"input": x, "input_lengths": np.array([x.shape[1]], np.int64), "scales": scales,
+                    "noise_w_z": np.random.default_rng([s, 0, 1]).standard_normal(2 * x.shape[1], dtype=np.float32)
+                    .reshape(1, 2, x.shape[1])}
+            m_p, logs_p = voice.encoder.run(["m_p", "logs_p"], feed)
+            f, ch = m_p.shape[2], m_p.shape[1]
+            z = noise(s, 0, f, ch).reshape(1, f, ch).transpose(0, 2, 1)
+            enc.append(feed)
+            dec.append({"m_p": m_p, "logs_p": logs_p, "noise_z": np.ascontiguousarray(z), "scales": scales})
+    return enc, dec
+
+
+def time_graph(path: Path, feeds, threads: int, repeats: int = 3) -> float:
+    """Median seconds of one run over ``feeds`` (after one warm-up), onnxruntime CPU, ``threads`` threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds[0])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for f in feeds:
+            sess.run(None, f)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _phase_bundle(artifact: Artifact, ctx: PassContext) -> Path:
+    from edgeflow.export.vits import export_vits_bundle
+    from edgeflow.export.vits_polyphase import to_phase_form
+    from edgeflow.flows.coupling import remove_weight_norm
+
+    model = copy.deepcopy(artifact.model).eval()
+    remove_weight_norm(model)
+    if to_phase_form(model.dec) == 0:
+        raise ConfigError("tts_quantize: the decoder has no ConvTranspose to rewrite")
+    out = _fresh(ctx, artifact, "phase")
+    export_vits_bundle(model, out, history=artifact.history)
+    return out
+
+
+def _write_bundle(src: Path, out: Path, graphs: Dict[str, Path], precision: str, section: Dict[str, Any]):
+    from edgeflow.core.bundle_format import write_manifest
+    from edgeflow.core.io import atomic_dir
+
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("files", "format", "format_version"):
+        manifest.pop(key, None)
+    with atomic_dir(out) as tmp:
+        for role, name in manifest["graphs"].items():
+            shutil.copyfile(graphs.get(role, src / name), tmp / name)
+        manifest.update(precision=precision, quantization=section)
+        write_manifest(tmp, manifest)
+
+
+def _int8_variant(src: Path, tmp: Path, tag: str, cfg: TtsQuantizeConfig, enc_feeds, dec_feeds) -> Dict[str, Any]:
+    from edgeflow.quant.vits_int8 import DEFAULT_EXCLUDE, quantize_graph
+
+    exclude = list(DEFAULT_EXCLUDE) + list(cfg.exclude)
+    sym = cfg.activation_type == "int8"
+    out = {"decoder": quantize_graph(src / "decoder.onnx", tmp / f"decoder-{tag}.onnx", "decoder", dec_feeds,
+                                     cfg.method, exclude, symmetric_activations=sym)}
+    if cfg.quantize_encoder:
+        out["encoder"] = quantize_graph(src / "model.onnx", tmp / f"model-{tag}.onnx", "encoder", enc_feeds,
+                                        cfg.method, exclude, symmetric_activations=sym)
+    return out
+
+
+def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
+    from edgeflow.quant.vits_int8 import convert_graph_fp16
+
+    if artifact.bundle_dir is None or artifact.model is None:
+        raise ConfigError("tts_quantize: run tts_export first (needs the float bundle and the model)")
+    float_dir = artifact.bundle_dir
+    enc_feeds, dec_feeds = calibration_feeds(float_dir, cfg.calib_sentences, ctx.seed)
+    tmp = ctx.work_dir / f"quant-{len(artifact.history):02d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    threads = int(ctx.target.get("threads") or 1)
+    details: Dict[str, Any] = {"precision": cfg.precision, "calibration": f"{cfg.calib_sentences} calibration "
+                               "sentences (edgeflow.data.tts_text)"}
+    if cfg.precision == "float16":
+        section = {"decoder": convert_graph_fp16(float_dir / "decoder.onnx", tmp / "decoder.onnx")}
+        graphs, src = {"decoder": tmp / "decoder.onnx"}, float_dir
+    else:
+        time_feeds = dec_feeds[:2]
+        timing = {"float_convtranspose": time_graph(float_dir / "decoder.onnx", time_feeds, threads)}
+        variants = {}
+        if cfg.polyphase in (False, "auto"):
+            variants["convtranspose"] = (float_dir, _int8_variant(float_dir, tmp, "ct", cfg, enc_feeds, dec_feeds))
+            timing["int8_convtranspose"] = time_graph(tmp / "decoder-ct.onnx", time_feeds, threads)
+        if cfg.polyphase in (True, "auto"):
+            phase = _phase_bundle(artifact, ctx)
+            timing["float_polyphase"] = time_graph(phase / "decoder.onnx", time_feeds, threads)
+            variants["polyphase"] = (phase, _int8_variant(phase, tmp, "pp", cfg, enc_feeds, dec_feeds))
+            timing["int8_polyphase"] = time_graph(tmp / "decoder-pp.onnx", time_feeds, threads)
+        chosen = min(variants, key=lambda v: timing[f"int8_{v}"])
+        src, section = variants[chosen]
+        tag = "pp" if chosen == "polyphase" else "ct"
+        graphs = {"decoder": tmp / f"decoder-{tag}.onnx"}
+        if cfg.quantize_encoder:
+            graphs["encoder"] = tmp / f"model-{tag}.onnx"
+        section = dict(section, upsampler=chosen)
+        details["decoder_seconds"] = {k: round(v, 4) for k, v in timing.items()}
+        details["decoder_seconds_note"] = (f"decoder graph on {len(time_feeds)} calibration sentences, median of 3, "
+                                           f"{threads} threads; kept: {chosen}")
+        details["upsampler"] = chosen
+    out = _fresh(ctx, artifact, "int8" if cfg.precision == "int8" else "fp16")
+    _write_bundle(src, out, graphs, cfg.precision, dict(section, method=cfg.method, calibration=details["calibration"]))
+    shutil.rmtree(tmp, ignore_errors=True)
+    artifact.bundle_dir = out
+    artifact.info["precision"] = cfg.precision
+    details["bundle"] = out.name
+    details["quantization"] = section
+    return details
+
+
+register_pass("tts_quantize", TtsQuantizeConfig, _quantize)
+
+
+@dataclasses.dataclass
+class TtsValidateConfig(PassConfig):
+    """Check the current voice bundle (manifest, hashes, graphs load) and record its export parity."""
+
+
+def _validate(artifact: Artifact, cfg: TtsValidateConfig, ctx: PassContext):
+    from edgeflow.runtime import Voice
+
+    if artifact.bundle_dir is None:
+        raise ConfigError("tts_validate: no bundle yet (run tts_export first)")
+    voice = Voice.load(artifact.bundle_dir)
+    return {"manifest_ok": True, "precision": voice.manifest.get("precision"),
+            "export_parity": voice.manifest.get("validation")}
+
+
+register_pass("tts_validate", TtsValidateConfig, _validate, changes_output=False)

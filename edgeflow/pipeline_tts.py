@@ -1,0 +1,293 @@
+"""``optimize_tts()``: a text-to-speech voice -> passes (each gated on a TTS budget) -> bundle -> report.
+
+The voice is a stock Piper ``VOICE.onnx`` (+ ``VOICE.onnx.json``; imported first, recorded in the history
+with its source and sha256) or an edgeflow VITS model.pt. The passes are the target's ``recipes_tts``
+(``tts_export``, ``tts_quantize``, ``tts_validate``: :mod:`edgeflow.passes.tts_vits`). After each pass that
+changes the audio the gate scores the current bundle on the evaluation sentences (WER, DNSMOS P.808, MCD
+to the teacher with the same seed: :mod:`edgeflow.validate.tts_optimize`) and rolls the pass back if it
+breaks the budget. Resume, output checks and pass keys are the vocoder pipeline's (:mod:`edgeflow.pipeline`).
+
+``OUT/`` gets ``bundle/``, ``report.json``, ``report.html``, ``samples/`` (teacher, optimized and stock wavs),
+and ``.work/`` (state, teacher audio, intermediate bundles).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from edgeflow.core.errors import CheckpointError, ConfigError, InputError
+from edgeflow.core.io import atomic_write_json, sha256_file
+from edgeflow.pipeline import _check_out_dir, _digest, _load_state, local_threads, pass_keys
+from edgeflow.pipeline_run import STATE
+
+STATE_VERSION = 1
+DEFAULT_N_EVAL = 6
+BUNDLE_SPEAK = {"chunk_frames": None, "first_chunk_frames": None}
+
+
+def load_voice_model(path: Path) -> Tuple[Any, List[Dict[str, Any]], Dict[str, Any]]:
+    """(VITS model, history so far, source) of a Piper ``.onnx`` (imported) or a VITS model.pt.
+
+    Raises:
+        InputError: missing file. CheckpointError / ConfigError: not a voice, unsafe or foreign file.
+    """
+    from edgeflow import __version__
+
+    if not path.is_file():
+        raise InputError(f"model not found: {path}")
+    if path.suffix == ".onnx":
+        from edgeflow.models.importers.piper import import_piper
+
+        t0 = time.time()
+        model, info = import_piper(path)
+        record = {"name": "import", "status": "applied", "version": __version__, "config": {"from": "piper-onnx"},
+                  "seconds": round(time.time() - t0, 2), "source": info["source"],
+                  "details": {k: info[k] for k in ("inference_only", "missing", "unused")}}
+        return model, [record], {"kind": "piper", "path": str(path), "sha256": info["source"]["sha256"]}
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.models.family import get_family
+
+    model, info = load_model(path)
+    if get_family(info["family"]).task != "tts":
+        raise CheckpointError(f"{path}: a {info['family']} model is not a text-to-speech voice")
+    return model, list(info.get("history") or []), {"kind": "model.pt", "path": str(path),
+                                                    "sha256": sha256_file(path)}
+
+
+def tts_recipe(target: Dict[str, Any], recipe: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
+    """(name, pass list) of a voice recipe from the target's ``recipes_tts`` table."""
+    table = target.get("recipes_tts")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"target {target['name']} has no text-to-speech recipes (recipes_tts)")
+    name = recipe or target.get("default_recipe_tts") or target.get("default_recipe", "quality")
+    if name not in table:
+        raise ConfigError(f"unknown recipe {name!r} for a voice on target {target['name']} "
+                          f"(known: {', '.join(table)})")
+    return name, [dict(p) for p in table[name]]
+
+
+def optimize_tts(model_path: str | Path, out_dir: str | Path, target: str = "cpu", recipe: Optional[str] = None,
+                 budget: Any = None, n_eval: Optional[int] = None, seed: int = 0, threads: Optional[int] = None,
+                 clean_work: bool = False, log=print) -> Dict[str, Any]:
+    """Run a voice recipe on a Piper .onnx or VITS model.pt; write OUT/bundle, report.json/html, samples.
+
+    Args:
+        budget: e.g. ``"wer=0.03,dnsmos=0.1,mcd=2.5"`` (default: the target's ``default_budget_tts``, else
+            :data:`edgeflow.validate.tts_optimize.DEFAULT_TTS_BUDGET`); metrics wer, dnsmos (P.808), mcd.
+        n_eval: evaluation sentences (1..20, default 6).
+
+    Returns:
+        the report dict (also OUT/report.json).
+    """
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.passes.base import make_config
+    from edgeflow.targets import load_target
+    from edgeflow.validate.budget import parse_budget
+    from edgeflow.validate.tts_optimize import DEFAULT_TTS_BUDGET
+
+    model_path, out = Path(model_path), Path(out_dir)
+    tgt = load_target(target)
+    recipe_name, specs = tts_recipe(tgt, recipe)
+    cfgs = [make_config(s.pop("pass"), s) for s in specs]
+    budget_d = parse_budget(budget if budget is not None else tgt.get("default_budget_tts", DEFAULT_TTS_BUDGET))
+    bad = sorted(set(budget_d) - {"wer", "dnsmos", "mcd"})
+    if bad:
+        raise ConfigError(f"budget metric(s) {', '.join(bad)} do not apply to a voice (use wer, dnsmos, mcd)")
+    n_eval = DEFAULT_N_EVAL if n_eval is None else int(n_eval)
+    if not 1 <= n_eval <= 20:
+        raise ConfigError(f"--n-eval must be 1..20 for a voice (there are 20 evaluation sentences), got {n_eval}")
+    _check_out_dir(out)
+    model, history, source = load_voice_model(model_path)
+    texts = sentences("evaluation")[:n_eval]
+    threads = local_threads(threads, tgt)
+    base = _digest({"model": source["sha256"], "target": tgt["name"], "budget": budget_d, "n_eval": n_eval,
+                    "seed": seed, "task": "tts", "version": STATE_VERSION})
+    keys = pass_keys(base, cfgs, [{} for _ in cfgs])
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    state = _load_state(work / STATE, base, keys, out, log)
+    run = _Run(model, history, cfgs, keys, texts, budget_d, tgt, state, work, seed, threads, log)
+    run.passes()
+    report = run.finish(out, source, recipe_name)
+    if clean_work:
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"removed {work} (--clean-work)")
+    return report
+
+
+class _Run:
+    """The pass loop and the report of one optimize_tts run."""
+
+    def __init__(self, model, history, cfgs, keys, texts, budget, target, state, work: Path, seed: int,
+                 threads: int, log):
+        from edgeflow.passes import Artifact
+        from edgeflow.validate.tts_systems import TorchVoice
+
+        self.cfgs, self.keys, self.texts, self.budget, self.target = cfgs, keys, texts, budget, target
+        self.state, self.work, self.seed, self.threads, self.log = state, work, seed, threads, log
+        self.teacher = TorchVoice(model, threads)
+        self.artifact = Artifact(model=model, reference=model, history=list(history))
+        self.rows: List[Dict[str, Any]] = []
+        self.teacher_audio = self._teacher()
+
+    def _teacher(self) -> List[np.ndarray]:
+        from edgeflow.validate.tts_optimize import score_voice
+
+        path = self.work / "teacher_outputs.npz"
+        if "reference" not in self.state or not path.is_file():
+            self.log(f"scoring the unoptimized model (PyTorch teacher) on {len(self.texts)} evaluation sentences ...")
+            metrics, _, audios = score_voice(self.teacher, self.texts, None, self.seed)
+            self.state["reference"] = dict(metrics, mcd=0.0)
+            np.savez(path, *audios)
+            atomic_write_json(self.work / STATE, self.state)
+        with np.load(path) as z:
+            return [z[f"arr_{i}"] for i in range(len(self.texts))]
+
+    def evaluate(self, bundle: Path) -> Dict[str, Any]:
+        """The gate's metrics of a bundle (plus rtf and size)."""
+        from edgeflow.runtime import Voice
+        from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
+
+        voice = Voice.load(bundle, threads=self.threads)
+        metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed, **BUNDLE_SPEAK)
+        return dict(metrics, size_mb=bundle_bytes(bundle) / 1e6)
+
+    def passes(self) -> None:
+        from edgeflow.passes import PassContext, apply_pass
+        from edgeflow.validate.budget import budget_violations, describe_violation
+
+        art, n = self.artifact, len(self.cfgs)
+        ctx = PassContext(work_dir=self.work, target=dict(self.target, threads=self.threads), seed=self.seed)
+        current = dict(self.state["reference"])
+        for k, cfg in enumerate(self.cfgs):
+            name = type(cfg).pass_name
+            if k < len(self.state["done"]):
+                rec = self.state["done"][k]
+                art.history.append(rec["record"])
+                art.bundle_dir = self.work / rec["bundle"] if rec.get("bundle") else None
+                art.info = dict(rec.get("info", {}))
+                current = rec.get("metrics", current)
+                self.rows.append(rec["row"])
+                self.log(f"[{k + 1}/{n}] {name}: done in an earlier run ({rec['record']['status']}), reused")
+                continue
+            self.log(f"[{k + 1}/{n}] {name} ...")
+            saved = (art.bundle_dir, dict(art.info))
+            record = apply_pass(art, cfg, ctx, metrics_before=current)
+            after = self.evaluate(art.bundle_dir) if cfg.changes_output and art.bundle_dir else current
+            record["metrics_after"] = after
+            bad = budget_violations(self.state["reference"], after, self.budget)
+            if bad and cfg.changes_output:
+                record.update(status="rolled_back", violations=bad)
+                art.bundle_dir, art.info = saved
+                self.log("    rolled back: budget broken (" +
+                         ", ".join(describe_violation(m, v) for m, v in bad.items()) + ")")
+            else:
+                current = after
+                self.log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(
+                    f"{m}={after[m]:.3f}" for m in ("wer", "dnsmos", "mcd", "rtf") if m in after))
+            row = {"name": name, "status": record["status"], "seconds": record["seconds"], "metrics": after,
+                   "violations": record.get("violations"), "details": record.get("details")}
+            self.rows.append(row)
+            self.state["done"].append({"key": self.keys[k], "record": record, "metrics": current, "row": row,
+                                       "bundle": art.bundle_dir.name if art.bundle_dir else None,
+                                       "info": art.info})
+            atomic_write_json(self.work / STATE, self.state)
+        if art.bundle_dir is None:
+            raise ConfigError("the recipe produced no bundle (tts_export rolled back or missing)")
+        self.current = current
+
+    def finish(self, out: Path, source: Dict[str, Any], recipe: str) -> Dict[str, Any]:
+        from edgeflow.validate.budget import budget_violations
+        from edgeflow.validate.tts_optimize import write_report
+
+        _publish(self.artifact, out / "bundle")
+        systems, audios = self._side_by_side(out / "bundle", source)
+        stock = systems.get("stock Piper (bare onnxruntime)")
+        opt = systems["optimized bundle"]
+        report = {"task": "tts", "model": source, "target": self.target["name"], "recipe": recipe,
+                  "budget": self.budget, "budget_held": not budget_violations(self.state["reference"], self.current,
+                                                                              self.budget),
+                  "n_eval": len(self.texts), "seed": self.seed, "threads": self.threads, "sentences": self.texts,
+                  "reference": self.state["reference"], "final": self.current, "passes": self.rows,
+                  "comparison": {"systems": systems, "rtf_speedup_vs_stock":
+                                 stock["rtf"] / opt["rtf"] if stock else None,
+                                 "note": "each system scored on the same sentences in this process, one after the "
+                                         "other; the stock voice's noise is internal (no mcd)"},
+                  "bundle": "bundle", "samples": _samples(out / "samples", self.texts, audios,
+                                                          self.teacher.sample_rate),
+                  "history": [h for h in self.artifact.history if h.get("name") == "import"]}
+        write_report(out, report)
+        self.log(f"report: {out}/report.html")
+        return report
+
+    def _side_by_side(self, bundle: Path, source: Dict[str, Any]):
+        from edgeflow.runtime import Voice
+        from edgeflow.validate.tts import BarePiper, evaluate_voice
+        from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
+
+        self.log("side by side: teacher, optimized bundle" + (", stock voice" if source["kind"] == "piper" else ""))
+        systems, audios = {}, {"teacher": self.teacher_audio}
+        m, _, audios["optimized"] = score_voice(Voice.load(bundle, threads=self.threads), self.texts,
+                                                self.teacher_audio, self.seed, **BUNDLE_SPEAK)
+        streamed = evaluate_voice(Voice.load(bundle, threads=self.threads), self.texts, wer=False, dnsmos=False,
+                                  seed=self.seed)["summary"]                 # default chunks: streaming
+        m.update(time_to_first_audio=streamed["time_to_first_audio"], rtf_streaming=streamed["rtf"])
+        systems["optimized bundle"] = dict(m, size_mb=bundle_bytes(bundle) / 1e6)
+        systems["teacher (PyTorch)"] = dict(self.state["reference"])
+        if source["kind"] == "piper":
+            p = Path(source["path"])
+            m, _, audios["stock"] = score_voice(BarePiper(p, threads=self.threads), self.texts, None, self.seed)
+            systems["stock Piper (bare onnxruntime)"] = dict(m, size_mb=(bundle_bytes(p) +
+                                                                         bundle_bytes(Path(f"{p}.json"))) / 1e6)
+        return systems, audios
+
+
+def _publish(artifact, dest: Path) -> None:
+    """Copy the final bundle to ``dest`` with the whole history in its manifest (hashes rewritten)."""
+    from edgeflow.core.bundle_format import write_manifest
+    from edgeflow.core.io import atomic_dir
+
+    src = artifact.bundle_dir
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("files", "format", "format_version"):
+        manifest.pop(key, None)
+    manifest["history"] = [{k: v for k, v in h.items() if k != "details"} for h in artifact.history]
+    with atomic_dir(dest, overwrite=True) as tmp:
+        for name in manifest["graphs"].values():
+            shutil.copyfile(src / name, tmp / name)
+        write_manifest(tmp, manifest)
+
+
+def _samples(folder: Path, texts, audios: Dict[str, List[np.ndarray]], sr: int, n: int = 3) -> List[Dict[str, Any]]:
+    from edgeflow.audio.io import save_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, text in enumerate(texts[:n]):
+        files = {}
+        for kind, clips in audios.items():
+            name = f"{i:02d}-{kind}.wav"
+            save_wav(folder / name, clips[i], sr)
+            files[kind] = f"samples/{name}"
+        out.append({"text": text, "files": files})
+    return out
+
+
+def summary_line(report: Dict[str, Any], out) -> str:
+    """The closing console line of a voice run."""
+    f = report["final"]
+    line = (f"budget {'held' if report['budget_held'] else 'BROKEN'}; RTF {f['rtf']:.4f}; WER {f['wer']:.3f}; "
+            f"DNSMOS P.808 {f['dnsmos']:.3f}; MCD {f.get('mcd', 0.0):.3f} dB")
+    ratio = report["comparison"].get("rtf_speedup_vs_stock")
+    if ratio:
+        line += f"; {ratio:.2f}x the stock voice's speed"
+    rolled = [p["name"] for p in report["passes"] if p["status"] == "rolled_back"]
+    if rolled:
+        line += f"; ROLLED BACK: {', '.join(rolled)}"
+    return line + f"; report: {out}/report.html"

@@ -1,0 +1,114 @@
+"""Scores and report of ``edgeflow optimize`` on a text-to-speech voice (:mod:`edgeflow.pipeline_tts`).
+
+The gate's metrics on the evaluation sentences (:mod:`edgeflow.data.tts_text`, never used for calibration):
+
+- ``wer``: corpus WER of pocketsphinx on the voice (lower is better);
+- ``dnsmos``: DNSMOS **P.808** MOS, mean over sentences (for a voice the budget's ``dnsmos`` is P.808; the
+  P.835 sig/bak/ovrl are reported too);
+- ``mcd``: mel-cepstral distance (dB) to the teacher (the unoptimized model in PyTorch) synthesised with the
+  same seed, hence the same noise; frames compared index by index when the durations agree, DTW-aligned for a
+  sentence whose durations changed (counted in ``mcd_dtw_sentences``). The teacher's own ``mcd`` is 0, so the
+  budget's ``mcd`` is a ceiling in dB;
+- ``rtf``: synthesis wall time / audio seconds (whole sentences, phonemization included).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from edgeflow.core.io import atomic_write_json, atomic_write_text
+
+#: The gate's budget when neither the target nor --max-drop gives one for a voice.
+DEFAULT_TTS_BUDGET = {"wer": 0.03, "dnsmos": 0.1, "mcd": 2.5}
+#: metric -> (label, format) for tables.
+COLUMNS = (("rtf", "RTF", "{:.4f}"), ("size_mb", "size MB", "{:.2f}"), ("wer", "WER", "{:.3f}"),
+           ("dnsmos", "DNSMOS P.808", "{:.3f}"), ("mcd", "MCD vs teacher dB", "{:.3f}"),
+           ("time_to_first_audio", "first audio s", "{:.3f}"))
+
+
+def score_voice(voice: Any, texts: Sequence[str], teacher: Sequence[np.ndarray] | None, seed: int,
+                **speak: Any) -> Tuple[Dict[str, float], List[Dict[str, Any]], List[np.ndarray]]:
+    """Score a voice (a runtime Voice, TorchVoice or BarePiper) on ``texts``.
+
+    Args:
+        teacher: the teacher's audio per text (same seed), or None (no ``mcd``).
+        speak: options for ``speak_stream`` (e.g. ``chunk_frames=None`` for whole sentences).
+
+    Returns:
+        (metrics {wer, wer_mean, dnsmos, sig, bak, ovrl, rtf, time_to_first_audio, seconds[, mcd,
+        mcd_dtw_sentences]}, rows, audio per text).
+    """
+    from edgeflow.validate.metrics import mcd_dtw
+    from edgeflow.validate.tts import evaluate_voice, mel_cepstral_distance
+
+    res = evaluate_voice(voice, texts, keep_audio=True, seed=seed, **speak)
+    audios = [r.pop("audio") for r in res["rows"]]
+    s = res["summary"]
+    metrics = {"wer": s["wer"], "wer_mean": s["wer_mean"], "dnsmos": s["p808"], "sig": s["sig"], "bak": s["bak"],
+               "ovrl": s["ovrl"], "rtf": s["rtf"], "time_to_first_audio": s["time_to_first_audio"],
+               "seconds": s["audio_seconds"]}
+    if teacher is not None:
+        dists, dtw = [], 0
+        for row, ref, out in zip(res["rows"], teacher, audios):
+            if ref.size == out.size:
+                row["mcd"] = mel_cepstral_distance(ref, out, voice.sample_rate)
+            else:
+                row["mcd"], row["mcd_aligned"] = mcd_dtw(ref, out, voice.sample_rate), "dtw"
+                dtw += 1
+            dists.append(row["mcd"])
+        metrics.update(mcd=float(np.mean(dists)), mcd_dtw_sentences=dtw)
+    return metrics, res["rows"], audios
+
+
+def bundle_bytes(path: Path) -> int:
+    """Bytes of the files of a bundle directory (or of one file)."""
+    path = Path(path)
+    if path.is_dir():
+        return int(sum(f.stat().st_size for f in path.iterdir() if f.is_file()))
+    return int(path.stat().st_size)
+
+
+def _cell(metrics: Dict[str, Any], key: str, fmt: str) -> str:
+    v = metrics.get(key)
+    return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+    return "\n".join(out) + "</table>"
+
+
+def render_html(report: Dict[str, Any]) -> str:
+    """report.html: summary, per-pass table, comparison with the stock voice / teacher, audio players."""
+    head = ["pass", "status", "seconds"] + [c[1] for c in COLUMNS]
+    passes = [[p["name"], p["status"], f"{p.get('seconds', 0):.1f}"] +
+              [_cell(p.get("metrics") or {}, k, f) for k, _, f in COLUMNS] for p in report["passes"]]
+    comp = [[name] + [_cell(m, k, f) for k, _, f in COLUMNS] for name, m in report["comparison"]["systems"].items()]
+    samples = "".join(f"<p>{html.escape(s['text'])}<br>" + "".join(
+        f"{html.escape(k)} <audio controls src='{html.escape(v)}'></audio> " for k, v in s["files"].items()) + "</p>"
+        for s in report["samples"])
+    budget = ", ".join(f"{k}={v:g}" for k, v in report["budget"].items())
+    ratio = report["comparison"].get("rtf_speedup_vs_stock")
+    lines = ["<!doctype html><html><head><meta charset='utf-8'><title>edgeflow optimize (tts)</title>",
+             "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "table{border-collapse:collapse;margin:1em 0}</style></head><body>",
+             f"<h1>edgeflow optimize: {html.escape(str(report['model']['path']))}</h1>",
+             f"<p>target {html.escape(report['target'])}, recipe {html.escape(report['recipe'])}, budget {budget} "
+             f"(wer: rise, dnsmos: P.808 fall, mcd: dB vs teacher): <b>{'held' if report['budget_held'] else 'BROKEN'}"
+             f"</b>; {report['n_eval']} evaluation sentences, seed {report['seed']}, {report['threads']} threads.</p>",
+             "<h2>Passes</h2>", _table(head, passes),
+             "<h2>Side by side (measured in the same process)</h2>", _table(["system"] + [c[1] for c in COLUMNS], comp),
+             f"<p>RTF speed-up against the stock voice: {ratio:.2f}x</p>" if ratio else "",
+             "<h2>Samples</h2>", samples, "</body></html>"]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: Dict[str, Any]) -> None:
+    """OUT/report.json and OUT/report.html (atomic)."""
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.html", render_html(report))
