@@ -282,3 +282,19 @@ def test_roofline_uses_the_bundle_precision():
     for name in ("gpu", "jetson-agx-orin", "jetson-orin-nano"):
         peak = load_target(name)["peak"]
         assert {"int8_tops", "fp16_tflops", "fp32_tflops", "source"} <= set(peak)
+
+
+def test_sanity_warning_conditions():
+    """Each sign of a model that does not speak is named: few voiced frames, WER over 0.8, DNSMOS far below."""
+    from edgeflow.validate.sanity import sanity_check
+
+    t = np.arange(SR) / SR
+    voiced = [(0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)]
+    noise = [(0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)]
+    ok = sanity_check(voiced, voiced, SR, {"wer": 0.3, "dnsmos": 2.9}, {"wer": 0.2, "dnsmos": 3.0})
+    assert ok["warning"] is None and ok["voiced_fraction"]["unoptimized"] > 0.9
+    bad = sanity_check(voiced, noise, SR, {"wer": 1.0, "dnsmos": 1.1}, {"wer": 0.36, "dnsmos": 2.95})
+    for needle in ("voiced frames", "WER 1.00", "DNSMOS 1.10 against 2.95"):
+        assert needle in bad["warning"]
+    only_wer = sanity_check(voiced, voiced, SR, {"wer": 0.9}, {"wer": 0.1})
+    assert "WER 0.90" in only_wer["warning"] and "voiced" not in only_wer["warning"]

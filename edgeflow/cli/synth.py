@@ -1,7 +1,8 @@
 """``edgeflow synth BUNDLE_OR_MODEL.pt (--mel X.npy | --wav X.wav) -o OUT.wav``.
 
 A bundle runs in the torch-free runtime (onnxruntime); a model.pt runs in PyTorch with the same
-noise function, so the two can be A/B compared for a seed.
+noise function, so the two can be A/B compared for a seed. A vocoder without noise (HiFi-GAN: mel in,
+audio out) takes no --sigma and ignores --seed.
 """
 
 from __future__ import annotations
@@ -58,12 +59,23 @@ def _single(mel, n_mels: int):
     return arr
 
 
+def _check_sigma_used(args, has_noise: bool, family) -> None:
+    """Refuse --sigma for a vocoder that draws no noise (HiFi-GAN): it would be silently ignored."""
+    from edgeflow.core.errors import InputError
+
+    if args.sigma is not None and not has_noise:
+        raise InputError(f"--sigma: the {family} vocoder draws no noise (its graph takes only a mel); "
+                         f"leave --sigma out")
+
+
 def _with_bundle(args):
     from edgeflow.runtime import Synthesizer, read_manifest
 
     mel = None
+    manifest = read_manifest(args.model)
+    _check_sigma_used(args, len((manifest.get("io") or {}).get("inputs") or ()) != 1, manifest.get("family"))
     if args.mel:   # check the input before the (possibly slow) session load
-        n_mels = (read_manifest(args.model).get("mel") or {}).get("n_mels")
+        n_mels = (manifest.get("mel") or {}).get("n_mels")
         mel = load_mel_file(args.mel)
         if isinstance(n_mels, int):
             mel = _single(mel, n_mels)[0]
@@ -82,9 +94,11 @@ def _with_torch(args):
 
     from edgeflow.core.errors import InputError
     from edgeflow.models.checkpoint import load_model
+    from edgeflow.models.family import get_family
     from edgeflow.runtime.synthesizer import check_seed, check_sigma
 
     model, _ = load_model(args.model)
+    _check_sigma_used(args, len(getattr(get_family(model).export, "input_names", "xyz")) != 1, model.family)
     sigma = None if args.sigma is None else check_sigma(args.sigma)
     seed = check_seed(args.seed)
     if args.threads is not None:

@@ -114,7 +114,8 @@ def _round_up(n: int, m: int) -> int:
 
 def validate_parity(session, reference: torch.nn.Module, spec: ExportSpec, frame_multiple: int,
                     batch: int = 2) -> Dict[str, Any]:
-    """onnxruntime vs PyTorch ``reference.inverse(z * sigma, mel)`` on the same inputs, per length.
+    """onnxruntime vs PyTorch (``reference.inverse(z * sigma, mel)``; :meth:`ExportSpec.reference`) on the same
+    inputs, per length.
 
     Returns:
         {"tolerance", "passed", "lengths": [{"frames", "batch", "max_abs_err", "max_abs_audio", "passed"}]}.
@@ -123,10 +124,10 @@ def validate_parity(session, reference: torch.nn.Module, spec: ExportSpec, frame
     rows = []
     for n in spec.validation_frames:
         frames = _round_up(n, frame_multiple)
-        mel, z, sigma = spec.example_inputs(cfg, frames, batch=batch, seed=n)
+        inputs = spec.example_inputs(cfg, frames, batch=batch, seed=n)
         with torch.no_grad():
-            ref = reference.inverse(z * sigma, mel)[0].numpy()
-        out = session.run(None, dict(zip(spec.input_names, (mel.numpy(), z.numpy(), sigma.numpy()))))[0]
+            ref = spec.reference(reference, inputs).numpy()
+        out = session.run(None, dict(zip(spec.input_names, (t.numpy() for t in inputs))))[0]
         finite = bool(np.all(np.isfinite(ref)) and np.all(np.isfinite(out)) and out.shape == ref.shape)
         err = float(np.max(np.abs(out - ref))) if finite else float("nan")
         ok = finite and err < spec.tolerance
@@ -134,7 +135,8 @@ def validate_parity(session, reference: torch.nn.Module, spec: ExportSpec, frame
                      "max_abs_audio": float(np.max(np.abs(ref))) if np.all(np.isfinite(ref)) else None,
                      "passed": ok})
     return {"tolerance": spec.tolerance, "passed": all(r["passed"] for r in rows), "lengths": rows,
-            "reference": "PyTorch inverse of the unfrozen model, same mel, z and sigma"}
+            "reference": ("PyTorch inverse of the unfrozen model, same mel, z and sigma" if spec.has_noise else
+                          "PyTorch forward of the unfrozen model, same mel")}
 
 
 def one_pass_context(field: Dict[str, int]) -> Dict[str, Any]:

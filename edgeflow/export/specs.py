@@ -58,30 +58,47 @@ class ExportSpec:
     validation_frames: Tuple[int, ...] = (8, 23, 50)
     wrapper: Callable[[nn.Module], nn.Module] = SynthesisWrapper
 
+    @property
+    def has_noise(self) -> bool:
+        """Whether the graph takes noise: (mel, z, sigma) inputs; False: (mel) only (a GAN vocoder)."""
+        return len(self.input_names) == 3
+
     def dynamic_axes(self, hop: int) -> Dict[str, Dict[int, str]]:
         """Dynamic axes for torch.onnx.export: batch B and frames T (samples T*hop)."""
-        mel, z, _ = self.input_names
         samples = f"T*{hop}"
-        return {mel: {0: "B", 2: "T"}, z: {0: "B", 1: samples}, self.output_names[0]: {0: "B", 1: samples}}
+        axes = {self.input_names[0]: {0: "B", 2: "T"}, self.output_names[0]: {0: "B", 1: samples}}
+        if self.has_noise:
+            axes[self.input_names[1]] = {0: "B", 1: samples}
+        return axes
 
     def io_spec(self, config: Any) -> Dict[str, Any]:
-        """The manifest's io section: names, shapes with symbolic dims, dtypes, sigma default."""
+        """The manifest's io section: names, shapes with symbolic dims, dtypes, sigma default (noise only)."""
         n_mels, hop = config.mel.n_mels, config.mel.hop_length
-        mel, z, sigma = self.input_names
-        return {
-            "inputs": [{"name": mel, "shape": ["B", n_mels, "T"], "dtype": "float32"},
-                       {"name": z, "shape": ["B", f"T*{hop}"], "dtype": "float32"},
-                       {"name": sigma, "shape": [1], "dtype": "float32"}],
-            "outputs": [{"name": self.output_names[0], "shape": ["B", f"T*{hop}"], "dtype": "float32"}],
-            "sigma_default": float(config.sigma_infer),
-        }
+        io = {"inputs": [{"name": self.input_names[0], "shape": ["B", n_mels, "T"], "dtype": "float32"}],
+              "outputs": [{"name": self.output_names[0], "shape": ["B", f"T*{hop}"], "dtype": "float32"}]}
+        if self.has_noise:
+            io["inputs"] += [{"name": self.input_names[1], "shape": ["B", f"T*{hop}"], "dtype": "float32"},
+                             {"name": self.input_names[2], "shape": [1], "dtype": "float32"}]
+            io["sigma_default"] = float(config.sigma_infer)
+        return io
 
     def example_inputs(self, config: Any, frames: int, batch: int = 1, seed: int = 0) -> Tuple[torch.Tensor, ...]:
-        """(mel, z, sigma) example tensors for tracing: log-mel-like values, standard normal z."""
+        """(mel, z, sigma) example tensors for tracing (mel only without noise): log-mel-like values, standard
+        normal z."""
         g = torch.Generator().manual_seed(seed)
         mel = torch.randn(batch, config.mel.n_mels, frames, generator=g) * 2.0 - 5.0
+        if not self.has_noise:
+            return (mel,)
         z = torch.randn(batch, frames * config.mel.hop_length, generator=g)
         return mel, z, torch.tensor([float(config.sigma_infer)])
+
+    def reference(self, model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """PyTorch audio for example ``inputs``: ``model.inverse(z * sigma, mel)[0]``, or the wrapper's output
+        for a graph without noise inputs."""
+        if self.has_noise:
+            mel, z, sigma = inputs
+            return model.inverse(z * sigma, mel)[0]
+        return self.wrapper(model)(*inputs)
 
 
 def spec_of(family: Any) -> ExportSpec:

@@ -12,7 +12,8 @@ from 192 prior channels; ``high``: V1's).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+import math
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,15 @@ class HiFiGAN(nn.Module):
     def hop_length(self) -> int:
         return self.config.mel.hop_length
 
+    @property
+    def n_mels(self) -> int:
+        return self.config.mel.n_mels
+
+    @property
+    def length_multiple(self) -> int:
+        """Audio lengths it takes are multiples of this (any whole number of frames)."""
+        return self.config.mel.hop_length
+
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop]."""
         return self.generator(mel)[:, 0]
@@ -209,14 +219,37 @@ def decoder_flops_per_frame(dec) -> float:
     return total + 2.0 * rate * last * 7
 
 
+def receptive_field(config: HiFiGANConfig) -> Dict[str, int]:
+    """Frames each side one output sample depends on: conv_pre (3 frames), each transposed conv
+    (k / u + 1 input steps), each stage's widest resblock (sum of its dilated radii) and conv_post (3 samples),
+    each in its stage's resolution; rounded up, plus one frame."""
+    g = config.generator
+    radius, scale = 3.0, 1
+    pairs = 2 if g.resblock == "1" else 1
+    res = max(sum((k - 1) // 2 * d + (pairs - 1) * (k - 1) // 2 for d in ds)
+              for k, ds in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes))
+    for u, k in zip(g.upsample_rates, g.upsample_kernel_sizes):
+        radius += (k / u + 1) / scale
+        scale *= u
+        radius += res / scale
+    n = int(math.ceil(radius + 3 / scale)) + 1
+    return {"left": n, "right": n, "net_left": n, "net_right": n}
+
+
+def mel_to_audio(model: nn.Module) -> nn.Module:
+    """The exported module: the model itself (forward: mel [B, n_mels, T] -> audio [B, T*hop]; no noise)."""
+    return model
+
+
 def _family():
-    """The "hifigan" Family (task "vocoder"); its export and compression hooks are not declared yet."""
-    from edgeflow.models.family import Family
+    """The "hifigan" Family (task "vocoder"): export (mel -> audio, no z/sigma inputs) and cost model;
+    no compression hooks yet."""
+    from edgeflow.models.family import ExportDecl, Family
 
     class HiFiGANFamily(Family):
         name, task = "hifigan", "vocoder"
         config_cls, model_cls = HiFiGANConfig, HiFiGAN
-        export = None
+        export = ExportDecl(receptive_field=receptive_field, input_names=("mel",), wrapper=mel_to_audio)
         free_fields = ()
 
         def flops_breakdown(self, config):

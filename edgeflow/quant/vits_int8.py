@@ -111,7 +111,7 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
         raise ConfigError("quantize: no calibration feeds")
     t0 = time.perf_counter()
     sel = select_nodes(onnx.load(str(src), load_external_data=False), role, exclude)
-    extra = {"WeightSymmetric": True, "CalibMaxIntermediateOutputs": 1,
+    extra = {"WeightSymmetric": True,   # minmax keeps only ReduceMin/Max per tensor per sentence
              "ActivationSymmetric": symmetric_activations}
     if method == "percentile":
         extra.update(CalibPercentile=99.999)

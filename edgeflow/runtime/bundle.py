@@ -3,7 +3,8 @@
 Layout::
 
     BUNDLE/
-      model.onnx       the synthesis graph: (mel [B, n_mels, T], z [B, T*hop], sigma [1]) -> audio [B, T*hop]
+      model.onnx       the synthesis graph: (mel [B, n_mels, T], z [B, T*hop], sigma [1]) -> audio [B, T*hop];
+                       a vocoder that draws no noise (HiFi-GAN) takes (mel) only
       manifest.json    what the runtime needs to use it, and where it came from
       manifest.sha256  ``<sha256 of manifest.json's canonical JSON>  manifest.json`` (format_version 2)
 
@@ -19,8 +20,8 @@ Manifest keys (``format_version`` 2):
 * ``family``, ``config`` (the model config dict), ``sample_rate``, ``mel`` (MelConfig dict),
   ``precision`` ("float32"), ``opset``.
 * ``io``: ``inputs`` / ``outputs``, each ``{"name", "shape", "dtype"}`` with symbolic dims
-  ("B", "T", "T*256"); ``sigma_default``; ``frame_multiple`` (mel frame counts the graph takes are
-  multiples of it; the runtime pads).
+  ("B", "T", "T*256"); ``sigma_default`` (graphs with z and sigma inputs only); ``frame_multiple``
+  (mel frame counts the graph takes are multiples of it; the runtime pads).
 * ``streaming``: receptive field (frames) and the default ``context_frames`` {left, right}.
 * ``history`` (passes applied before export, passed through), ``validation`` (export parity),
   ``export`` (exporter versions, graph size), ``files`` ({name: sha256}).
@@ -250,12 +251,15 @@ def validate_manifest(m: Dict[str, Any], where: Any = "bundle", task: Optional[s
     if m["precision"] not in PRECISIONS:
         raise _bad(where, "precision", " or ".join(PRECISIONS), m["precision"])
     _int(m, "opset", where, 1, 1000)
-    inputs = _check_tensors(m, "io.inputs", where, 3, hop)
+    inputs = _check_tensors(m, "io.inputs", where, None, hop)
+    if len(inputs) not in (1, 3):
+        raise _bad(where, "io.inputs", "(mel, z, sigma) or (mel) tensor specs", [i["name"] for i in inputs])
     _check_tensors(m, "io.outputs", where, None, hop)
     mel_shape = inputs[0]["shape"]
     if len(mel_shape) == 3 and isinstance(mel_shape[1], int) and mel_shape[1] != n_mels:
         raise _bad(where, "io.inputs[0].shape", f"[B, {n_mels}, T] (mel.n_mels is {n_mels})", mel_shape)
-    _num(m, "io.sigma_default", where, 0.0, MAX_SIGMA)
+    if len(inputs) == 3:                  # noise inputs; a mel-only graph (HiFi-GAN) has no sigma
+        _num(m, "io.sigma_default", where, 0.0, MAX_SIGMA)
     if "frame_multiple" in m["io"]:
         _int(m, "io.frame_multiple", where, 1, 1 << 16)
     for side in ("left", "right"):

@@ -68,9 +68,11 @@ class Synthesizer:
         self.hop_length = int(mel["hop_length"])
         self.sample_rate = int(manifest["sample_rate"])
         io = manifest["io"]
-        self.sigma_default = float(io["sigma_default"])
-        self.frame_multiple = int(io.get("frame_multiple", 1))
         self.input_names = [i["name"] for i in io["inputs"]]
+        #: whether the graph takes noise (mel, z, sigma); False: mel only (HiFi-GAN), sigma and seed unused.
+        self.has_noise = len(self.input_names) == 3
+        self.sigma_default = float(io["sigma_default"]) if self.has_noise else None
+        self.frame_multiple = int(io.get("frame_multiple", 1))
         self.output_name = io["outputs"][0]["name"]
         ctx = manifest["streaming"]["context_frames"]
         self.context_frames = (int(ctx["left"]), int(ctx["right"]))
@@ -132,7 +134,8 @@ class Synthesizer:
         """Run the graph on checked mel [B, n_mels, F] whose first frame is ``start_frame`` of the utterance.
 
         The noise is the utterance's noise for frames [start_frame, start_frame + F) (per item b,
-        seed + b). F is padded (edge frames) to a multiple of ``frame_multiple``; the padding is cut.
+        seed + b); a graph without noise inputs ignores sigma and seed. F is padded (edge frames) to a
+        multiple of ``frame_multiple``; the padding is cut.
 
         Returns:
             float32 audio [B, F * hop].
@@ -144,10 +147,18 @@ class Synthesizer:
         pad = (-f) % self.frame_multiple
         if pad:
             mel = np.concatenate([mel, np.repeat(mel[:, :, -1:], pad, axis=2)], axis=2)
-        z = noise(seed, start_frame, f + pad, self.hop_length, batch=b)
-        feeds = dict(zip(self.input_names, (mel, z, np.array([sigma], dtype=np.float32))))
+        feeds = {self.input_names[0]: mel}
+        if self.has_noise:
+            z = noise(seed, start_frame, f + pad, self.hop_length, batch=b)
+            feeds.update(zip(self.input_names[1:], (z, np.array([sigma], dtype=np.float32))))
         audio = self.session.run([self.output_name], feeds)[0]
         return np.ascontiguousarray(audio[:, :f * self.hop_length], dtype=np.float32)
+
+    def _sigma(self, sigma: Any) -> float:
+        """The checked sigma (the default when None; 0.0 for a graph without noise)."""
+        if sigma is None:
+            return self.sigma_default if self.has_noise else 0.0
+        return check_sigma(sigma)
 
     def synthesize(self, mel: Any, sigma: Optional[float] = None, seed: int = 0) -> np.ndarray:
         """Audio from a mel spectrogram.
@@ -156,6 +167,7 @@ class Synthesizer:
             mel: [n_mels, F] or [B, n_mels, F] float log-mel (the bundle's front-end).
             sigma: noise scale; None: the manifest's default (the model's sigma_infer).
             seed: noise seed (batch item b uses seed + b).
+            A bundle without noise inputs (:attr:`has_noise` False, e.g. HiFi-GAN) checks and ignores both.
 
         Returns:
             float32 audio [F * hop] or [B, F * hop].
@@ -164,7 +176,7 @@ class Synthesizer:
             InputError: bad mel, sigma or seed.
         """
         arr, squeeze = check_mel(mel, self.n_mels)
-        sigma = self.sigma_default if sigma is None else check_sigma(sigma)
+        sigma = self._sigma(sigma)
         audio = self.run_frames(arr, sigma, check_seed(seed))
         return audio[0] if squeeze else audio
 
@@ -198,7 +210,7 @@ class Synthesizer:
             float32 audio pieces [n * hop] (or [B, n * hop]), in order, as soon as enough right
             context has arrived.
         """
-        sigma = self.sigma_default if sigma is None else check_sigma(sigma)
+        sigma = self._sigma(sigma)
         left = self.context_frames[0] if left_context is None else left_context
         right = self.context_frames[1] if right_context is None else right_context
         for name, v in (("left_context", left), ("right_context", right)):

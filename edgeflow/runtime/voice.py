@@ -38,7 +38,10 @@ class PhonemeWarning(UserWarning):
     """Symbols espeak-ng produced that the voice's phoneme_id_map lacks (they were dropped)."""
 
 
-def _open_session(path: Path, threads: Optional[int], providers: Any, what: str):
+def _open_session(path: Path, threads: Optional[int], providers: Any, what: str, spin: bool = True):
+    """An onnxruntime session; ``spin=False``: its idle pool threads sleep at once instead of spin-waiting (the
+    short encoder run: its spinning pool would take cores from the decoder session that runs next; measured
+    on joe at 2 threads: RTF 0.194 -> 0.164)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -48,8 +51,11 @@ def _open_session(path: Path, threads: Optional[int], providers: Any, what: str)
 
     if not path.is_file():
         raise BundleError(f"{what} not found: {path}")
+    opts = session_options(threads)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads),
+        return ort.InferenceSession(str(path), sess_options=opts,
                                     providers=resolve_providers(providers))
     except DependencyError:
         raise
@@ -120,7 +126,7 @@ class Voice:
         manifest = read_vits_manifest(path)
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
         graphs = manifest["graphs"]
-        sessions = [_open_session(path / graphs[role], threads, providers, f"{role} graph")
+        sessions = [_open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder")
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
         return voice

@@ -41,6 +41,8 @@ def finalize_bundle(src: Path, dst: Path, history, target: Dict[str, Any]) -> No
         write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", MANIFEST)})
 
 
+#: how much longer eager PyTorch takes per audio second than a bundle, for the progress ETA only
+TORCH_WEIGHT = 10.0
 #: bytes per weight of each bundle precision (the roofline's memory traffic)
 WEIGHT_BYTES = {"int8": 1, "float16": 2, "float32": 4}
 
@@ -64,8 +66,9 @@ def measure_costs(model, bundle_dir: Path, clip_mel: np.ndarray, threads: Option
                            "reference_lengths_note": "PyTorch is timed at the shortest two lengths only: eager "
                                                      "synthesis of the longest would add minutes to every run"}
     ref_lengths = lengths[:2] if reference is not None else ()
-    work = [(s, (1 + (3 if s <= 4 else 1)) * s) for s in lengths] + [(s, 3 * s) for s in ref_lengths]
-    prog = Progress("measuring cost", sum(w for _, w in work) + 1, log, "units")
+    # work in bundle-audio-seconds; eager PyTorch counts TORCH_WEIGHT times as much (the demo: ~15x slower)
+    work = [(1 + (3 if s <= 4 else 1)) * s for s in lengths] + [TORCH_WEIGHT * 3 * s for s in ref_lengths]
+    prog = Progress("measuring cost", sum(work) + 1, log, "units")
 
     def mel_of(seconds):
         n = max(8, int(round(seconds * frames_per_s)))
@@ -86,7 +89,7 @@ def measure_costs(model, bundle_dir: Path, clip_mel: np.ndarray, threads: Option
             mel = mel_of(s)
             secs = mel.shape[1] * cfg.hop_length / cfg.sample_rate
             out["reference_rtf_by_length"][f"{s:g}"] = C.measure_rtf(lambda: fn(mel), secs, warmup=1, repeats=2)
-            prog.advance(3 * s)
+            prog.advance(TORCH_WEIGHT * 3 * s)
     onnx_files = sorted(Path(bundle_dir).glob("*.onnx"))
     out["bundle_bytes"] = int(sum(f.stat().st_size for f in Path(bundle_dir).iterdir() if f.is_file()))
     out["onnx_bytes"] = int(sum(f.stat().st_size for f in onnx_files))

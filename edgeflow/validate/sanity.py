@@ -15,6 +15,8 @@ import numpy as np
 MIN_VOICED_RATIO = 0.5
 #: ... or its word-error rate is above this
 MAX_WER = 0.8
+#: ... or its DNSMOS is this far below the ground truth's
+MAX_DNSMOS_GAP = 1.0
 
 
 def voiced_fraction(audio: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0, frame_s: float = 0.04,
@@ -81,6 +83,10 @@ def _warning(s: Dict[str, Any]) -> Optional[str]:
     wer = (s.get("wer") or {}).get("unoptimized")
     if wer is not None and wer > MAX_WER:
         why.append(f"WER {wer:.2f}")
+    mos = s.get("dnsmos") or {}
+    if None not in (mos.get("unoptimized"), mos.get("ground_truth")) and \
+            mos["unoptimized"] < mos["ground_truth"] - MAX_DNSMOS_GAP:
+        why.append(f"DNSMOS {mos['unoptimized']:.2f} against {mos['ground_truth']:.2f}")
     if not why:
         return None
     return ("the unoptimized model does not produce intelligible speech on these clips (" + "; ".join(why) +

@@ -95,6 +95,9 @@ def _pickle_module(allowed: Dict[str, Any]) -> types.ModuleType:
         return obj
 
     table = dict(allowed, **{"copyreg._reconstructor": reconstructor, "builtins.object": object})
+    for path, value in table.items():     # fresh closures: a BUILD on a function cannot touch torch's own
+        if isinstance(value, types.FunctionType):
+            table[path] = (lambda fn: lambda *args, **kwargs: fn(*args, **kwargs))(value)
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
