@@ -31,19 +31,52 @@ def run_passes(model, info, cfgs, keys, plan, clips, budget, target, state, work
                progress: bool, log):
     """Apply the passes (reusing finished ones from ``state``). Returns (artifact, reference outputs, metrics)."""
     from edgeflow.passes import Artifact, PassContext, apply_pass
-    from edgeflow.validate.budget import budget_violations, describe_violation
     from edgeflow.validate.evaluate import bundle_synthesizer, score, synthesize_all, torch_synthesizer
 
     mel_cfg = model.config.mel
     metrics = gate_metrics(budget)
-    reference = copy.deepcopy(model).eval()
-    artifact = Artifact(model=model, reference=reference, history=list(info.get("history", [])),
+    artifact = Artifact(model=model, reference=copy.deepcopy(model).eval(), history=list(info.get("history", [])),
                         info={"train_data": (info.get("meta") or {}).get("data")})   # distillation's default data
 
-    def outputs_of(art, label):
+    def outputs_of(art, label="synthesizing"):
         fn = (bundle_synthesizer(art.bundle_dir, seed=seed, threads=threads) if art.bundle_dir
               else torch_synthesizer(art.model, seed=seed))
         return synthesize_all(fn, clips, log=log, label=label)
+
+    ref_out = _reference(artifact, outputs_of, clips, mel_cfg, metrics, budget, state, work, log)
+
+    def evaluate(art):
+        return score(outputs_of(art), clips, mel_cfg, reference=ref_out, metrics=metrics, log=log)
+
+    ctx = PassContext(work_dir=work, target=target, eval_mels=[c.mel for c in clips],
+                      eval_audio=[c.audio for c in clips], data_dir=plan.get("data"), calib_dir=plan["calib"],
+                      progress=progress, seed=seed, evaluate=evaluate)
+    current = dict(state["reference"])
+    for k, cfg in enumerate(cfgs):
+        head = f"[{k + 1}/{len(cfgs)}] {type(cfg).pass_name}"
+        if k < len(state["done"]):
+            rec = state["done"][k]
+            artifact.history.append(rec["record"])
+            _restore(artifact, rec, work)
+            current = rec.get("metrics", current)
+            log(f"{head}: done in an earlier run ({rec['record']['status']}), reused")
+            continue
+        log(f"{head} ...")
+        snap = artifact.snapshot()
+        record = apply_pass(artifact, cfg, ctx, metrics_before=current)
+        current = _gate(artifact, snap, record, cfg, evaluate, state["reference"], current, budget, log)
+        entry = _save(artifact, record, current, work, k)
+        entry["key"] = keys[k]
+        state["done"].append(entry)
+        atomic_write_json(work / STATE, state)
+    if artifact.bundle_dir is None:
+        raise ConfigError("the recipe produced no bundle (no export pass applied)")
+    return artifact, ref_out, current
+
+
+def _reference(artifact, outputs_of, clips, mel_cfg, metrics, budget, state, work: Path, log) -> List[np.ndarray]:
+    """The unoptimized model's outputs (synthesized and scored once, then read back from ``work``)."""
+    from edgeflow.validate.evaluate import score
 
     if "reference" not in state:
         log("evaluating the unoptimized model on %d clips ..." % len(clips))
@@ -56,54 +89,32 @@ def run_passes(model, info, cfgs, keys, plan, clips, budget, target, state, work
                               f"output for these clips; drop them from --max-drop")
         atomic_write_json(work / STATE, state)
     with np.load(work / "reference_outputs.npz") as z:
-        ref_out = [z[f"arr_{i}"] for i in range(len(clips))]
-    ref_metrics = state["reference"]
+        return [z[f"arr_{i}"] for i in range(len(clips))]
 
-    def evaluate(art):
-        return score(outputs_of(art, "synthesizing"), clips, mel_cfg, reference=ref_out, metrics=metrics, log=log)
 
-    ctx = PassContext(work_dir=work, target=target, eval_mels=[c.mel for c in clips],
-                      eval_audio=[c.audio for c in clips], data_dir=plan.get("data"), calib_dir=plan["calib"],
-                      progress=progress, seed=seed, evaluate=evaluate)
-    current = dict(ref_metrics)
-    n = len(cfgs)
-    for k, cfg in enumerate(cfgs):
-        name = type(cfg).pass_name
-        if k < len(state["done"]):
-            rec = state["done"][k]
-            artifact.history.append(rec["record"])
-            _restore(artifact, rec, work)
-            current = rec.get("metrics", current)
-            log(f"[{k + 1}/{n}] {name}: done in an earlier run ({rec['record']['status']}), reused")
-            continue
-        log(f"[{k + 1}/{n}] {name} ...")
-        snap = artifact.snapshot()
-        record = apply_pass(artifact, cfg, ctx, metrics_before=current)
-        skipped = record["details"].get("skipped")
-        if skipped:
-            record.update(status="skipped", reason=str(skipped), enable_with=ENABLE_TRAINING, metrics_after=current)
-            log(f"    SKIPPED: {skipped} (enable with {ENABLE_TRAINING})")
-        else:
-            after = record["details"].get("quality") or (evaluate(artifact) if cfg.changes_output else current)
-            record["metrics_after"] = after
-            bad = budget_violations(ref_metrics, after, budget)
-            if bad:
-                record["status"] = "rolled_back"
-                record["violations"] = bad
-                rolled = artifact.history.pop()
-                artifact.model, artifact.bundle_dir, artifact.info = snap.model, snap.bundle_dir, snap.info
-                artifact.history.append(rolled)
-                log(f"    rolled back: budget broken ({', '.join(describe_violation(m, v) for m, v in bad.items())})")
-            else:
-                current = after
-                log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(f"{m}={v:.3f}" for m, v in sorted(after.items())))
-        entry = _save(artifact, record, current, work, k)
-        entry["key"] = keys[k]
-        state["done"].append(entry)
-        atomic_write_json(work / STATE, state)
-    if artifact.bundle_dir is None:
-        raise ConfigError("the recipe produced no bundle (no export pass applied)")
-    return artifact, ref_out, current
+def _gate(artifact, snap, record, cfg, evaluate, ref_metrics, current, budget, log) -> Dict[str, float]:
+    """Mark a self-skipped pass, or score the pass and roll it back if it broke the budget. Returns the metrics
+    the run now stands at."""
+    from edgeflow.validate.budget import budget_violations, describe_violation
+
+    skipped = record["details"].get("skipped")
+    if skipped:
+        record.update(status="skipped", reason=str(skipped), enable_with=ENABLE_TRAINING, metrics_after=current)
+        log(f"    SKIPPED: {skipped} (enable with {ENABLE_TRAINING})")
+        return current
+    after = record["details"].get("quality") or (evaluate(artifact) if cfg.changes_output else current)
+    record["metrics_after"] = after
+    bad = budget_violations(ref_metrics, after, budget)
+    if bad:
+        record["status"] = "rolled_back"
+        record["violations"] = bad
+        rolled = artifact.history.pop()
+        artifact.model, artifact.bundle_dir, artifact.info = snap.model, snap.bundle_dir, snap.info
+        artifact.history.append(rolled)
+        log(f"    rolled back: budget broken ({', '.join(describe_violation(m, v) for m, v in bad.items())})")
+        return current
+    log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(f"{m}={v:.3f}" for m, v in sorted(after.items())))
+    return after
 
 
 def _save(artifact, record, metrics, work: Path, k: int) -> Dict[str, Any]:

@@ -85,13 +85,14 @@ def _summary(report: Dict[str, Any]) -> List[str]:
     ref_q, opt_q = q["unoptimized_vs_ground_truth"], q["optimized_vs_ground_truth"]
     cost, size = report["cost"], report["size"]
     est = cost.get("target_estimate")
-    rows = [("Size", human_bytes(size["model_pt_bytes"]) + " (model.pt)", human_bytes(size["bundle_bytes"]) + " (bundle)"),
+    sizes = f"{human_bytes(size['model_pt_bytes'])} (model.pt)", f"{human_bytes(size['bundle_bytes'])} (bundle)"
+    rows = [("Size", *sizes),
             ("Parameters", cost["parameters"], cost["parameters"]),
             ("RTF here, 4 s clip", cost["reference_rtf_by_length"].get("4", {}).get("median"),
              cost["rtf_by_length"].get("4", {}).get("median"))]
     if est:
-        rows.append((f"RTF on {html.escape(report['target'])} (roofline estimate, {html.escape(str(cost.get('precision')))})",
-                     None, est["rtf_estimate"]))
+        what = f"RTF on {html.escape(report['target'])} (roofline estimate, {html.escape(str(cost.get('precision')))})"
+        rows.append((what, None, est["rtf_estimate"]))
     parts = ["<h2>Summary</h2><table><tr><th></th><th>unoptimized (PyTorch)</th><th>optimized (bundle)</th></tr>"]
     parts += [f"<tr><td>{n}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td></tr>" for n, a, b in rows]
     for m in report.get("metric_definitions") or [m for m in opt_q if not m.endswith("_vs_ref")]:
@@ -104,9 +105,10 @@ def _summary(report: Dict[str, Any]) -> List[str]:
         parts.append(f"<p class='note'>Target RTF is an {html.escape(est['label'])}; peak used: "
                      f"{html.escape(est['peak_used'])}.</p>")
     parts.append(f"<p class='note'>Measured here with {cost.get('threads')} thread(s), provider "
-                 f"{html.escape(str(cost.get('provider')))}; {cost['flops_per_audio_second'] / 1e9:.1f} GFLOP per audio "
-                 f"second; machine peak (float32 GEMM) {_fmt(cost.get('machine_peak_gflops'), 1)} GFLOP/s; fraction of "
-                 f"peak reached {_fmt(cost.get('fraction_of_peak'), 3)}.</p>")
+                 f"{html.escape(str(cost.get('provider')))}; "
+                 f"{cost['flops_per_audio_second'] / 1e9:.1f} GFLOP per audio second; machine peak (float32 GEMM) "
+                 f"{_fmt(cost.get('machine_peak_gflops'), 1)} GFLOP/s; fraction of peak reached "
+                 f"{_fmt(cost.get('fraction_of_peak'), 3)}.</p>")
     defs = report.get("metric_definitions") or {}
     if defs:
         parts.append("<p class='note'>Metrics (mean over the clips): " + "; ".join(
