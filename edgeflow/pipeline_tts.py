@@ -204,7 +204,7 @@ class _Run:
 
     def finish(self, out: Path, source: Dict[str, Any], recipe: str) -> Dict[str, Any]:
         from edgeflow.validate.budget import budget_violations
-        from edgeflow.validate.tts_optimize import write_report
+        from edgeflow.validate.tts_optimize import write_report, write_samples
 
         _publish(self.artifact, out / "bundle")
         systems, audios = self._side_by_side(out / "bundle", source)
@@ -217,9 +217,10 @@ class _Run:
                   "reference": self.state["reference"], "final": self.current, "passes": self.rows,
                   "comparison": {"systems": systems, "rtf_speedup_vs_stock":
                                  stock["rtf"] / opt["rtf"] if stock else None,
-                                 "note": "each system scored on the same sentences in this process, one after the "
-                                         "other; the stock voice's noise is internal (no mcd)"},
-                  "bundle": "bundle", "samples": _samples(out / "samples", self.texts, audios,
+                                 "note": "same sentences, this process; rtf: whole sentences timed in turn, fastest "
+                                         "of 2 (rtf_scored: the scoring pass); the stock voice's noise is "
+                                         "internal (no mcd)"},
+                  "bundle": "bundle", "samples": write_samples(out / "samples", self.texts, audios,
                                                           self.teacher.sample_rate),
                   "history": [h for h in self.artifact.history if h.get("name") == "import"]}
         write_report(out, report)
@@ -229,7 +230,7 @@ class _Run:
     def _side_by_side(self, bundle: Path, source: Dict[str, Any]):
         from edgeflow.runtime import Voice
         from edgeflow.validate.tts import BarePiper, evaluate_voice
-        from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
+        from edgeflow.validate.tts_optimize import bundle_bytes, interleaved_rtf, score_voice
 
         self.log("side by side: teacher, optimized bundle" + (", stock voice" if source["kind"] == "piper" else ""))
         systems, audios = {}, {"teacher": self.teacher_audio}
@@ -245,6 +246,10 @@ class _Run:
             m, _, audios["stock"] = score_voice(BarePiper(p, threads=self.threads), self.texts, None, self.seed)
             systems["stock Piper (bare onnxruntime)"] = dict(m, size_mb=(bundle_bytes(p) +
                                                                          bundle_bytes(Path(f"{p}.json"))) / 1e6)
+            voices = {"optimized bundle": Voice.load(bundle, threads=self.threads),
+                      "stock Piper (bare onnxruntime)": BarePiper(p, threads=self.threads)}
+            for name, rtf in interleaved_rtf(voices, self.texts, self.seed, BUNDLE_SPEAK).items():
+                systems[name].update(rtf_scored=systems[name]["rtf"], rtf=rtf)
         return systems, audios
 
 
@@ -262,21 +267,6 @@ def _publish(artifact, dest: Path) -> None:
         for name in manifest["graphs"].values():
             shutil.copyfile(src / name, tmp / name)
         write_manifest(tmp, manifest)
-
-
-def _samples(folder: Path, texts, audios: Dict[str, List[np.ndarray]], sr: int, n: int = 3) -> List[Dict[str, Any]]:
-    from edgeflow.audio.io import save_wav
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, text in enumerate(texts[:n]):
-        files = {}
-        for kind, clips in audios.items():
-            name = f"{i:02d}-{kind}.wav"
-            save_wav(folder / name, clips[i], sr)
-            files[kind] = f"samples/{name}"
-        out.append({"text": text, "files": files})
-    return out
 
 
 def summary_line(report: Dict[str, Any], out) -> str:

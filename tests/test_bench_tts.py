@@ -124,12 +124,14 @@ def test_manifest_check_serves_both_tasks(bundles, tmp_path):
     assert read_manifest(a, task=None)["task"] == "tts" and read_vits_manifest(a)["hop_length"] == 64
     with pytest.raises(BundleError, match="not a vocoder bundle"):
         read_manifest(a)                                     # vocoder callers (Synthesizer) refuse a voice
-    for field, value in (("hop_length", 0), ("inter_channels", "8"), ("graphs", {"encoder": "model.onnx",
-                                                                               "decoder": "other.onnx"}),
-                         ("phoneme_id_map", []), ("task", "music")):
-        bad = tmp_path / f"bad_{field}"
+    cases = [("hop_length", 0), ("inter_channels", "8"), ("graphs", {"encoder": "model.onnx", "decoder": "other.onnx"}),
+             ("phoneme_id_map", []), ("task", "music"),
+             ("hop_length", 32), ("sample_rate", 16000)]      # in range, but not what the graphs were built with
+    for i, (field, value) in enumerate(cases):
+        bad = tmp_path / f"bad_{i}"
         shutil.copytree(a, bad)
         m = json.loads((bad / "manifest.json").read_text())
+        m["config"].update({k: m[k] for k in ("sample_rate", "hop_length", "inter_channels")})   # as exported
         m[field] = value
         write_manifest(bad, {k: v for k, v in m.items() if k not in ("files", "manifest.sha256")})
         with pytest.raises(BundleError, match=f"manifest field {field}") as info:
@@ -171,3 +173,23 @@ def test_stock_voice_against_itself_real_scores(tmp_path):
         assert 0 < s["summary"]["rtf"] < 2 and math.isfinite(s["spread"]["ovrl"]["mean"])
     zero = report["comparison"]["zero_noise"]                    # the same graph at noise scales 0
     assert zero["comparable"] == 2 and zero["max_abs_diff"] < 1e-5
+
+
+def test_voice_encoder_session_does_not_spin(bundles):
+    """The short encoder run's pool must not spin-wait while the decoder session runs (it took cores from it)."""
+    from edgeflow.runtime import Voice
+
+    v = Voice.load(bundles[0], threads=2)
+    assert v.encoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception):                     # the decoder keeps onnxruntime's default (spinning)
+        v.decoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_cli_bench_dispatches_voices(bundles, tmp_path, capsys, fake_scorers):
+    a, b = bundles
+    out = tmp_path / "cli"
+    assert main(["bench", str(a), "--against", str(b), "-o", str(out), "--n-eval", "2", "--repeats", "0",
+                 "--threads", "1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"report: {out}/report.html") and "RTF ratio" in line
+    assert json.loads((out / "report.json").read_text())["sentences"] == 2

@@ -152,6 +152,7 @@ def test_read_only_folder_one_line(tiny, read_only, capsys):
     pt, bundle, mel = tiny
     _one_line_error(*_cli(["synth", bundle, "--mel", mel, "-o", read_only / "x.wav"], capsys), "not writable")
     _one_line_error(*_cli(["export", pt, "-o", read_only / "b"], capsys), "not writable")
+    _one_line_error(*_cli(["say", pt, "--text", "hi", "-o", read_only / "x.wav"], capsys), "not writable")  # before any work
     with pytest.raises(OutputError, match="Permission denied") as info:      # the library itself, past the CLI
         eio.atomic_write_text(read_only / "x.txt", "x")
     assert isinstance(info.value, OSError) and info.value.errno == errno.EACCES
@@ -159,6 +160,21 @@ def test_read_only_folder_one_line(tiny, read_only, capsys):
         with eio.atomic_dir(read_only / "d"):
             pass
     assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["import", "piper", "{d}"], ["import", "hifigan", "{d}"], ["import", "waveglow", "{d}"],
+                                  ["export", "{d}"], ["say", "{d}.onnx", "--text", "hi"], ["say", "{pt}", "--text-file", "{d}"],
+                                  ["synth", "{pt}", "--mel", "{d}"]])
+def test_a_folder_given_as_an_input_file_is_named(tiny, tmp_path, capsys, argv):
+    """Every command that reads a file says so in one line when handed a folder (not "not found")."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in.onnx").mkdir()
+    args = [a.format(d=tmp_path / "in", pt=tiny[0]) for a in argv] + ["-o", str(tmp_path / "out.wav")]
+    if argv[0] == "say" and argv[1] == "{d}.onnx":
+        _one_line_error(*_cli(args, capsys), "not a bundle")      # a folder model is read as a bundle
+    else:
+        _one_line_error(*_cli(args, capsys), "is a folder, not a file")
+    assert not (tmp_path / "out.wav").exists()
 
 
 def test_os_error_at_top_level_is_one_line(monkeypatch, capsys):

@@ -170,3 +170,13 @@ def test_the_checks_can_fail(tmp_path):
     assert LAYERS.index(layer_of("edgeflow.runtime.bundle")) > LAYERS.index(layer_of("edgeflow.export.m"))
     assert layer_of("edgeflow.bench") == "pipeline" and layer_of("edgeflow.__main__") == "cli"
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]] and _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_readme_lists_the_layers_in_order():
+    """The README's architecture block names every layer, in this test's order."""
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Architecture"):]
+    names = [n if n != "pipeline" else "pipeline.py" for n in LAYERS]
+    found = [block.find(f"\nedgeflow/{n} ") for n in names]
+    assert -1 not in found, [n for n, i in zip(names, found) if i == -1]
+    assert found == sorted(found), "README lists the layers in another order than tests/test_layers.py"

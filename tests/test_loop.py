@@ -144,6 +144,9 @@ def test_one_session_options_one_weight_norm_check_one_reason():
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_mem_reuse) == (2, 1, False)
     assert synthesizer.session_options is session_options
     assert layers.has_weight_norm is checkpoint.has_weight_norm
+    made_elsewhere = [f"{p.relative_to(REPO)}" for p in (REPO / "edgeflow").rglob("*.py")
+                      if p.name != "ort.py" and "SessionOptions()" in p.read_text()]
+    assert not made_elsewhere, f"onnxruntime session options made outside edgeflow/core/ort.py: {made_elsewhere}"
     assert short_reason(ValueError("\n  first line\nsecond")) == "first line"
     assert short_reason(KeyError()) == "KeyError" and len(short_reason("x" * 999)) == REASON_CHARS
     truncations = []
@@ -165,7 +168,8 @@ def test_dead_code_is_gone():
 
 def test_docs_date_their_figures():
     """Cards, README and bench results name dates, commits or versions, not the order the work was done in."""
-    docs = [REPO / "README.md", *REPO.glob("models/*/README.md"), *REPO.glob("bench/results/*.md")]
+    docs = [REPO / "README.md", *REPO.glob("models/*/README.md"), *REPO.glob("bench/results/*.md"),
+            *REPO.glob("edgeflow/targets/*.json"), *REPO.glob("edgeflow/recipes/*.json")]
     bad = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in docs
            for m in re.finditer(r"(?i)\bsessions?[ -]\d|\bthis session\b|_s\d\.json", p.read_text())]
     assert not bad

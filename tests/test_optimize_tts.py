@@ -99,7 +99,7 @@ def _history_names(bundle):
     return [h["name"] for h in json.loads((bundle / "manifest.json").read_text())["history"]]
 
 
-def test_optimize_quality_then_balanced(tmp_path, tiny_pt, fake_scorers):
+def test_optimize_quality_and_resume(tmp_path, tiny_pt, fake_scorers):
     from edgeflow.pipeline_tts import optimize_tts
     from edgeflow.runtime import Voice
 
@@ -120,8 +120,15 @@ def test_optimize_quality_then_balanced(tmp_path, tiny_pt, fake_scorers):
     again = optimize_tts(path, out, recipe="quality", n_eval=2, log=logs.append)       # resume: nothing redone
     assert sum("reused" in line for line in logs) == 2 and again["final"]["mcd"] == rep["final"]["mcd"]
 
+
+@pytest.mark.slow
+def test_optimize_balanced_times_both_upsampler_forms(tmp_path, tiny_pt, fake_scorers):
+    from edgeflow.pipeline_tts import optimize_tts
+    from edgeflow.runtime import Voice
+
+    _, path = tiny_pt
     rep = optimize_tts(path, tmp_path / "b", recipe="balanced", n_eval=2, budget="wer=0.03,dnsmos=0.1,mcd=30",
-                       log=logs.append)
+                       log=lambda *_: None)
     q = rep["passes"][1]
     assert q["name"] == "tts_quantize" and q["status"] == "applied", q
     assert set(q["details"]["decoder_seconds"]) == {"float_convtranspose", "int8_convtranspose", "float_polyphase",
@@ -139,8 +146,14 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
     from edgeflow.pipeline_tts import optimize_tts
     from edgeflow.runtime import Voice
 
+    from edgeflow.targets import load_target
+
     _, path = tiny_pt
-    rep = optimize_tts(path, tmp_path / "r", recipe="fast", n_eval=1, budget="mcd=0.05", log=lambda *_: None)
+    target = load_target("cpu")                       # the shipped fast recipe, on 2 calibration sentences
+    target["recipes_tts"]["fast"][1]["calib_sentences"] = 2
+    (tmp_path / "t.json").write_text(json.dumps(target))
+    rep = optimize_tts(path, tmp_path / "r", target=str(tmp_path / "t.json"), recipe="fast", n_eval=1,
+                       budget="mcd=0.05", log=lambda *_: None)
     status = {p["name"]: p["status"] for p in rep["passes"]}
     assert status == {"tts_export": "applied", "tts_quantize": "rolled_back", "tts_validate": "applied"}
     assert rep["passes"][1]["violations"]["mcd"]["current"] > 0.05
@@ -177,3 +190,40 @@ def test_stock_piper_voice_quality_recipe(tmp_path, capsys):
     stock = rep["comparison"]["systems"]["stock Piper (bare onnxruntime)"]
     assert stock["wer"] <= 0.5 and abs(stock["dnsmos"] - rep["final"]["dnsmos"]) < 0.5
     assert rep["final"]["mcd"] < 0.01                     # float bundle = the imported teacher, same noise
+
+
+def test_interleaved_rtf_times_each_voice():
+    import time
+
+    from edgeflow.validate.tts_optimize import interleaved_rtf
+
+    class Fake:
+        sample_rate = 1000
+
+        def __init__(self, delay):
+            self.delay = delay
+
+        def speak_stream(self, text, seed=0):
+            time.sleep(self.delay)
+            yield np.zeros(len(text) * 100, np.float32)          # len(text) / 10 seconds
+
+    rtf = interleaved_rtf({"slow": Fake(0.04), "fast": Fake(0.01)}, ["abcd", "abcdefgh"], 0, {})
+    assert rtf["slow"] == pytest.approx(0.08 / 1.2, rel=0.5) and rtf["fast"] < rtf["slow"]
+
+
+def test_gpu_balanced_is_an_fp16_decoder(tmp_path, tiny_pt, fake_scorers):
+    import onnx
+
+    from edgeflow.pipeline_tts import optimize_tts
+    from edgeflow.runtime import Voice
+
+    _, path = tiny_pt
+    rep = optimize_tts(path, tmp_path / "g", target="gpu", recipe="balanced", n_eval=1, log=lambda *_: None)
+    assert [p["status"] for p in rep["passes"]] == ["applied"] * 3
+    bundle = tmp_path / "g" / "bundle"
+    assert Voice.load(bundle).manifest["precision"] == "float16"
+    dec = onnx.load(str(bundle / "decoder.onnx")).graph
+    half = {i.name for i in dec.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert half and all(n.startswith(("/dec/", "dec.")) or "dec" in n for n in half)   # HiFi-GAN weights only
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in dec.input)   # float32 I/O
+    assert 0 < rep["final"]["mcd"] < 0.5

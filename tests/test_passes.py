@@ -16,7 +16,9 @@ from edgeflow.passes.base import make_config
 def test_every_pass_module_is_imported_and_registered():
     modules = {m.name for m in pkgutil.iter_modules(passes_pkg.__path__)} - {"base"}
     assert modules >= {"builtin", "distill", "prune", "quantize", "reduce_flows"}
-    registered = {PASSES.get(n).handler.__module__.rsplit(".", 1)[1] for n in PASSES}
+    # passes the test suite registers itself (tests/test_pipeline*.py) live outside the package
+    owners = [PASSES.get(n).handler.__module__ for n in PASSES]
+    registered = {m.rsplit(".", 1)[1] for m in owners if m.startswith("edgeflow.passes.")}
     assert registered <= modules and {"builtin", "distill", "prune", "quantize", "reduce_flows"} <= registered
     assert {"freeze", "export", "validate", "distill", "prune", "quantize", "reduce_flows"} <= set(PASSES)
 

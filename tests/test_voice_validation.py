@@ -61,6 +61,7 @@ def test_evaluate_and_teacher_distance_on_a_bundle(tmp_path):
     assert tts.teacher_distance(other, v, texts, seed=2)["mcd"] > 1.0
 
 
+@pytest.mark.needs_eval("pocketsphinx", "speechmos")        # scores WER and DNSMOS
 def test_evaluate_the_stock_voice_and_bare_onnxruntime():
     path = piper_voice_path()
     voice, bare = Voice.load(path, threads=1), tts.BarePiper(path, threads=1)

@@ -42,12 +42,12 @@ def add_arguments(sub) -> None:
 
 def read_text(args) -> str:
     """The text from --text or --text-file (InputError: missing, unreadable, not UTF-8, too big, empty)."""
-    from edgeflow.core.errors import InputError
+    from edgeflow.core.errors import InputError, not_a_file
 
     if args.text_file is not None:
         path = Path(args.text_file)
         if not path.is_file():
-            raise InputError(f"text file not found: {path}")
+            raise InputError(not_a_file("text file", path))
         if path.stat().st_size > MAX_TEXT_BYTES:
             raise InputError(f"text file {path} is larger than {MAX_TEXT_BYTES // 1_000_000} MB")
         try:
@@ -104,14 +104,14 @@ def _torch_stream(args, text: str, scales):
 def run(args) -> int:
     import warnings
 
-    from edgeflow.core.errors import BundleError, InputError
+    from edgeflow.cli.args import check_out_file
+    from edgeflow.core.errors import BundleError
     from edgeflow.runtime.checks import check_seed
     from edgeflow.runtime.voice import PhonemeWarning, Voice, write_wav_stream
     from edgeflow.runtime.voice_config import check_scales, resolve_scales
 
     src, out = Path(args.model), Path(args.output)
-    if out.is_dir():
-        raise InputError(f"output {out} is a directory; give a .wav path")
+    check_out_file(out)
     if not src.exists():
         raise BundleError(f"not found: {src} (expected a VITS bundle directory, a Piper .onnx or a model.pt)")
     text = read_text(args)

@@ -34,11 +34,11 @@ def load_mel_file(path: str | Path):
     """A .npy mel as an array (no pickles). Raises InputError if missing or unreadable."""
     import numpy as np
 
-    from edgeflow.core.errors import InputError, short_reason
+    from edgeflow.core.errors import InputError, not_a_file, short_reason
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"mel file not found: {path}")
+        raise InputError(not_a_file("mel file", path))
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
             raise InputError(f"{path} is not a .npy file (save the mel with numpy.save)")

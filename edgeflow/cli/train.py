@@ -7,9 +7,9 @@ def add_arguments(sub) -> None:
     from edgeflow.cli.args import device_name, positive_int
 
     p = sub.add_parser("train", help="train a flow vocoder by maximum likelihood, or a VITS voice",
-                       description="Train RECIPE (a name in models/recipes or a JSON path) on a corpus in "
-                                   "LJSpeech layout. Multi-GPU / multi-node: launch with torchrun.")
-    p.add_argument("recipe", help="recipe name (models/recipes/NAME.json) or path")
+                       description="Train RECIPE (a shipped recipe name, see `edgeflow models`, or a JSON path) "
+                                   "on a corpus in LJSpeech layout. Multi-GPU / multi-node: launch with torchrun.")
+    p.add_argument("recipe", help="shipped recipe name (edgeflow/recipes/NAME.json) or a recipe JSON path")
     p.add_argument("--data", required=True, help="corpus folder (metadata.csv + wavs/)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv)")
     p.add_argument("--steps", type=positive_int, default=None,

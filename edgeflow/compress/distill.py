@@ -37,6 +37,7 @@ from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.settings import DistillSettings, resolve_device, segment_length  # noqa: F401 (re-exported)
 from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
 from edgeflow.core.io import atomic_path
+from edgeflow.flows.conv1x1 import Invertible1x1Conv, InvertibleLU1x1Conv
 from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
 
 STATE_FILE = "distill_state.pt"
@@ -133,7 +134,7 @@ class Distiller(LoopHooks):
         self.amp = settings.amp and self.device.type == "cuda"
         self.teacher = copy.deepcopy(teacher).to(self.device).eval().requires_grad_(False)
         for m in student.modules():
-            if callable(getattr(m, "unfreeze", None)):
+            if isinstance(m, (Invertible1x1Conv, InvertibleLU1x1Conv)):
                 m.unfreeze()                      # frozen inverse 1x1 weights would go stale while training
         self.student = student.to(self.device).train().requires_grad_(True)
         self.sigma = settings.sigma or float(teacher.config.sigma_infer)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgeflow.core.errors import ConfigError
+from edgeflow.flows.conv1x1 import Invertible1x1Conv, InvertibleLU1x1Conv
 from edgeflow.models.checkpoint import has_weight_norm  # noqa: F401  (one implementation, found here too)
 from edgeflow.models.family import Family, get_family
 from edgeflow.models.surgery import copy_conv_, rebuild  # noqa: F401  (compress's helpers, kept importable here)
@@ -32,7 +33,8 @@ def nets(model: nn.Module) -> List[nn.Module]:
 def is_frozen(model: nn.Module) -> bool:
     """Whether the model went through its family's ``freeze`` (inverse 1x1 buffers set, or no weight norm and
     no trainable parameters)."""
-    return any(getattr(m, "weight_inv", None) is not None for m in model.modules()) or (
+    return any(isinstance(m, (Invertible1x1Conv, InvertibleLU1x1Conv)) and m.weight_inv is not None
+               for m in model.modules()) or (
         not has_weight_norm(model) and not any(p.requires_grad for p in model.parameters()))
 
 

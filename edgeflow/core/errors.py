@@ -74,3 +74,11 @@ def short_reason(exc: BaseException | str, limit: int = REASON_CHARS) -> str:
         return "" if isinstance(exc, str) else type(exc).__name__
     line = lines[0]
     return line if len(line) <= limit else line[:limit - 3].rstrip() + "..."
+
+
+def not_a_file(what: str, path: object) -> str:
+    """The one-line reason a path given as ``what`` (e.g. "model file") cannot be read as a file:
+    ``"<what> <path> is a folder, not a file"`` or ``"<what> not found: <path>"``."""
+    import os
+
+    return f"{what} {path} is a folder, not a file" if os.path.isdir(path) else f"{what} not found: {path}"

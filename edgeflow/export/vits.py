@@ -29,6 +29,7 @@ from torch import nn
 from edgeflow.core.bundle_format import MODEL_FILE, write_manifest
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.core.io import atomic_dir
+from edgeflow.core.ort import session_options
 from edgeflow.flows.coupling import remove_weight_norm
 from edgeflow.models.vits.model import Vits, duration_noise, prior_noise
 
@@ -194,8 +195,7 @@ def export_vits_bundle(model: Vits, out_dir: str | Path, history: Optional[List[
             nz = torch.from_numpy(prior_noise(0, 0, m.shape[2], cfg.inter_channels))
             _export(DecoderGraph(frozen), (m, logs, nz, scales), tmp / DECODER_FILE, DEC_IN, DEC_OUT,
                     {"m_p": {2: "F"}, "logs_p": {2: "F"}, "noise_z": {2: "F"}, "audio": {2: "T"}})
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
+        so = session_options(threads=1)
         enc = ort.InferenceSession(str(tmp / MODEL_FILE), so, providers=["CPUExecutionProvider"])
         dec = ort.InferenceSession(str(tmp / DECODER_FILE), so, providers=["CPUExecutionProvider"])
         validation = validate_parity(enc, dec, reference, scales.tolist())

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
+from edgeflow.core.errors import CheckpointError, ConfigError, not_a_file, short_reason
 from edgeflow.core.io import atomic_path
 from edgeflow.flows.coupling import remove_weight_norm
 from edgeflow.models.base import FAMILIES, FlowVocoder, build_model
@@ -76,7 +76,7 @@ def read_checkpoint(path: str | Path) -> Dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
+        raise CheckpointError(not_a_file("model file", path))
     try:
         with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")

@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per
     voice = Voice.load(bundle)
     c = voice.config
     scales = np.array([c.noise_scale, c.length_scale, c.noise_w], dtype=np.float32)
-    enc, dec = [], []
+    enc, dec, short = [], [], []
     for k, text in enumerate(sentences("calibration")[:n]):
         for i, ids in enumerate(voice.sentence_ids(text)):
             x = np.asarray([ids], dtype=np.int64)
@@ -125,28 +125,33 @@ def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per
             f, ch = m_p.shape[2], m_p.shape[1]
             z = noise(s, 0, f, ch).reshape(1, f, ch).transpose(0, 2, 1)
             enc.append(feed)
-            for a in list(range(0, max(1, f - window + 1), window))[:per_sentence]:  # equal windows: histogram
-                b = min(f, a + window)                 # calibrators need one shape (the decoder is frame-local)
-                dec.append({"m_p": m_p[:, :, a:b], "logs_p": logs_p[:, :, a:b],
-                            "noise_z": np.ascontiguousarray(z[:, :, a:b]), "scales": scales})
-    return enc, dec
+            whole = {"m_p": m_p, "logs_p": logs_p, "noise_z": np.ascontiguousarray(z), "scales": scales}
+            for a in list(range(0, f - window + 1, window))[:per_sentence]:   # equal windows: histogram
+                dec.append({k: v if k == "scales" else np.ascontiguousarray(v[:, :, a:a + window])  # calibrators
+                            for k, v in whole.items()})              # need one shape; the decoder is frame-local
+            short.append(whole)
+    return enc, dec or short[:1]
 
 
-def time_graph(path: Path, feeds, threads: int, repeats: int = 3) -> float:
-    """Median seconds of one run over ``feeds`` (after one warm-up), onnxruntime CPU, ``threads`` threads."""
+def time_graphs(paths: Dict[str, Path], feeds, threads: int, rounds: int = 5) -> Dict[str, float]:
+    """Fastest of ``rounds`` runs over ``feeds`` per graph, the graphs interleaved round by round (a busy
+    machine slows them alike), onnxruntime CPU with ``threads`` threads, after one warm-up each."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    sess.run(None, feeds[0])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for f in feeds:
-            sess.run(None, f)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    from edgeflow.core.ort import session_options
+
+    so = session_options(threads)
+    sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    best = dict.fromkeys(sessions, float("inf"))
+    for s in sessions.values():
+        s.run(None, feeds[0])
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            for f in feeds:
+                s.run(None, f)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 def _phase_bundle(artifact: Artifact, ctx: PassContext) -> Path:
@@ -218,17 +223,15 @@ def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
         section = {"decoder": convert_graph_fp16(float_dir / "decoder.onnx", tmp / "decoder.onnx")}
         graphs, src = {"decoder": tmp / "decoder.onnx"}, float_dir
     else:
-        time_feeds = dec_feeds[:2]
-        timing = {"float_convtranspose": time_graph(float_dir / "decoder.onnx", time_feeds, threads)}
-        variants = {}
+        variants, paths = {}, {"float_convtranspose": float_dir / "decoder.onnx"}
         if cfg.polyphase in (False, "auto"):
             variants["convtranspose"] = (float_dir, _int8_variant(float_dir, tmp, "ct", cfg, enc_feeds, dec_feeds))
-            timing["int8_convtranspose"] = time_graph(tmp / "decoder-ct.onnx", time_feeds, threads)
+            paths["int8_convtranspose"] = tmp / "decoder-ct.onnx"
         if cfg.polyphase in (True, "auto"):
             phase = _phase_bundle(artifact, ctx)
-            timing["float_polyphase"] = time_graph(phase / "decoder.onnx", time_feeds, threads)
             variants["polyphase"] = (phase, _int8_variant(phase, tmp, "pp", cfg, enc_feeds, dec_feeds))
-            timing["int8_polyphase"] = time_graph(tmp / "decoder-pp.onnx", time_feeds, threads)
+            paths.update(float_polyphase=phase / "decoder.onnx", int8_polyphase=tmp / "decoder-pp.onnx")
+        timing = time_graphs(paths, dec_feeds[:6], threads)
         chosen = min(variants, key=lambda v: timing[f"int8_{v}"])
         src, section = variants[chosen]
         tag = "pp" if chosen == "polyphase" else "ct"
@@ -237,8 +240,8 @@ def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
             graphs["encoder"] = tmp / f"model-{tag}.onnx"
         section = dict(section, upsampler=chosen)
         details["decoder_seconds"] = {k: round(v, 4) for k, v in timing.items()}
-        details["decoder_seconds_note"] = (f"decoder graph on {len(time_feeds)} calibration sentences, median of 3, "
-                                           f"{threads} threads; kept: {chosen}")
+        details["decoder_seconds_note"] = (f"decoder graph on {min(6, len(dec_feeds))} calibration windows, fastest "
+                                           f"of 5 interleaved rounds, {threads} threads; kept: {chosen}")
         details["upsampler"] = chosen
     out = _fresh(ctx, artifact, "int8" if cfg.precision == "int8" else "fp16")
     _write_bundle(src, out, graphs, cfg.precision, dict(section, method=cfg.method, calibration=details["calibration"]))

@@ -19,6 +19,9 @@ encoder; the float encoder's m_p / logs_p with their prior noise for the decoder
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
 import time
 from pathlib import Path
@@ -111,15 +114,15 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
         raise ConfigError("quantize: no calibration feeds")
     t0 = time.perf_counter()
     sel = select_nodes(onnx.load(str(src), load_external_data=False), role, exclude)
-    extra = {"WeightSymmetric": True,   # minmax keeps only ReduceMin/Max per tensor per sentence
-             "ActivationSymmetric": symmetric_activations}
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations}
     if method == "percentile":
         extra.update(CalibPercentile=99.999)
-    quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(QUANTIZABLE[role][1]), nodes_to_quantize=sel["quantize"],
-                    per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method], extra_options=extra)
+    with _quiet():
+        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZABLE[role][1]), nodes_to_quantize=sel["quantize"],
+                        per_channel=per_channel,
+                        activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
     _fix_ir(dst)
     return {"quantized": sel["quantize"], "float": sel["float"], "float_reasons": _reason_counts(sel["reasons"]),
             "method": method, "per_channel": per_channel,
@@ -139,6 +142,17 @@ def convert_graph_fp16(src: Path, dst: Path) -> Dict[str, Any]:
     onnx.save(half, str(dst))
     _fix_ir(dst)
     return {"float16": "/dec/ (HiFi-GAN)", "kept_float32_ops": FP16_KEEP_OPS, "kept_float32_nodes": len(keep)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence onnxruntime.quantization's root-logger warnings and its calibrators' prints."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _reason_counts(reasons: Dict[str, str]) -> Dict[str, int]:

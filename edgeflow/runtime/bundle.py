@@ -224,9 +224,13 @@ def validate_manifest(m: Dict[str, Any], where: Any = "bundle", task: Optional[s
     if task is not None and kind != task:
         what = "text-to-speech voice" if task == "tts" else f"{task} bundle"
         raise BundleError(f"{where}: a {kind!r} bundle (family {family}) is not a {what} ({TASK_TOOLS[kind]})")
-    if kind == "tts":
-        _validate_tts(m, where)
-        return
+    (_validate_tts if kind == "tts" else _validate_vocoder)(m, where)
+
+
+def _validate_vocoder(m: Dict[str, Any], where: Any) -> None:
+    """The fields a vocoder bundle's runtime uses (:class:`edgeflow.runtime.Synthesizer`): sample rate, the mel
+    front-end, precision, opset, the (mel, z, sigma) or (mel) graph io with its ``T*hop`` dims, sigma, frame
+    multiple, streaming context, files."""
     for field in ("config", "mel", "io", "streaming", "validation"):
         _typed(m, field, where, dict, "an object")
     _typed(m, "history", where, list, "a list")
@@ -288,6 +292,9 @@ def _validate_tts(m: Dict[str, Any], where: Any) -> None:
     _int(m, "sample_rate", where, 1000, 384000)
     _int(m, "hop_length", where, 1, 1 << 16)
     _int(m, "inter_channels", where, 1, 1 << 16)
+    for field in ("sample_rate", "hop_length", "inter_channels"):    # the graphs were built with config's
+        if field in m["config"] and m["config"][field] != m[field]:
+            raise _bad(where, field, f"config.{field} ({m['config'][field]!r})", m[field])
     for side in ("left", "right"):
         _int(m, f"streaming.context_frames.{side}", where, 0, 1 << 20)
     if m["precision"] not in PRECISIONS:

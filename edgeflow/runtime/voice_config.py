@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from edgeflow.core.errors import ConfigError, InputError, short_reason
+from edgeflow.core.errors import ConfigError, InputError, not_a_file, short_reason
 from edgeflow import text as frontend
 
 #: Bounds on the synthesis scales (length_scale above this would make absurdly slow speech).
@@ -93,7 +93,7 @@ class VoiceConfig:
         """Read a Piper ``.onnx.json`` file (ConfigError if missing or not JSON)."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"voice config not found: {path} (Piper voices come as VOICE.onnx + VOICE.onnx.json)")
+            raise ConfigError(f"{not_a_file('voice config', path)} (Piper voices come as VOICE.onnx + VOICE.onnx.json)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

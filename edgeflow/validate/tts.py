@@ -180,19 +180,18 @@ def teacher_distance(student: Any, teacher: Any, texts: Optional[Sequence[str]] 
 
 
 class BarePiper:
-    """A stock Piper voice in bare onnxruntime (default session options, as Piper's own runtime), for
+    """A stock Piper voice in bare onnxruntime (default graph optimizations, as Piper's own runtime), for
     ``--against`` comparisons: ids from the same text front-end, one ``session.run`` per sentence."""
 
     def __init__(self, onnx_path: str | Path, threads: Optional[int] = None, config: Optional[str | Path] = None):
         import onnxruntime as ort
 
+        from edgeflow.core.ort import session_options
         from edgeflow.runtime.voice_config import VoiceConfig
 
         self.config = VoiceConfig.read(config or f"{onnx_path}.json")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options(threads),
+                                            providers=["CPUExecutionProvider"])
         self.sample_rate = self.config.sample_rate
 
     def speak_ids(self, ids: List[int], noise_scale: Optional[float] = None, length_scale: Optional[float] = None,

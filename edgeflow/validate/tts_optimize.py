@@ -15,6 +15,7 @@ The gate's metrics on the evaluation sentences (:mod:`edgeflow.data.tts_text`, n
 from __future__ import annotations
 
 import html
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -62,6 +63,40 @@ def score_voice(voice: Any, texts: Sequence[str], teacher: Sequence[np.ndarray] 
             dists.append(row["mcd"])
         metrics.update(mcd=float(np.mean(dists)), mcd_dtw_sentences=dtw)
     return metrics, res["rows"], audios
+
+
+def interleaved_rtf(voices: Dict[str, Any], texts: Sequence[str], seed: int, bundle_speak: Dict[str, Any],
+                    rounds: int = 2) -> Dict[str, float]:
+    """Whole-sentence RTF of each voice, timed sentence by sentence in turn (fastest of ``rounds`` per
+    sentence), so a busy machine slows all of them alike. ``bundle_speak``: speak options of runtime Voices."""
+    best = {name: [float("inf")] * len(texts) for name in voices}
+    seconds = dict.fromkeys(voices, 0.0)
+    for r in range(rounds):
+        for i, text in enumerate(texts):
+            for name, voice in voices.items():
+                kw = bundle_speak if hasattr(voice, "manifest") else {}
+                t0 = time.perf_counter()
+                audio = np.concatenate(list(voice.speak_stream(text, seed=seed, **kw)))
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+                seconds[name] += audio.size / voice.sample_rate if r == 0 else 0.0
+    return {name: sum(best[name]) / max(seconds[name], 1e-9) for name in voices}
+
+
+def write_samples(folder: Path, texts: Sequence[str], audios: Dict[str, List[np.ndarray]], sr: int,
+                  n: int = 3) -> List[Dict[str, Any]]:
+    """Write the first ``n`` texts' audio of each kind as ``samples/NN-KIND.wav``; returns the report entries."""
+    from edgeflow.audio.io import save_wav
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, text in enumerate(texts[:n]):
+        files = {}
+        for kind, clips in audios.items():
+            name = f"{i:02d}-{kind}.wav"
+            save_wav(folder / name, clips[i], sr)
+            files[kind] = f"samples/{name}"
+        out.append({"text": text, "files": files})
+    return out
 
 
 def bundle_bytes(path: Path) -> int:

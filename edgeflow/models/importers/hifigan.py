@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from edgeflow.audio.mel import MelConfig
-from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
+from edgeflow.core.errors import CheckpointError, ConfigError, not_a_file, short_reason
 from edgeflow.core.io import sha256_file
 from edgeflow.models.hifigan import V1, V3, GeneratorConfig, HiFiGAN, HiFiGANConfig
 from edgeflow.models.importers.unpickle import read_torch_weights
@@ -56,7 +56,7 @@ def _generator_state(ckpt: Any, where: str) -> Dict[str, torch.Tensor]:
 
 def _read_config(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"HiFi-GAN config not found: {path}")
+        raise ConfigError(not_a_file("HiFi-GAN config", path))
     if path.stat().st_size > MAX_JSON_BYTES:
         raise ConfigError(f"{path}: too large for a HiFi-GAN config")
     try:

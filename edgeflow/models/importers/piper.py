@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
+from edgeflow.core.errors import CheckpointError, ConfigError, not_a_file, short_reason
 from edgeflow.models.importers.weights import load_baked
 from edgeflow.models.vits.config import VitsConfig, from_hparams, from_piper_json, preset
 from edgeflow.models.vits.model import Vits
@@ -52,7 +52,7 @@ def _read_onnx(path: Path):
     import onnx
 
     if not path.is_file():
-        raise CheckpointError(f"voice file not found: {path}")
+        raise CheckpointError(not_a_file("voice file", path))
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeError, ...
@@ -156,7 +156,7 @@ def _infer_config(w: Dict[str, torch.Tensor]) -> VitsConfig:
 
 def _read_json(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"voice config not found: {path}")
+        raise ConfigError(not_a_file("voice config", path))
     if path.stat().st_size > MAX_JSON_BYTES:
         raise ConfigError(f"{path}: too large for a voice config")
     try:
@@ -231,7 +231,7 @@ def import_piper_checkpoint(ckpt_path: str | Path, config_json: str | Path | Non
 
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
-        raise CheckpointError(f"checkpoint not found: {ckpt_path}")
+        raise CheckpointError(not_a_file("checkpoint", ckpt_path))
     try:
         with torch.serialization.safe_globals(LIGHTNING_SAFE_GLOBALS):
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)

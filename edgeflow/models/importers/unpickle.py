@@ -171,12 +171,12 @@ def read_torch_weights(path: str | Path, what: str) -> Tuple[Any, bool]:
     Raises:
         CheckpointError: missing, not a PyTorch file, or corrupt (one line naming ``what`` was expected).
     """
-    from edgeflow.core.errors import CheckpointError, short_reason
+    from edgeflow.core.errors import CheckpointError, not_a_file, short_reason
     from edgeflow.models.checkpoint import _pickle_runs_code  # noqa: PLC2701 - shared safety probe
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(not_a_file("checkpoint", path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
