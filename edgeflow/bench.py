@@ -39,7 +39,7 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
     from edgeflow.passes import Artifact
     from edgeflow.pipeline import _check_out_dir, _default_data, local_threads
     from edgeflow.targets import load_target
-    from edgeflow.validate.evaluate import bundle_synthesizer, load_clips, score, synthesize_all, torch_synthesizer
+    from edgeflow.validate.evaluate import load_clips, score, synthesize_all
     from edgeflow.validate.report import write_outputs
 
     subject, out = Path(subject), Path(out_dir)
@@ -69,15 +69,7 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
         if bundle_src.exists():
             shutil.rmtree(bundle_src)
         export_bundle(copy.deepcopy(model), bundle_src)
-    ref_path = Path(against) if against else None
-    if ref_path is None:
-        reference, ref_fn = (model, torch_synthesizer(model, seed)) if not _is_bundle(subject) else \
-            (None, bundle_synthesizer(subject, seed, threads))
-    elif _is_bundle(ref_path):
-        reference, ref_fn = None, bundle_synthesizer(ref_path, seed, threads)
-    else:
-        reference, _ = load_model(ref_path)
-        ref_fn = torch_synthesizer(reference, seed)
+    reference, ref_fn = _reference(subject, against, model, seed, threads)
     ref_out = synthesize_all(ref_fn, clips)
     ref_metrics = score(ref_out, clips, model.config.mel)
     from edgeflow.runtime.bundle import read_manifest
@@ -86,3 +78,15 @@ def bench(subject: str | Path, out_dir: str | Path, against: Optional[str | Path
     artifact = Artifact(model=model, reference=reference, bundle_dir=bundle_src, history=list(history))
     return write_outputs(out, artifact, clips, ref_out, ref_metrics, {}, {}, tgt, {}, model_path, seed=seed,
                          threads=local_threads(threads, tgt), log=log)
+
+
+def _reference(subject: Path, against: Optional[str | Path], model, seed: int, threads: Optional[int]):
+    """(reference model or None, synthesizer) of ``against`` (model.pt or bundle), default the subject itself."""
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.validate.evaluate import bundle_synthesizer, torch_synthesizer
+
+    ref = Path(against) if against else subject
+    if _is_bundle(ref):
+        return None, bundle_synthesizer(ref, seed, threads)
+    reference = model if not against else load_model(ref)[0]
+    return reference, torch_synthesizer(reference, seed)

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgeflow.core.errors import ConfigError, InputError
-from edgeflow.validate.tts_systems import System, TorchVoice, open_system, task_of  # noqa: F401 - the API
+from edgeflow.validate.tts_systems import System, open_system
 
 #: sentences scored for the zero-noise parity of an edgeflow system against a stock Piper graph
 PARITY_SENTENCES = 5
@@ -196,6 +196,10 @@ def bench_tts(subject: str | Path, out_dir: str | Path, against: Optional[str | 
     systems = open_systems(subject, against, out, threads, log)
     results = measure(systems, texts, seed=seed, repeats=repeats, wer=wer, dnsmos=dnsmos, log=log)
     samples = []
+    if (out / "samples").is_dir():                       # a previous TTS bench here (check_out): its wavs go
+        import shutil
+
+        shutil.rmtree(out / "samples")
     for i, text in enumerate(texts[:n_samples]):
         files = []
         for j, (s, res) in enumerate(zip(systems, results)):

@@ -12,27 +12,16 @@ keeps the earlier passes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edgeflow.core.errors import ConfigError
-from edgeflow.core.io import atomic_write_json, sha256_file
-from edgeflow.pipeline_run import ENABLE_TRAINING, STATE, run_passes
+from edgeflow.core.io import sha256_file
+from edgeflow.pipeline_run import (ENABLE_TRAINING, STATE, _check_out_dir, _digest, _load_state,  # noqa: F401
+                                   local_threads, pass_keys, run_passes)
 
 STATE_VERSION = 2
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ".work" / STATE).is_file())):
-        if (out / "report.json").is_file() and not (out / ".work").exists():
-            raise ConfigError(f"output directory {out} holds a finished run whose work state was removed "
-                              f"(--clean-work); choose a new directory")
-        raise ConfigError(f"output directory {out} holds something else (not an edgeflow optimize run); "
-                          f"choose an empty or new directory")
 
 
 def _default_data(model_path: Path) -> Optional[Path]:
@@ -40,10 +29,6 @@ def _default_data(model_path: Path) -> Optional[Path]:
         if cand.is_dir():
             return cand
     return None
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def check_budget_metrics(budget: Dict[str, float], clips) -> None:
@@ -110,23 +95,18 @@ def resolve_inputs(cfgs, model, info: Dict[str, Any], data: Path, calib: Optiona
     return {"calib": calib_dir, "data": data, "inputs": inputs, "skips": skips}
 
 
-def pass_keys(base: str, cfgs, inputs) -> List[str]:
-    """Key of each pass: the run settings, and every pass up to it with its config and inputs."""
-    keys, chain = [], []
-    for cfg, got in zip(cfgs, inputs):
-        chain.append([type(cfg).pass_name, cfg.to_dict(), got])
-        keys.append(_digest([base, chain]))
-    return keys
-
-
 def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", recipe: Optional[str] = None,
              budget: Any = None, data: Optional[str | Path] = None, calib: Optional[str | Path] = None,
-             n_eval: int = 4, seed: int = 0, threads: Optional[int] = None, progress: bool = True,
+             n_eval: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, progress: bool = True,
              allow_skip: bool = False, clean_work: bool = False, log=print) -> Dict[str, Any]:
-    """Run the target's recipe on a model.pt and write the bundle and the report.
+    """Run the target's recipe on a model and write the bundle and the report.
+
+    A voice (a Piper ``VOICE.onnx`` or a text-to-speech model.pt) goes to
+    :func:`edgeflow.pipeline_tts.optimize_tts` (its own sentences, budget and recipes); everything else is a
+    vocoder, handled here.
 
     Args:
-        model_path: the model.pt to optimize (loaded with weights_only=True).
+        model_path: the model.pt to optimize (loaded with weights_only=True), or a voice.
         out_dir: run directory (new, empty, or an earlier run of the same settings to resume).
         target: a target profile name (``edgeflow/targets/*.json``).
         recipe: ``quality`` | ``balanced`` | ``fast`` (default: the target's).
@@ -136,7 +116,7 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
             default: the ``eval/`` folder beside the model.
         calib: calibration set folder (quantization; also distillation data when there is no corpus);
             default: the model's own set under ``calibration/`` when there is one.
-        n_eval: clips used for gating and the report.
+        n_eval: clips used for gating and the report (default 4; a voice's default is its own).
         allow_skip: run passes that lack training data as ``skipped`` instead of refusing to start.
         clean_work: remove ``OUT/.work`` once the report is written (the run can no longer resume).
 
@@ -149,6 +129,17 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     from edgeflow.validate.evaluate import load_clips
 
     model_path, out = Path(model_path), Path(out_dir)
+    from edgeflow.validate.tts_systems import task_of
+
+    if task_of(model_path) == "tts":
+        if data or calib or allow_skip:
+            raise ConfigError("--data, --calib and --allow-skip do not apply to a voice (its calibration and "
+                              "evaluation sentences are edgeflow.data.tts_text)")
+        from edgeflow.pipeline_tts import optimize_tts
+
+        return optimize_tts(model_path, out, target=target, recipe=recipe, budget=budget, n_eval=n_eval, seed=seed,
+                            threads=threads, clean_work=clean_work, log=log)
+    n_eval = 4 if n_eval is None else n_eval
     # -- check every input before anything is written ------------------------------------------------------
     tgt = load_target(target)
     cfgs = []
@@ -184,29 +175,3 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         shutil.rmtree(work, ignore_errors=True)
         log(f"removed {work} (--clean-work)")
     return report
-
-
-def _load_state(path: Path, base: str, keys: List[str], out: Path, log) -> Dict[str, Any]:
-    """The run state, keeping the finished passes whose keys still match (the rest is redone)."""
-    state = json.loads(path.read_text()) if path.is_file() else None
-    if state is not None and state.get("base") != base:
-        raise ConfigError(f"{out} holds a run with other settings (model, target, budget, data, n_eval or seed); "
-                          f"use a new output directory")
-    if state is None:
-        state = {"base": base, "done": [], "started": time.time()}
-    done = state["done"]
-    keep = 0
-    while keep < min(len(done), len(keys)) and done[keep].get("key") == keys[keep]:
-        keep += 1
-    if keep < len(done):
-        log(f"settings of pass {keep + 1} on changed: passes 1-{keep} reused, the rest redone")
-        del done[keep:]
-    atomic_write_json(path, state)
-    return state
-
-
-def local_threads(threads: Optional[int], target: Dict[str, Any]) -> int:
-    """Threads for measuring here: the user's, else the target's, never more than this machine's cores."""
-    import os
-
-    return max(1, min(int(threads or target.get("threads") or 1), os.cpu_count() or 1))

@@ -9,8 +9,11 @@ with its reason and the option that would enable it.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -139,3 +142,53 @@ def _restore(artifact, rec, work: Path) -> None:
             freeze_model(artifact.model)
     artifact.bundle_dir = work / rec["bundle"] if rec.get("bundle") else None
     artifact.info = dict(rec.get("info", {}))
+
+
+# -- run state shared by the vocoder and text-to-speech pipelines ------------------------------------------
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / ".work" / STATE).is_file())):
+        if (out / "report.json").is_file() and not (out / ".work").exists():
+            raise ConfigError(f"output directory {out} holds a finished run whose work state was removed "
+                              f"(--clean-work); choose a new directory")
+        raise ConfigError(f"output directory {out} holds something else (not an edgeflow optimize run); "
+                          f"choose an empty or new directory")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def pass_keys(base: str, cfgs, inputs) -> List[str]:
+    """Key of each pass: the run settings, and every pass up to it with its config and inputs."""
+    keys, chain = [], []
+    for cfg, got in zip(cfgs, inputs):
+        chain.append([type(cfg).pass_name, cfg.to_dict(), got])
+        keys.append(_digest([base, chain]))
+    return keys
+
+
+def _load_state(path: Path, base: str, keys: List[str], out: Path, log) -> Dict[str, Any]:
+    """The run state, keeping the finished passes whose keys still match (the rest is redone)."""
+    state = json.loads(path.read_text()) if path.is_file() else None
+    if state is not None and state.get("base") != base:
+        raise ConfigError(f"{out} holds a run with other settings (model, target, budget, data, n_eval or seed); "
+                          f"use a new output directory")
+    if state is None:
+        state = {"base": base, "done": [], "started": time.time()}
+    done = state["done"]
+    keep = 0
+    while keep < min(len(done), len(keys)) and done[keep].get("key") == keys[keep]:
+        keep += 1
+    if keep < len(done):
+        log(f"settings of pass {keep + 1} on changed: passes 1-{keep} reused, the rest redone")
+        del done[keep:]
+    atomic_write_json(path, state)
+    return state
+
+
+def local_threads(threads: Optional[int], target: Dict[str, Any]) -> int:
+    """Threads for measuring here: the user's, else the target's, never more than this machine's cores."""
+    import os
+
+    return max(1, min(int(threads or target.get("threads") or 1), os.cpu_count() or 1))

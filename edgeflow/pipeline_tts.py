@@ -23,8 +23,7 @@ import numpy as np
 
 from edgeflow.core.errors import CheckpointError, ConfigError, InputError
 from edgeflow.core.io import atomic_write_json, sha256_file
-from edgeflow.pipeline import _check_out_dir, _digest, _load_state, local_threads, pass_keys
-from edgeflow.pipeline_run import STATE
+from edgeflow.pipeline_run import STATE, _check_out_dir, _digest, _load_state, local_threads, pass_keys
 
 STATE_VERSION = 1
 DEFAULT_N_EVAL = 6

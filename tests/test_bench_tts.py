@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgeflow.bench_tts import bench_tts, task_of
+from edgeflow.bench_tts import bench_tts
+from edgeflow.validate.tts_systems import task_of
 from edgeflow.cli.main import main
 from edgeflow.core.errors import BundleError
 from edgeflow.validate.tts_report import paired, spread

@@ -197,8 +197,8 @@ def test_other_family_refused(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match="not found"):
-        load_model(tmp_path)                                # a folder
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        load_model(tmp_path)
 
 
 # -- CLI: `edgeflow synth MODEL.pt --mel X.npy -o out.wav` ----------------------------------------------------------

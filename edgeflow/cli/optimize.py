@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 def add_arguments(sub) -> None:
-    from edgeflow.cli.args import positive_int, seed_int
+    from edgeflow.cli.args import model_source, positive_int, seed_int
 
     p = sub.add_parser("optimize", help="optimize a model for a target: passes + quality gate -> bundle + report",
                        description="Run the target's recipe (distill, prune, quantize, reduce flows, export ...) "
                                    "with a quality gate after each pass, then write OUT/bundle, OUT/report.json, "
                                    "OUT/report.html and OUT/samples. Re-running the same command resumes.")
-    p.add_argument("model", help="model.pt (edgeflow checkpoint), or a voice: a Piper VOICE.onnx (+ .onnx.json) "
+    p.add_argument("model", type=model_source, help="model.pt (edgeflow checkpoint), or a voice: a Piper VOICE.onnx (+ .onnx.json) "
                                  "or a VITS model.pt (text-to-speech recipes, edgeflow.pipeline_tts)")
     p.add_argument("--target", default="cpu", help="target profile: cpu, jetson-orin-nano, jetson-agx-orin, gpu")
     p.add_argument("--recipe", default=None, help="quality | balanced | fast (default: the target's)")
@@ -49,26 +49,15 @@ def run(args) -> int:
 
     from edgeflow.validate.tts_systems import task_of
 
-    if task_of(args.model) == "tts":
-        return _run_tts(args)
     report = optimize(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
-                      data=args.data, calib=args.calib, n_eval=args.n_eval or 4, seed=args.seed, threads=args.threads,
+                      data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads,
                       allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False))
-    print(summary_line(report, args.out))
-    return 0
+    if task_of(args.model) == "tts":
+        from edgeflow.pipeline_tts import summary_line as tts_summary
 
-
-def _run_tts(args) -> int:
-    from edgeflow.core.errors import ConfigError
-    from edgeflow.pipeline_tts import optimize_tts, summary_line as tts_summary
-
-    if args.data or args.calib or getattr(args, "allow_skip", False):
-        raise ConfigError("--data, --calib and --allow-skip do not apply to a voice (its calibration and evaluation "
-                          "sentences are edgeflow.data.tts_text)")
-    report = optimize_tts(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
-                          n_eval=args.n_eval, seed=args.seed, threads=args.threads,
-                          clean_work=getattr(args, "clean_work", False))
-    print(tts_summary(report, args.out))
+        print(tts_summary(report, args.out))
+    else:
+        print(summary_line(report, args.out))
     return 0
 
 

@@ -15,10 +15,10 @@ MAX_TEXT_BYTES = 10_000_000
 
 
 def add_arguments(sub) -> None:
-    from edgeflow.cli.args import finite_float, positive_int, seed_int
+    from edgeflow.cli.args import finite_float, model_source, positive_int, seed_int
 
     p = sub.add_parser("say", help="speak text with a VITS bundle, a Piper voice (.onnx) or a VITS model.pt")
-    p.add_argument("model", metavar="MODEL", help="VITS bundle directory, Piper VOICE.onnx (with VOICE.onnx.json "
+    p.add_argument("model", metavar="MODEL", type=model_source, help="VITS bundle directory, Piper VOICE.onnx (with VOICE.onnx.json "
                                                    "next to it), or a VITS model.pt (PyTorch)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the text to speak")

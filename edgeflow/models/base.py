@@ -31,14 +31,10 @@ class VocoderConfig(ConfigBase):
     sigma_infer: float = 0.8
 
 
-class FlowVocoder(InvertibleModule):
-    """Base of the flow vocoders. Subclasses implement :meth:`forward` / :meth:`inverse`."""
+class MelConditioned:
+    """What every mel-conditioned vocoder answers from ``self.config.mel`` (flow or GAN alike)."""
 
-    family: str = ""
-
-    def __init__(self, config: VocoderConfig):
-        super().__init__()
-        self.config = config
+    config: Any
 
     @property
     def hop_length(self) -> int:
@@ -50,8 +46,18 @@ class FlowVocoder(InvertibleModule):
 
     @property
     def length_multiple(self) -> int:
-        """Audio lengths the flow accepts are multiples of this (in samples)."""
+        """Audio lengths the vocoder accepts are multiples of this (in samples: one hop)."""
         return self.hop_length
+
+
+class FlowVocoder(MelConditioned, InvertibleModule):
+    """Base of the flow vocoders. Subclasses implement :meth:`forward` / :meth:`inverse`."""
+
+    family: str = ""
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        self.config = config
 
     def check_mel(self, mel: torch.Tensor) -> None:
         if mel.dim() != 3 or mel.shape[1] != self.n_mels:

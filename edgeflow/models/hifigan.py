@@ -22,6 +22,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from edgeflow.audio.mel import MelConfig
 from edgeflow.core.config import ConfigBase
+from edgeflow.models.base import MelConditioned
 
 LRELU_SLOPE = 0.1
 
@@ -171,7 +172,7 @@ class HiFiGANConfig(ConfigBase):
             raise ValueError("generator.in_channels must equal mel.n_mels")
 
 
-class HiFiGAN(nn.Module):
+class HiFiGAN(MelConditioned, nn.Module):
     """HiFi-GAN mel vocoder: :meth:`synthesize` maps mel [B, n_mels, F] to audio [B, F * hop]."""
 
     family = "hifigan"
@@ -180,19 +181,6 @@ class HiFiGAN(nn.Module):
         super().__init__()
         self.config = config
         self.generator = Generator(config.generator)
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.mel.hop_length
-
-    @property
-    def n_mels(self) -> int:
-        return self.config.mel.n_mels
-
-    @property
-    def length_multiple(self) -> int:
-        """Audio lengths it takes are multiples of this (any whole number of frames)."""
-        return self.config.mel.hop_length
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop]."""

@@ -30,6 +30,17 @@ def _ch(c: int, width: float, groups: int = 1) -> int:
     return max(groups, int(round(c * width / groups)) * groups)
 
 
+def _run(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> Output:
+    """Leaky-ReLU conv stack then the post conv: (logits [B, K], every layer's output as feature maps)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: audio [B, 1, T] reflect-padded to a multiple of ``period``, folded [B, 1, T/p, p]."""
 
@@ -52,13 +63,7 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect")
             t += n_pad
         x = x.view(b, c, t // self.period, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run(self.convs, self.conv_post, x)
 
 
 class DiscriminatorS(nn.Module):
@@ -81,13 +86,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm(nn.Conv1d(convs[-1].out_channels, 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> Output:
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _run(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
