@@ -5,8 +5,8 @@ sentence, whole sentences (as Piper runs), the systems interleaved sentence by s
 (:func:`edgeflow.validate.tts_optimize.interleaved_rtf`, fastest of ``--rounds`` per sentence), so other jobs
 on a shared CPU slow all of them alike. Per thread count: RTF, ratio to the stock voice, and time to first
 audio of a 10-sentence paragraph (bundles stream decoder chunks; the stock voice yields whole sentences).
-``--ort dynamic static`` adds the stock voice after onnxruntime's ``quantize_dynamic`` / ``quantize_static`` (INT8 weights, the
-baseline of the "INT8 alone" goal). ``--quality`` adds pocketsphinx WER and DNSMOS P.808 of every system
+``--ort dynamic static`` adds the stock voice after onnxruntime's ``quantize_dynamic`` / ``quantize_static``
+(INT8; static: QDQ, calibrated on 8 calibration sentences), the baselines of the "INT8 alone" goal. ``--quality`` adds pocketsphinx WER and DNSMOS P.808 of every system
 (:func:`edgeflow.validate.tts.evaluate_voice`; slow).
 
     PYTHONPATH=. nice -n 5 python bench/bench_tts_optimize.py quality=/tmp/opt_q/bundle \\
@@ -100,7 +100,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20, help="evaluation sentences (at most 20)")
     ap.add_argument("--ort", nargs="*", default=[], choices=["dynamic", "static"],
                     help="add the stock voice after onnxruntime's quantize_dynamic / quantize_static")
-    ap.add_argument("--quality", action="store_true", help="also WER and DNSMOS P.808 of every system (slow)")
+    ap.add_argument("--quality", action="store_true", help="also WER and DNSMOS P.808 of every system, at the first thread count (slow)")
     ap.add_argument("--json", default=str(RESULTS / f"tts_optimize_{date.today()}.json"))
     args = ap.parse_args()
     paths = {"stock": model_source(args.stock)}
@@ -111,9 +111,9 @@ def main() -> int:
             paths[f"stock ort quantize_{kind}"] = ort_quantized(paths["stock"], tmp, kind == "static")
         load = [os.getloadavg()[0]]
         results = {}
-        for th in (int(t) for t in args.threads.split(",")):
+        for i, th in enumerate(int(t) for t in args.threads.split(",")):
             t0 = time.time()
-            results[str(th)] = run(paths, th, texts, args.rounds, args.quality)
+            results[str(th)] = run(paths, th, texts, args.rounds, args.quality and i == 0)
             load.append(os.getloadavg()[0])
             print(f"{th} thread(s) ({time.time() - t0:.0f} s, load {load[-1]:.1f}):")
             for name, r in results[str(th)].items():

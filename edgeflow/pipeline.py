@@ -41,6 +41,19 @@ def check_budget_metrics(budget: Dict[str, float], clips) -> None:
             raise ConfigError(f"budget metric {metric} cannot be checked: {why}; drop it from --max-drop")
 
 
+def check_family(cfgs, model, recipe: Optional[str], target: str) -> None:
+    """Refuse, before anything runs, a recipe with a pass that cannot apply to the model's family (e.g. a flow
+    cut on a GAN vocoder), in one line naming the pass and the family."""
+    from edgeflow.models.family import get_family
+
+    fam = get_family(model)
+    for cfg in cfgs:
+        why = cfg.refusal(fam)
+        if why:
+            raise ConfigError(f"recipe {recipe} of target {target}: pass {type(cfg).pass_name} does not apply to a "
+                              f"{fam.name} model ({why}); use a recipe written for the {fam.name} family")
+
+
 def resolve_inputs(cfgs, model, info: Dict[str, Any], data: Path, calib: Optional[str | Path],
                    allow_skip: bool, model_path: Optional[Path] = None) -> Dict[str, Any]:
     """Check every input the passes will read, before the first pass runs (``model_path``: where the
@@ -124,7 +137,7 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         the report dict (also written to ``OUT/report.json``).
     """
     from edgeflow.passes.base import make_config
-    from edgeflow.targets import load_target, recipe_passes
+    from edgeflow.targets import for_family, load_target, recipe_passes
     from edgeflow.validate.budget import parse_budget
     from edgeflow.validate.evaluate import load_clips
 
@@ -142,15 +155,17 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     n_eval = 4 if n_eval is None else n_eval
     # -- check every input before anything is written ------------------------------------------------------
     tgt = load_target(target)
+    from edgeflow.models.checkpoint import load_model
+
+    model, info = load_model(model_path)
+    tgt = for_family(tgt, model.family)                 # a family's own recipes (families.<name>), if it has them
     cfgs = []
     for spec in recipe_passes(tgt, recipe):
         name = spec.pop("pass")
         cfgs.append(make_config(name, spec))
+    check_family(cfgs, model, recipe or tgt.get("default_recipe"), tgt["name"])
     budget_d = parse_budget(budget if budget is not None else tgt.get("default_budget"))
     _check_out_dir(out)
-    from edgeflow.models.checkpoint import load_model
-
-    model, info = load_model(model_path)
     data = Path(data) if data else _default_data(model_path)
     if data is None:
         raise ConfigError("no evaluation clips: pass --data (a corpus folder or a folder of wavs)")

@@ -230,8 +230,8 @@ def mel_to_audio(model: nn.Module) -> nn.Module:
 
 
 def _family():
-    """The "hifigan" Family (task "vocoder"): export (mel -> audio, no z/sigma inputs) and cost model;
-    no compression hooks yet."""
+    """The "hifigan" Family (task "vocoder"): export (mel -> audio, no z/sigma inputs), cost model, and the
+    ``fuse`` export hook (ConvTranspose upsamplers in phase form); no compression cuts yet."""
     from edgeflow.models.family import ExportDecl, Family
 
     class HiFiGANFamily(Family):
@@ -239,6 +239,15 @@ def _family():
         config_cls, model_cls = HiFiGANConfig, HiFiGAN
         export = ExportDecl(receptive_field=receptive_field, input_names=("mel",), wrapper=mel_to_audio)
         free_fields = ()
+
+        def fuse(self, model):
+            """Every ConvTranspose1d upsampler as one Conv1d over a polyphase split
+            (:mod:`edgeflow.models.polyphase`), in place: the graph has no ConvTranspose, so INT8 quantizes
+            the upsamplers too; audio equal to float32 rounding. The model must be frozen (weight norm folded)."""
+            from edgeflow.models.polyphase import to_phase_form
+
+            to_phase_form(model)
+            return model
 
         def flops_breakdown(self, config):
             return {"generator": decoder_flops_per_frame(config.generator) * config.mel.sample_rate

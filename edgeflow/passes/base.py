@@ -37,6 +37,11 @@ class PassConfig(ConfigBase):
         the path the options name ("" = the run's default). The base pass reads none."""
         return {}
 
+    def refusal(self, family: Any) -> Optional[str]:
+        """Why this pass cannot apply to a model of ``family`` (a :class:`edgeflow.models.family.Family`), or
+        None; the pipeline asks every pass of a recipe before the first one runs. The base pass applies to all."""
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class PassEntry:

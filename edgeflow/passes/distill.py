@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from edgeflow.compress.data import NoTrainingData
 from edgeflow.compress.distill import Distiller
@@ -28,6 +28,14 @@ def check_pair(teacher, model) -> None:
                               f"{model.family}")
     if teacher.config.mel != model.config.mel:
         raise ConfigError("distill: teacher and student use different mel front-ends")
+
+
+def distill_refusal(family) -> Optional[str]:
+    """Why distillation cannot train a model of ``family`` (it trains a flow's synthesis direction), or None."""
+    if not callable(getattr(family.model_cls, "inverse", None)):
+        return (f"distillation trains a flow's synthesis direction (inverse) and the {family.name} family has "
+                f"none")
+    return None
 
 
 def load_data(artifact: Artifact, ctx: PassContext, settings: DistillSettings, *models):
@@ -109,6 +117,11 @@ class DistillConfig(PassConfig, DistillSettings):
 
     def inputs(self):
         return {"training_data": self.data}
+
+    def refusal(self, family) -> Optional[str]:
+        if self.layers_fraction and family.layers_field is None:
+            return f"layers_fraction needs a layer stack and the {family.name} family has none"
+        return distill_refusal(family)
 
 
 def settings_of(cfg) -> DistillSettings:

@@ -8,14 +8,15 @@ judged carries its fine-tuning here; a later ``distill`` pass can train it furth
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from edgeflow.compress.data import NoTrainingData
 from edgeflow.compress.prune import check_ratio, prune_model, width_key
 from edgeflow.compress.settings import DistillSettings
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
-from edgeflow.passes.distill import load_data, run_distill, score_batches, size_facts, skipped, teacher_of
+from edgeflow.passes.distill import (distill_refusal, load_data, run_distill, score_batches, size_facts, skipped,
+                                     teacher_of)
 
 SCORES = ("activation", "weight")
 
@@ -49,6 +50,11 @@ class PruneConfig(PassConfig):
 
     def inputs(self):
         return {"training_data": self.finetune.get("data", "")} if self.finetune and self.ratio > 0 else {}
+
+    def refusal(self, family) -> Optional[str]:
+        if self.ratio > 0 and family.width is None:
+            return f"the {family.name} family declares no prunable channel groups"
+        return distill_refusal(family) if self.finetune and self.ratio > 0 else None
 
 
 def _data_or_none(artifact, ctx, settings, model, need: bool):

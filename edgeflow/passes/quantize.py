@@ -40,7 +40,8 @@ class QuantizeConfig(PassConfig):
             point 128: onnxruntime's x86 u8s8 kernels, which fuse into QLinearConv).
         quantize_outputs: also Q/DQ each quantized conv's output (onnxruntime needs it to fuse
             QLinearConv on CPU; False keeps every elementwise op on exact float values).
-        keep_float_roles: node roles always kept float (coupling ``end`` convs, invertible 1x1 convs).
+        keep_float_roles: node roles always kept float (coupling ``end`` convs, invertible 1x1 convs, a HiFi-GAN's
+            last conv to the waveform, see :mod:`edgeflow.quant.graph`).
         sensitivity: measure each group alone and keep the most harmful ones float until the budget holds.
         group_by: sensitivity groups: "kind" (layer role across flows), "flow", or "flow_kind".
         max_float_layers: at most this many groups kept float by the search (None: all but one).
@@ -60,7 +61,8 @@ class QuantizeConfig(PassConfig):
     activation_type: str = "int8"
     weight_type: str = "int8"
     quantize_outputs: bool = True
-    keep_float_roles: List[str] = dataclasses.field(default_factory=lambda: ["coupling_end", "inv1x1"])
+    keep_float_roles: List[str] = dataclasses.field(default_factory=lambda: ["coupling_end", "inv1x1",
+                                                                                      "waveform"])
     sensitivity: bool = True
     group_by: str = "kind"
     max_float_layers: Optional[int] = None
@@ -135,7 +137,8 @@ def _quantize(artifact: Artifact, cfg: QuantizeConfig, ctx: PassContext):
     cset = load_calibration_set(calib_dir, manifest["mel"])
     mel_cfg = MelConfig.from_dict(manifest["mel"])
     io = manifest["io"]
-    feeds = list(cset.feeds(mel_cfg.hop_length, float(io["sigma_default"]), int(io.get("frame_multiple", 1)),
+    sigma = float(io.get("sigma_default", 0.0))        # a graph without noise inputs (HiFi-GAN) has none
+    feeds = list(cset.feeds(mel_cfg.hop_length, sigma, int(io.get("frame_multiple", 1)),
                             tuple(i["name"] for i in io["inputs"])))
     threads = ctx.target.get("threads") if ctx.target else None
     log = print if ctx.progress else (lambda *_: None)

@@ -9,7 +9,7 @@ against flow count.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from edgeflow.compress.data import NoTrainingData
 from edgeflow.compress.reduce import KEEP_MODES, count_for_fraction, cut, flow_counts, keep_flows
@@ -17,7 +17,7 @@ from edgeflow.compress.settings import DistillSettings
 from edgeflow.core.errors import ConfigError
 from edgeflow.models.family import get_family
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
-from edgeflow.passes.distill import load_data, run_distill, size_facts, skipped, teacher_of
+from edgeflow.passes.distill import distill_refusal, load_data, run_distill, size_facts, skipped, teacher_of
 
 
 @dataclasses.dataclass
@@ -59,6 +59,13 @@ class ReduceFlowsConfig(PassConfig):
 
     def inputs(self):
         return {"training_data": self.finetune.get("data", "")} if self.finetune else {}
+
+    def refusal(self, family) -> Optional[str]:
+        if (self.n_flows or self.fraction) and family.flows_field is None:
+            return f"the {family.name} family has no flow stack to cut"
+        if self.height and "height" not in family.extra_cuts:
+            return f"the {family.name} family has no height to reduce"
+        return distill_refusal(family) if self.finetune else None
 
 
 def flow_count(model) -> int:

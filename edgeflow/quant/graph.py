@@ -12,6 +12,12 @@ is classified by its weight initializer's name, and a MatMul by a square constan
 * ``upsample``, ``cond``, ``start``, ``dilated``, ``res``, ``skip``, ``res_skip`` - the conditioning
   upsampler and the WaveNet layers: candidates for INT8.
 
+A HiFi-GAN generator (``generator.conv_pre`` / ``ups.i`` / ``resblocks.j`` / ``conv_post`` weights) has no
+coupling: ``pre`` (conv_pre), ``upsample`` (``ups.i``, a ConvTranspose or its phase-form Conv) and
+``resblock`` (the multi-receptive-field convs) are candidates, grouped by upsampling stage (``flow`` is
+``stage<i>``; conv_pre's is ``pre``), and ``waveform`` (conv_post: one output channel, straight into tanh:
+the waveform itself) is kept float.
+
 The elementwise coupling arithmetic (Exp, Neg, Sub, Mul, Add, Tanh, Sigmoid) and the log-det
 reductions are never candidates: only the op types given are.
 """
@@ -27,6 +33,8 @@ FLOAT_ROLES = {
     "coupling_end": "outputs (log s, t): feeds exp(log s) and the affine update, where int8 error is amplified "
                     "exponentially and compounds over flows (and rows)",
     "inv1x1": "invertible 1x1 conv (W^-1): mixes every channel of the audio path itself, not a conditioning net",
+    "waveform": "the last conv (to one channel, straight into tanh): its output is the waveform itself, so int8 "
+                "error there is heard directly (and the 1-channel conv has no speed to gain)",
 }
 #: Quantizable op types by default.
 DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -40,6 +48,8 @@ _ROLES = [(re.compile(p), r) for p, r in (
     (r"^in_layers\.\d+$", "dilated"), (r"^layers\.\d+\.cond_conv$", "cond"), (r"^cond_layer$", "cond"),
     (r"^layers\.\d+\.res_conv$", "res"), (r"^layers\.\d+\.skip_conv$", "skip"),
     (r"^res_skip_layers\.\d+$", "res_skip"))]
+_GENERATOR = re.compile(r"^(?:model\.)?generator\.(?:(?P<pre>conv_pre)|(?P<post>conv_post)|ups\.(?P<up>\d+)"
+                        r"|resblocks\.(?P<rb>\d+))\.")
 
 
 @dataclasses.dataclass
@@ -92,15 +102,34 @@ def classify(model, op_types: Iterable[str] = DEFAULT_OP_TYPES) -> List[NodeRole
                 role, weight = "inv1x1", (square[0] if square else weight)
         if weight and role == "other":
             m = _NET.match(weight)
+            g = _GENERATOR.match(weight)
             if m:
                 flow = _short_flow(m.group("flow"))
                 role = next((r for p, r in _ROLES if p.match(m.group("rest"))), "other")
+            elif g:
+                role = ("pre" if g.group("pre") else "waveform" if g.group("post") else
+                        "upsample" if g.group("up") is not None else "resblock")
+                flow = g.group("up") or g.group("rb") or ("pre" if g.group("pre") else None)
             elif "upsample" in weight:
                 role = "upsample"
             elif "weight_inv" in weight or "conv1x1" in weight:
                 role = "inv1x1"
         out.append(NodeRole(node.name, node.op_type, role, flow, weight))
-    return out
+    return _generator_stages(out)
+
+
+def _generator_stages(roles: List[NodeRole]) -> List[NodeRole]:
+    """HiFi-GAN nodes' ``flow`` as their upsampling stage: ``ups.i`` -> ``stage<i>``; ``resblocks.j`` ->
+    ``stage<j // kernels>`` (kernels = resblocks per stage = resblock count / upsampler count)."""
+    ups = {r.flow for r in roles if r.role == "upsample" and r.flow is not None and r.flow.isdigit()}
+    blocks = {r.flow for r in roles if r.role == "resblock"}
+    per = max(1, len(blocks) // max(1, len(ups)))
+    for r in roles:
+        if r.role == "upsample" and r.flow is not None and r.flow.isdigit():
+            r.flow = f"stage{r.flow}"
+        elif r.role == "resblock":
+            r.flow = f"stage{int(r.flow) // per}"
+    return roles
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:

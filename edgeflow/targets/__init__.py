@@ -1,6 +1,11 @@
 """Target profiles (package data ``<name>.json`` beside this module, read with :mod:`importlib.resources`):
 backend, precisions, threads, the device's peak throughput and memory bandwidth (for roofline estimates),
-constraints, and the passes of each recipe (``quality``, ``balanced``, ``fast``)."""
+constraints, and the passes of each recipe (``quality``, ``balanced``, ``fast``).
+
+A profile's ``recipes`` are written for flow vocoders (they cut flows, layers and channels). A model family
+with other needs gets its own section ``families.<name>`` (``description``, ``default_recipe``,
+``default_budget``, ``recipes``), which :func:`for_family` lays over the profile; voices use the
+``recipes_tts`` table (:mod:`edgeflow.pipeline_tts`)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from edgeflow.core.errors import ConfigError
+
+#: keys a ``families.<name>`` section may set (laid over the profile by :func:`for_family`).
+FAMILY_KEYS = ("description", "default_recipe", "default_budget", "recipes")
+
 
 def list_targets() -> List[str]:
     """Names of the shipped target profiles, sorted."""
@@ -36,12 +45,30 @@ def load_target(name: str) -> Dict[str, Any]:
     return target
 
 
+def for_family(target: Dict[str, Any], family: str) -> Dict[str, Any]:
+    """The profile as seen by a model of ``family``: its ``families.<family>`` section (if any) laid over the
+    profile (recipes, default recipe and budget, description), with ``family`` recorded.
+
+    Raises:
+        ConfigError: a malformed section (not a mapping, unknown keys, or no recipes mapping).
+    """
+    section = (target.get("families") or {}).get(family)
+    if section is None:
+        return target
+    if not isinstance(section, dict) or not isinstance(section.get("recipes"), dict) or set(section) - set(FAMILY_KEYS):
+        raise ConfigError(f"target {target.get('name')}: families.{family} must be a mapping with 'recipes' "
+                          f"(allowed keys: {', '.join(FAMILY_KEYS)})")
+    return dict(target, **section, family=family)
+
+
 def recipe_passes(target: Dict[str, Any], recipe: str | None) -> List[Dict[str, Any]]:
     """The pass list of ``recipe`` (default: the target's default recipe) as [{"pass": name, ...options}]."""
     recipe = recipe or target.get("default_recipe", "balanced")
     recipes = target.get("recipes", {})
     if recipe not in recipes:
-        raise ConfigError(f"unknown recipe {recipe!r} for target {target['name']} (known: {', '.join(recipes)})")
+        whose = f" and the {target['family']} family" if target.get("family") else ""
+        raise ConfigError(f"unknown recipe {recipe!r} for target {target['name']}{whose} "
+                          f"(known: {', '.join(recipes)})")
     return [dict(p) for p in recipes[recipe]]
 
 
