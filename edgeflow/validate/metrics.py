@@ -138,6 +138,11 @@ def dtw(x: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
     return float(acc[n, m]), np.array(path[::-1])
 
 
+def mcd_order(cfg: Optional[MelConfig] = None, order: int = 24) -> int:
+    """The cepstral order MCD uses with this front-end: ``order``, or ``n_mels - 1`` when it has fewer bands."""
+    return order if cfg is None else max(1, min(order, cfg.n_mels - 1))
+
+
 def mcd(ref: np.ndarray, test: np.ndarray, sr: int = 22050, order: int = 24, use_dtw: bool = False,
         cfg: Optional[MelConfig] = None) -> float:
     """Mel-cepstral distortion in dB. Lower is better; 0 for identical signals.

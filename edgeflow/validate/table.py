@@ -66,11 +66,12 @@ TABLE: Dict[str, Metric] = {m.name: m for m in (
     Metric("mr_stft", "multi-resolution STFT distance against the ground truth (spectral convergence + "
            "log-magnitude L1, FFT 512/1024/2048); 0 = equal", False, "", "reference", (),
            lambda t, o, sr, cfg, text: M.mr_stft_distance(t, o, sr)),
-    Metric("mcd", "mel-cepstral distortion c1..c24 against the ground truth, frames compared index by index "
-           "(same-length, sample-aligned audio)", False, "dB", "reference", (),
-           lambda t, o, sr, cfg, text: M.mcd(t, o, sr, cfg=cfg)),
-    Metric("mcd_dtw", "mel-cepstral distortion c1..c24 against the ground truth after DTW alignment of the "
-           "frames", False, "dB", "reference", (), lambda t, o, sr, cfg, text: M.mcd(t, o, sr, use_dtw=True, cfg=cfg)),
+    Metric("mcd", "mel-cepstral distortion c1..c24 (c1..c(n_mels-1) for front-ends of 24 mel bands or fewer) "
+           "against the ground truth, frames compared index by index (same-length, sample-aligned audio)", False,
+           "dB", "reference", (), lambda t, o, sr, cfg, text: M.mcd(t, o, sr, M.mcd_order(cfg), cfg=cfg)),
+    Metric("mcd_dtw", "mel-cepstral distortion c1..c24 (c1..c(n_mels-1) for front-ends of 24 mel bands or fewer) "
+           "against the ground truth after DTW alignment of the frames", False, "dB", "reference", (),
+           lambda t, o, sr, cfg, text: M.mcd(t, o, sr, M.mcd_order(cfg), use_dtw=True, cfg=cfg)),
     Metric("lsd", "log-spectral distance against the ground truth (power spectra, FFT 2048, hop 512)", False, "dB",
            "reference", (), lambda t, o, sr, cfg, text: M.lsd(t, o, sr)),
     Metric("snr", "signal-to-noise ratio against the ground truth (meaningful for sample-aligned audio only)",
