@@ -82,7 +82,7 @@ def test_coupling_aware_selection(tmp_path, tiny_pt):
     from edgeflow.quant.vits_int8 import select_nodes
 
     model, _ = tiny_pt
-    export_vits_bundle(model, tmp_path / "b")
+    export_vits_bundle(model, tmp_path / "b", phase_form=False)   # the plain form: ConvTranspose left float
     dec = select_nodes(onnx.load(str(tmp_path / "b" / "decoder.onnx")), "decoder")
     enc = select_nodes(onnx.load(str(tmp_path / "b" / "model.onnx")), "encoder")
     assert dec["quantize"] and all(n.startswith("/dec/") and "ConvTranspose" not in n and "conv_post" not in n

@@ -53,6 +53,12 @@ def test_manifest(bundle):
     assert val["passed"] and val["max_abs_err"] < TOLERANCE and len(val["cases"]) >= 3
     assert all(c["durations_equal"] for c in val["cases"])
     assert json.loads((out / "manifest.json").read_text())["config"]["inter_channels"] == 16
+    # the decoder's upsamplers are written as polyphase convs (exact; faster), and parity above is against the
+    # unrewritten model
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / DECODER_FILE)).graph.node}
+    assert "ConvTranspose" not in ops and manifest["export"]["decoder_upsamplers"] == "polyphase conv"
 
 
 @pytest.mark.parametrize("n,scales", [(37, (0.667, 1.0, 0.8)), (4, (0.3, 1.7, 1.2)), (90, (0.0, 1.0, 0.0))])

