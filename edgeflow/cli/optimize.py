@@ -47,12 +47,10 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)   # torch's default (every core) spins against a busy neighbour
 
-    from edgeflow.validate.tts_systems import task_of
-
     report = optimize(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
                       data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads,
                       allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False))
-    if task_of(args.model) == "tts":
+    if report.get("task") == "tts":      # the voice pipeline's report says so; no second look at the model
         from edgeflow.pipeline_tts import summary_line as tts_summary
 
         print(tts_summary(report, args.out))

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
-from edgeflow.core.errors import OutputError
+from edgeflow.core.errors import ConfigError, OutputError, not_a_file, short_reason
 
 #: When this module was imported: legacy temporaries older than this are not being written by us.
 _START = time.time()
@@ -237,3 +237,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_user_json(path: str | Path, what: str, max_bytes: int = 16 << 20) -> Any:
+    """A user's json file (a model's config), read with a size bound: ConfigError in one line if it is missing,
+    a folder, too large or not json. Callers check the structure themselves."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(not_a_file(what, path))
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path}: too large for a {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable json ({short_reason(exc)})") from None
+

@@ -15,7 +15,6 @@ resblock type, and the front-end defaults; ``info["config_from"]`` says which.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -23,8 +22,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from edgeflow.audio.mel import MelConfig
-from edgeflow.core.errors import CheckpointError, ConfigError, not_a_file, short_reason
-from edgeflow.core.io import sha256_file
+from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
+from edgeflow.core.io import read_user_json, sha256_file
 from edgeflow.models.hifigan import V1, V3, GeneratorConfig, HiFiGAN, HiFiGANConfig
 from edgeflow.models.importers.unpickle import read_torch_weights
 from edgeflow.models.importers.weights import load_baked
@@ -55,14 +54,7 @@ def _generator_state(ckpt: Any, where: str) -> Dict[str, torch.Tensor]:
 
 
 def _read_config(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(not_a_file("HiFi-GAN config", path))
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ConfigError(f"{path}: too large for a HiFi-GAN config")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable json ({short_reason(exc)})") from None
+    data = read_user_json(path, "HiFi-GAN config", MAX_JSON_BYTES)
     missing = [k for k in GEN_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         raise ConfigError(f"{path}: not a HiFi-GAN config (no {', '.join(missing)})")

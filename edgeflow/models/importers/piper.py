@@ -16,7 +16,6 @@ exporting, e.g. the prior flow's weight-normed WN convs) are attributed by the n
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from edgeflow.core.errors import CheckpointError, ConfigError, not_a_file, short_reason
+from edgeflow.core.io import read_user_json
 from edgeflow.models.importers.weights import load_baked
 from edgeflow.models.vits.config import VitsConfig, from_hparams, from_piper_json, preset
 from edgeflow.models.vits.model import Vits
@@ -155,14 +155,7 @@ def _infer_config(w: Dict[str, torch.Tensor]) -> VitsConfig:
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(not_a_file("voice config", path))
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ConfigError(f"{path}: too large for a voice config")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable json ({short_reason(exc)})") from None
+    data = read_user_json(path, "voice config", MAX_JSON_BYTES)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a Piper voice config (not a json object)")
     return data
