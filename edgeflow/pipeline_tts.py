@@ -13,7 +13,6 @@ and ``.work/`` (state, teacher audio, intermediate bundles).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -157,9 +156,56 @@ class _Run:
         metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed, **BUNDLE_SPEAK)
         return dict(metrics, size_mb=bundle_bytes(bundle) / 1e6)
 
-    def passes(self) -> None:
-        from edgeflow.passes import PassContext, apply_pass
+    def evaluate_model(self, model) -> Dict[str, Any]:
+        """The gate's metrics of a torch model (a pass before ``tts_export``): PyTorch, same seed and texts."""
+        from edgeflow.validate.tts_optimize import score_voice
+        from edgeflow.validate.tts_systems import TorchVoice
+
+        metrics, _, _ = score_voice(TorchVoice(model, self.threads), self.texts, self.teacher_audio, self.seed)
+        return dict(metrics, rtf_engine="pytorch")
+
+    def _reuse(self, k: int, name: str, n: int) -> Dict[str, Any]:
+        """Restore pass ``k`` done by an earlier run (its bundle, info, and model when it changed the model)."""
+        from edgeflow.models.checkpoint import load_model
+
+        art, rec = self.artifact, self.state["done"][k]
+        art.history.append(rec["record"])
+        art.bundle_dir = self.work / rec["bundle"] if rec.get("bundle") else None
+        art.info = dict(rec.get("info", {}))
+        if rec.get("model"):
+            art.model = load_model(self.work / rec["model"])[0].eval()
+        self.rows.append(rec["row"])
+        self.log(f"[{k + 1}/{n}] {name}: done in an earlier run ({rec['record']['status']}), reused")
+        return rec.get("metrics")
+
+    def _gate(self, cfg, record: Dict[str, Any], saved, current: Dict[str, Any]) -> Dict[str, Any]:
+        """Score the pass's result, roll it back if it breaks the budget; returns the metrics now current."""
         from edgeflow.validate.budget import budget_violations, describe_violation
+
+        art = self.artifact
+        model_changed = art.model is not saved[2]
+        if not cfg.changes_output:
+            after = current
+        elif model_changed:
+            self.log("    scoring the changed model (PyTorch) ...")
+            after = self.evaluate_model(art.model)
+        else:
+            after = self.evaluate(art.bundle_dir) if art.bundle_dir else current
+        record["metrics_after"] = after
+        bad = budget_violations(self.state["reference"], after, self.budget)
+        if bad and cfg.changes_output:
+            record.update(status="rolled_back", violations=bad)
+            art.bundle_dir, art.info, art.model = saved
+            self.log("    rolled back: budget broken (" +
+                     ", ".join(describe_violation(m, v) for m, v in bad.items()) + ")")
+            return current
+        self.log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(
+            f"{m}={after[m]:.3f}" for m in ("wer", "dnsmos", "mcd", "rtf") if m in after))
+        return after
+
+    def passes(self) -> None:
+        from edgeflow.models.checkpoint import save_model
+        from edgeflow.passes import PassContext, apply_pass
 
         art, n = self.artifact, len(self.cfgs)
         ctx = PassContext(work_dir=self.work, target=dict(self.target, threads=self.threads), seed=self.seed)
@@ -167,35 +213,23 @@ class _Run:
         for k, cfg in enumerate(self.cfgs):
             name = type(cfg).pass_name
             if k < len(self.state["done"]):
-                rec = self.state["done"][k]
-                art.history.append(rec["record"])
-                art.bundle_dir = self.work / rec["bundle"] if rec.get("bundle") else None
-                art.info = dict(rec.get("info", {}))
-                current = rec.get("metrics", current)
-                self.rows.append(rec["row"])
-                self.log(f"[{k + 1}/{n}] {name}: done in an earlier run ({rec['record']['status']}), reused")
+                current = self._reuse(k, name, n) or current
                 continue
             self.log(f"[{k + 1}/{n}] {name} ...")
-            saved = (art.bundle_dir, dict(art.info))
+            saved = (art.bundle_dir, dict(art.info), art.model)
             record = apply_pass(art, cfg, ctx, metrics_before=current)
-            after = self.evaluate(art.bundle_dir) if cfg.changes_output and art.bundle_dir else current
-            record["metrics_after"] = after
-            bad = budget_violations(self.state["reference"], after, self.budget)
-            if bad and cfg.changes_output:
-                record.update(status="rolled_back", violations=bad)
-                art.bundle_dir, art.info = saved
-                self.log("    rolled back: budget broken (" +
-                         ", ".join(describe_violation(m, v) for m, v in bad.items()) + ")")
-            else:
-                current = after
-                self.log(f"    ok ({record['seconds']:.1f} s) " + ", ".join(
-                    f"{m}={after[m]:.3f}" for m in ("wer", "dnsmos", "mcd", "rtf") if m in after))
-            row = {"name": name, "status": record["status"], "seconds": record["seconds"], "metrics": after,
-                   "violations": record.get("violations"), "details": record.get("details")}
+            current = self._gate(cfg, record, saved, current)
+            model_file = None
+            if art.model is not saved[2]:                     # kept: save it so a resumed run starts from it
+                model_file = f"model-{k + 1:02d}-{name}.pt"
+                save_model(self.work / model_file, art.model, history=art.history)
+            row = {"name": name, "status": record["status"], "seconds": record["seconds"],
+                   "metrics": record["metrics_after"], "violations": record.get("violations"),
+                   "details": record.get("details")}
             self.rows.append(row)
             self.state["done"].append({"key": self.keys[k], "record": record, "metrics": current, "row": row,
                                        "bundle": art.bundle_dir.name if art.bundle_dir else None,
-                                       "info": art.info})
+                                       "info": art.info, "model": model_file})
             atomic_write_json(self.work / STATE, self.state)
         if art.bundle_dir is None:
             raise ConfigError("the recipe produced no bundle (tts_export rolled back or missing)")
@@ -205,7 +239,9 @@ class _Run:
         from edgeflow.validate.budget import budget_violations
         from edgeflow.validate.tts_optimize import write_report, write_samples
 
-        _publish(self.artifact, out / "bundle")
+        from edgeflow.pipeline_tts_out import publish
+
+        publish(self.artifact, out / "bundle")
         systems, audios = self._side_by_side(out / "bundle", source)
         stock = systems.get("stock Piper (bare onnxruntime)")
         opt = systems["optimized bundle"]
@@ -222,7 +258,13 @@ class _Run:
                   "bundle": "bundle", "samples": write_samples(out / "samples", self.texts, audios,
                                                           self.teacher.sample_rate),
                   "history": [h for h in self.artifact.history if h.get("name") == "import"]}
-        write_report(out, report)
+        from edgeflow.validate.sanity import tts_sanity
+
+        report["sanity"] = tts_sanity(self.teacher_audio, self.teacher.sample_rate, self.state["reference"])
+        if report["sanity"]["warning"]:
+            self.log(f"WARNING: {report['sanity']['warning']}")
+        first = {k: v[0] for k, v in audios.items() if len(v)}
+        write_report(out, report, first, self.teacher.sample_rate)
         self.log(f"report: {out}/report.html")
         return report
 
@@ -250,33 +292,3 @@ class _Run:
             for name, rtf in interleaved_rtf(voices, self.texts, self.seed, BUNDLE_SPEAK).items():
                 systems[name].update(rtf_scored=systems[name]["rtf"], rtf=rtf)
         return systems, audios
-
-
-def _publish(artifact, dest: Path) -> None:
-    """Copy the final bundle to ``dest`` with the whole history in its manifest (hashes rewritten)."""
-    from edgeflow.core.bundle_format import write_manifest
-    from edgeflow.core.io import atomic_dir
-
-    src = artifact.bundle_dir
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("files", "format", "format_version"):
-        manifest.pop(key, None)
-    manifest["history"] = [{k: v for k, v in h.items() if k != "details"} for h in artifact.history]
-    with atomic_dir(dest, overwrite=True) as tmp:
-        for name in manifest["graphs"].values():
-            shutil.copyfile(src / name, tmp / name)
-        write_manifest(tmp, manifest)
-
-
-def summary_line(report: Dict[str, Any], out) -> str:
-    """The closing console line of a voice run."""
-    f = report["final"]
-    line = (f"budget {'held' if report['budget_held'] else 'BROKEN'}; RTF {f['rtf']:.4f}; WER {f['wer']:.3f}; "
-            f"DNSMOS P.808 {f['dnsmos']:.3f}; MCD {f.get('mcd', 0.0):.3f} dB")
-    ratio = report["comparison"].get("rtf_speedup_vs_stock")
-    if ratio:
-        line += f"; {ratio:.2f}x the stock voice's speed"
-    rolled = [p["name"] for p in report["passes"] if p["status"] == "rolled_back"]
-    if rolled:
-        line += f"; ROLLED BACK: {', '.join(rolled)}"
-    return line + f"; report: {out}/report.html"

@@ -51,7 +51,7 @@ def run(args) -> int:
                       data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads,
                       allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False))
     if report.get("task") == "tts":      # the voice pipeline's report says so; no second look at the model
-        from edgeflow.pipeline_tts import summary_line as tts_summary
+        from edgeflow.pipeline_tts_out import summary_line as tts_summary
 
         print(tts_summary(report, args.out))
     else:

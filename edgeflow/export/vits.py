@@ -48,7 +48,12 @@ class ExportValidationError(BundleError):
 
 
 class EncoderGraph(nn.Module):
-    """Stage 1 as a module (scales[1] = length_scale, scales[2] = noise_w)."""
+    """Stage 1 as a module (scales[1] = length_scale, scales[2] = noise_w).
+
+    A model with the deterministic duration predictor (``use_sdp`` False) ignores ``noise_w_z`` and noise_w;
+    the graph still takes ``noise_w_z`` (the runtime always feeds it): one element of it times 0 is added
+    to ``m_p``, so the input stays in the graph at no measurable cost.
+    """
 
     def __init__(self, model: Vits):
         super().__init__()
@@ -56,6 +61,8 @@ class EncoderGraph(nn.Module):
 
     def forward(self, ids, lengths, scales, noise_w_z):
         m, logs, dur, _ = self.model.encode_text(ids, lengths, noise_w_z, scales[1], scales[2])
+        if not self.model.config.use_sdp:
+            m = m + noise_w_z[:, :1, :1] * 0.0
         return m, logs, dur
 
 

@@ -40,6 +40,11 @@ class GeneratorConfig(ConfigBase):
         gin_channels: speaker conditioning channels (0: none).
         pre_post_weight_norm: weight norm on conv_pre / conv_post too (the reference vocoder; VITS: no).
         post_bias: conv_post has a bias (the reference vocoder; VITS: no).
+        channels: widths of the residual streams after conv_pre and after each upsampling stage
+            (``len(upsample_rates) + 1`` values); None: ``upsample_initial_channel`` halved at each stage.
+            A structurally pruned generator (:mod:`edgeflow.compress.generator`) sets it.
+        inner_channels: resblock "1" only: per residual block (stage-major order) the inner width of each
+            (dilated conv, conv) pair; None: the stage's width.
     """
 
     in_channels: int = 80
@@ -53,6 +58,8 @@ class GeneratorConfig(ConfigBase):
     gin_channels: int = 0
     pre_post_weight_norm: bool = True
     post_bias: bool = True
+    channels: Optional[List[int]] = None
+    inner_channels: Optional[List[List[int]]] = None
 
     def __post_init__(self):
         if self.resblock not in ("1", "2"):
@@ -65,6 +72,32 @@ class GeneratorConfig(ConfigBase):
             raise ValueError("each upsample kernel minus its rate must be even (exact length)")
         if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
             raise ValueError("upsample_initial_channel must halve evenly at every upsampling")
+        n, nb = len(self.upsample_rates), len(self.upsample_rates) * len(self.resblock_kernel_sizes)
+        if self.channels is not None:
+            self.channels = [int(c) for c in self.channels]
+            if len(self.channels) != n + 1 or min(self.channels) < 1:
+                raise ValueError(f"channels must be {n + 1} widths >= 1 (conv_pre, then each stage)")
+        if self.inner_channels is not None:
+            self.inner_channels = [[int(c) for c in b] for b in self.inner_channels]
+            if self.resblock != "1":
+                raise ValueError("inner_channels applies to resblock '1' only")
+            if len(self.inner_channels) != nb or any(
+                    len(b) != len(self.resblock_dilation_sizes[i % len(self.resblock_kernel_sizes)]) or min(b) < 1
+                    for i, b in enumerate(self.inner_channels)):
+                raise ValueError(f"inner_channels must hold {nb} blocks of one width >= 1 per dilation")
+
+    def widths(self) -> List[int]:
+        """Residual stream widths: [after conv_pre, after stage 0, ..., after the last stage]."""
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.upsample_initial_channel // 2 ** i for i in range(len(self.upsample_rates) + 1)]
+
+    def inner_widths(self, block: int) -> List[int]:
+        """Resblock "1" block ``block`` (stage-major index): the inner width of each of its pairs."""
+        if self.inner_channels is not None:
+            return list(self.inner_channels[block])
+        stage, nk = block // len(self.resblock_kernel_sizes), len(self.resblock_kernel_sizes)
+        return [self.widths()[stage + 1]] * len(self.resblock_dilation_sizes[block % nk])
 
     @property
     def hop_length(self) -> int:
@@ -92,11 +125,12 @@ def _pad(k: int, d: int) -> int:
 class ResBlock1(nn.Module):
     """Pairs (dilated conv, conv) with leaky ReLUs, residual after each pair."""
 
-    def __init__(self, ch: int, k: int, dilations: List[int]):
+    def __init__(self, ch: int, k: int, dilations: List[int], inner: Optional[List[int]] = None):
         super().__init__()
-        self.convs1 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, dilation=d, padding=_pad(k, d)))
-                                    for d in dilations)
-        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, padding=_pad(k, 1))) for _ in dilations)
+        inner = list(inner) if inner is not None else [ch] * len(dilations)
+        self.convs1 = nn.ModuleList(weight_norm(nn.Conv1d(ch, c, k, dilation=d, padding=_pad(k, d)))
+                                    for d, c in zip(dilations, inner))
+        self.convs2 = nn.ModuleList(weight_norm(nn.Conv1d(c, ch, k, padding=_pad(k, 1))) for c in inner)
         for c in list(self.convs1) + list(self.convs2):
             nn.init.normal_(c.parametrizations.weight.original1, 0.0, 0.01)
 
@@ -109,7 +143,7 @@ class ResBlock1(nn.Module):
 class ResBlock2(nn.Module):
     """Dilated convs with leaky ReLUs, residual after each."""
 
-    def __init__(self, ch: int, k: int, dilations: List[int]):
+    def __init__(self, ch: int, k: int, dilations: List[int], inner: Optional[List[int]] = None):
         super().__init__()
         self.convs = nn.ModuleList(weight_norm(nn.Conv1d(ch, ch, k, dilation=d, padding=_pad(k, d)))
                                    for d in dilations)
@@ -127,22 +161,23 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
+        self.config = cfg
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         wn = weight_norm if cfg.pre_post_weight_norm else (lambda m: m)
-        ch = cfg.upsample_initial_channel
-        self.conv_pre = wn(nn.Conv1d(cfg.in_channels, ch, 7, 1, padding=3))
+        ch = cfg.widths()
+        self.conv_pre = wn(nn.Conv1d(cfg.in_channels, ch[0], 7, 1, padding=3))
         block = ResBlock1 if cfg.resblock == "1" else ResBlock2
         self.ups, self.resblocks = nn.ModuleList(), nn.ModuleList()
         for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
-            up = nn.ConvTranspose1d(ch // 2 ** i, ch // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            up = nn.ConvTranspose1d(ch[i], ch[i + 1], k, u, padding=(k - u) // 2)
             nn.init.normal_(up.weight, 0.0, 0.01)
             self.ups.append(weight_norm(up))
             for k_r, d_r in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
-                self.resblocks.append(block(ch // 2 ** (i + 1), k_r, list(d_r)))
-        self.conv_post = wn(nn.Conv1d(ch // 2 ** len(cfg.upsample_rates), 1, 7, 1, padding=3,
-                                      bias=cfg.post_bias))
+                inner = cfg.inner_widths(len(self.resblocks)) if cfg.resblock == "1" else None
+                self.resblocks.append(block(ch[i + 1], k_r, list(d_r), inner))
+        self.conv_post = wn(nn.Conv1d(ch[-1], 1, 7, 1, padding=3, bias=cfg.post_bias))
         if cfg.gin_channels:
-            self.cond = nn.Conv1d(cfg.gin_channels, ch, 1)
+            self.cond = nn.Conv1d(cfg.gin_channels, ch[0], 1)
 
     def forward(self, x: torch.Tensor, g: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.conv_pre(x)
@@ -193,18 +228,50 @@ class HiFiGAN(MelConditioned, nn.Module):
 
 
 def decoder_flops_per_frame(dec) -> float:
-    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig)."""
-    ch = dec.upsample_initial_channel
-    total, rate = 2.0 * dec.in_channels * ch * 7, 1
+    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig; per-stage and inner widths counted)."""
+    ch, nk = dec.widths(), len(dec.resblock_kernel_sizes)
+    total, rate = 2.0 * dec.in_channels * ch[0] * 7, 1
     for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes)):
-        c_in, c_out = ch // 2 ** i, ch // 2 ** (i + 1)
+        c_in, c_out = ch[i], ch[i + 1]
         total += 2.0 * rate * c_in * c_out * k
         rate *= u
-        per = 2 if dec.resblock == "1" else 1
-        for k_r, d_r in zip(dec.resblock_kernel_sizes, dec.resblock_dilation_sizes):
-            total += 2.0 * rate * per * len(d_r) * c_out * c_out * k_r
-        last = c_out
-    return total + 2.0 * rate * last * 7
+        for j, (k_r, d_r) in enumerate(zip(dec.resblock_kernel_sizes, dec.resblock_dilation_sizes)):
+            if dec.resblock == "1":
+                total += sum(2.0 * rate * 2 * c_out * c * k_r for c in dec.inner_widths(i * nk + j))
+            else:
+                total += 2.0 * rate * len(d_r) * c_out * c_out * k_r
+    return total + 2.0 * rate * ch[-1] * 7
+
+
+def channel_groups(dec) -> List[Dict[str, object]]:
+    """The generator's channel groups that move together under structured pruning (``dec`` a GeneratorConfig).
+
+    Each group is ``{"name", "width", "writers", "readers"}``: the module names (as in ``Generator``'s state
+    dict) whose output channels are the group (writers) and whose input channels read it (readers). Groups:
+    ``pre`` (conv_pre and cond out, ups.0 in); ``stage{i}`` (ups.i out, every conv of the stage's resblocks in
+    and out, ups.{i+1} or conv_post in); resblock "1": ``inner{b}.{j}`` (resblocks.b.convs1.j out,
+    resblocks.b.convs2.j in).
+    """
+    ch, nk, n = dec.widths(), len(dec.resblock_kernel_sizes), len(dec.upsample_rates)
+    groups: List[Dict[str, object]] = [{"name": "pre", "width": ch[0], "readers": ["ups.0"],
+                                        "writers": ["conv_pre"] + (["cond"] if dec.gin_channels else [])}]
+    for i in range(n):
+        writes, reads, inner = [f"ups.{i}"], [], []
+        for b in range(i * nk, (i + 1) * nk):
+            pairs = range(len(dec.resblock_dilation_sizes[b % nk]))
+            if dec.resblock == "1":
+                writes += [f"resblocks.{b}.convs2.{j}" for j in pairs]
+                reads += [f"resblocks.{b}.convs1.{j}" for j in pairs]
+                inner += [{"name": f"inner{b}.{j}", "width": dec.inner_widths(b)[j],
+                           "writers": [f"resblocks.{b}.convs1.{j}"], "readers": [f"resblocks.{b}.convs2.{j}"]}
+                          for j in pairs]
+            else:
+                writes += [f"resblocks.{b}.convs.{j}" for j in pairs]
+                reads += [f"resblocks.{b}.convs.{j}" for j in pairs]
+        reads.append(f"ups.{i + 1}" if i + 1 < n else "conv_post")
+        groups.append({"name": f"stage{i}", "width": ch[i + 1], "writers": writes, "readers": reads})
+        groups += inner
+    return groups
 
 
 def receptive_field(config: HiFiGANConfig) -> Dict[str, int]:
@@ -231,7 +298,7 @@ def mel_to_audio(model: nn.Module) -> nn.Module:
 
 def _family():
     """The "hifigan" Family (task "vocoder"): export (mel -> audio, no z/sigma inputs), cost model, and the
-    ``fuse`` export hook (ConvTranspose upsamplers in phase form); no compression cuts yet."""
+    ``fuse`` export hook (ConvTranspose upsamplers in phase form) and the generator's channel groups."""
     from edgeflow.models.family import ExportDecl, Family
 
     class HiFiGANFamily(Family):
@@ -248,6 +315,12 @@ def _family():
 
             to_phase_form(model)
             return model
+
+        def channel_groups(self, config):
+            """The generator's channel groups that move together (:func:`channel_groups`), pruned by
+            :func:`edgeflow.compress.generator.prune_generator`. ``width`` stays None: the ``prune`` pass
+            prunes the flow families' WN nets, not these."""
+            return channel_groups(config.generator)
 
         def flops_breakdown(self, config):
             return {"generator": decoder_flops_per_frame(config.generator) * config.mel.sample_rate

@@ -52,8 +52,46 @@ def resolve_providers(providers: Union[None, str, Sequence[str]]) -> List[str]:
     return names + ([CPU] if CPU not in names else [])
 
 
+#: Engines :meth:`Synthesizer.load` can run a bundle with.
+ENGINES = ("auto", "onnxruntime", "native")
+
+
+def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
+    """The manifest's ``native`` section (the kernels pass's), checked: its file is one the manifest hashes.
+    None when the bundle has no native kernels."""
+    native = manifest.get("native")
+    if native is None:
+        return None
+    if not isinstance(native, dict) or not isinstance(native.get("file"), str) \
+            or native["file"] not in manifest["files"] or "/" in native["file"] or "\\" in native["file"]:
+        raise BundleError(f"{where}: manifest field native must name a file listed in files")
+    return native
+
+
+def choose_engine(manifest: Dict[str, Any], engine: str, providers: Any, where: Any) -> str:
+    """"native" or "onnxruntime" for a requested ``engine`` (see :meth:`Synthesizer.load`)."""
+    native = native_section(manifest, where)
+    if engine == "onnxruntime":
+        return engine
+    if engine == "native":
+        if native is None:
+            raise BundleError(f"{where}: the bundle has no native kernels (add them with the kernels pass)")
+        from edgeflow.runtime.native import library
+
+        library()                                   # DependencyError (one line) when the library is missing
+        return engine
+    cpu_only = providers is None or (isinstance(providers, str) and providers.lower() == "cpu")
+    timing = native.get("timing") if native else None
+    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native":
+        return "onnxruntime"
+    from edgeflow.runtime.native import available
+
+    return "native" if available() else "onnxruntime"
+
+
 class Synthesizer:
-    """A loaded bundle: an onnxruntime session plus the manifest. Thread-safe (no mutable state).
+    """A loaded bundle: an onnxruntime session (or the native engine's) plus the manifest. Thread-safe (no
+    mutable state).
 
     Build with :meth:`load`. ``synthesize`` runs whole utterances, ``synthesize_stream`` runs mel
     chunks as they arrive, ``vocode`` resynthesizes a wav through the bundle's own front-end.
@@ -61,6 +99,8 @@ class Synthesizer:
 
     def __init__(self, session: Any, manifest: Dict[str, Any], bundle_dir: Optional[Path] = None):
         self.session = session
+        #: "onnxruntime" or "native" (set by :meth:`load`).
+        self.engine = "onnxruntime"
         self.manifest = manifest
         self.bundle_dir = bundle_dir
         mel = manifest["mel"]
@@ -79,31 +119,47 @@ class Synthesizer:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: Optional[int] = None,
-             providers: Union[None, str, Sequence[str]] = None) -> "Synthesizer":
+             providers: Union[None, str, Sequence[str]] = None, engine: str = "auto") -> "Synthesizer":
         """Open a bundle (manifest and file hashes checked first).
 
         Args:
             bundle_dir: the bundle directory.
-            threads: intra-op threads (None: onnxruntime's default).
-            providers: see :func:`resolve_providers`; default CPU.
+            threads: intra-op threads (None: the engine's default).
+            providers: see :func:`resolve_providers`; default CPU (onnxruntime engine only).
+            engine: "onnxruntime" (the bundle's model.onnx), "native" (edgeflow's C kernels on the bundle's
+                kernels.npz, written by the ``kernels`` pass) or "auto": native where the bundle has kernels, the
+                ``kernels`` pass measured them faster and the C library loads; onnxruntime otherwise (and whenever
+                ``providers`` names more than the CPU).
 
         Raises:
-            BundleError: missing/tampered/unknown-version bundle, or a graph onnxruntime refuses.
-            DependencyError: onnxruntime missing, or a requested provider unavailable.
+            BundleError: missing/tampered/unknown-version bundle, a graph onnxruntime refuses, or no native
+                kernels in the bundle (engine "native").
+            DependencyError: onnxruntime missing, a requested provider unavailable, or the native engine's
+                library not built (engine "native").
+            InputError: bad threads or engine.
         """
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
+        if engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         bundle_dir = Path(bundle_dir)
         manifest = read_manifest(bundle_dir)
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         try:
             synth = cls(None, manifest, bundle_dir)   # manifest fields first: fail before the (slower) load
             nodes = int(manifest.get("export", {}).get("graph", {}).get("nodes", 0) or 0)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BundleError(f"{bundle_dir}: malformed manifest ({type(exc).__name__}: {exc})") from None
+        if choose_engine(manifest, engine, providers, bundle_dir) == "native":
+            from edgeflow.runtime.native import NativeSession
+
+            synth.session = NativeSession(bundle_dir / manifest["native"]["file"], synth.input_names,
+                                          synth.hop_length, threads)
+            synth.engine = "native"
+            return synth
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
         opts = session_options(threads, nodes)
         try:
             session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=opts,
@@ -120,7 +176,7 @@ class Synthesizer:
 
     @property
     def providers(self) -> List[str]:
-        """Execution providers of the session, in priority order."""
+        """Execution providers of the session, in priority order (the native engine: one name)."""
         return list(self.session.get_providers())
 
     @property

@@ -91,3 +91,34 @@ def _warning(s: Dict[str, Any]) -> Optional[str]:
         return None
     return ("the unoptimized model does not produce intelligible speech on these clips (" + "; ".join(why) +
             "): 'budget held' means the optimized bundle matches this model, not that it sounds like speech")
+
+
+#: a voice (no ground truth) is flagged when its voiced fraction is below this (read speech: 0.4-0.7) ...
+MIN_VOICED_TTS = 0.2
+#: ... or its DNSMOS P.808 is below this (clean read speech scores 3.5-4.2; noise and buzz below 2.5)
+MIN_DNSMOS_TTS = 2.5
+
+
+def tts_sanity(audios: Sequence[np.ndarray], sr: int, scores: Dict[str, float]) -> Dict[str, Any]:
+    """Does a text-to-speech reference (the unoptimized voice) speak? Absolute thresholds, no ground truth.
+
+    Args:
+        audios: its output per evaluation sentence; scores: its ``wer`` and ``dnsmos`` (P.808).
+
+    Returns:
+        ``{"voiced_fraction", "wer", "dnsmos", "thresholds", "warning": str or None}``.
+    """
+    vf = float(np.mean([voiced_fraction(a, sr) for a in audios])) if len(audios) else 0.0
+    out = {"voiced_fraction": vf, "wer": scores.get("wer"), "dnsmos": scores.get("dnsmos"),
+           "thresholds": {"voiced_fraction": MIN_VOICED_TTS, "wer": MAX_WER, "dnsmos": MIN_DNSMOS_TTS}}
+    why = []
+    if vf < MIN_VOICED_TTS:
+        why.append(f"voiced frames {vf:.2f} (read speech: 0.4-0.7)")
+    if out["wer"] is not None and out["wer"] > MAX_WER:
+        why.append(f"WER {out['wer']:.2f}")
+    if out["dnsmos"] is not None and out["dnsmos"] < MIN_DNSMOS_TTS:
+        why.append(f"DNSMOS P.808 {out['dnsmos']:.2f}")
+    out["warning"] = None if not why else (
+        "the unoptimized voice does not produce intelligible speech on these sentences (" + "; ".join(why) +
+        "): 'budget held' means the optimized bundle matches this voice, not that it sounds like speech")
+    return out

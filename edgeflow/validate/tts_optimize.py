@@ -14,10 +14,9 @@ The gate's metrics on the evaluation sentences (:mod:`edgeflow.data.tts_text`, n
 
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,12 +24,6 @@ from edgeflow.core.io import atomic_write_json, atomic_write_text
 
 #: The gate's budget when neither the target nor --max-drop gives one for a voice.
 DEFAULT_TTS_BUDGET = {"wer": 0.03, "dnsmos": 0.1, "mcd": 2.5}
-#: metric -> (label, format) for tables.
-COLUMNS = (("rtf", "RTF", "{:.4f}"), ("size_mb", "size MB", "{:.2f}"), ("wer", "WER", "{:.3f}"),
-           ("dnsmos", "DNSMOS P.808", "{:.3f}"), ("mcd", "MCD vs teacher dB", "{:.3f}"),
-           ("time_to_first_audio", "first audio s", "{:.3f}"))
-
-
 def score_voice(voice: Any, texts: Sequence[str], teacher: Sequence[np.ndarray] | None, seed: int,
                 **speak: Any) -> Tuple[Dict[str, float], List[Dict[str, Any]], List[np.ndarray]]:
     """Score a voice (a runtime Voice, TorchVoice or BarePiper) on ``texts``.
@@ -107,43 +100,10 @@ def bundle_bytes(path: Path) -> int:
     return int(path.stat().st_size)
 
 
-def _cell(metrics: Dict[str, Any], key: str, fmt: str) -> str:
-    v = metrics.get(key)
-    return fmt.format(v) if isinstance(v, (int, float)) else "-"
+def write_report(out: Path, report: Dict[str, Any], first: Optional[Dict[str, np.ndarray]] = None,
+                 sr: Optional[int] = None) -> None:
+    """OUT/report.json and OUT/report.html (atomic); ``first``: {kind: audio} of the first sentence (spectrograms)."""
+    from edgeflow.validate.tts_optimize_html import render_optimize_html
 
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
-    return "\n".join(out) + "</table>"
-
-
-def render_html(report: Dict[str, Any]) -> str:
-    """report.html: summary, per-pass table, comparison with the stock voice / teacher, audio players."""
-    head = ["pass", "status", "seconds"] + [c[1] for c in COLUMNS]
-    passes = [[p["name"], p["status"], f"{p.get('seconds', 0):.1f}"] +
-              [_cell(p.get("metrics") or {}, k, f) for k, _, f in COLUMNS] for p in report["passes"]]
-    comp = [[name] + [_cell(m, k, f) for k, _, f in COLUMNS] for name, m in report["comparison"]["systems"].items()]
-    samples = "".join(f"<p>{html.escape(s['text'])}<br>" + "".join(
-        f"{html.escape(k)} <audio controls src='{html.escape(v)}'></audio> " for k, v in s["files"].items()) + "</p>"
-        for s in report["samples"])
-    budget = ", ".join(f"{k}={v:g}" for k, v in report["budget"].items())
-    ratio = report["comparison"].get("rtf_speedup_vs_stock")
-    lines = ["<!doctype html><html><head><meta charset='utf-8'><title>edgeflow optimize (tts)</title>",
-             "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 8px}"
-             "table{border-collapse:collapse;margin:1em 0}</style></head><body>",
-             f"<h1>edgeflow optimize: {html.escape(str(report['model']['path']))}</h1>",
-             f"<p>target {html.escape(report['target'])}, recipe {html.escape(report['recipe'])}, budget {budget} "
-             f"(wer: rise, dnsmos: P.808 fall, mcd: dB vs teacher): <b>{'held' if report['budget_held'] else 'BROKEN'}"
-             f"</b>; {report['n_eval']} evaluation sentences, seed {report['seed']}, {report['threads']} threads.</p>",
-             "<h2>Passes</h2>", _table(head, passes),
-             "<h2>Side by side (measured in the same process)</h2>", _table(["system"] + [c[1] for c in COLUMNS], comp),
-             f"<p>RTF speed-up against the stock voice: {ratio:.2f}x</p>" if ratio else "",
-             "<h2>Samples</h2>", samples, "</body></html>"]
-    return "\n".join(lines)
-
-
-def write_report(out: Path, report: Dict[str, Any]) -> None:
-    """OUT/report.json and OUT/report.html (atomic)."""
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.html", render_html(report))
+    atomic_write_text(out / "report.html", render_optimize_html(report, first, sr))

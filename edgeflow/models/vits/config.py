@@ -38,6 +38,8 @@ class VitsConfig(ConfigBase):
             kernel_size, p_dropout: the text encoder's transformer.
         use_sdp: stochastic duration predictor (else the deterministic one, ``dp_filter_channels`` wide).
         sdp_flows, flow_*: duration spline couplings; prior coupling flow (n_flows couplings of WN stacks).
+        flow_hidden_channels: the prior flow's WN width (None: ``hidden_channels``, as in VITS; set by
+            structured pruning of the flow).
         posterior_layers, posterior_kernel: the posterior encoder's WN (training only).
         decoder: the HiFi-GAN generator (in_channels = inter_channels, hop = hop_length).
         sample_rate, filter_length, hop_length, win_length, mel_channels, mel_fmin, mel_fmax: audio front-end.
@@ -64,6 +66,7 @@ class VitsConfig(ConfigBase):
     flow_layers: int = 4
     flow_kernel: int = 5
     flow_dilation: int = 1
+    flow_hidden_channels: Optional[int] = None
     posterior_layers: int = 16
     posterior_kernel: int = 5
     decoder: GeneratorConfig = dataclasses.field(default_factory=lambda: _vits_decoder(V3, 192))
@@ -89,6 +92,10 @@ class VitsConfig(ConfigBase):
         if min(self.num_symbols, self.n_speakers, self.inter_channels, self.hidden_channels, self.n_heads,
                self.n_layers, self.n_flows, self.flow_layers) < 1:
             raise ValueError("sizes must be >= 1")
+        if self.flow_hidden_channels is not None and (isinstance(self.flow_hidden_channels, bool) or
+                                                      not isinstance(self.flow_hidden_channels, int) or
+                                                      self.flow_hidden_channels < 1):
+            raise ValueError("flow_hidden_channels must be an integer >= 1 (or null: hidden_channels)")
         if self.n_speakers > 1 and self.gin_channels < 1:
             raise ValueError("a multi-speaker model needs gin_channels >= 1")
         if self.hidden_channels % self.n_heads:
@@ -115,6 +122,11 @@ class VitsConfig(ConfigBase):
     @property
     def spec_channels(self) -> int:
         return self.filter_length // 2 + 1
+
+    @property
+    def flow_hidden(self) -> int:
+        """The prior flow's WN width."""
+        return self.flow_hidden_channels or self.hidden_channels
 
 
 def preset(quality: str, **overrides: Any) -> VitsConfig:
@@ -165,7 +177,7 @@ _HPARAM_FIELDS = ("inter_channels", "hidden_channels", "filter_channels", "n_hea
                   "win_length", "mel_fmin", "mel_fmax", "segment_size",
                   # not Piper's (it fixes these); written by edgeflow for configs that differ
                   "posterior_layers", "posterior_kernel", "flow_layers", "flow_kernel", "flow_dilation", "n_flows",
-                  "sdp_flows", "dp_filter_channels")
+                  "sdp_flows", "dp_filter_channels", "flow_hidden_channels")
 
 
 def from_hparams(hp: Dict[str, Any]) -> VitsConfig:

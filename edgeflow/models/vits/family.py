@@ -32,7 +32,7 @@ def flops_breakdown(cfg: VitsConfig) -> Dict[str, float]:
     dds = 3 * (2.0 * h * 3 + 2.0 * h * h)
     dur = 4.0 * h * h + dds + (cfg.sdp_flows - 1) * (2.0 * h + dds + 2.0 * h * 29) if cfg.use_sdp else \
         2.0 * 3 * cfg.dp_filter_channels * (h + cfg.dp_filter_channels)
-    hf, L = cfg.hidden_channels, cfg.flow_layers
+    hf, L = cfg.flow_hidden, cfg.flow_layers
     wn = 2.0 * hf * 2 * hf * cfg.flow_kernel * L + 2.0 * hf * 2 * hf * (L - 1) + 2.0 * hf * hf
     flow = cfg.n_flows * (2.0 * (c // 2) * hf * 2 + wn)
     return {"text_encoder": enc * ph, "duration": dur * ph, "flow": flow * frames,

@@ -75,7 +75,7 @@ class Vits(nn.Module):
         self.dec = Generator(c.decoder)
         self.enc_q = PosteriorEncoder(c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel,
                                       1, c.posterior_layers, c.gin_channels)
-        self.flow = PriorFlow(c.inter_channels, c.hidden_channels, c.flow_kernel, c.flow_dilation, c.flow_layers,
+        self.flow = PriorFlow(c.inter_channels, c.flow_hidden, c.flow_kernel, c.flow_dilation, c.flow_layers,
                               c.n_flows, c.gin_channels)
         if c.use_sdp:
             self.dp = StochasticDurationPredictor(c.hidden_channels, 3, 0.5, c.sdp_flows, c.gin_channels)

@@ -1,0 +1,204 @@
+"""Structured channel pruning of a HiFi-GAN :class:`edgeflow.models.hifigan.Generator` (VITS's decoder and the
+stand-alone vocoder), resblock "1" or "2", with or without speaker conditioning, weight norm present or folded.
+
+Channel groups move together; the generator's config declares them (:func:`edgeflow.models.hifigan.channel_groups`):
+
+* ``pre``: conv_pre (and the speaker ``cond``) output = ups.0 input;
+* ``stage{i}``: the residual stream of stage i = ups.i output, every conv of the stage's resblocks (the stream is
+  added to after each one, so their inputs and outputs are one set), ups.{i+1} or conv_post input;
+* ``inner{b}.{j}`` (resblock "1"): the inner channels of pair j of block b (convs1.j out = convs2.j in).
+
+Importance of channel c of a group: what it feeds into the rest of the network,
+``score(c) = sum over the group's readers r of E|x_r[c]| * ||W_r[:, c]||_2``, where x_r is the reader's input
+(after its leaky ReLU; mean |.| over calibration inputs, batch and time) and W_r the reader's weights applied to
+channel c (all its outputs and taps). A conv's response to channel c is bounded by this product, so a channel
+that is exactly zero everywhere scores 0 and goes first (and its removal leaves the output unchanged). Without
+calibration inputs the activation term is 1 (a weight-only score). Forward passes only, deterministic.
+
+The result is a dense, smaller ``Generator`` whose config carries the widths (``channels``, ``inner_channels``),
+so checkpoints, the cost model (``decoder_flops_per_frame``) and export see it as any generator.
+
+Example::
+
+    small, info = prune_generator(gen, ratio=0.5, inputs=[z_windows])     # z_windows [B, C, F]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from edgeflow.compress.prune import check_ratio, kept_channels
+from edgeflow.core.errors import ConfigError
+from edgeflow.flows.coupling import remove_weight_norm
+from edgeflow.models.hifigan import Generator, channel_groups
+
+SCORE = "E|reader input| x reader weight L2, summed over the group's readers"
+
+
+def _conv_axes(mod: nn.Module) -> Tuple[int, int]:
+    """(output axis, input axis) of a conv's weight."""
+    if isinstance(mod, nn.ConvTranspose1d):
+        return 1, 0
+    if isinstance(mod, nn.Conv1d):
+        return 0, 1
+    raise ConfigError(f"generator pruning: unexpected module {type(mod).__name__} (upsamplers already in "
+                      "polyphase form? prune before the export rewrite)")
+
+
+def _read_norm(mod: nn.Module) -> torch.Tensor:
+    """||W[:, c]||_2 over everything but the input axis: [C_in] (float64)."""
+    w = mod.weight.detach().double()
+    _, ax = _conv_axes(mod)
+    return w.pow(2).sum(dim=[d for d in range(w.dim()) if d != ax]).sqrt()
+
+
+def _readers(gen: Generator) -> Dict[str, nn.Module]:
+    mods = dict(gen.named_modules())
+    return {r: mods[r] for grp in channel_groups(gen.config) for r in grp["readers"]}
+
+
+@torch.no_grad()
+def input_magnitudes(gen: Generator, inputs: Iterable[Any]) -> Dict[str, torch.Tensor]:
+    """Mean |input| per channel [C_in] (float64) of every reader conv over ``inputs``.
+
+    Args:
+        inputs: tensors x [B, in_channels, F], or (x, g) pairs with speaker conditioning g [B, gin, 1].
+    """
+    readers = _readers(gen)
+    sums = {name: None for name in readers}
+    counts = dict.fromkeys(readers, 0)
+
+    def hook(name):
+        def fn(_mod, args):
+            x = args[0].detach().double()
+            s = x.abs().sum(dim=(0, 2))
+            sums[name] = s if sums[name] is None else sums[name] + s
+            counts[name] += x.shape[0] * x.shape[2]
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in readers.items()]
+    was_training = gen.training
+    gen.eval()
+    try:
+        for item in inputs:
+            x, g = item if isinstance(item, (tuple, list)) else (item, None)
+            gen(x, g)
+    finally:
+        for h in handles:
+            h.remove()
+        gen.train(was_training)
+    if any(c == 0 for c in counts.values()):
+        raise ConfigError("generator pruning: no calibration inputs reached the generator")
+    return {n: sums[n] / counts[n] for n in readers}
+
+
+def channel_scores(gen: Generator, inputs: Optional[Iterable[Any]] = None) -> Dict[str, torch.Tensor]:
+    """Importance of every channel of every group (see the module docstring): {group name: [width] float64}."""
+    readers = _readers(gen)
+    mags = input_magnitudes(gen, inputs) if inputs is not None else None
+    scores = {}
+    for grp in channel_groups(gen.config):
+        total = None
+        for r in grp["readers"]:
+            s = _read_norm(readers[r]) * (mags[r] if mags is not None else 1.0)
+            total = s if total is None else total + s
+        scores[grp["name"]] = total
+    return scores
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores in ascending channel order (ties keep the lower index)."""
+    return torch.sort(torch.argsort(-score, stable=True)[:k]).values
+
+
+def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+    """Width kept per group: ``ratio`` of every group removed, or the explicit ``widths`` of named groups."""
+    check_ratio(ratio)
+    groups = {g["name"]: int(g["width"]) for g in channel_groups(gen.config)}
+    unknown = sorted(set(widths or {}) - set(groups))
+    if unknown:
+        raise ConfigError(f"generator pruning: unknown channel group(s) {', '.join(unknown)} "
+                          f"(groups: {', '.join(groups)})")
+    out = {name: kept_channels(ratio, w) for name, w in groups.items()}
+    for name, w in (widths or {}).items():
+        if not isinstance(w, int) or not 1 <= w <= groups[name]:
+            raise ConfigError(f"generator pruning: group {name} keeps {w!r} of {groups[name]} channels")
+        out[name] = w
+    return out
+
+
+def _assign(dst: nn.Module, src: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """Set dst's weight (through its weight norm when the source had one, else folded) and bias."""
+    if parametrize.is_parametrized(dst, "weight") and not parametrize.is_parametrized(src, "weight"):
+        remove_weight_norm(dst)
+    if parametrize.is_parametrized(dst, "weight"):
+        dst.weight = weight.clone()                              # right_inverse: g = ||v||, v = weight
+    else:
+        dst.weight.copy_(weight)
+    if bias is not None:
+        dst.bias.copy_(bias)
+
+
+@torch.no_grad()
+def slice_generator(gen: Generator, keep: Dict[str, torch.Tensor]) -> Generator:
+    """A dense generator with the channels ``keep[group]`` (ascending indices) of every group."""
+    cfg, groups = gen.config, channel_groups(gen.config)
+    ch = [len(keep["pre"])] + [len(keep[f"stage{i}"]) for i in range(len(cfg.upsample_rates))]
+    inner = None
+    if cfg.resblock == "1":
+        inner = [[len(keep[f"inner{b}.{j}"]) for j in range(len(cfg.inner_widths(b)))]
+                 for b in range(len(gen.resblocks))]
+    new = Generator(cfg.replace(channels=ch, inner_channels=inner))
+    p = next(gen.parameters())
+    new.to(device=p.device, dtype=p.dtype)
+    out_of = {w: g["name"] for g in groups for w in g["writers"]}
+    in_of = {r: g["name"] for g in groups for r in g["readers"]}
+    src_mods = dict(gen.named_modules())
+    for name, dst in list(new.named_modules()):
+        if not isinstance(dst, nn.Conv1d | nn.ConvTranspose1d) or name not in src_mods:
+            continue
+        src = src_mods[name]
+        o_ax, i_ax = _conv_axes(src)
+        w, b = src.weight.detach(), None if src.bias is None else src.bias.detach()
+        if name in out_of:
+            idx = keep[out_of[name]].to(w.device)
+            w, b = w.index_select(o_ax, idx), None if b is None else b.index_select(0, idx)
+        if name in in_of:
+            w = w.index_select(i_ax, keep[in_of[name]].to(w.device))
+        _assign(dst, src, w, b)
+    new.train(gen.training)
+    return new
+
+
+def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, int]] = None,
+                    inputs: Optional[Iterable[Any]] = None) -> Tuple[Generator, Dict[str, Any]]:
+    """Prune a HiFi-GAN generator to a dense smaller one (the source is not changed).
+
+    Args:
+        gen: the generator (weight norm present or folded; ConvTranspose upsamplers, not polyphase).
+        ratio: fraction of the channels of every group removed, in [0, 1).
+        widths: {group name: width kept} overriding ``ratio`` for those groups (see ``channel_groups``).
+        inputs: calibration inputs x [B, in_channels, F] (or (x, g) pairs) for the activation term;
+            None: a weight-only score.
+
+    Returns:
+        (new generator, info {"groups": {name: [from, to]}, "score", "params": [before, after]}).
+    """
+    want = plan_widths(gen, ratio, widths)
+    scores = channel_scores(gen, inputs)
+    keep = {name: _top(scores[name], k) for name, k in want.items()}
+    new = slice_generator(gen, keep)
+    n_params = lambda m: sum(t.numel() for k, t in m.state_dict().items() if not k.endswith("original0"))  # noqa
+    info = {"groups": {g["name"]: [int(g["width"]), want[g["name"]]] for g in channel_groups(gen.config)},
+            "widths": new.config.widths(), "score": SCORE if inputs is not None else "reader weight L2",
+            "params": [n_params(gen), n_params(new)]}
+    return new, info
+
+
+def stage_summary(info: Dict[str, Any]) -> List[str]:
+    """One line per group that changed: ``name from -> to``."""
+    return [f"{n} {a} -> {b}" for n, (a, b) in info["groups"].items() if a != b]

@@ -1,0 +1,232 @@
+"""Distillation of a (pruned) HiFi-GAN generator against its teacher's audio, window by window.
+
+The data are aligned windows ``(cond [N, C, F], audio [N, 1, (F - 2 * margin) * hop])``: what the generator reads
+(a VITS latent z, a vocoder's mel) and what the teacher produced from the same input (for VITS: the whole teacher's
+audio with the same durations and noise, see :mod:`edgeflow.compress.vits_decoder_data`). ``margin`` frames each
+side are context only: the student's output there is cut off before the loss, so the window's zero padding does
+not make the target unreachable (a margin of the generator's receptive field makes the target exact). Loss::
+
+    pred = student(cond, g)[..., margin * hop : -margin * hop]
+    loss = mel_weight * |logmel(pred) - logmel(audio)|_1 + stft_weight * MR-STFT(pred, audio)
+
+(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`). AdamW; the batch of
+step k is a seeded draw of window indices depending only on (seed, k), so a run is deterministic on one machine.
+Validation: the same loss, no gradients, on held-out windows every ``valid_every`` steps (and before the first);
+the best student is kept. Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without
+improvement. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed
+after a timed first step). No resume: a run is meant to be short (minutes); a killed run starts over.
+
+Example::
+
+    data = GeneratorWindows(cond=z, audio=wav, margin=4)      # z [N, 192, 40], wav [N, 1, 8192]
+    train, valid = data.split(valid_fraction=0.1)
+    settings = GeneratorDistillSettings(steps=600, max_minutes=10, batch=8)
+    summary = distill_generator(student, train, valid, LogMel(mel_cfg), settings)   # student holds the best
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from edgeflow.compress.losses import log_mel_l1, mr_stft_loss
+from edgeflow.core.config import ConfigBase
+from edgeflow.core.errors import ConfigError
+from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
+
+
+@dataclasses.dataclass
+class GeneratorDistillSettings(ConfigBase):
+    """Options of :func:`distill_generator`.
+
+    Attributes:
+        steps, max_minutes: stop at this step or once this much training time passed (0: no cap).
+        lr, weight_decay, betas: AdamW.
+        batch: windows per step.
+        mel_weight, stft_weight: loss weights (log-mel L1, multi-resolution STFT).
+        grad_clip: max gradient norm.
+        valid_every: steps between validations (0: validate only before and after).
+        patience: stop after this many validations without improvement (0: never).
+        seed: the window draws.
+        threads: torch CPU threads during the run (0: leave as is).
+    """
+
+    steps: int = 600
+    max_minutes: float = 10.0
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.8, 0.99)
+    batch: int = 8
+    mel_weight: float = 1.0
+    stft_weight: float = 1.0
+    grad_clip: float = 10.0
+    valid_every: int = 50
+    patience: int = 0
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch < 1 or self.valid_every < 0 or self.patience < 0:
+            raise ValueError("steps, valid_every, patience must be >= 0 and batch >= 1")
+        if not (self.lr > 0 and self.max_minutes >= 0 and self.grad_clip > 0 and self.weight_decay >= 0):
+            raise ValueError("lr and grad_clip must be > 0, max_minutes and weight_decay >= 0")
+        if self.mel_weight < 0 or self.stft_weight < 0 or self.mel_weight + self.stft_weight <= 0:
+            raise ValueError("mel_weight and stft_weight must be >= 0, not both 0")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+@dataclasses.dataclass
+class GeneratorWindows:
+    """Aligned windows: generator input ``cond`` [N, C, F], target ``audio`` [N, 1, (F - 2 * margin) * hop] (the
+    centre frames), optional speaker conditioning ``g`` [N, gin, 1], ``margin`` context frames each side."""
+
+    cond: torch.Tensor
+    audio: torch.Tensor
+    g: Optional[torch.Tensor] = None
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.cond.dim() != 3 or self.audio.dim() != 3 or self.audio.shape[1] != 1 \
+                or self.cond.shape[0] != self.audio.shape[0] or self.cond.shape[0] == 0:
+            raise ConfigError(f"generator windows: need cond [N, C, F] and audio [N, 1, T] with N >= 1, got "
+                              f"{tuple(self.cond.shape)} and {tuple(self.audio.shape)}")
+        centre = self.cond.shape[2] - 2 * self.margin
+        if self.margin < 0 or centre < 1 or self.audio.shape[2] % centre:
+            raise ConfigError(f"generator windows: audio length {self.audio.shape[2]} must be a multiple of the "
+                              f"{centre} centre frames ({self.cond.shape[2]} frames, margin {self.margin})")
+
+    @property
+    def hop(self) -> int:
+        return self.audio.shape[2] // (self.cond.shape[2] - 2 * self.margin)
+
+    def __len__(self) -> int:
+        return self.cond.shape[0]
+
+    def take(self, idx: torch.Tensor) -> "GeneratorWindows":
+        return GeneratorWindows(self.cond[idx], self.audio[idx], None if self.g is None else self.g[idx], self.margin)
+
+    def split(self, valid_fraction: float = 0.1) -> Tuple["GeneratorWindows", "GeneratorWindows"]:
+        """(train, valid): the last ``valid_fraction`` of the windows (at least one) held out, in order (group
+        windows by sentence before splitting so no sentence is in both)."""
+        n_valid = min(len(self) - 1, max(1, int(round(len(self) * valid_fraction))))
+        if n_valid < 1:
+            raise ConfigError("generator windows: need at least 2 windows to hold one out")
+        idx = torch.arange(len(self))
+        return self.take(idx[:-n_valid]), self.take(idx[-n_valid:])
+
+
+class _Objective:
+    def __init__(self, logmel: nn.Module, s: GeneratorDistillSettings):
+        self.logmel, self.s = logmel, s
+
+    def terms(self, model: nn.Module, batch: GeneratorWindows) -> Dict[str, torch.Tensor]:
+        cut = batch.margin * batch.hop
+        pred = model(batch.cond, batch.g)[:, 0].float()
+        pred = pred[:, cut:pred.shape[1] - cut]
+        t = batch.audio[:, 0].float()
+        parts = {}
+        total = pred.new_zeros(())
+        if self.s.mel_weight > 0:
+            parts["mel"] = log_mel_l1(self.logmel, pred, t)
+            total = total + self.s.mel_weight * parts["mel"]
+        if self.s.stft_weight > 0:
+            parts["stft"] = mr_stft_loss(pred, t)
+            total = total + self.s.stft_weight * parts["stft"]
+        parts["total"] = total
+        return parts
+
+    def loss(self, model, batch):
+        parts = self.terms(model, batch)
+        return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
+
+
+class _Hooks(LoopHooks):
+    def __init__(self, student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, objective: _Objective,
+                 s: GeneratorDistillSettings):
+        self.student, self.train, self.valid, self.objective, self.s = student, train, valid, objective, s
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.losses: List[float] = []
+        self.valid_rows: List[List[float]] = []
+        self.step_now = 0
+
+    def batch(self, step: int) -> GeneratorWindows:
+        gen = torch.Generator().manual_seed(int(self.s.seed) * 1_000_003 + int(step))
+        return self.train.take(torch.randint(len(self.train), (self.s.batch,), generator=gen))
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.student.eval()
+        total, n = 0.0, 0
+        for a in range(0, len(self.valid), self.s.batch):
+            part = self.valid.take(torch.arange(a, min(a + self.s.batch, len(self.valid))))
+            total += float(self.objective.terms(self.student, part)["total"]) * len(part)
+            n += len(part)
+        self.student.train()
+        return total / n
+
+    def on_valid(self, step: int, value: float, improved: bool) -> None:
+        if improved:
+            self.best_state = {k: t.detach().clone() for k, t in self.student.state_dict().items()}
+        self.valid_rows.append([step, value])
+
+    def on_step(self, step, loss, logs, grad_norm, valid) -> None:
+        self.losses.append(loss)
+
+
+@torch.no_grad()
+def window_distance(gen: nn.Module, windows: GeneratorWindows, logmel: nn.Module,
+                    settings: GeneratorDistillSettings) -> float:
+    """The validation value of ``gen`` on ``windows`` (the weighted loss, no gradients): e.g. the unpruned
+    generator's, the floor the window edges leave."""
+    was = gen.training
+    hooks = _Hooks(gen, windows, windows, _Objective(logmel, settings), settings)
+    value = hooks.validate()
+    gen.train(was)
+    return value
+
+
+def _mean(xs: List[float]) -> Optional[float]:
+    xs = [x for x in xs if math.isfinite(x)]
+    return round(sum(xs) / len(xs), 5) if xs else None
+
+
+def distill_generator(student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, logmel: nn.Module,
+                      settings: GeneratorDistillSettings, progress: bool = True,
+                      log: Optional[Callable[[str], None]] = print, desc: str = "distill generator") -> Dict[str, Any]:
+    """Train ``student`` (in place, on CPU) towards the windows' audio; it ends holding the best weights.
+
+    Returns:
+        {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
+         "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds"}.
+    """
+    s = settings
+    old = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        objective = _Objective(logmel, s)
+        student.train().requires_grad_(True)
+        hooks = _Hooks(student, train, valid, objective, s)
+        loop = TrainLoop(student, objective, hooks, LoopSettings(
+            steps=s.steps, lr=s.lr, grad_clip=s.grad_clip, valid_every=s.valid_every, patience=s.patience,
+            max_minutes=s.max_minutes, skip_nonfinite=True, desc=desc), progress=progress, log=log)
+        loop.opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+        loop.context = f"{len(train)} windows ({len(valid)} held out), batch {s.batch}; "
+        summary = loop.run(valid_first=True)
+        if s.valid_every == 0 or not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
+            loop.check_valid()                              # the last weights are a candidate too
+        if hooks.best_state is not None:
+            student.load_state_dict(hooks.best_state)
+        student.eval()
+    finally:
+        torch.set_num_threads(old)
+    return {"steps": loop.step, "stopped": loop.stopped or "steps done",
+            "valid_before": round(hooks.valid_rows[0][1], 5) if hooks.valid_rows else None,
+            "valid_best": None if math.isinf(loop.best) else round(loop.best, 5), "best_step": loop.best_step,
+            "valid_curve": [[int(a), round(b, 5)] for a, b in hooks.valid_rows],
+            "loss_first": _mean(hooks.losses[:10]), "loss_last": _mean(hooks.losses[-10:]),
+            "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}

@@ -1,0 +1,172 @@
+"""Pass ``tts_prune``: structured channel pruning of a VITS voice's HiFi-GAN decoder, then distillation of the
+pruned decoder against the teacher's own audio (same durations and noise).
+
+Runs on the torch model, so it goes BEFORE ``tts_export`` in a recipe. Steps:
+
+1. distillation pairs (:func:`edgeflow.compress.vits_decoder_data.decoder_windows`): ``sentences`` training
+   sentences (never the evaluation ones) x ``seeds_per_sentence`` noise seeds; the teacher (the artifact's
+   reference, the unoptimized voice) gives durations and audio, the current model its latent z; the last
+   ``valid_fraction`` of the sentences are held out for validation;
+2. pruning (:func:`edgeflow.compress.generator.prune_generator`): ``ratio`` of every channel group removed
+   (``widths`` overrides named groups, e.g. {"stage2": 16}), channels ranked on ``calib_windows`` training
+   windows;
+3. distillation (:func:`edgeflow.compress.generator_distill.distill_generator`): log-mel L1 + MR-STFT, AdamW,
+   ``steps`` / ``max_minutes``, the best held-out weights kept.
+
+The artifact's model becomes a new Vits with the smaller decoder (its config carries the widths); the details
+report the parameters, the cost model's decoder and total GFLOP per second of audio before / after, the loss
+curve summary and the validation distances (before pruning, right after it, best).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Dict, Optional
+
+import torch
+
+from edgeflow.core.errors import ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+
+
+@dataclasses.dataclass
+class TtsPruneConfig(PassConfig):
+    """Options of ``tts_prune``.
+
+    Attributes:
+        ratio: fraction of the channels of every decoder channel group removed, in [0, 1).
+        widths: {group: width kept} for named groups (``pre``, ``stage0`` ...; see
+            :func:`edgeflow.models.hifigan.channel_groups`), overriding ``ratio`` for them.
+        steps, max_minutes, lr, batch: distillation (AdamW) steps, time cap, learning rate, windows per step.
+        window_frames: frames per training window (x hop samples of audio) the loss sees.
+        margin_frames: context frames each side of a window (the decoder sees them, the loss does not).
+        sentences, seeds_per_sentence: distillation text and noise draws per sentence.
+        valid_fraction: sentences held out for validation.
+        calib_windows: training windows the channel ranking runs on.
+        mel_weight, stft_weight: loss weights.
+        valid_every: steps between validations.
+        threads: torch threads during the pass (0: as is).
+    """
+
+    ratio: float = 0.25
+    widths: Dict[str, int] = dataclasses.field(default_factory=dict)
+    steps: int = 600
+    max_minutes: float = 10.0
+    lr: float = 2e-4
+    batch: int = 8
+    window_frames: int = 32
+    margin_frames: int = 4
+    sentences: int = 40
+    seeds_per_sentence: int = 2
+    valid_fraction: float = 0.1
+    calib_windows: int = 64
+    mel_weight: float = 1.0
+    stft_weight: float = 1.0
+    valid_every: int = 50
+    threads: int = 0
+
+    def __post_init__(self):
+        from edgeflow.compress.prune import check_ratio
+
+        try:
+            check_ratio(self.ratio)
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("prune:", "tts_prune:")) from None
+        if not isinstance(self.widths, dict):
+            raise ValueError("widths must be a mapping {channel group: width}")
+        if self.margin_frames < 0:
+            raise ValueError("margin_frames must be >= 0")
+        if min(self.window_frames, self.sentences, self.seeds_per_sentence, self.calib_windows) < 1:
+            raise ValueError("window_frames, sentences, seeds_per_sentence and calib_windows must be >= 1")
+        if not 0.0 < self.valid_fraction < 1.0 or self.sentences < 2:
+            raise ValueError("valid_fraction must be in (0, 1) and sentences >= 2 (one is held out)")
+        self.settings()                                     # the distillation options are checked here
+
+    def settings(self):
+        """The :class:`GeneratorDistillSettings` of these options."""
+        from edgeflow.compress.generator_distill import GeneratorDistillSettings
+
+        return GeneratorDistillSettings(steps=self.steps, max_minutes=self.max_minutes, lr=self.lr, batch=self.batch,
+                                        mel_weight=self.mel_weight, stft_weight=self.stft_weight,
+                                        valid_every=self.valid_every, threads=self.threads)
+
+    def refusal(self, family: Any) -> Optional[str]:
+        if getattr(family, "name", None) != "vits":
+            return f"tts_prune prunes a VITS voice's decoder; the {getattr(family, 'name', '?')} family is not VITS"
+        return None
+
+
+def _logmel(cfg):
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.audio.mel_torch import LogMel
+
+    return LogMel(MelConfig(sample_rate=cfg.sample_rate, n_fft=cfg.filter_length, hop_length=cfg.hop_length,
+                            win_length=cfg.win_length, n_mels=cfg.mel_channels, fmin=cfg.mel_fmin,
+                            fmax=cfg.mel_fmax or cfg.sample_rate / 2))
+
+
+def _cost(model) -> Dict[str, float]:
+    from edgeflow.models.family import get_family
+
+    parts = get_family(model).flops_breakdown(model.config)
+    return {"decoder_gflop_per_s": round(parts["decoder"] / 1e9, 3),
+            "total_gflop_per_s": round(sum(parts.values()) / 1e9, 3), "params": model.inference_parameters()}
+
+
+def _with_decoder(model, dec):
+    """A copy of the Vits ``model`` whose decoder is ``dec`` (config updated)."""
+    new = copy.deepcopy(model)
+    new.dec = dec
+    new.config = model.config.replace(decoder=dec.config.to_dict())
+    return new
+
+
+def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
+    from edgeflow.compress.generator import prune_generator, stage_summary
+    from edgeflow.compress.generator_distill import distill_generator, window_distance
+    from edgeflow.compress.vits_decoder_data import decoder_windows, distillation_texts
+    from edgeflow.models.vits.model import Vits
+
+    model = artifact.model
+    if not isinstance(model, Vits):
+        raise ConfigError(f"tts_prune: needs a VITS model, got {type(model).__name__ if model is not None else 'none'}")
+    teacher = artifact.reference if isinstance(artifact.reference, Vits) else model
+    log = print if ctx.progress else None
+    t0, settings = time.time(), cfg.settings()
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        train, valid = decoder_windows(teacher, model, distillation_texts(cfg.sentences, ctx.seed),
+                                       cfg.seeds_per_sentence, cfg.window_frames, seed=ctx.seed,
+                                       valid_fraction=cfg.valid_fraction, margin=cfg.margin_frames, log=log)
+        t_data = time.time() - t0
+        logmel = _logmel(model.config)
+        n_cal = min(cfg.calib_windows, len(train))
+        calib = [train.cond[a:a + 16] for a in range(0, n_cal, 16)]
+        dec, info = prune_generator(model.dec, cfg.ratio, {k: int(v) for k, v in cfg.widths.items()} or None, calib)
+        if log is not None:
+            log("tts_prune: " + (", ".join(stage_summary(info)) or "nothing pruned") +
+                f"; decoder parameters {info['params'][0]:,} -> {info['params'][1]:,}")
+        floor = window_distance(model.dec, valid, logmel, settings)
+        summary = distill_generator(dec, train, valid, logmel, settings, progress=ctx.progress, log=log,
+                                    desc="tts_prune distill")
+    finally:
+        torch.set_num_threads(old_threads)
+    new = _with_decoder(model, dec)
+    before, after = _cost(model), _cost(new)
+    artifact.model = new
+    return {"ratio": cfg.ratio, "groups": {k: v for k, v in info["groups"].items() if v[0] != v[1]},
+            "decoder_widths": [model.dec.config.widths(), info["widths"]],
+            "params": [before["params"], after["params"]],
+            "decoder_gflop_per_s": [before["decoder_gflop_per_s"], after["decoder_gflop_per_s"]],
+            "total_gflop_per_s": [before["total_gflop_per_s"], after["total_gflop_per_s"]],
+            "windows": {"train": len(train), "valid": len(valid), "frames": cfg.window_frames,
+                        "margin": cfg.margin_frames,
+                        "seconds": round(t_data, 1)},
+            "valid_unpruned": round(floor, 5), "distill": summary, "seconds": round(time.time() - t0, 1)}
+
+
+register_pass("tts_prune", TtsPruneConfig, _apply)

@@ -1,0 +1,149 @@
+"""Pass ``generator_prune``: structured channel pruning of a HiFi-GAN vocoder's generator, then distillation
+against the teacher's own audio on training mels.
+
+Applies to a family that declares the generator's channel groups (``Family.channel_groups(config)``, the
+``hifigan`` family); others are refused before the first pass runs. Steps:
+
+1. training mels: ``window_frames``-frame windows drawn (seeded) from the distillation data the pipeline
+   resolves (``data`` option, else ``--data CORPUS``'s train split, the corpus the model was trained on, or the
+   calibration set's mels: :func:`edgeflow.compress.data.resolve_source`), plus fixed validation windows (the
+   corpus's valid split; for a calibration set, its first mels, which the training draws may also visit);
+2. targets: the **teacher's** audio for each window (the unoptimized model by default), never the recording, so
+   the student learns the vocoder it replaces, including on speakers the corpus does not sound like;
+3. :func:`edgeflow.compress.generator.prune_generator` removes ``ratio`` of every channel group (importance from
+   ``score_windows`` training windows), :func:`edgeflow.compress.generator_distill.distill_generator` trains the
+   pruned generator (``finetune``: GeneratorDistillSettings options), and the model keeps the best student.
+
+Run it before ``freeze`` / ``export`` (the polyphase export form has no channel groups to cut).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+from edgeflow.compress.data import NoTrainingData
+from edgeflow.compress.generator_distill import GeneratorDistillSettings
+from edgeflow.compress.prune import check_ratio
+from edgeflow.core.errors import ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.distill import check_pair, size_facts, skipped, teacher_of
+
+
+def generator_refusal(family) -> Optional[str]:
+    """Why ``family`` has no generator channels to prune, or None."""
+    if not callable(getattr(family, "channel_groups", None)):
+        return (f"it prunes a HiFi-GAN generator's channel groups and the {family.name} family declares none "
+                f"(Family.channel_groups)")
+    return None
+
+
+@dataclasses.dataclass
+class GeneratorPruneConfig(PassConfig):
+    """Options.
+
+    Attributes:
+        ratio: fraction of every channel group removed, in [0, 1) (0: distillation only).
+        widths: {group name: channels kept} overriding ``ratio`` for those groups (names: ``channel_groups``).
+        teacher: "reference" (the unoptimized model), "current" (the model before this pass) or a model.pt.
+        data: distillation data (corpus, calibration set or wav folder); "": the run's (see the module doc).
+        windows, valid_windows: training and validation windows (the teacher's audio is computed once for each).
+        window_frames: mel frames per window.
+        score_windows: training windows for the channel importance (0: weight-only score).
+        seed: the window draws.
+        finetune: GeneratorDistillSettings options (steps, max_minutes, batch, lr, ...).
+    """
+
+    ratio: float = 0.5
+    widths: Dict[str, int] = dataclasses.field(default_factory=dict)
+    teacher: str = "reference"
+    data: str = ""
+    windows: int = 128
+    valid_windows: int = 8
+    window_frames: int = 32
+    score_windows: int = 16
+    seed: int = 0
+    finetune: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        check_ratio(self.ratio)
+        if not isinstance(self.widths, dict) or not isinstance(self.finetune, dict):
+            raise ValueError("widths and finetune must be mappings")
+        if self.windows < 1 or self.valid_windows < 1 or self.window_frames < 8 or self.score_windows < 0:
+            raise ValueError("windows >= 1, valid_windows >= 1, window_frames >= 8 and score_windows >= 0 "
+                             "are required")
+        GeneratorDistillSettings.from_dict(self.finetune)
+
+    def inputs(self):
+        return {"training_data": self.data}
+
+    def refusal(self, family) -> Optional[str]:
+        return generator_refusal(family)
+
+
+def _windows(artifact: Artifact, ctx: PassContext, cfg: GeneratorPruneConfig, mel_cfg):
+    """(train mels [N, n_mels, F], valid mels [M, n_mels, F], source) from the resolved distillation data."""
+    import torch
+
+    from edgeflow.compress.data import load_source, resolve_source
+
+    kind, path = resolve_source(cfg.data, ctx.data_dir, artifact.info.get("train_data"), ctx.calib_dir)
+    data = load_source(kind, path, mel_cfg, cfg.window_frames * mel_cfg.hop_length, cfg.seed, cfg.valid_windows)
+    train = torch.cat([data.batch(k, 1)[1] for k in range(cfg.windows)])
+    valid = torch.cat([mel for _, mel in data.valid_batches(cfg.valid_windows)])[:cfg.valid_windows]
+    return train.float(), valid.float(), data.source
+
+
+def teacher_audio(generator, mels, progress: bool, batch: int = 8):
+    """The teacher generator's audio [N, 1, F * hop] for mel windows [N, n_mels, F] (no gradients)."""
+    import torch
+
+    from edgeflow.validate.progress import Progress
+
+    prog = Progress("teacher audio", len(mels), print if progress else None, "windows")
+    outs = []
+    with torch.no_grad():
+        for a in range(0, len(mels), batch):
+            outs.append(generator(mels[a:a + batch]).float())
+            prog.advance(len(outs[-1]))
+    return torch.cat(outs)
+
+
+def _generator_prune(artifact: Artifact, cfg: GeneratorPruneConfig, ctx: PassContext):
+    import torch
+
+    from edgeflow.audio.mel_torch import LogMel
+    from edgeflow.compress.generator import prune_generator, stage_summary
+    from edgeflow.compress.generator_distill import GeneratorWindows, distill_generator
+    from edgeflow.models.base import build_model
+
+    model = artifact.model
+    if model is None or not hasattr(model, "generator"):
+        raise ConfigError("generator_prune: the artifact has no torch HiFi-GAN model (run it before export)")
+    teacher = teacher_of(artifact, cfg.teacher)
+    check_pair(teacher, model)
+    try:
+        train_mels, valid_mels, source = _windows(artifact, ctx, cfg, model.config.mel)
+    except NoTrainingData as exc:
+        return skipped("generator_prune", exc)
+    teacher.eval()
+    train = GeneratorWindows(train_mels, teacher_audio(teacher.generator, train_mels, ctx.progress))
+    valid = GeneratorWindows(valid_mels, teacher_audio(teacher.generator, valid_mels, ctx.progress))
+    with torch.no_grad():
+        scored = [train_mels[a:a + 8] for a in range(0, min(cfg.score_windows, len(train_mels)), 8)]
+        gen, info = prune_generator(model.generator, cfg.ratio, dict(cfg.widths) or None, scored or None)
+    settings = GeneratorDistillSettings.from_dict(cfg.finetune)
+    summary = distill_generator(gen, train, valid, LogMel(model.config.mel), settings, progress=ctx.progress,
+                                desc="generator_prune distill")
+    with torch.random.fork_rng():
+        student = build_model(model.family, model.config.replace(generator=gen.config))
+    student.generator = gen.eval()
+    student.eval()
+    artifact.model = student
+    return {"ratio": cfg.ratio, "groups": stage_summary(info), "score": info["score"],
+            "data": f"{source}: {len(train)} windows of {cfg.window_frames} frames, {len(valid)} for validation; "
+                    f"targets: the teacher's audio", "before": size_facts(model), "after": size_facts(student),
+            "training": summary}
+
+
+register_pass("generator_prune", GeneratorPruneConfig, _generator_prune)

@@ -1,0 +1,175 @@
+"""The native engine: edgeflow's own C kernels for a bundle's flows, loaded with ctypes. No torch, no onnxruntime.
+
+The C library (``ef_kernels.c``, built at ``pip install`` as ``edgeflow/runtime/native/_kernels*.so``; a plain
+shared library, no Python C API) runs the whole WaveFlow inverse from the bundle's ``kernels.npz``
+(:mod:`edgeflow.runtime.native.format`, written by the ``kernels`` pass). A missing or failed build leaves
+edgeflow importable: :func:`available` is then False and :func:`load_error` says why in one line.
+``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say).
+
+:class:`NativeSession` mirrors the part of an onnxruntime ``InferenceSession`` the Synthesizer uses
+(``run``, ``get_inputs``, ``get_providers``), so streaming and batching are shared code. It is thread-safe: a
+call reads the packed weights only and allocates its own buffers (ctypes releases the GIL during it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.runtime.native import format as fmt
+
+#: Instruction-set names of the C library, by its index.
+ISAS = ("portable", "avx2", "avx512")
+#: The provider name :meth:`NativeSession.get_providers` reports.
+PROVIDER = "EdgeflowNativeEngine"
+_ERRORS = {-1: "bad arguments", -2: "audio length is not a multiple of the model's height", -3: "out of memory"}
+_lock = threading.Lock()
+_state: Dict[str, Any] = {}
+
+
+def library_path() -> Optional[Path]:
+    """The C library this process loads (``EDGEFLOW_NATIVE_LIB``, else the build beside this module), or None."""
+    env = os.environ.get("EDGEFLOW_NATIVE_LIB")
+    if env:
+        return Path(env)
+    here = Path(__file__).parent
+    found = sorted(p for pat in ("_kernels*.so", "_kernels*.pyd", "_kernels*.dylib") for p in here.glob(pat))
+    return found[0] if found else None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    f32, i32 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+    sigs = {"ef_version": ([], ctypes.c_int), "ef_get_isa": ([], ctypes.c_int),
+            "ef_set_isa": ([ctypes.c_int], ctypes.c_int), "ef_has_isa": ([ctypes.c_int], ctypes.c_int), "ef_openmp": ([], ctypes.c_int),
+            "ef_wf_create": ([i32, ctypes.c_int, f32, ctypes.c_longlong], ctypes.c_void_p),
+            "ef_wf_free": ([ctypes.c_void_p], None),
+            "ef_wf_run": ([ctypes.c_void_p, f32, ctypes.c_int, ctypes.c_int, f32, ctypes.c_float, f32, ctypes.c_int,
+                           ctypes.POINTER(ctypes.c_double)], ctypes.c_int)}
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The loaded C library (loaded once). Raises DependencyError (one line) when it is unavailable."""
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            path = library_path()
+            try:
+                if path is None:
+                    raise OSError("not built (no C compiler at install time? reinstall with one: pip install .)")
+                lib = _bind(ctypes.CDLL(str(path)))
+                if lib.ef_version() != fmt.FORMAT:
+                    raise OSError(f"version {lib.ef_version()} of {path.name}, this edgeflow needs {fmt.FORMAT}")
+                _state["lib"] = lib
+            except (OSError, AttributeError) as exc:
+                _state["error"] = f"the native engine is unavailable: {str(exc).splitlines()[0] if str(exc) else exc}"
+    if "error" in _state:
+        raise DependencyError(_state["error"])
+    return _state["lib"]
+
+
+def available() -> bool:
+    """Whether the C library loads here."""
+    try:
+        library()
+        return True
+    except DependencyError:
+        return False
+
+
+def load_error() -> Optional[str]:
+    """Why the native engine is unavailable (one line), or None when it loads."""
+    try:
+        library()
+        return None
+    except DependencyError as exc:
+        return str(exc)
+
+
+def info() -> Dict[str, Any]:
+    """The library's facts: path, instruction set in use, OpenMP threads (0: built without OpenMP)."""
+    lib = library()
+    return {"library": str(library_path()), "isa": ISAS[lib.ef_get_isa()], "openmp_threads": lib.ef_openmp()}
+
+
+def set_isa(name: str) -> None:
+    """Use instruction set ``name`` (one of :data:`ISAS`) from now on, process-wide (tests, benchmarks)."""
+    if name not in supported_isas() or library().ef_set_isa(ISAS.index(name)) != 0:
+        raise InputError(f"instruction set {name!r} is not available here (have: {', '.join(supported_isas())})")
+
+
+def supported_isas() -> List[str]:
+    """The instruction sets this CPU and build can run."""
+    lib = library()
+    return [n for i, n in enumerate(ISAS) if lib.ef_has_isa(i)]
+
+
+def _ptr(a: np.ndarray, kind=ctypes.c_float):
+    return a.ctypes.data_as(ctypes.POINTER(kind))
+
+
+class NativeSession:
+    """The packed weights of one bundle in the C library, run like an onnxruntime session.
+
+    Args:
+        path: the bundle's ``kernels.npz``.
+        input_names: the graph's (mel, z, sigma) names, from the manifest.
+        hop_length: samples per mel frame (checked against the weights).
+        threads: threads per call (None or 0: OpenMP's default).
+    """
+
+    def __init__(self, path: str | Path, input_names: List[str], hop_length: int, threads: Optional[int] = None):
+        self._lib = library()
+        arrays = fmt.load(path)
+        hop = int(np.prod(arrays["up_factors"]))
+        if hop != hop_length or len(input_names) != 3:
+            raise BundleError(f"{path}: native weights do not fit the bundle (hop {hop} vs {hop_length}, "
+                              f"{len(input_names)} graph inputs)")
+        self.n_mels, self.height = int(arrays["config"][4]), int(arrays["config"][5])
+        cfg, weights = fmt.blob(arrays)
+        handle = self._lib.ef_wf_create(_ptr(cfg, ctypes.c_int), len(cfg), _ptr(weights), weights.size)
+        if not handle:
+            raise BundleError(f"{path}: the native engine refused the weights (inconsistent sizes)")
+        self._handle = handle
+        self.input_names, self.hop_length, self.threads = list(input_names), hop, int(threads or 0)
+
+    def run(self, output_names: Any, feeds: Dict[str, np.ndarray], prof: Optional[np.ndarray] = None
+            ) -> List[np.ndarray]:
+        """audio [B, F * hop] = inverse(z * sigma, mel), like the graph: feeds {mel [B, M, F], z [B, F * hop],
+        sigma [1]}. ``prof`` (float64 [5], single-threaded runs) accumulates per-kernel seconds."""
+        mel_name, z_name, sigma_name = self.input_names
+        mel = np.ascontiguousarray(feeds[mel_name], dtype=np.float32)
+        z = np.ascontiguousarray(feeds[z_name], dtype=np.float32)
+        sigma = float(np.asarray(feeds[sigma_name], dtype=np.float32).reshape(-1)[0])
+        b, m, f = mel.shape
+        if m != self.n_mels or z.shape != (b, f * self.hop_length):
+            raise InputError(f"native engine: mel {mel.shape} and z {z.shape} do not fit [B, {self.n_mels}, F], "
+                             f"[B, F*{self.hop_length}]")
+        audio = np.empty((b, f * self.hop_length), dtype=np.float32)
+        if b == 0 or f == 0:
+            return [audio]
+        pr = None if prof is None else prof.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        rc = self._lib.ef_wf_run(self._handle, _ptr(mel), b, f, _ptr(z), sigma, _ptr(audio), self.threads, pr)
+        if rc != 0:
+            raise InputError(f"native engine: {_ERRORS.get(rc, f'error {rc}')}")
+        return [audio]
+
+    def get_inputs(self) -> List[Any]:
+        return [SimpleNamespace(name=n) for n in self.input_names]
+
+    def get_providers(self) -> List[str]:
+        return [PROVIDER]
+
+    def __del__(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            self._lib.ef_wf_free(handle)

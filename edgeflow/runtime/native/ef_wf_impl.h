@@ -1,0 +1,180 @@
+/* One WaveFlow column block of one layer of one row step, for one instruction set.
+ *
+ * Included once per variant by ef_kernels.c with these macros defined:
+ *   EF_VW     floats per vector (16: AVX-512, 8: AVX2, 4: portable / SSE / NEON)
+ *   EF_ATTR   the variant's function attribute (target("...")) or nothing
+ *   EF_NAME   suffix of the variant's function names
+ * Everything here is plain C with GCC/Clang vector extensions: no intrinsics, so the same source builds the
+ * x86 variants (chosen at run time by CPU features) and the portable one (aarch64: NEON).
+ */
+
+#define EF_CAT2(a, b) a##_##b
+#define EF_CAT(a, b) EF_CAT2(a, b)
+#define EF_FN(name) EF_CAT(name, EF_NAME)
+
+typedef float EF_FN(vec) __attribute__((vector_size(EF_VW * 4), aligned(4)));
+typedef int32_t EF_FN(ivec) __attribute__((vector_size(EF_VW * 4), aligned(4)));
+
+/* out[r][0:2*VW] = bias[r] + sum_k wp[k][r] * xp[k][off : off + 2*VW], r < EF_MR (rows of a packed tile). */
+EF_ATTR static void EF_FN(ef_tile)(int K, const float *wp, const float *const *xp, int off, const float *bias,
+                                    float *out, int ostride)
+{
+    typedef EF_FN(vec) V;
+    V acc[EF_MR][2];
+    for (int r = 0; r < EF_MR; r++) {
+        V b = (V){0} + bias[r];
+        acc[r][0] = b;
+        acc[r][1] = b;
+    }
+    for (int k = 0; k < K; k++) {
+        const float *x = xp[k] + off;
+        V x0, x1;
+        memcpy(&x0, x, sizeof x0);
+        memcpy(&x1, x + EF_VW, sizeof x1);
+        const float *w = wp + (size_t)k * EF_MR;
+        for (int r = 0; r < EF_MR; r++) {
+            acc[r][0] += w[r] * x0;
+            acc[r][1] += w[r] * x1;
+        }
+    }
+    for (int r = 0; r < EF_MR; r++) {
+        memcpy(out + (size_t)r * ostride, &acc[r][0], sizeof acc[r][0]);
+        memcpy(out + (size_t)r * ostride + EF_VW, &acc[r][1], sizeof acc[r][1]);
+    }
+}
+
+/* A packed GEMM over one column block: out[Mp][EF_NB] = bias + W[Mp][K] X[K][EF_NB] (X rows by pointer). */
+EF_ATTR static void EF_FN(ef_gemm)(int Mp, int K, const float *wp, const float *bias, const float *const *xp,
+                                    int j0, float *out)
+{
+    for (int mt = 0; mt < Mp; mt += EF_MR)
+        for (int n = 0; n < EF_NB; n += 2 * EF_VW)
+            EF_FN(ef_tile)(K, wp + (size_t)mt * K, xp, j0 + n, bias + mt, out + (size_t)mt * EF_NB + n, EF_NB);
+}
+
+/* Elementwise min / max through compare masks (C has no vector ?:). */
+EF_ATTR static inline EF_FN(vec) EF_FN(ef_clamp)(EF_FN(vec) x, float lo, float hi)
+{
+    typedef EF_FN(vec) V;
+    typedef EF_FN(ivec) I;
+    V l = (V){0} + lo, h = (V){0} + hi;
+    I m = x < l;
+    x = (V)((m & (I)l) | (~m & (I)x));
+    m = x > h;
+    return (V)((m & (I)h) | (~m & (I)x));
+}
+
+/* exp(x) for x in [-87, 88] (Cephes polynomial, about 1 ulp), on a vector. */
+EF_ATTR static inline EF_FN(vec) EF_FN(ef_exp)(EF_FN(vec) x)
+{
+    typedef EF_FN(vec) V;
+    typedef EF_FN(ivec) I;
+    x = EF_FN(ef_clamp)(x, -87.0f, 88.0f);
+    V t = x * 1.44269504088896341f;
+    V n = (t + 12582912.0f) - 12582912.0f;          /* round to nearest */
+    V r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V p = (V){0} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    I e = (__builtin_convertvector(n, I) + 127) << 23;
+    V s;
+    memcpy(&s, &e, sizeof s);
+    return p * s;
+}
+
+/* g[c][n] = tanh(a[c][n]) * sigmoid(a[C + c][n]), c < C, over the block. */
+EF_ATTR static void EF_FN(ef_gate)(int C, const float *a, float *g)
+{
+    typedef EF_FN(vec) V;
+    for (int c = 0; c < C; c++)
+        for (int n = 0; n < EF_NB; n += EF_VW) {
+            V u, v;
+            memcpy(&u, a + (size_t)c * EF_NB + n, sizeof u);
+            memcpy(&v, a + (size_t)(C + c) * EF_NB + n, sizeof v);
+            u = EF_FN(ef_clamp)(u, -9.0f, 9.0f);
+            V e1 = EF_FN(ef_exp)(u + u);                 /* tanh u = (e1 - 1) / (e1 + 1) */
+            V e2 = EF_FN(ef_exp)((V){0} - v);            /* sigmoid v = 1 / (1 + e2) */
+            V out = (e1 - 1.0f) / ((e1 + 1.0f) * (e2 + 1.0f));
+            memcpy(g + (size_t)c * EF_NB + n, &out, sizeof out);
+        }
+}
+
+/* x = (z - t) * exp(-log_s) over n values (the affine update of one row's block). */
+EF_ATTR static void EF_FN(ef_affine)(int n, const float *z, const float *ls, const float *t, float *x)
+{
+    typedef EF_FN(vec) V;
+    int j = 0;
+    for (; j + EF_VW <= n; j += EF_VW) {
+        V zz, ll, tt;
+        memcpy(&zz, z + j, sizeof zz);
+        memcpy(&ll, ls + j, sizeof ll);
+        memcpy(&tt, t + j, sizeof tt);
+        V out = (zz - tt) * EF_FN(ef_exp)((V){0} - ll);
+        memcpy(x + j, &out, sizeof out);
+    }
+    for (; j < n; j++) {
+        float zz[EF_VW] = {0}, ll[EF_VW] = {0}, tt[EF_VW] = {0}, xx[EF_VW];
+        zz[0] = z[j]; ll[0] = ls[j]; tt[0] = t[j];
+        EF_FN(ef_affine)(EF_VW, zz, ll, tt, xx);
+        x[j] = xx[0];
+    }
+}
+
+static double ef_now(void);
+
+/* One layer of one row step on the column block [j0, j0 + EF_NB) (see ef_block_fn in ef_kernels.c). */
+EF_ATTR static void EF_FN(ef_block)(const ef_step *s, int j0, ef_scratch *w, double *prof)
+{
+    const ef_wf *m = s->m;
+    const int C = m->C, valid = (s->W - j0) < EF_NB ? s->W - j0 : EF_NB;
+    double t0 = prof ? ef_now() : 0, t1;
+    EF_FN(ef_gemm)(m->Mab, m->K, s->ab_w, s->ab_b, s->xp, j0, w->a);
+    if (prof) { t1 = ef_now(); prof[0] += t1 - t0; t0 = t1; }
+    EF_FN(ef_gate)(C, w->a, w->g);
+    if (prof) { t1 = ef_now(); prof[1] += t1 - t0; t0 = t1; }
+    if (s->res_w) {                                   /* residual 1x1: next layer's input row */
+        EF_FN(ef_gemm)(m->Mres, C, s->res_w, s->res_b, w->gp, 0, w->r);
+        for (int c = 0; c < C; c++) {
+            const float *cur = s->hid_cur + (size_t)c * s->RS + j0;
+            float *nxt = s->hid_next + (size_t)c * s->RS + j0;
+            const float *rr = w->r + (size_t)c * EF_NB;
+            for (int n = 0; n < valid; n++)
+                nxt[n] = (cur[n] + rr[n]) * 0.70710678118654752f;
+        }
+    }
+    for (int o = 0; o < 2; o++) {                      /* skip (end conv folded in): log s, t contributions */
+        float acc[EF_NB];
+        const float *ws = s->skip_w + (size_t)o * C;
+        for (int n = 0; n < EF_NB; n++) acc[n] = s->skip_b[o];
+        for (int c = 0; c < C; c++) {
+            const float *gg = w->g + (size_t)c * EF_NB;
+            for (int n = 0; n < EF_NB; n++) acc[n] += ws[c] * gg[n];
+        }
+        float *dst = s->skip + (size_t)o * s->Wp + j0;
+        if (s->first)
+            for (int n = 0; n < valid; n++) dst[n] = acc[n];
+        else
+            for (int n = 0; n < valid; n++) dst[n] += acc[n];
+    }
+    if (prof) { t1 = ef_now(); prof[2] += t1 - t0; t0 = t1; }
+    if (s->last) {                                     /* affine update, then the start conv of the next row */
+        float *x = s->zrow + j0;
+        EF_FN(ef_affine)(valid, x, s->skip + j0, s->skip + s->Wp + j0, x);
+        if (s->hid0_next)
+            for (int c = 0; c < C; c++) {
+                float *h = s->hid0_next + (size_t)c * s->RS + j0;
+                const float a = s->start_w[c], b = s->start_b[c];
+                for (int n = 0; n < valid; n++) h[n] = a * x[n] + b;
+            }
+        if (prof) { t1 = ef_now(); prof[3] += t1 - t0; }
+    }
+}
+
+#undef EF_FN
+#undef EF_CAT
+#undef EF_CAT2

@@ -1,0 +1,106 @@
+"""The flow-matching TTS objective (Matcha-TTS's losses, Mehta et al. 2024) on the one training loop.
+
+Per batch::
+
+    h, mu_x = text encoder(ids)                                   (mu_x: normalized-mel space, per phone)
+    path    = MAS on log N(y | mu_x, I)  (no gradient)            (edgeflow.models.alignment)
+    prior   = mean over valid frames and bands of 0.5 ((y - mu_x expanded)^2 + log 2 pi)
+    prosody = flow NLL + L2 MSE of the phone features (log-duration from the path, mean log-f0 of the
+              recordings over each phone's frames), both on h detached
+    cfm     = OT-CFM on the decoder window: t ~ U(0, 1), z ~ N(0, I),
+              y_t = (1 - (1 - sigma_min) t) z + t y,  u = y - (1 - sigma_min) z,
+              mean over valid frames and bands of (v(y_t, cond, t) - u)^2, with the conditioning
+              (mu_x expanded, phone log-f0 expanded) zeroed for a ``cfg_dropout`` fraction of items
+    loss    = cfm + prior + prosody_flow + prosody_l2
+
+All randomness of a step (t, z, decoder windows, guidance dropout) is in the batch (drawn from the step's
+seed by the trainer), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Tuple
+
+import torch
+
+from edgeflow.models.alignment import maximum_path
+from edgeflow.models.fmtts.model import pad_frames
+from edgeflow.models.fmtts.prosody import phone_features
+from edgeflow.train.recipe import TrainConfig
+from edgeflow.train.vits import slice_segments
+
+Tensor = torch.Tensor
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclasses.dataclass
+class FmTtsTrainConfig(TrainConfig):
+    """Training settings of an fmtts recipe: :class:`TrainConfig` (``batch_size`` counts utterances;
+    ``segment_length`` / ``valid_segment`` unused) plus ``max_seconds`` (longer utterances are left out)
+    and ``ckpt_minutes`` (also checkpoint when this many minutes passed since the last one; 0: off)."""
+
+    batch_size: int = 16
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    max_seconds: float = 12.0
+    ckpt_minutes: float = 5.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (self.max_seconds > 0 and self.ckpt_minutes >= 0):
+            raise ValueError("need max_seconds > 0 and ckpt_minutes >= 0")
+
+
+def gaussian_log_likelihood(y: Tensor, mu_x: Tensor) -> Tensor:
+    """log N(y[:, :, t] | mu_x[:, :, i], I) summed over bands: [B, N, F] (y [B, C, F], mu_x [B, C, N])."""
+    c = y.shape[1]
+    return (-0.5 * c * LOG_2PI - 0.5 * (y ** 2).sum(1).unsqueeze(1) + torch.matmul(mu_x.transpose(1, 2), y)
+            - 0.5 * (mu_x ** 2).sum(1).unsqueeze(-1))
+
+
+def cfm_loss(model, y: Tensor, cond: Tensor, mask: Tensor, t: Tensor, z: Tensor) -> Tensor:
+    """OT-CFM loss (mean over valid frames and bands). y, z [B, C, S], cond [B, C + 1, S], mask [B, 1, S], t [B]."""
+    s = model.config.sigma_min
+    tt = t.view(-1, 1, 1)
+    y_t = (1 - (1 - s) * tt) * z + tt * y
+    u = y - (1 - s) * z
+    v = model.decoder(y_t * mask, cond, mask, t)
+    return ((v - u) ** 2 * mask).sum() / (mask.sum() * y.shape[1])
+
+
+class FmTtsObjective:
+    """The loop's objective: :meth:`loss` (see the module docstring). Batch keys: see
+    :func:`edgeflow.train.fmtts_trainer.collate`."""
+
+    def terms(self, model, b: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Every loss term (scalars) and the alignment's durations."""
+        c = model.config
+        h, mu_x, x_mask = model.encode(b["ids"], b["id_lens"])
+        y_mask = b["y_mask"]
+        y = model.normalize_mel(b["mel"]) * y_mask
+        with torch.no_grad():
+            attn = maximum_path(gaussian_log_likelihood(y, mu_x), x_mask.transpose(1, 2) * y_mask)   # [B, N, F]
+        raw, dur = phone_features(attn, b["lf0"], b["voiced"])
+        feats = model.normalize_prosody(raw) * x_mask
+        flow_nll = model.prosody_flow.nll(h.detach(), x_mask, feats)
+        l2 = model.prosody_l2.loss(h.detach(), x_mask, feats)
+        cond = model.expand(mu_x, feats[:, 1:2], attn)
+        prior = (0.5 * ((y - cond[:, :-1]) ** 2 + LOG_2PI) * y_mask).sum() / (y_mask.sum() * c.n_mels)
+        seg = b["z"].shape[-1]
+        y_s, cond_s, m_s = (slice_segments(v, b["seg_start"], seg) for v in (y, cond, y_mask))
+        cond_s = cond_s * b["keep_cond"].view(-1, 1, 1)
+        cfm = cfm_loss(model, y_s, cond_s, m_s, b["t"], b["z"])
+        return {"cfm": cfm, "prior": prior, "flow_nll": flow_nll, "l2": l2, "durations": dur}
+
+    def loss(self, model, batch: Dict[str, Any]) -> Tuple[Tensor, Dict[str, float]]:
+        out = self.terms(model, batch)
+        total = out["cfm"] + out["prior"] + out["flow_nll"] + out["l2"]
+        return total, {k: float(out[k].detach()) for k in ("cfm", "prior", "flow_nll", "l2")}
+
+
+def window_frames(config, longest: int) -> int:
+    """Decoder window of a batch whose longest utterance has ``longest`` frames (a multiple of the U-Net's)."""
+    seg = config.segment_frames or longest
+    return pad_frames(min(seg, longest) if config.segment_frames else seg, config.frame_multiple)

@@ -1,0 +1,164 @@
+"""Structured pruning of HiFi-GAN generators (edgeflow.compress.generator) and the widths in GeneratorConfig."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeflow.compress.generator import channel_scores, prune_generator
+from edgeflow.compress.generator_distill import GeneratorDistillSettings, GeneratorWindows, distill_generator
+from edgeflow.core.errors import ConfigError
+from edgeflow.flows.coupling import remove_weight_norm
+from edgeflow.models.checkpoint import has_weight_norm, load_model, save_model
+from edgeflow.models.hifigan import V1, V3, Generator, GeneratorConfig, channel_groups, decoder_flops_per_frame
+from tests.test_vits_model import randomized, tiny_config
+from edgeflow.models import vits
+
+CASES = {
+    "v3": V3.replace(in_channels=8, upsample_initial_channel=32),
+    "v1-gin": V1.replace(in_channels=8, upsample_initial_channel=32, gin_channels=4, upsample_rates=[4, 4],
+                         upsample_kernel_sizes=[8, 8]),
+}
+
+
+def _gen(name: str, seed: int = 0, folded: bool = False) -> Generator:
+    torch.manual_seed(seed)
+    g = Generator(CASES[name]).double()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0.0, 0.3)
+    if folded:
+        remove_weight_norm(g)
+    return g.eval()
+
+
+def _inputs(name: str, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 8, 9, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 4, 1, generator=gen, dtype=torch.float64) if CASES[name].gin_channels else None
+    return x, g
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("folded", [False, True])
+def test_keep_all_is_identical(name, folded):
+    gen = _gen(name, folded=folded)
+    x, g = _inputs(name)
+    small, info = prune_generator(gen, 0.0, inputs=[(x, g)])
+    assert info["params"][0] == info["params"][1]
+    assert small.config.widths() == gen.config.widths()
+    assert has_weight_norm(small) == (not folded)
+    with torch.no_grad():
+        assert torch.allclose(small(x, g), gen(x, g), rtol=0, atol=1e-12)
+
+
+def _kill(gen: Generator, group: dict, channels) -> None:
+    """Make ``channels`` of a group exactly zero everywhere: zero what writes them (weights and bias)."""
+    mods = dict(gen.named_modules())
+    remove_weight_norm(gen)               # a zero row under weight norm would be 0/0
+    with torch.no_grad():
+        for w in group["writers"]:
+            m = mods[w]
+            ax = 1 if isinstance(m, torch.nn.ConvTranspose1d) else 0
+            m.weight.index_fill_(ax, torch.tensor(channels), 0.0)
+            if m.bias is not None:
+                m.bias[channels] = 0.0
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_dead_channels_prune_to_the_same_output(name):
+    gen = _gen(name, folded=True)
+    groups = {g["name"]: g for g in channel_groups(gen.config)}
+    dead = {"pre": [0, 5, 9, 30], "stage0": [1, 2, 7, 15], "stage1": [0, 3]}
+    if CASES[name].resblock == "1":
+        dead["inner1.2"] = [4, 6, 12]
+    for gname, chans in dead.items():
+        _kill(gen, groups[gname], chans)
+    x, g = _inputs(name)
+    scores = channel_scores(gen, [(x, g)])
+    for gname, chans in dead.items():
+        assert torch.all(scores[gname][chans] == 0) and torch.all(
+            scores[gname][[c for c in range(len(scores[gname])) if c not in chans]] > 0)
+    widths = {gname: int(groups[gname]["width"]) - len(chans) for gname, chans in dead.items()}
+    small, info = prune_generator(gen, 0.0, widths=widths, inputs=[(x, g)])
+    assert [info["groups"][k][1] for k in widths] == list(widths.values())
+    with torch.no_grad():
+        ref, out = gen(x, g), small(x, g)
+    assert ref.abs().max() > 1e-3                                # not a trivially silent generator
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    # a weight-only score cannot see dead channels here: pruning the same widths by weights changes the output
+    small_w, _ = prune_generator(gen, 0.0, widths=widths)
+    with torch.no_grad():
+        assert (small_w(x, g) - ref).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_shapes_configs_and_cost(name):
+    gen = _gen(name)
+    x, g = _inputs(name)
+    small, info = prune_generator(gen, 0.5, inputs=[(x, g)])
+    cfg = small.config
+    assert cfg.widths() == [16, 8, 4] if name == "v1-gin" else cfg.widths() == [16, 8, 4, 2]
+    if cfg.resblock == "1":
+        assert cfg.inner_channels == [[8, 8, 8]] * 3 + [[4, 4, 4]] * 3
+        assert small.resblocks[0].convs1[0].weight.shape == (8, 8, 3)
+    assert small.cond.weight.shape[0] == 16 if cfg.gin_channels else True
+    assert small.conv_post.weight.shape[1] == cfg.widths()[-1]
+    with torch.no_grad():
+        assert small(x, g).shape == gen(x, g).shape
+    rebuilt = Generator(GeneratorConfig.from_dict(cfg.to_dict())).double()
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in small.state_dict().items()}
+    # the cost model counts the new widths: roughly a quarter at half the channels
+    ratio = decoder_flops_per_frame(cfg) / decoder_flops_per_frame(gen.config)
+    assert 0.2 < ratio < 0.3
+    assert info["params"][1] < 0.35 * info["params"][0]
+
+
+def test_default_widths_and_bad_configs():
+    assert V3.widths() == [256, 128, 64, 32] and V3.channels is None
+    assert GeneratorConfig.from_dict(V3.to_dict()) == V3
+    with pytest.raises(ConfigError, match="channels must be 4 widths"):
+        V3.replace(channels=[8, 4])
+    with pytest.raises(ConfigError, match="resblock '1' only"):
+        V3.replace(inner_channels=[[1, 1]] * 9)                     # resblock "2" has no inner channels
+    with pytest.raises(ConfigError):
+        prune_generator(_gen("v3"), 0.0, widths={"stage9": 3})
+    with pytest.raises(ConfigError):
+        prune_generator(_gen("v3"), 0.0, widths={"stage0": 99})
+
+
+def test_pruned_vits_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = randomized(vits.Vits(tiny_config()))
+    dec, _ = prune_generator(model.dec, 0.25)
+    new = copy.deepcopy(model)
+    new.dec, new.config = dec, model.config.replace(decoder=dec.config.to_dict())
+    save_model(tmp_path / "m.pt", new)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.config.decoder.widths() == dec.config.widths() == [24, 12, 6, 3]
+    ids = list(range(1, 12))
+    a, b = new.synthesize(ids, seed=3), loaded.synthesize(ids, seed=3)
+    assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_distill_improves_and_keeps_best():
+    teacher = _gen("v3").float()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 8, 8, generator=gen)
+    with torch.no_grad():
+        y = teacher(x)
+    train, valid = GeneratorWindows(x, y).split(0.25)
+    student, _ = prune_generator(teacher, 0.5, inputs=[train.cond])
+    from edgeflow.audio.mel_torch import LogMel
+    from edgeflow.audio.mel import MelConfig
+
+    settings = GeneratorDistillSettings(steps=6, valid_every=3, batch=3, lr=1e-3)
+    s1 = distill_generator(copy.deepcopy(student), train, valid, LogMel(MelConfig()), settings, progress=False,
+                           log=None)
+    assert s1["valid_best"] <= s1["valid_before"] and s1["steps"] == 6
+    assert [r[0] for r in s1["valid_curve"]] == [0, 3, 6]
+    s2 = distill_generator(copy.deepcopy(student), train, valid, LogMel(MelConfig()), settings, progress=False,
+                           log=None)
+    assert s1["valid_curve"] == s2["valid_curve"]                     # deterministic
