@@ -241,7 +241,7 @@ class _Run:
 
         from edgeflow.pipeline_tts_out import publish
 
-        publish(self.artifact, out / "bundle")
+        publish(self.artifact, out / "bundle", self.target)
         systems, audios = self._side_by_side(out / "bundle", source)
         stock = systems.get("stock Piper (bare onnxruntime)")
         opt = systems["optimized bundle"]
@@ -260,6 +260,8 @@ class _Run:
                   "history": [h for h in self.artifact.history if h.get("name") == "import"]}
         from edgeflow.validate.sanity import tts_sanity
 
+        report["cost"] = self._cost()
+
         report["sanity"] = tts_sanity(self.teacher_audio, self.teacher.sample_rate, self.state["reference"])
         if report["sanity"]["warning"]:
             self.log(f"WARNING: {report['sanity']['warning']}")
@@ -267,6 +269,18 @@ class _Run:
         write_report(out, report, first, self.teacher.sample_rate)
         self.log(f"report: {out}/report.html")
         return report
+
+    def _cost(self) -> Dict[str, Any]:
+        """The final model's cost model (FLOPs per audio second by part) and the target's roofline estimate."""
+        from edgeflow.models.family import get_family
+        from edgeflow.validate.report import roofline
+
+        model = self.artifact.model
+        parts = get_family("vits").flops_breakdown(model.config)
+        flops, params = float(sum(parts.values())), int(model.inference_parameters())
+        precision = self.artifact.info.get("precision", "float32")
+        return {"flops_per_audio_second": flops, "flops_by_part": parts, "parameters": params,
+                "precision": precision, "target_estimate": roofline(flops, params, self.target, precision)}
 
     def _side_by_side(self, bundle: Path, source: Dict[str, Any]):
         from edgeflow.runtime import Voice

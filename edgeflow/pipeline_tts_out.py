@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 
-def publish(artifact, dest: Path) -> None:
-    """Copy the final bundle to ``dest`` with the whole history in its manifest (hashes rewritten)."""
+def publish(artifact, dest: Path, target: Dict[str, Any]) -> None:
+    """Copy the final bundle to ``dest`` with the whole history in its manifest (hashes rewritten); for a TensorRT
+    target also ``tensorrt.json`` (graph checks, profiles, trtexec commands) and ``build_engine.sh``."""
     from edgeflow.core.bundle_format import write_manifest
     from edgeflow.core.io import atomic_dir
 
@@ -21,7 +22,23 @@ def publish(artifact, dest: Path) -> None:
     with atomic_dir(dest, overwrite=True) as tmp:
         for name in manifest["graphs"].values():
             shutil.copyfile(src / name, tmp / name)
+        manifest["target"] = target["name"]
+        if target.get("tensorrt"):
+            _tensorrt_files(tmp, manifest)
         write_manifest(tmp, manifest)
+
+
+def _tensorrt_files(tmp: Path, manifest: Dict[str, Any]) -> None:
+    from edgeflow.core.io import make_executable
+    from edgeflow.export.tensorrt_voice import voice_tensorrt_plan
+
+    plan = voice_tensorrt_plan(tmp, manifest)
+    (tmp / "tensorrt.json").write_text(json.dumps(plan, indent=2) + "\n")
+    (tmp / "build_engine.sh").write_text(
+        "#!/bin/sh\n# Build the two TensorRT engines on the device (engines are device-specific).\n"
+        "cd \"$(dirname \"$0\")\" || exit 2\n"
+        "command -v edgeflow >/dev/null && exec edgeflow build-engine .\n" + "\n".join(plan["trtexec"].values()) + "\n")
+    make_executable(tmp / "build_engine.sh")
 
 
 def summary_line(report: Dict[str, Any], out) -> str:

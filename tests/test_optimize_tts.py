@@ -226,6 +226,25 @@ def test_gpu_balanced_is_an_fp16_decoder(tmp_path, tiny_pt, fake_scorers):
     assert half and all(n.startswith(("/dec/", "dec.")) or "dec" in n for n in half)   # HiFi-GAN weights only
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in dec.input)   # float32 I/O
     assert 0 < rep["final"]["mcd"] < 0.5
+    # the device build: one engine per graph, profiles over ids and frames; a roofline estimate in the report
+    plan = json.loads((bundle / "tensorrt.json").read_text())
+    assert set(plan["trtexec"]) == {"encoder", "decoder"} and all(c["ok"] for c in plan["graph_check"].values())
+    assert "--onnx=decoder.onnx" in plan["trtexec"]["decoder"] and "m_p:1x" in plan["trtexec"]["decoder"]
+    assert (bundle / "build_engine.sh").stat().st_mode & 0o100
+    est = rep["cost"]["target_estimate"]
+    assert rep["cost"]["precision"] == "float16" and 0 < est["rtf_estimate"] < 1
+    assert main(["build-engine", str(bundle), "--print-command"]) == 0
+
+
+def test_build_engine_without_tensorrt_is_one_line(tmp_path, tiny_pt, capsys):
+    """Here TensorRT is not installed: building a voice's engines fails with one line and exit 2."""
+    from edgeflow.export.vits import export_vits_bundle
+
+    model, _ = tiny_pt
+    export_vits_bundle(model, tmp_path / "b")
+    code = main(["build-engine", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "TensorRT is not installed" in err and len(err.strip().splitlines()) == 1
 
 
 def test_library_optimize_takes_a_voice_and_refuses_vocoder_inputs(tmp_path, tiny_pt):

@@ -14,14 +14,25 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> int:
+    import shlex
+
     from edgeflow.export.tensorrt import build_engine, trtexec_command
     from edgeflow.runtime.bundle import read_manifest
 
-    if args.print_command:
-        import shlex
+    manifest = read_manifest(args.bundle, task=None)
+    if manifest.get("task") == "tts":                     # a voice: encoder and decoder engines
+        from edgeflow.export.tensorrt_voice import build_voice_engines, voice_trtexec_commands
 
-        print(" ".join(shlex.quote(c) for c in trtexec_command(args.bundle, read_manifest(args.bundle), args.engine)))
+        if args.print_command:
+            for cmd in voice_trtexec_commands(args.bundle, manifest).values():
+                print(" ".join(shlex.quote(c) for c in cmd))
+            return 0
+        for path in build_voice_engines(args.bundle, manifest):
+            print(f"engine written: {path}")
         return 0
-    path = build_engine(args.bundle, read_manifest(args.bundle), args.engine)
+    if args.print_command:
+        print(" ".join(shlex.quote(c) for c in trtexec_command(args.bundle, manifest, args.engine)))
+        return 0
+    path = build_engine(args.bundle, manifest, args.engine)
     print(f"engine written: {path}")
     return 0

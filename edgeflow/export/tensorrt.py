@@ -98,7 +98,7 @@ def tensorrt_plan(bundle_dir: str | Path, manifest: Dict[str, Any]) -> Dict[str,
 
 def build_engine(bundle_dir: str | Path, manifest: Dict[str, Any], engine: str = "model.plan",
                  workspace_mb: int = 1024) -> Path:
-    """Build the TensorRT engine on this device with the Python API (strongly typed network).
+    """Build a vocoder bundle's TensorRT engine on this device with the Python API (strongly typed network).
 
     Args:
         bundle_dir: the bundle directory.
@@ -108,6 +108,14 @@ def build_engine(bundle_dir: str | Path, manifest: Dict[str, Any], engine: str =
         DependencyError: TensorRT is not installed here.
         BundleError: the ONNX does not parse.
     """
+    hop, n_mels = int(manifest["mel"]["hop_length"]), int(manifest["mel"]["n_mels"])
+    profile = {"mel": tuple((1, n_mels, f) for f in PROFILE_FRAMES), "z": tuple((1, f * hop) for f in PROFILE_FRAMES),
+               "sigma": ((1,),) * 3}
+    return build_engine_from(Path(bundle_dir) / "model.onnx", profile, Path(bundle_dir) / engine, workspace_mb)
+
+
+def build_engine_from(onnx_path: Path, profile: Dict[str, Any], out: Path, workspace_mb: int = 1024) -> Path:
+    """Build one strongly typed engine from ``onnx_path`` with ``profile`` {input: (min, opt, max) shapes}."""
     from edgeflow.core.errors import BundleError, DependencyError, short_reason
     from edgeflow.core.io import atomic_path
 
@@ -119,25 +127,20 @@ def build_engine(bundle_dir: str | Path, manifest: Dict[str, Any], engine: str =
                               "in the bundle's tensorrt.json") from None
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(Path(bundle_dir) / "model.onnx")):
+    if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"TensorRT could not parse the bundle's ONNX: {short_reason(errs, 300)}")
+        raise BundleError(f"TensorRT could not parse {onnx_path.name}: {short_reason(errs, 300)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    profile = builder.create_optimization_profile()
-    hop, n_mels = int(manifest["mel"]["hop_length"]), int(manifest["mel"]["n_mels"])
-    mn, op, mx = PROFILE_FRAMES
-    profile.set_shape("mel", (1, n_mels, mn), (1, n_mels, op), (1, n_mels, mx))
-    profile.set_shape("z", (1, mn * hop), (1, op * hop), (1, mx * hop))
-    profile.set_shape("sigma", (1,), (1,), (1,))
-    config.add_optimization_profile(profile)
+    prof = builder.create_optimization_profile()
+    for name, (mn, op, mx) in profile.items():
+        prof.set_shape(name, mn, op, mx)
+    config.add_optimization_profile(prof)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
-        raise BundleError("TensorRT failed to build the engine (see the TensorRT log above)")
-    out = Path(bundle_dir) / engine
+        raise BundleError(f"TensorRT failed to build the engine of {onnx_path.name} (see the TensorRT log above)")
     with atomic_path(out) as tmp:
         tmp.write_bytes(bytes(blob))
     return out

@@ -30,12 +30,27 @@ def _summary(report: Dict[str, Any]) -> List[str]:
             parts.append(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(systems[n].get(key), digits)}</td>"
                                                            for n in names) + "</tr>")
     parts.append("</table>")
+    parts += _cost(report.get("cost"), report["target"])
     ratio = report["comparison"].get("rtf_speedup_vs_stock")
     parts.append("<p class='note'>" + html.escape(report["comparison"].get("note", "")) + "." +
                  (f" Speed-up against the stock voice: <b>{ratio:.2f}x</b>." if ratio else "") +
                  f" {report['n_eval']} evaluation sentences (never used for calibration or distillation), seed "
                  f"{report['seed']}, {report['threads']} thread(s).</p>")
     return parts
+
+
+def _cost(cost: Optional[Dict[str, Any]], target: str) -> List[str]:
+    if not cost:
+        return []
+    parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in cost["flops_by_part"].items())
+    out = [f"<p class='note'>Cost model of the optimized voice: {cost['flops_per_audio_second'] / 1e9:.2f} GFLOP per "
+           f"second of audio ({html.escape(parts)}), {cost['parameters'] / 1e6:.2f} M parameters, "
+           f"{html.escape(str(cost['precision']))}."]
+    est = cost.get("target_estimate")
+    if est:
+        out.append(f" RTF on {html.escape(target)}: <b>{_fmt(est['rtf_estimate'], 4)}</b> "
+                   f"({html.escape(est['label'])}; peak used: {html.escape(est['peak_used'])}).")
+    return ["".join(out) + "</p>"]
 
 
 def _sanity(report: Dict[str, Any]) -> List[str]:
