@@ -104,13 +104,15 @@ class TtsQuantizeConfig(PassConfig):
             raise ValueError("calib_sentences must be 1..20")
 
 
-def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per_sentence: int = 3):
+def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per_sentence: int = 3, log=None):
     """(encoder feeds, decoder feeds) of the first ``n`` calibration sentences through the float bundle; the
     decoder's are up to ``per_sentence`` windows of ``window`` frames of each sentence (a shorter one whole)."""
     from edgeflow.core.noise import noise
     from edgeflow.data.tts_text import sentences
     from edgeflow.runtime import Voice
+    from edgeflow.validate.progress import Progress
 
+    prog = Progress("calibration feeds", n, log, "sentences")
     voice = Voice.load(bundle)
     c = voice.config
     scales = np.array([c.noise_scale, c.length_scale, c.noise_w], dtype=np.float32)
@@ -131,6 +133,7 @@ def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per
                 dec.append({k: v if k == "scales" else np.ascontiguousarray(v[:, :, a:a + window])  # calibrators
                             for k, v in whole.items()})              # need one shape; the decoder is frame-local
             short.append(whole)
+        prog.advance()
     return enc, dec or short[:1]
 
 
@@ -207,43 +210,56 @@ def _int8_variant(src: Path, tmp: Path, tag: str, cfg: TtsQuantizeConfig, enc_fe
     return out
 
 
+def _int8(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext, tmp: Path, feeds, details, log):
+    """Quantize the upsampler form(s) ``cfg.polyphase`` asks for, time them, keep the fastest decoder.
+    Returns (source bundle, {role: quantized graph}, quantization section)."""
+    from edgeflow.validate.progress import Progress
+
+    float_dir, (enc_feeds, dec_feeds) = artifact.bundle_dir, feeds
+    threads = int(ctx.target.get("threads") or 1)
+    variants, paths = {}, {"float_convtranspose": float_dir / "decoder.onnx"}
+    prog = Progress("int8 variants", 2 if cfg.polyphase == "auto" else 1, log, "upsampler forms")
+    if cfg.polyphase in (False, "auto"):
+        variants["convtranspose"] = (float_dir, _int8_variant(float_dir, tmp, "ct", cfg, enc_feeds, dec_feeds))
+        paths["int8_convtranspose"] = tmp / "decoder-ct.onnx"
+        prog.advance()
+    if cfg.polyphase in (True, "auto"):
+        phase = _phase_bundle(artifact, ctx)
+        variants["polyphase"] = (phase, _int8_variant(phase, tmp, "pp", cfg, enc_feeds, dec_feeds))
+        paths.update(float_polyphase=phase / "decoder.onnx", int8_polyphase=tmp / "decoder-pp.onnx")
+        prog.advance()
+    timing = time_graphs(paths, dec_feeds[:6], threads)
+    chosen = min(variants, key=lambda v: timing[f"int8_{v}"])
+    src, section = variants[chosen]
+    tag = "pp" if chosen == "polyphase" else "ct"
+    graphs = {"decoder": tmp / f"decoder-{tag}.onnx"}
+    if cfg.quantize_encoder:
+        graphs["encoder"] = tmp / f"model-{tag}.onnx"
+    details["decoder_seconds"] = {k: round(v, 4) for k, v in timing.items()}
+    details["decoder_seconds_note"] = (f"decoder graph on {min(6, len(dec_feeds))} calibration windows, fastest "
+                                       f"of 5 interleaved rounds, {threads} threads; kept: {chosen}")
+    details["upsampler"] = chosen
+    return src, graphs, dict(section, upsampler=chosen)
+
+
 def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
     from edgeflow.quant.vits_int8 import convert_graph_fp16
 
     if artifact.bundle_dir is None or artifact.model is None:
         raise ConfigError("tts_quantize: run tts_export first (needs the float bundle and the model)")
     float_dir = artifact.bundle_dir
-    enc_feeds, dec_feeds = calibration_feeds(float_dir, cfg.calib_sentences, ctx.seed)
+    log = print if ctx.progress else None
     tmp = ctx.work_dir / f"quant-{len(artifact.history):02d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    threads = int(ctx.target.get("threads") or 1)
     details: Dict[str, Any] = {"precision": cfg.precision, "calibration": f"{cfg.calib_sentences} calibration "
                                "sentences (edgeflow.data.tts_text)"}
     if cfg.precision == "float16":
         section = {"decoder": convert_graph_fp16(float_dir / "decoder.onnx", tmp / "decoder.onnx")}
         graphs, src = {"decoder": tmp / "decoder.onnx"}, float_dir
     else:
-        variants, paths = {}, {"float_convtranspose": float_dir / "decoder.onnx"}
-        if cfg.polyphase in (False, "auto"):
-            variants["convtranspose"] = (float_dir, _int8_variant(float_dir, tmp, "ct", cfg, enc_feeds, dec_feeds))
-            paths["int8_convtranspose"] = tmp / "decoder-ct.onnx"
-        if cfg.polyphase in (True, "auto"):
-            phase = _phase_bundle(artifact, ctx)
-            variants["polyphase"] = (phase, _int8_variant(phase, tmp, "pp", cfg, enc_feeds, dec_feeds))
-            paths.update(float_polyphase=phase / "decoder.onnx", int8_polyphase=tmp / "decoder-pp.onnx")
-        timing = time_graphs(paths, dec_feeds[:6], threads)
-        chosen = min(variants, key=lambda v: timing[f"int8_{v}"])
-        src, section = variants[chosen]
-        tag = "pp" if chosen == "polyphase" else "ct"
-        graphs = {"decoder": tmp / f"decoder-{tag}.onnx"}
-        if cfg.quantize_encoder:
-            graphs["encoder"] = tmp / f"model-{tag}.onnx"
-        section = dict(section, upsampler=chosen)
-        details["decoder_seconds"] = {k: round(v, 4) for k, v in timing.items()}
-        details["decoder_seconds_note"] = (f"decoder graph on {min(6, len(dec_feeds))} calibration windows, fastest "
-                                           f"of 5 interleaved rounds, {threads} threads; kept: {chosen}")
-        details["upsampler"] = chosen
+        feeds = calibration_feeds(float_dir, cfg.calib_sentences, ctx.seed, log=log)
+        src, graphs, section = _int8(artifact, cfg, ctx, tmp, feeds, details, log)
     out = _fresh(ctx, artifact, "int8" if cfg.precision == "int8" else "fp16")
     _write_bundle(src, out, graphs, cfg.precision, dict(section, method=cfg.method, calibration=details["calibration"]))
     shutil.rmtree(tmp, ignore_errors=True)
