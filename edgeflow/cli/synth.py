@@ -27,6 +27,9 @@ def add_arguments(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: library default)")
     p.add_argument("--providers", default=None, help="bundle only: 'cpu' (default), 'auto', or provider names, "
                                                      "comma-separated")
+    p.add_argument("--engine", choices=("auto", "onnxruntime", "native"), default="auto",
+                   help="bundle only: onnxruntime, edgeflow's native C kernels, or auto (what the kernels pass "
+                        "measured faster)")
     p.set_defaults(func=run)
 
 
@@ -80,7 +83,7 @@ def _with_bundle(args):
         if isinstance(n_mels, int):
             mel = _single(mel, n_mels)[0]
     providers = args.providers.split(",") if args.providers and "," in args.providers else args.providers
-    synth = Synthesizer.load(args.model, threads=args.threads, providers=providers)
+    synth = Synthesizer.load(args.model, threads=args.threads, providers=providers, engine=args.engine)
     if args.wav:
         audio = synth.vocode(args.wav, sigma=args.sigma, seed=args.seed)
     else:

@@ -55,6 +55,8 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     if recipe.family == "vits":          # the VITS objective (MAS, GAN) on the same loop, its own run hooks
         from edgeflow.train.vits_trainer import VitsTrainer as Trainer
+    elif recipe.family == "fmtts":       # OT-CFM + prior + prosody flow (MAS) on the same loop
+        from edgeflow.train.fmtts_trainer import FmTtsTrainer as Trainer
     else:
         from edgeflow.train.trainer import Trainer
     if args.set:

@@ -216,8 +216,10 @@ def distill_generator(student: nn.Module, train: GeneratorWindows, valid: Genera
             max_minutes=s.max_minutes, skip_nonfinite=True, desc=desc), progress=progress, log=log)
         loop.opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
         loop.context = f"{len(train)} windows ({len(valid)} held out), batch {s.batch}; "
-        summary = loop.run(valid_first=True)
-        if s.valid_every == 0 or not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
+        if not s.valid_every:
+            loop.check_valid()                              # the distance before training
+        summary = loop.run(valid_first=bool(s.valid_every))   # (with it, timed for the ETA)
+        if not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
             loop.check_valid()                              # the last weights are a candidate too
         if hooks.best_state is not None:
             student.load_state_dict(hooks.best_state)

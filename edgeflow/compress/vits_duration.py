@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class DurationDistillSettings:
     """
 
     filter_channels: int = 256
-    samples: int = 16
+    samples: int = 8
     target: str = "log_mean_duration"
     steps: int = 1500
     lr: float = 1e-3
@@ -68,8 +68,10 @@ def sdp_samples(teacher: Vits, utt: Utterance, samples: int) -> Tensor:
     return teacher.dp.sample_logw(h, torch.ones(samples, 1, n), z)[:, 0]
 
 
-def sdp_targets(teacher: Vits, utts: Sequence[Utterance], s: DurationDistillSettings) -> List[Utterance]:
-    """Copies of ``utts`` whose ``logw`` is the distillation target (see the module docstring)."""
+def sdp_targets(teacher: Vits, utts: Sequence[Utterance], s: DurationDistillSettings,
+                progress: Optional[Callable[[int, int], None]] = None) -> List[Utterance]:
+    """Copies of ``utts`` whose ``logw`` is the distillation target (see the module docstring);
+    ``progress(done, total)`` after each."""
     if not teacher.config.use_sdp:
         raise ConfigError("the teacher has no stochastic duration predictor to distil")
     out = []
@@ -77,6 +79,8 @@ def sdp_targets(teacher: Vits, utts: Sequence[Utterance], s: DurationDistillSett
         lw = sdp_samples(teacher, u, s.samples)
         tgt = torch.log(torch.exp(lw).mean(0)) if s.target == "log_mean_duration" else lw.mean(0)
         out.append(dataclasses.replace(u, logw=tgt))
+        if progress is not None:
+            progress(len(out), len(utts))
     return out
 
 

@@ -7,6 +7,12 @@ teacher.flow.inverse(z_p) (:mod:`edgeflow.compress.vits_prior_data`); the studen
 is trained on the masked mean squared error to z. Batches are windows of ``window`` frames with ``margin``
 frames of context each side (the loss counts the window only), a function of the step (exact, seeded);
 the held-out sentences' fixed windows are the validation, and the best validated student is kept.
+
+Measured on en_US-joe-medium (2026-12-02; 171 sentences, 150 steps of 8 x 64 frames; held-out MSE of z, the
+identity map z = z_p scoring 2.47): 4 -> 2 couplings 0.41 ("spread" [0, 3]; "first" 0.42, "last" 0.46);
+4 -> 1 coupling 2.77 (one mean-only coupling passes half of z_p through unchanged, so a single coupling cannot
+follow the teacher: odd and single counts are allowed but not recommended); 4 couplings pruned to 96 WN
+channels 0.55, 2 couplings pruned to 128 channels 0.58.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch

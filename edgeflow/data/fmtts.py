@@ -111,14 +111,17 @@ def load_items(path: Path, key: str) -> Optional[List[Item]]:
     with np.load(path, allow_pickle=False) as z:
         if str(z["key"]) != key:
             return None
-        io, fo = z["id_off"], z["frame_off"]
-        return [Item(z["ids"][io[k]:io[k + 1]], z["mel"][:, fo[k]:fo[k + 1]], z["lf0"][fo[k]:fo[k + 1]],
-                     z["voiced"][fo[k]:fo[k + 1]]) for k in range(len(io) - 1)]
+        arrays = {name: z[name] for name in ("id_off", "frame_off", "ids", "mel", "lf0", "voiced")}  # read once
+    io, fo = arrays["id_off"], arrays["frame_off"]
+    return [Item(arrays["ids"][io[k]:io[k + 1]].copy(), arrays["mel"][:, fo[k]:fo[k + 1]].copy(),
+                 arrays["lf0"][fo[k]:fo[k + 1]].copy(), arrays["voiced"][fo[k]:fo[k + 1]].copy())
+            for k in range(len(io) - 1)]
 
 
 def corpus_features(corpus_dir: str | Path, split: str, config, cache_dir: str | Path, max_seconds: float = 12.0,
                     log: Optional[Callable[[str], None]] = None) -> Tuple[List[Item], int]:
-    """(items, number left out) of a corpus split, from the cache in ``cache_dir`` or computed (with progress).
+    """(items, number left out) of a corpus split, from the cache in ``cache_dir`` (number left out: -1, not
+    recorded) or computed (progress with an ETA every 25 utterances through ``log``).
 
     Raises:
         CorpusError: the model config has no phoneme_id_map.

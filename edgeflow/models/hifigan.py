@@ -36,7 +36,8 @@ class GeneratorConfig(ConfigBase):
         resblock: "1" (three dilated conv pairs) or "2" (dilated convs, lighter).
         resblock_kernel_sizes, resblock_dilation_sizes: the multi-receptive-field fusion blocks.
         upsample_rates, upsample_kernel_sizes: transposed-conv strides and kernels (product = hop).
-        upsample_initial_channel: channels after conv_pre (halved at each upsampling).
+        upsample_initial_channel: channels after conv_pre (halved at each upsampling); the unpruned layout
+            when ``channels`` is set.
         gin_channels: speaker conditioning channels (0: none).
         pre_post_weight_norm: weight norm on conv_pre / conv_post too (the reference vocoder; VITS: no).
         post_bias: conv_post has a bias (the reference vocoder; VITS: no).

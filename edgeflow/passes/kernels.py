@@ -1,6 +1,7 @@
 """The ``kernels`` pass: the native engine's packed weights beside the bundle's ONNX, parity-checked and timed.
 
-Runs after ``export`` on a float32 WaveFlow bundle. Writes a NEW bundle directory in the work dir (the current one
+Runs after ``export`` on a float32 WaveFlow bundle (on another family, a quantized bundle or where the C library
+is not built it records why and leaves the bundle as it is, so a recipe can name it for every family). Writes a NEW bundle directory in the work dir (the current one
 is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
 (:mod:`edgeflow.runtime.native.format`: weight norm folded, the end convs folded into the skip convs, the
 upsampler in phase form, exactly as the exported graph computes), hashed in the manifest like every file, and a
@@ -45,10 +46,6 @@ class KernelsConfig(PassConfig):
         if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0:
             raise ValueError("kernels: threads and time_seconds must be >= 0, max_rel_err > 0")
 
-    def refusal(self, family: Any) -> Optional[str]:
-        if getattr(family, "name", None) != "waveflow":
-            return f"the native engine has kernels for WaveFlow only, not {getattr(family, 'name', family)}"
-        return None
 
 
 def pack_waveflow(model: Any) -> Dict[str, np.ndarray]:
@@ -179,16 +176,35 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
         return write_manifest(tmp, draft)
 
 
-def _kernels(artifact: Artifact, cfg: KernelsConfig, ctx: PassContext):
+def not_applicable(artifact: Artifact) -> Optional[str]:
+    """Why the pass leaves this artifact as it is (another family, a quantized bundle, no C library), or None. The
+    pass is then recorded with that reason and the bundle unchanged, so one recipe serves every family."""
+    from edgeflow.runtime.bundle import read_manifest
+    from edgeflow.runtime.native import load_error
+
     if artifact.model is None or artifact.bundle_dir is None:
         raise ConfigError("kernels: needs the torch model and its exported bundle (run the export pass first)")
+    manifest = read_manifest(artifact.bundle_dir)
+    if manifest["family"] != "waveflow":
+        return f"the native engine has kernels for WaveFlow only, not {manifest['family']}"
+    if manifest["precision"] != "float32":
+        return f"the native engine's kernels are float32; the bundle is already {manifest['precision']}"
+    return load_error()
+
+
+def _kernels(artifact: Artifact, cfg: KernelsConfig, ctx: PassContext):
+    why = not_applicable(artifact)
+    if why:
+        if ctx.progress:
+            print(f"    kernels: bundle unchanged ({why})")
+        return {"native": False, "reason": why}
     if not cfg.threads:
         cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-kernels"
     manifest = add_kernels(artifact.model, artifact.bundle_dir, out, cfg, overwrite=True)
     artifact.bundle_dir = out
     native = manifest["native"]
-    return {"bundle": out.name, "parity": native["parity"], "timing": native["timing"]}
+    return {"native": True, "bundle": out.name, "parity": native["parity"], "timing": native["timing"]}
 
 
 register_pass("kernels", KernelsConfig, _kernels, changes_output=False)

@@ -168,6 +168,7 @@ def _quantize(artifact: Artifact, cfg: QuantizeConfig, ctx: PassContext):
         new["export"] = dict(manifest.get("export", {}), graph=dict(manifest.get("export", {}).get("graph", {}),
                                                                      bytes=(tmp / MODEL_FILE).stat().st_size))
         new.pop("files", None)
+        new.pop("native", None)          # the float kernels (kernels pass) are not copied into the quantized bundle
         write_manifest(tmp, new)
     shutil.rmtree(scratch, ignore_errors=True)
     artifact.bundle_dir = out

@@ -1,7 +1,9 @@
-"""The torch-free synthesizer: a bundle's ONNX graph in onnxruntime plus its manifest.
+"""The torch-free synthesizer: a bundle's ONNX graph in onnxruntime (or its native kernels in edgeflow's C engine,
+:mod:`edgeflow.runtime.native`) plus its manifest.
 
-Only numpy, onnxruntime, soundfile/scipy (through edgeflow.audio) and torch-free edgeflow.core
-modules are imported here. Noise comes from :func:`edgeflow.core.noise.noise`, the function the
+Only numpy, onnxruntime, soundfile/scipy (through edgeflow.audio), the native engine (ctypes) and torch-free
+edgeflow.core modules are imported here. Both engines sit behind the same session interface (``run``), so
+batching, padding, noise and streaming are one code path. Noise comes from :func:`edgeflow.core.noise.noise`, the function the
 PyTorch models use, so a bundle and its source model.pt give the same audio for a seed.
 """
 
@@ -58,9 +60,11 @@ ENGINES = ("auto", "onnxruntime", "native")
 
 def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
     """The manifest's ``native`` section (the kernels pass's), checked: its file is one the manifest hashes.
-    None when the bundle has no native kernels."""
+    None when the bundle has no native kernels, or has them for another precision (the kernels are float32; a
+    bundle quantized after the kernels pass inherits the section without the file)."""
     native = manifest.get("native")
-    if native is None:
+    if native is None or (isinstance(native, dict) and native.get("engine") == "waveflow-float32"
+                          and manifest.get("precision") != "float32"):
         return None
     if not isinstance(native, dict) or not isinstance(native.get("file"), str) \
             or native["file"] not in manifest["files"] or "/" in native["file"] or "\\" in native["file"]:

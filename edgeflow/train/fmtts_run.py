@@ -32,7 +32,8 @@ def load_fmtts_recipe(name_or_path: str | Path, overrides: Optional[Dict[str, ob
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"recipe {res}: invalid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("family") != "fmtts":
-        raise ConfigError(f"recipe {res}: not an fmtts recipe (family {data.get('family') if isinstance(data, dict) else None!r})")
+        family = data.get("family") if isinstance(data, dict) else None
+        raise ConfigError(f"recipe {res}: not an fmtts recipe (family {family!r})")
     unknown = sorted(set(data) - {"family", "name", "model", "train", "description", "paper"})
     if unknown:
         raise ConfigError(f"recipe {res}: unknown key(s) {', '.join(unknown)}")

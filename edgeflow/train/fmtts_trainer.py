@@ -75,14 +75,25 @@ def feature_stats(items: List[Item]) -> Dict[str, Any]:
 
 
 class FmTtsTrainer(LoopHooks):
-    """Trains an fmtts ``recipe`` on a corpus. items / valid_items: pre-built features (tests)."""
+    """Trains an fmtts ``recipe`` on a corpus (one process; ``rank`` is always 0: no DDP yet).
 
-    def __init__(self, recipe, data_dir: str | Path | None, out_dir: str | Path, progress: bool = True,
-                 items: Optional[List[Item]] = None, valid_items: Optional[List[Item]] = None, log=print):
+    Args:
+        recipe: an fmtts recipe. data_dir: corpus folder. out_dir: run folder. device: torch device name.
+        progress: progress bar. items / valid_items: pre-built features (tests). log: where messages go.
+    """
+
+    rank = 0
+
+    def __init__(self, recipe, data_dir: str | Path | None, out_dir: str | Path, device: str = "cpu",
+                 progress: bool = True, items: Optional[List[Item]] = None, valid_items: Optional[List[Item]] = None,
+                 log=print):
+        if recipe.family != "fmtts":
+            raise ConfigError(f"recipe {recipe.name}: family {recipe.family!r}, expected fmtts")
         self.recipe, self.cfg, self.log = recipe, recipe.train, log
         self.data_dir, self.out = (Path(data_dir) if data_dir else None), Path(out_dir)
+        self.device = torch.device(device)
         torch.manual_seed(self.cfg.seed)
-        self.model = FmTts(recipe.model).train()
+        self.model = FmTts(recipe.model).to(self.device).train()
         self.objective = FmTtsObjective()
         c = self.cfg
         settings = LoopSettings(steps=c.steps, lr=c.lr, grad_clip=c.grad_clip, lr_decay_every=c.lr_decay_every,
@@ -108,15 +119,18 @@ class FmTtsTrainer(LoopHooks):
                 raise CorpusError(f"{self.data_dir}: no usable training utterances")
         if self._valid_items is None and c.valid_every:
             self._valid_items = corpus_features(self.data_dir, "valid", m, self.out, c.max_seconds, self.log)[0]
-        self._valid_batch = collate(self._valid_items[:c.valid_clips], m, step_seed(c.seed, 0, 0, tag=8)) \
-            if self._valid_items else None
+        self._valid_batch = self._to_device(collate(self._valid_items[:c.valid_clips], m,
+                                                    step_seed(c.seed, 0, 0, tag=8))) if self._valid_items else None
+
+    def _to_device(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def batch(self, step: int) -> Dict[str, Any]:
         seed = step_seed(self.cfg.seed, step)
         rng = np.random.default_rng(seed)
         bs = self.cfg.batch_size
         pick = rng.choice(len(self._items), size=bs, replace=bs > len(self._items))
-        out = collate([self._items[i] for i in pick], self.recipe.model, seed)
+        out = self._to_device(collate([self._items[i] for i in pick], self.recipe.model, seed))
         torch.manual_seed(seed)                                   # dropout of this step
         return out
 

@@ -82,7 +82,8 @@ class TrainConfig(ConfigBase):
 
 
 #: families whose recipes carry more training settings: family -> "module:class" (imported on use).
-TRAIN_CONFIGS: Dict[str, str] = {"vits": "edgeflow.train.vits:VitsTrainConfig"}
+TRAIN_CONFIGS: Dict[str, str] = {"vits": "edgeflow.train.vits:VitsTrainConfig",
+                                  "fmtts": "edgeflow.train.fmtts:FmTtsTrainConfig"}
 
 
 def train_config_cls(family: str) -> type:

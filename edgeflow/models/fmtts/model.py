@@ -105,15 +105,19 @@ class FmTts(nn.Module):
         return self.prosody_flow.sample(h, mask, z, tau)
 
     def durations(self, feats: Tensor, mask: Tensor, length_scale: float) -> Tensor:
-        """Integer frames per phone [B, N] (>= 1 on valid phones) from normalized features [B, 2, N]."""
+        """Integer frames per phone [B, N] (>= 1 on valid phones) from normalized features [B, 2, N].
+
+        Rounded, not ceiled as in Glow-TTS / Matcha: the targets are logs of integer frame counts (MAS), so a
+        sample a hair above log 1 must stay one frame, not become two (ceil lengthens every phone by half a
+        frame on average)."""
         logd = self.denormalize_prosody(feats)[:, 0]
-        return torch.ceil(torch.exp(logd) * length_scale).clamp_min(1.0) * mask[:, 0]
+        return torch.round(torch.exp(logd) * length_scale).clamp_min(1.0) * mask[:, 0]
 
     # -- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def synthesize(self, ids: Tensor, lengths: Optional[Tensor] = None, seed: int = 0,
                    **overrides: Any) -> Dict[str, Tensor]:
-        """Log-mel from phoneme ids.
+        """Log-mel from phoneme ids (call ``eval()`` first: dropout is active in training mode).
 
         Args:
             ids: [B, N] int64. lengths: [B] (default: all N).

@@ -47,7 +47,8 @@ def library_path() -> Optional[Path]:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32, i32 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
     sigs = {"ef_version": ([], ctypes.c_int), "ef_get_isa": ([], ctypes.c_int),
-            "ef_set_isa": ([ctypes.c_int], ctypes.c_int), "ef_has_isa": ([ctypes.c_int], ctypes.c_int), "ef_openmp": ([], ctypes.c_int),
+            "ef_set_isa": ([ctypes.c_int], ctypes.c_int), "ef_has_isa": ([ctypes.c_int], ctypes.c_int),
+            "ef_openmp": ([], ctypes.c_int),
             "ef_wf_create": ([i32, ctypes.c_int, f32, ctypes.c_longlong], ctypes.c_void_p),
             "ef_wf_free": ([ctypes.c_void_p], None),
             "ef_wf_run": ([ctypes.c_void_p, f32, ctypes.c_int, ctypes.c_int, f32, ctypes.c_float, f32, ctypes.c_int,

@@ -2,6 +2,7 @@
  *
  * Included once per variant by ef_kernels.c with these macros defined:
  *   EF_VW     floats per vector (16: AVX-512, 8: AVX2, 4: portable / SSE / NEON)
+ *   EF_NV     vectors per row of a register tile (EF_MR x EF_NV accumulators; EF_NV * EF_VW divides EF_NB)
  *   EF_ATTR   the variant's function attribute (target("...")) or nothing
  *   EF_NAME   suffix of the variant's function names
  * Everything here is plain C with GCC/Clang vector extensions: no intrinsics, so the same source builds the
@@ -12,44 +13,49 @@
 #define EF_CAT(a, b) EF_CAT2(a, b)
 #define EF_FN(name) EF_CAT(name, EF_NAME)
 
-typedef float EF_FN(vec) __attribute__((vector_size(EF_VW * 4), aligned(4)));
-typedef int32_t EF_FN(ivec) __attribute__((vector_size(EF_VW * 4), aligned(4)));
+typedef float EF_FN(vec) __attribute__((vector_size(EF_VW * 4)));
+typedef int32_t EF_FN(ivec) __attribute__((vector_size(EF_VW * 4)));
+/* The same vector at any float address (unaligned loads and stores; may alias float arrays). */
+typedef float EF_FN(uvec) __attribute__((vector_size(EF_VW * 4), aligned(4), may_alias));
+#define EF_LD(p) (*(const EF_FN(uvec) *)(p))
+#define EF_ST(p, v) (*(EF_FN(uvec) *)(p) = (v))
 
-/* out[r][0:2*VW] = bias[r] + sum_k wp[k][r] * xp[k][off : off + 2*VW], r < EF_MR (rows of a packed tile). */
+/* out[r][0:NV*VW] = (bias[r] or out[r][...]) + sum_k wp[k][r] * xp[k][off : off + NV*VW], r < EF_MR (rows of
+ * a packed tile); bias NULL: accumulate into out. */
 EF_ATTR static void EF_FN(ef_tile)(int K, const float *wp, const float *const *xp, int off, const float *bias,
                                     float *out, int ostride)
 {
     typedef EF_FN(vec) V;
-    V acc[EF_MR][2];
-    for (int r = 0; r < EF_MR; r++) {
-        V b = (V){0} + bias[r];
-        acc[r][0] = b;
-        acc[r][1] = b;
-    }
+    V acc[EF_MR][EF_NV];
+    for (int r = 0; r < EF_MR; r++)
+        for (int v = 0; v < EF_NV; v++) {
+            if (bias) acc[r][v] = (V){0} + bias[r];
+            else acc[r][v] = EF_LD(out + (size_t)r * ostride + v * EF_VW);
+        }
     for (int k = 0; k < K; k++) {
         const float *x = xp[k] + off;
-        V x0, x1;
-        memcpy(&x0, x, sizeof x0);
-        memcpy(&x1, x + EF_VW, sizeof x1);
+        V xv[EF_NV];
+        for (int v = 0; v < EF_NV; v++) xv[v] = EF_LD(x + v * EF_VW);
         const float *w = wp + (size_t)k * EF_MR;
-        for (int r = 0; r < EF_MR; r++) {
-            acc[r][0] += w[r] * x0;
-            acc[r][1] += w[r] * x1;
-        }
+        for (int r = 0; r < EF_MR; r++)
+            for (int v = 0; v < EF_NV; v++) acc[r][v] += w[r] * xv[v];
     }
-    for (int r = 0; r < EF_MR; r++) {
-        memcpy(out + (size_t)r * ostride, &acc[r][0], sizeof acc[r][0]);
-        memcpy(out + (size_t)r * ostride + EF_VW, &acc[r][1], sizeof acc[r][1]);
-    }
+    for (int r = 0; r < EF_MR; r++)
+        for (int v = 0; v < EF_NV; v++) EF_ST(out + (size_t)r * ostride + v * EF_VW, acc[r][v]);
 }
 
-/* A packed GEMM over one column block: out[Mp][EF_NB] = bias + W[Mp][K] X[K][EF_NB] (X rows by pointer). */
+/* A packed GEMM over one column block: out[Mp][EF_NB] = bias + W[Mp][K] X[K][EF_NB] (X rows by pointer), in
+ * reduction chunks of EF_KC rows so that the chunk of X stays in L1 across the row tiles. */
 EF_ATTR static void EF_FN(ef_gemm)(int Mp, int K, const float *wp, const float *bias, const float *const *xp,
                                     int j0, float *out)
 {
-    for (int mt = 0; mt < Mp; mt += EF_MR)
-        for (int n = 0; n < EF_NB; n += 2 * EF_VW)
-            EF_FN(ef_tile)(K, wp + (size_t)mt * K, xp, j0 + n, bias + mt, out + (size_t)mt * EF_NB + n, EF_NB);
+    for (int k0 = 0; k0 < K; k0 += EF_KC) {
+        const int kc = K - k0 < EF_KC ? K - k0 : EF_KC;
+        for (int mt = 0; mt < Mp; mt += EF_MR)
+            for (int n = 0; n < EF_NB; n += EF_NV * EF_VW)
+                EF_FN(ef_tile)(kc, wp + (size_t)mt * K + (size_t)k0 * EF_MR, xp + k0, j0 + n,
+                               k0 == 0 ? bias + mt : NULL, out + (size_t)mt * EF_NB + n, EF_NB);
+    }
 }
 
 /* Elementwise min / max through compare masks (C has no vector ?:). */
@@ -82,9 +88,7 @@ EF_ATTR static inline EF_FN(vec) EF_FN(ef_exp)(EF_FN(vec) x)
     p = p * r + 5.0000001201E-1f;
     p = p * r * r + r + 1.0f;
     I e = (__builtin_convertvector(n, I) + 127) << 23;
-    V s;
-    memcpy(&s, &e, sizeof s);
-    return p * s;
+    return p * (V)e;                                /* 2^n from its exponent bits */
 }
 
 /* g[c][n] = tanh(a[c][n]) * sigmoid(a[C + c][n]), c < C, over the block. */
@@ -93,14 +97,12 @@ EF_ATTR static void EF_FN(ef_gate)(int C, const float *a, float *g)
     typedef EF_FN(vec) V;
     for (int c = 0; c < C; c++)
         for (int n = 0; n < EF_NB; n += EF_VW) {
-            V u, v;
-            memcpy(&u, a + (size_t)c * EF_NB + n, sizeof u);
-            memcpy(&v, a + (size_t)(C + c) * EF_NB + n, sizeof v);
+            V u = EF_LD(a + (size_t)c * EF_NB + n), v = EF_LD(a + (size_t)(C + c) * EF_NB + n);
             u = EF_FN(ef_clamp)(u, -9.0f, 9.0f);
             V e1 = EF_FN(ef_exp)(u + u);                 /* tanh u = (e1 - 1) / (e1 + 1) */
             V e2 = EF_FN(ef_exp)((V){0} - v);            /* sigmoid v = 1 / (1 + e2) */
             V out = (e1 - 1.0f) / ((e1 + 1.0f) * (e2 + 1.0f));
-            memcpy(g + (size_t)c * EF_NB + n, &out, sizeof out);
+            EF_ST(g + (size_t)c * EF_NB + n, out);
         }
 }
 
@@ -110,12 +112,8 @@ EF_ATTR static void EF_FN(ef_affine)(int n, const float *z, const float *ls, con
     typedef EF_FN(vec) V;
     int j = 0;
     for (; j + EF_VW <= n; j += EF_VW) {
-        V zz, ll, tt;
-        memcpy(&zz, z + j, sizeof zz);
-        memcpy(&ll, ls + j, sizeof ll);
-        memcpy(&tt, t + j, sizeof tt);
-        V out = (zz - tt) * EF_FN(ef_exp)((V){0} - ll);
-        memcpy(x + j, &out, sizeof out);
+        V zz = EF_LD(z + j), ll = EF_LD(ls + j), tt = EF_LD(t + j);
+        EF_ST(x + j, (zz - tt) * EF_FN(ef_exp)((V){0} - ll));
     }
     for (; j < n; j++) {
         float zz[EF_VW] = {0}, ll[EF_VW] = {0}, tt[EF_VW] = {0}, xx[EF_VW];
@@ -125,7 +123,7 @@ EF_ATTR static void EF_FN(ef_affine)(int n, const float *z, const float *ls, con
     }
 }
 
-static double ef_now(void);
+double ef_now(void);
 
 /* One layer of one row step on the column block [j0, j0 + EF_NB) (see ef_block_fn in ef_kernels.c). */
 EF_ATTR static void EF_FN(ef_block)(const ef_step *s, int j0, ef_scratch *w, double *prof)
@@ -175,6 +173,8 @@ EF_ATTR static void EF_FN(ef_block)(const ef_step *s, int j0, ef_scratch *w, dou
     }
 }
 
+#undef EF_LD
+#undef EF_ST
 #undef EF_FN
 #undef EF_CAT
 #undef EF_CAT2

@@ -1,0 +1,54 @@
+"""The native kernels' portable path built for aarch64 (Debian's cross compiler) and run under qemu-user against
+PyTorch: correctness only, never timing (an emulator). Skipped where the cross tools are not installed
+(``apt-get install -y gcc-aarch64-linux-gnu qemu-user``)."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeflow.passes.kernels import compare, pack_waveflow
+from edgeflow.runtime.native import format as fmt
+from export_helpers import HOP, test_mel, tiny_model
+
+SRC = Path(__file__).resolve().parents[1] / "edgeflow" / "runtime" / "native"
+CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+
+
+def _input(model, mel: np.ndarray, z: np.ndarray, sigma: float) -> bytes:
+    cfg, w = fmt.blob(fmt.check(pack_waveflow(model)))
+    return b"".join([struct.pack("<i", cfg.size), cfg.astype("<i4").tobytes(), struct.pack("<q", w.size),
+                     w.astype("<f4").tobytes(), struct.pack("<iif", mel.shape[0], mel.shape[2], sigma),
+                     mel.astype("<f4").tobytes(), z.astype("<f4").tobytes()])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user (apt-get install -y "
+                                              "gcc-aarch64-linux-gnu qemu-user)")
+@pytest.mark.parametrize("overrides", [{}, {"channels": 6, "n_layers": 3, "height": 4, "kernel_size": 5,
+                                            "dilations_h": [1, 2, 1]}])
+def test_aarch64_portable_kernels_under_qemu(overrides, tmp_path):
+    exe = tmp_path / "ef_driver"
+    sources = [str(SRC / name) for name in ("ef_driver.c", "ef_kernels.c", "ef_run.c")]
+    built = subprocess.run([CC, "-O2", "-static", "-Wno-unknown-pragmas", "-o", str(exe), *sources, "-lm"],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert b"aarch64" in subprocess.run(["file", str(exe)], capture_output=True).stdout or not shutil.which("file")
+    model = tiny_model("waveflow", **overrides)
+    mel = test_mel(24, batch=2, seed=1)
+    z = np.random.default_rng(1).standard_normal((2, 24 * HOP)).astype(np.float32)
+    (tmp_path / "in.bin").write_bytes(_input(model, mel, z, 0.7))
+    run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(2, -1)
+    with torch.no_grad():
+        ref = model.inverse(torch.from_numpy(z) * 0.7, torch.from_numpy(mel))[0].numpy()
+    got = compare(out, ref)
+    assert got["max_rel_err"] < 1e-4 and got["snr_db"] > 80, got
