@@ -61,3 +61,32 @@ def torch_threads(n: int = 1):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def assert_threads_match_serial(synth, mels, rounds: int = 3) -> None:
+    """Synthesize ``mels`` from one thread each (all started together, ``rounds`` times) and assert every result
+    equals the serial one bit for bit: the synthesizer is safe to share between threads."""
+    import threading
+
+    import numpy as np
+
+    serial = [synth.synthesize(m, seed=i) for i, m in enumerate(mels)]
+    results, errors = [None] * len(mels), []
+    barrier = threading.Barrier(len(mels))
+
+    def work(i):
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                results[i] = synth.synthesize(mels[i], seed=i)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(mels))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for a, b in zip(serial, results):
+        np.testing.assert_array_equal(a, b)

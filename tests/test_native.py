@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from edgeflow.passes.kernels import KernelsConfig, add_kernels, compare, pack_wa
 from edgeflow.runtime import Synthesizer, native
 from edgeflow.runtime.native import format as fmt
 from edgeflow.validate.export import export_bundle
-from export_helpers import HOP, snr_db, test_mel, tiny_model
+from export_helpers import HOP, assert_threads_match_serial, snr_db, test_mel, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not native.available(), reason=str(native.load_error()))
@@ -123,26 +122,7 @@ def test_native_streaming_equals_whole(bundles):
 def test_native_eight_threads_match_serial(bundles):
     synth = Synthesizer.load(bundles[2], threads=2, engine="native")
     mels = [test_mel(9 + 5 * i, seed=i) for i in range(8)]
-    serial = [synth.synthesize(m, seed=i) for i, m in enumerate(mels)]
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[i] = synth.synthesize(mels[i], seed=i)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for a, b in zip(serial, results):
-        np.testing.assert_array_equal(a, b)
+    assert_threads_match_serial(synth, mels)
 
 
 def test_engine_choice(bundles):

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from edgeflow.cli.main import main
 from edgeflow.core.errors import BundleError, DependencyError, InputError
 from edgeflow.validate.export import export_bundle
 from edgeflow.runtime import Synthesizer, read_manifest, resolve_providers
-from export_helpers import HOP, N_MELS, SR, save_tiny, snr_db, test_mel, tiny_model
+from export_helpers import HOP, N_MELS, SR, assert_threads_match_serial, save_tiny, snr_db, test_mel, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,26 +129,7 @@ def test_streaming_batch_and_errors(synth):
 
 def test_eight_threads_match_serial(synth):
     mels = [test_mel(9 + i, seed=i) for i in range(8)]
-    serial = [synth.synthesize(m, seed=i) for i, m in enumerate(mels)]
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[i] = synth.synthesize(mels[i], seed=i)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for a, b in zip(serial, results):
-        np.testing.assert_array_equal(a, b)
+    assert_threads_match_serial(synth, mels)
 
 
 @pytest.mark.parametrize("mel,match", [

@@ -67,6 +67,21 @@ def _readers(gen: Generator) -> Dict[str, nn.Module]:
 
 
 @torch.no_grad()
+def _run_hooked(gen: Generator, inputs: Iterable[Any], handles: List[Any]) -> None:
+    """Run ``gen`` in eval mode over ``inputs`` (x, or (x, g) pairs) with hooks ``handles``, then remove them and
+    restore its training mode."""
+    was_training = gen.training
+    gen.eval()
+    try:
+        for item in inputs:
+            x, g = item if isinstance(item, (tuple, list)) else (item, None)
+            gen(x, g)
+    finally:
+        for h in handles:
+            h.remove()
+        gen.train(was_training)
+
+
 def input_magnitudes(gen: Generator, inputs: Iterable[Any]) -> Dict[str, torch.Tensor]:
     """Mean |input| per channel [C_in] (float64) of every reader conv over ``inputs``.
 
@@ -85,17 +100,7 @@ def input_magnitudes(gen: Generator, inputs: Iterable[Any]) -> Dict[str, torch.T
             counts[name] += x.shape[0] * x.shape[2]
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in readers.items()]
-    was_training = gen.training
-    gen.eval()
-    try:
-        for item in inputs:
-            x, g = item if isinstance(item, (tuple, list)) else (item, None)
-            gen(x, g)
-    finally:
-        for h in handles:
-            h.remove()
-        gen.train(was_training)
+    _run_hooked(gen, inputs, [m.register_forward_pre_hook(hook(n)) for n, m in readers.items()])
     if any(c == 0 for c in counts.values()):
         raise ConfigError("generator pruning: no calibration inputs reached the generator")
     return {n: sums[n] / counts[n] for n in readers}
@@ -208,17 +213,7 @@ def _collect(gen: Generator, keep: Dict[str, torch.Tensor], names: List[str], in
             normal[name] = [u + v for u, v in zip(normal[name], ab)] if name in normal else ab
         return fn
 
-    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
-    was = gen.training
-    gen.eval()
-    try:
-        for item in inputs:
-            x, g = item if isinstance(item, (tuple, list)) else (item, None)
-            gen(x, g)
-    finally:
-        for h in handles:
-            h.remove()
-        gen.train(was)
+    _run_hooked(gen, inputs, [mods[n].register_forward_hook(hook(n)) for n in names])
     return normal
 
 
