@@ -137,7 +137,7 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         the report dict (also written to ``OUT/report.json``).
     """
     from edgeflow.passes.base import make_config
-    from edgeflow.targets import for_family, load_target, recipe_passes
+    from edgeflow.targets import for_family, load_target, recipe_budget, recipe_passes
     from edgeflow.validate.budget import parse_budget
     from edgeflow.validate.evaluate import load_clips
 
@@ -164,7 +164,7 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         name = spec.pop("pass")
         cfgs.append(make_config(name, spec))
     check_family(cfgs, model, recipe or tgt.get("default_recipe"), tgt["name"])
-    budget_d = parse_budget(budget if budget is not None else tgt.get("default_budget"))
+    budget_d = parse_budget(budget if budget is not None else recipe_budget(tgt, recipe))
     _check_out_dir(out)
     data = Path(data) if data else _default_data(model_path)
     if data is None:

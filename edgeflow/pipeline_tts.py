@@ -76,7 +76,8 @@ def optimize_tts(model_path: str | Path, out_dir: str | Path, target: str = "cpu
     """Run a voice recipe on a Piper .onnx or VITS model.pt; write OUT/bundle, report.json/html, samples.
 
     Args:
-        budget: e.g. ``"wer=0.03,dnsmos=0.1,mcd=2.5"`` (default: the target's ``default_budget_tts``, else
+        budget: e.g. ``"wer=0.03,dnsmos=0.1,mcd=2.5"`` (default: the recipe's ``recipe_budgets_tts`` entry, else
+            the target's ``default_budget_tts``, else
             :data:`edgeflow.validate.tts_optimize.DEFAULT_TTS_BUDGET`); metrics wer, dnsmos (P.808), mcd.
         n_eval: evaluation sentences (1..20, default 6).
 
@@ -85,7 +86,7 @@ def optimize_tts(model_path: str | Path, out_dir: str | Path, target: str = "cpu
     """
     from edgeflow.data.tts_text import sentences
     from edgeflow.passes.base import make_config
-    from edgeflow.targets import load_target
+    from edgeflow.targets import load_target, recipe_budget
     from edgeflow.validate.budget import parse_budget
     from edgeflow.validate.tts_optimize import DEFAULT_TTS_BUDGET
 
@@ -93,7 +94,7 @@ def optimize_tts(model_path: str | Path, out_dir: str | Path, target: str = "cpu
     tgt = load_target(target)
     recipe_name, specs = tts_recipe(tgt, recipe)
     cfgs = [make_config(s.pop("pass"), s) for s in specs]
-    budget_d = parse_budget(budget if budget is not None else tgt.get("default_budget_tts", DEFAULT_TTS_BUDGET))
+    budget_d = parse_budget(budget if budget is not None else recipe_budget(tgt, recipe_name, True, DEFAULT_TTS_BUDGET))
     bad = sorted(set(budget_d) - {"wer", "dnsmos", "mcd"})
     if bad:
         raise ConfigError(f"budget metric(s) {', '.join(bad)} do not apply to a voice (use wer, dnsmos, mcd)")
@@ -134,13 +135,20 @@ class _Run:
         self.rows: List[Dict[str, Any]] = []
         self.teacher_audio = self._teacher()
 
+    def _progress(self, label: str):
+        """Progress lines with an ETA over the evaluation sentences."""
+        from edgeflow.validate.progress import Progress
+
+        return Progress(label, len(self.texts), self.log, "sentences")
+
     def _teacher(self) -> List[np.ndarray]:
         from edgeflow.validate.tts_optimize import score_voice
 
         path = self.work / "teacher_outputs.npz"
         if "reference" not in self.state or not path.is_file():
             self.log(f"scoring the unoptimized model (PyTorch teacher) on {len(self.texts)} evaluation sentences ...")
-            metrics, _, audios = score_voice(self.teacher, self.texts, None, self.seed)
+            metrics, _, audios = score_voice(self.teacher, self.texts, None, self.seed,
+                                             progress=self._progress("scoring the teacher"))
             self.state["reference"] = dict(metrics, mcd=0.0)
             np.savez(path, *audios)
             atomic_write_json(self.work / STATE, self.state)
@@ -153,7 +161,8 @@ class _Run:
         from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
 
         voice = Voice.load(bundle, threads=self.threads)
-        metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed, **BUNDLE_SPEAK)
+        metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed,
+                                    progress=self._progress("scoring the bundle"), **BUNDLE_SPEAK)
         return dict(metrics, size_mb=bundle_bytes(bundle) / 1e6)
 
     def evaluate_model(self, model) -> Dict[str, Any]:
@@ -161,7 +170,8 @@ class _Run:
         from edgeflow.validate.tts_optimize import score_voice
         from edgeflow.validate.tts_systems import TorchVoice
 
-        metrics, _, _ = score_voice(TorchVoice(model, self.threads), self.texts, self.teacher_audio, self.seed)
+        metrics, _, _ = score_voice(TorchVoice(model, self.threads), self.texts, self.teacher_audio, self.seed,
+                                    progress=self._progress("scoring the model"))
         return dict(metrics, rtf_engine="pytorch")
 
     def _reuse(self, k: int, name: str, n: int) -> Dict[str, Any]:

@@ -176,3 +176,18 @@ def test_distill_improves_and_keeps_best():
     s2 = distill_generator(copy.deepcopy(student), train, valid, LogMel(MelConfig()), settings, progress=False,
                            log=None)
     assert s1["valid_curve"] == s2["valid_curve"]                     # deterministic
+
+
+def test_families_declare_their_channel_groups():
+    from edgeflow.models.family import get_family
+    from edgeflow.passes.vocoder_generator import generator_refusal
+
+    model = vits.Vits(tiny_config())
+    names = {n for n, _ in model.named_modules()}
+    groups = get_family("vits").channel_groups(model.config)
+    assert [g["name"] for g in groups] == [g["name"] for g in channel_groups(model.config.decoder)]
+    assert all(m.startswith("dec.") and m in names for g in groups for m in g["writers"] + g["readers"])
+    assert get_family("waveflow").channel_groups(None) is None
+    assert "declares none" in generator_refusal(get_family("waveflow"))
+    assert "tts_prune" in generator_refusal(get_family("vits"))
+    assert generator_refusal(get_family("hifigan")) is None

@@ -99,13 +99,18 @@ def _history_names(bundle):
     return [h["name"] for h in json.loads((bundle / "manifest.json").read_text())["history"]]
 
 
-def test_optimize_quality_and_resume(tmp_path, tiny_pt, fake_scorers):
+def test_optimize_quality_and_resume(tmp_path, tiny_pt, fake_scorers, monkeypatch):
     from edgeflow.pipeline_tts import optimize_tts
     from edgeflow.runtime import Voice
+    from edgeflow.validate import progress
 
     _, path = tiny_pt
     logs = []
+    monkeypatch.setattr(progress, "AFTER", 0.0)
+    monkeypatch.setattr(progress, "EVERY", 0.0)
     rep = optimize_tts(path, tmp_path / "q", recipe="quality", n_eval=2, log=logs.append)
+    for label in ("scoring the teacher", "scoring the bundle"):                  # progress with an ETA
+        assert any(line.strip().startswith(f"{label}: 1/2 sentences") and "ETA" in line for line in logs), logs
     out = tmp_path / "q"
     assert (out / "report.html").is_file() and json.loads((out / "report.json").read_text())["task"] == "tts"
     assert [p["name"] for p in rep["passes"]] == ["tts_export", "tts_validate"]

@@ -205,3 +205,13 @@ def test_passes_refuse_other_families_and_bad_configs(tmp_path):
             PASSES.get("tts_reduce_flows").config(**bad)
     with pytest.raises(ValueError):
         PASSES.get("tts_duration").config(target="median")
+
+
+def test_reduce_flows_on_a_voice_with_few_couplings_changes_nothing(tmp_path):
+    model = _tiny(n_flows=2)
+    art = Artifact(model=model, reference=model)
+    d = _apply("tts_reduce_flows", art, tmp_path, n_flows=2, sentences=4, steps=1)
+    assert d["couplings"] == {"before": 2, "after": 2} and "nothing to reduce" in d["note"]
+    assert art.model is model                      # untouched: the pipeline neither scores nor saves it
+    d = _apply("tts_reduce_flows", art, tmp_path, n_flows=1, sentences=4, steps=1, batch=2, window=16, margin=4)
+    assert d["couplings"]["after"] == 1 and art.model is not model

@@ -158,6 +158,12 @@ class Family:
         """The conditioning nets (``WN`` / ``WaveFlowNet``) whose channels :attr:`width` sizes, in flow order."""
         return []
 
+    def channel_groups(self, config: Any) -> Optional[List[Dict[str, Any]]]:
+        """The channel groups of a HiFi-GAN-style generator that move together under structured pruning
+        (``{"name", "width", "writers", "readers"}``, :func:`edgeflow.models.hifigan.channel_groups`), or None
+        when the family has none (default). Module names are relative to the model."""
+        return None
+
     # -- export hooks --------------------------------------------------------------------------------------
     def freeze(self, model: nn.Module) -> nn.Module:
         """Make ``model`` export-ready in place: weight norm folded, the invertible 1x1 convs' inverse weights

@@ -143,7 +143,10 @@ def _reduce_flows(artifact: Artifact, cfg: TtsReduceFlowsConfig, ctx: PassContex
     model, teacher = _check(artifact, "tts_reduce_flows")
     n = model.config.n_flows
     k = cfg.n_flows or (max(1, int(round(cfg.fraction * n))) if cfg.fraction else n)
-    idx = chosen_couplings(n, k, cfg.keep)
+    if k >= n and not cfg.flow_channels:              # a recipe's 4 -> 2 on a voice that already has <= 2
+        _log(f"    the prior flow has {n} coupling(s), not more than {k}: nothing to reduce")
+        return {"couplings": {"before": n, "after": n}, "note": f"nothing to reduce ({n} <= {k} couplings)"}
+    idx = chosen_couplings(n, min(k, n), cfg.keep)
     student = keep_couplings(model, idx)
     details: Dict[str, Any] = {"couplings": {"before": n, "after": k, "kept": idx}}
     if cfg.flow_channels:

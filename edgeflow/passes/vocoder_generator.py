@@ -26,13 +26,16 @@ from edgeflow.compress.data import NoTrainingData
 from edgeflow.compress.generator_distill import GeneratorDistillSettings
 from edgeflow.compress.prune import check_ratio
 from edgeflow.core.errors import ConfigError
+from edgeflow.models.family import Family
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.distill import check_pair, size_facts, skipped, teacher_of
 
 
 def generator_refusal(family) -> Optional[str]:
     """Why ``family`` has no generator channels to prune, or None."""
-    if not callable(getattr(family, "channel_groups", None)):
+    if family.task != "vocoder":
+        return f"it prunes a vocoder's generator; a {family.name} voice's decoder is pruned by tts_prune"
+    if type(family).channel_groups is Family.channel_groups:
         return (f"it prunes a HiFi-GAN generator's channel groups and the {family.name} family declares none "
                 f"(Family.channel_groups)")
     return None

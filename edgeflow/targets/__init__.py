@@ -4,8 +4,10 @@ constraints, and the passes of each recipe (``quality``, ``balanced``, ``fast``)
 
 A profile's ``recipes`` are written for flow vocoders (they cut flows, layers and channels). A model family
 with other needs gets its own section ``families.<name>`` (``description``, ``default_recipe``,
-``default_budget``, ``recipes``), which :func:`for_family` lays over the profile; voices use the
-``recipes_tts`` table (:mod:`edgeflow.pipeline_tts`)."""
+``default_budget``, ``recipe_budgets``, ``recipes``), which :func:`for_family` lays over the profile; voices use
+the ``recipes_tts`` table (:mod:`edgeflow.pipeline_tts`). A recipe may carry its own budget
+(``recipe_budgets.<recipe>``, ``recipe_budgets_tts.<recipe>`` for voices): a ``fast`` recipe is allowed to lose
+more than ``balanced``; :func:`recipe_budget` picks it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Dict, List
 from edgeflow.core.errors import ConfigError
 
 #: keys a ``families.<name>`` section may set (laid over the profile by :func:`for_family`).
-FAMILY_KEYS = ("description", "default_recipe", "default_budget", "recipes")
+FAMILY_KEYS = ("description", "default_recipe", "default_budget", "recipe_budgets", "recipes")
 
 
 def list_targets() -> List[str]:
@@ -70,6 +72,25 @@ def recipe_passes(target: Dict[str, Any], recipe: str | None) -> List[Dict[str, 
         raise ConfigError(f"unknown recipe {recipe!r} for target {target['name']}{whose} "
                           f"(known: {', '.join(recipes)})")
     return [dict(p) for p in recipes[recipe]]
+
+
+def recipe_budget(target: Dict[str, Any], recipe: str | None, tts: bool = False, fallback: Any = None) -> Any:
+    """The budget a recipe is gated on: ``recipe_budgets[_tts].<recipe>``, else ``default_budget[_tts]``.
+
+    Args:
+        target: a profile (after :func:`for_family` for a vocoder family).
+        recipe: the recipe's name (None: the profile's default recipe).
+        tts: voices (``*_tts`` keys) rather than vocoders.
+        fallback: the budget when the profile names none.
+
+    Returns:
+        A budget as the profile writes it (``"wer=0.03,..."`` or {metric: drop}), for
+        :func:`edgeflow.validate.budget.parse_budget`.
+    """
+    suffix = "_tts" if tts else ""
+    name = recipe or target.get("default_recipe" + suffix)
+    own = (target.get("recipe_budgets" + suffix) or {}).get(name)
+    return own if own is not None else target.get("default_budget" + suffix, fallback)
 
 
 def roofline_rtf(flops_per_audio_s: float, bytes_per_audio_s: float, target: Dict[str, Any],

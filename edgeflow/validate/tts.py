@@ -108,7 +108,7 @@ def timed_speak(voice: Any, text: str, **kwargs: Any) -> Dict[str, Any]:
 
 
 def evaluate_voice(voice: Any, texts: Optional[Sequence[str]] = None, wer: bool = True, dnsmos: bool = True,
-                   keep_audio: bool = False, **kwargs: Any) -> Dict[str, Any]:
+                   keep_audio: bool = False, progress: Any = None, **kwargs: Any) -> Dict[str, Any]:
     """Score a voice on sentences (default: the evaluation part of :mod:`edgeflow.data.tts_text`).
 
     Args:
@@ -116,6 +116,7 @@ def evaluate_voice(voice: Any, texts: Optional[Sequence[str]] = None, wer: bool 
         texts: the sentences.
         wer, dnsmos: compute those scores (pocketsphinx, speechmos).
         keep_audio: keep each sentence's audio in the rows.
+        progress: a :class:`edgeflow.validate.progress.Progress` advanced once per sentence (lines with an ETA), or None.
         kwargs: synthesis options for ``speak_stream`` (scales, seed).
 
     Returns:
@@ -145,6 +146,8 @@ def evaluate_voice(voice: Any, texts: Optional[Sequence[str]] = None, wer: bool 
         if keep_audio:
             row["audio"] = audio
         rows.append(row)
+        if progress is not None:
+            progress.advance()
     total = sum(r["seconds"] for r in rows)
     summary: Dict[str, Any] = {"sentences": len(rows), "audio_seconds": total,
                                "rtf": sum(r["wall"] for r in rows) / max(total, 1e-9),

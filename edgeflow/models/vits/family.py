@@ -11,7 +11,7 @@ attention span of :data:`ATTENTION_SPAN` ids (whole-sentence attention).
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from edgeflow.models.family import Family, register_family, FAMILIES
 from edgeflow.models.vits.config import VitsConfig
@@ -51,6 +51,13 @@ class VitsFamily(Family):
 
     def flops_breakdown(self, config: Any) -> Dict[str, float]:
         return flops_breakdown(config)
+
+    def channel_groups(self, config: Any) -> List[Dict[str, Any]]:
+        """The decoder's channel groups (``tts_prune`` cuts them), module names under ``dec.``."""
+        from edgeflow.models.hifigan import channel_groups
+
+        return [dict(g, writers=[f"dec.{m}" for m in g["writers"]], readers=[f"dec.{m}" for m in g["readers"]])
+                for g in channel_groups(config.decoder)]
 
 
 def register() -> VitsFamily:
