@@ -13,6 +13,9 @@ def add_arguments(sub) -> None:
     p.add_argument("model", metavar="MODEL.pt", help="edgeflow model checkpoint")
     p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--vocoder", metavar="VOCODER", default=None,
+                   help="flow-matching TTS (fmtts) models: the mel-only vocoder bundle directory or HiFi-GAN model.pt "
+                        "to put in the voice bundle")
     p.add_argument("--no-cache", action="store_true",
                    help="WaveFlow: export the plain inverse (whole net recomputed per row) instead of the cached one")
     p.set_defaults(func=run)
@@ -32,7 +35,7 @@ def run(args) -> int:
     from edgeflow.models.family import get_family
 
     if get_family(model).task == "tts":
-        return _export_tts(model, info, out, args.overwrite)
+        return _export_tts(model, info, out, args.overwrite, args.vocoder)
     manifest = export_bundle(model, out, history=info.get("history"), overwrite=args.overwrite,
                              cached=not args.no_cache)
     val, graph = manifest["validation"], manifest["export"]["graph"]
@@ -45,8 +48,23 @@ def run(args) -> int:
     return 0
 
 
-def _export_tts(model, info, out: Path, overwrite: bool) -> int:
-    """A text-to-speech model (VITS): the two-graph bundle of :func:`edgeflow.export.vits.export_vits_bundle`."""
+def _export_tts(model, info, out: Path, overwrite: bool, vocoder=None) -> int:
+    """A text-to-speech model: VITS, the two-graph bundle of :func:`edgeflow.export.vits.export_vits_bundle`;
+    fmtts, the voice bundle of :func:`edgeflow.export.fmtts.export_fmtts_bundle` (needs ``--vocoder``)."""
+    from edgeflow.core.errors import InputError
+
+    if model.family == "fmtts":
+        from edgeflow.export.fmtts import export_fmtts_bundle
+
+        if vocoder is None:
+            raise InputError("an fmtts model needs --vocoder (a mel-only vocoder bundle or HiFi-GAN model.pt)")
+        manifest = export_fmtts_bundle(model, vocoder, out, history=info.get("history"), overwrite=overwrite)
+        print(f"wrote {out}: fmtts ({', '.join(manifest['graphs'].values())}), parity relative err "
+              f"{manifest['validation']['rel_err']:.2e} <= {manifest['validation']['tolerance']:g}, "
+              f"{manifest['sample_rate']} Hz")
+        return 0
+    if vocoder is not None:
+        raise InputError("--vocoder applies to flow-matching (fmtts) models only")
     from edgeflow.export.vits import export_vits_bundle
 
     manifest = export_vits_bundle(model, out, history=info.get("history"), overwrite=overwrite)

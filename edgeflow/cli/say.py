@@ -1,9 +1,10 @@
 """``edgeflow say MODEL.pt|BUNDLE|VOICE.onnx (--text T | --text-file F) -o OUT.wav``: text to speech.
 
-A VITS bundle or a stock Piper voice (``VOICE.onnx`` + ``VOICE.onnx.json``) runs in the torch-free
-:class:`edgeflow.runtime.Voice`; a VITS ``model.pt`` runs in PyTorch with the same text front-end and
-noise. Audio is streamed sentence by sentence into the wav (bounded memory for any text length),
-written under a temporary name and renamed when complete.
+A VITS or flow-matching (fmtts) bundle or a stock Piper voice (``VOICE.onnx`` + ``VOICE.onnx.json``) runs in
+the torch-free :class:`edgeflow.runtime.Voice` (``--nfe``, ``--solver``, ``--sway``, ``--guidance``: fmtts
+only); a VITS ``model.pt`` runs in PyTorch with the same text front-end and noise. Audio is streamed sentence
+by sentence into the wav (bounded memory for any text length), written under a temporary name and renamed when
+complete.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ MAX_TEXT_BYTES = 10_000_000
 def add_arguments(sub) -> None:
     from edgeflow.cli.args import finite_float, model_source, positive_int, seed_int
 
-    p = sub.add_parser("say", help="speak text with a VITS bundle, a Piper voice (.onnx) or a VITS model.pt")
+    p = sub.add_parser("say", help="speak text with a VITS or fmtts bundle, a Piper voice (.onnx) or a VITS model.pt")
     p.add_argument("model", metavar="MODEL", type=model_source, help="VITS bundle directory, Piper VOICE.onnx (with VOICE.onnx.json "
                                                    "next to it), or a VITS model.pt (PyTorch)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -37,6 +38,14 @@ def add_arguments(sub) -> None:
                    help="Piper voice only: its json, if not VOICE.onnx.json")
     p.add_argument("--sentence-silence", type=finite_float(0.0, 60.0), default=0.0,
                    help="seconds of silence after each sentence")
+    p.add_argument("--nfe", type=int, default=None,
+                   help="flow-matching (fmtts) bundles: ODE function evaluations (default: the bundle's)")
+    p.add_argument("--solver", choices=("euler", "midpoint"), default=None,
+                   help="flow-matching bundles: ODE solver (midpoint: NFE must be even; default: the bundle's)")
+    p.add_argument("--sway", type=float, default=None,
+                   help="flow-matching bundles: sway coefficient of the time grid (F5-TTS: -1; default: the bundle's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="flow-matching bundles: classifier-free guidance scale (0: none; default: the bundle's)")
     p.set_defaults(func=run)
 
 
@@ -105,7 +114,7 @@ def run(args) -> int:
     import warnings
 
     from edgeflow.cli.args import check_out_file
-    from edgeflow.core.errors import BundleError
+    from edgeflow.core.errors import BundleError, InputError
     from edgeflow.runtime.checks import check_seed
     from edgeflow.runtime.voice import PhonemeWarning, Voice, write_wav_stream
     from edgeflow.runtime.voice_config import check_scales, resolve_scales
@@ -121,13 +130,18 @@ def run(args) -> int:
     def scales(cfg):
         return resolve_scales(cfg, args.noise_scale, args.length_scale, args.noise_w)
 
+    ode = {k: getattr(args, k) for k in ("nfe", "solver", "sway", "guidance") if getattr(args, k, None) is not None}
     if src.is_file() and src.suffix == ".pt":
+        if ode:
+            raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks, sr = _torch_stream(args, text, scales)
         backend = "PyTorch"
     else:
         voice = Voice.load(src, threads=args.threads, config=args.config)
+        if ode and voice.kind != "fmtts":
+            raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
-                                    **scales(voice.config))
+                                    **scales(voice.config), **ode)
         sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PhonemeWarning)

@@ -65,6 +65,13 @@ def steps_for(nfe: int, method: str) -> int:
     return int(nfe) // per
 
 
+def step_table(nfe: int, method: str, sway: float = 0.0) -> np.ndarray:
+    """The solver's time steps as float32 [S, 3] rows (t, dt, t + dt / 2): what an unrolled ODE graph reads."""
+    grid = sway_schedule(steps_for(nfe, method), sway)
+    t, dt = grid[:-1], np.diff(grid)
+    return np.stack([t, dt, t + dt / 2.0], 1).astype(np.float32)
+
+
 def guided(cond: Field, uncond: Optional[Field], scale: float) -> Field:
     """Classifier-free guidance: ``v = v_cond + scale * (v_cond - v_uncond)`` (F5-TTS).
 

@@ -63,6 +63,22 @@ def _open_session(path: Path, threads: Optional[int], providers: Any, what: str,
         raise BundleError(f"{path}: onnxruntime cannot load this {what} ({short_reason(exc)})") from None
 
 
+#: ``{family: load(path, threads, providers)}`` of voice bundles with their own runtime class, filled by the modules
+#: that define them (:mod:`edgeflow.runtime.fm_voice` registers "fmtts"); :meth:`Voice.load` dispatches on it.
+BUNDLE_LOADERS: Dict[str, Any] = {}
+
+
+def _bundle_family(path: Path) -> Optional[str]:
+    """The ``family`` a bundle directory's manifest names (None if unreadable: the full reader reports it)."""
+    import json
+
+    try:
+        family = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family if isinstance(family, str) else None
+
+
 class Voice:
     """A loaded voice. Build with :meth:`load`; ``speak`` / ``speak_stream`` / ``speak_to_wav``.
 
@@ -107,6 +123,9 @@ class Voice:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         path = Path(path)
+        loader = BUNDLE_LOADERS.get(_bundle_family(path)) if cls is Voice and path.is_dir() else None
+        if loader is not None:                  # a family with its own runtime (fmtts: edgeflow.runtime.fm_voice)
+            return loader(path, threads, providers)
         if path.is_dir():
             voice = cls._load_bundle(path, threads, providers)
         elif path.is_file():
