@@ -153,8 +153,11 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
     from edgeflow.targets import load_target
 
     _, path = tiny_pt
-    target = load_target("cpu")                       # the shipped fast recipe, on 2 calibration sentences
-    target["recipes_tts"]["fast"][1]["calib_sentences"] = 2
+    target = load_target("cpu")        # the shipped fast recipe's bundle passes, on 2 calibration sentences
+    fast = [p for p in target["recipes_tts"]["fast"] if p["pass"] != "tts_reduce_flows"]
+    assert [p["pass"] for p in fast] == ["tts_export", "tts_quantize", "tts_validate"]
+    fast[1]["calib_sentences"] = 2
+    target["recipes_tts"]["fast"] = fast
     (tmp_path / "t.json").write_text(json.dumps(target))
     rep = optimize_tts(path, tmp_path / "r", target=str(tmp_path / "t.json"), recipe="fast", n_eval=1,
                        budget="mcd=0.05", log=lambda *_: None)
@@ -163,6 +166,23 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
     assert rep["passes"][1]["violations"]["mcd"]["current"] > 0.05
     assert Voice.load(tmp_path / "r" / "bundle").manifest["precision"] == "float32"
     assert rep["budget_held"]
+
+
+def test_shipped_voice_recipes_and_budgets():
+    """fast = tts_reduce_flows (4 -> 2 couplings, distilled) + the bundle passes, gated on its own, looser budget
+    (issue 15's fast goal: WER +0.05, DNSMOS -0.30); balanced and quality change no weights."""
+    from edgeflow.targets import list_targets, load_target, recipe_budget
+    from edgeflow.validate.budget import parse_budget
+
+    for name in list_targets():
+        t = load_target(name)
+        fast = t["recipes_tts"]["fast"]
+        assert fast[0]["pass"] == "tts_reduce_flows" and fast[0]["n_flows"] == 2, name
+        assert [p["pass"] for p in fast[1:]] == ["tts_export", "tts_quantize", "tts_validate"], name
+        assert all(p["pass"].startswith(("tts_export", "tts_quantize", "tts_validate"))
+                   for r in ("quality", "balanced") for p in t["recipes_tts"][r]), name
+        assert parse_budget(recipe_budget(t, "fast", tts=True)) == {"wer": 0.05, "dnsmos": 0.3, "mcd": 3.5}
+        assert parse_budget(recipe_budget(t, "balanced", tts=True))["dnsmos"] == 0.1
 
 
 def test_cli_voice_errors(tmp_path, tiny_pt, capsys):
