@@ -1,5 +1,6 @@
-"""Native engine vs onnxruntime on the demo WaveFlow float32 bundle, side by side in one run, with this CPU's measured
-float32 GEMM peak (numpy) and per-kernel throughput of the native engine.
+"""Native engine vs onnxruntime on a WaveFlow bundle (the demo's float32 bundle, or an INT8 one such as the ``fast``
+recipe's), side by side in one run, with this CPU's measured float32 GEMM peak (numpy) and per-kernel throughput of
+the native engine.
 
 * RTF (compute s / audio s) of both engines on the same bundle, mel and noise, 1 and 2 threads, best of
   ``--repeats`` runs, the engines interleaved run by run so machine load hits both alike;
@@ -8,16 +9,20 @@ float32 GEMM peak (numpy) and per-kernel throughput of the native engine.
   time other jobs held the cores; CPU time does not, but with 2 threads it also counts OpenMP's spin-waiting);
 * the fraction of that peak the native engine reaches: the family cost model's FLOPs per second of audio
   (``flops_breakdown``: flows + upsampler) times the audio length, divided by the measured time;
-* per kernel (1 thread, the engine's own timers): seconds, GFLOP/s and the activation bytes each kernel reads and
-  writes per second (GB/s; an estimate counting every operand once, caches not modelled).
+* per kernel (1 thread, the engine's own timers): seconds, GFLOP/s (GOP/s for an INT8 layer GEMM: one
+  multiply-add = 2 ops) and the activation bytes each kernel reads and writes per second (GB/s; an estimate
+  counting every operand once, caches not modelled);
+* INT8 bundles: the quality of the native audio against onnxruntime's INT8 audio (SNR, log-mel L1).
 
 Usage::
 
-    PYTHONPATH=. nice -n 10 python bench/bench_kernels.py [--bundle DIR] [--seconds 4] \
+    PYTHONPATH=. nice -n 10 python bench/bench_kernels.py [--bundle DIR [--model MODEL.pt]] [--seconds 4] \
         [--out bench/results/kernels.json]
 
 Without ``--bundle`` the demo model (models/waveflow-demo/model.pt) is exported and given kernels under a
-temporary directory first (minutes).
+temporary directory first (minutes). A ``--bundle`` without ``kernels.npz`` (an INT8 bundle straight from
+``edgeflow optimize``) is given its kernels first by the kernels pass, from ``--model`` (the model it was exported
+from: the run's last ``.work/model-NN.pt``).
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ def make_bundle(work: Path) -> Path:
     return work / "bundle"
 
 
+def with_kernels(bundle: Path, model_path: Path, work: Path) -> Path:
+    """A copy of ``bundle`` with the native weights of the model at ``model_path`` (the kernels pass, untimed)."""
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.passes.kernels import KernelsConfig, add_kernels
+
+    add_kernels(load_model(model_path)[0], bundle, work / "bundle", KernelsConfig(time_seconds=0))
+    return work / "bundle"
+
+
 def kernel_flops(cfg: dict, samples: int) -> dict:
     """FLOPs and activation bytes of each native kernel over ``samples`` output samples."""
     C, k, M, L, F = cfg["channels"], cfg["kernel_size"], cfg["mel"]["n_mels"], cfg["n_layers"], cfg["n_flows"]
@@ -75,7 +89,8 @@ def kernel_flops(cfg: dict, samples: int) -> dict:
             "gate": (0.0, 4.0 * 3 * C * n),
             "res_skip": (2.0 * (C * C + 2 * C) * n, 4.0 * (C + 3 * C + 2) * n),
             "affine_start": (0.0, 4.0 * (4 + C) * samples * F),
-            "upsampler": (2.0 * 9 * M * samples * (1 + 1 / 16), 4.0 * 2 * M * samples)}
+            "upsampler": (2.0 * 9 * M * samples * (1 + 1 / 16), 4.0 * 2 * M * samples),
+            "quantize": (0.0, 5.0 * (C * n + M * samples))}
 
 
 def profile(bundle: Path, mel: np.ndarray, hop: int, cfg: dict):
@@ -86,12 +101,15 @@ def profile(bundle: Path, mel: np.ndarray, hop: int, cfg: dict):
     sess = Synthesizer.load(bundle, threads=1, engine="native").session
     z = np.random.default_rng(1).standard_normal((1, frames * hop)).astype(np.float32)
     feeds = {"mel": mel[None], "z": z, "sigma": np.array([0.7], np.float32)}
-    prof = np.zeros(5)
+    from edgeflow.runtime.native import PROFILE
+
+    prof = np.zeros(len(PROFILE))
     total = min(_timed(lambda: sess.run(None, feeds))[0] for _ in range(2))
     sess.run(None, feeds, prof=prof)
-    names = ("layer_gemm", "gate", "res_skip", "affine_start", "upsampler")
     kernels = []
-    for name, sec in zip(names, prof):
+    for name, sec in zip(PROFILE, prof):
+        if name == "quantize" and sec < 1e-6:                          # a float32 bundle: nothing quantized
+            continue
         fl, by = kernel_flops(cfg, frames * hop)[name]
         kernels.append({"kernel": name, "seconds": round(float(sec), 4), "share": round(float(sec) / prof.sum(), 3),
                         "gflops": round(fl / sec / 1e9, 1) if fl and sec else None,
@@ -99,9 +117,36 @@ def profile(bundle: Path, mel: np.ndarray, hop: int, cfg: dict):
     return kernels, total
 
 
+def eval_mel(manifest: dict, frames: int) -> np.ndarray:
+    """Log-mels [n_mels, frames] of the demo's held-out recordings (models/waveflow-demo/eval), back to back: an
+    INT8 graph's activation ranges are calibrated on speech, so random mels would measure its clipping."""
+    from edgeflow.audio.io import load_wav
+    from edgeflow.audio.mel import MelConfig, log_mel
+
+    cfg = MelConfig.from_dict(manifest["mel"])
+    mels = [log_mel(load_wav(p, cfg.sample_rate)[0], cfg) for p in sorted((DEMO.parent / "eval").glob("*.wav"))]
+    mel = np.concatenate(mels, axis=1)
+    reps = -(-frames // mel.shape[1])
+    return np.ascontiguousarray(np.tile(mel, (1, reps))[:, :frames], dtype=np.float32)
+
+
+def parity(native_out: np.ndarray, ort_out: np.ndarray, manifest: dict, int8: bool) -> dict:
+    """Native vs onnxruntime audio: max errors and SNR, and (INT8) the log-mel L1."""
+    from edgeflow.passes.kernels import compare
+
+    out = compare(native_out, ort_out)
+    if int8:
+        from edgeflow.audio.mel import MelConfig
+        from edgeflow.audio.snr import log_mel_l1
+
+        out["mel_l1"] = round(log_mel_l1(ort_out, native_out, MelConfig.from_dict(manifest["mel"])), 4)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="the bundle's model.pt, when it has no kernels yet")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -109,17 +154,22 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from edgeflow.models.family import get_family
-    from edgeflow.passes.kernels import compare
     from edgeflow.runtime import Synthesizer, native
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_kernels_")
     bundle = args.bundle or make_bundle(Path(tmp.name))
+    if not (bundle / "kernels.npz").is_file():
+        if args.model is None:
+            ap.error(f"{bundle} has no kernels.npz: give --model (the model.pt it was exported from)")
+        bundle = with_kernels(bundle, args.model, Path(tmp.name))
     manifest = json.loads((bundle / "manifest.json").read_text())
+    int8 = manifest["precision"] == "int8"
     cfg = manifest["config"]
     sr, hop = manifest["sample_rate"], manifest["mel"]["hop_length"]
     frames = int(round(args.seconds * sr / hop))
     audio_s = frames * hop / sr
-    mel = np.random.default_rng(0).normal(-5.0, 2.0, (manifest["mel"]["n_mels"], frames)).astype(np.float32)
+    mel = eval_mel(manifest, frames) if int8 else \
+        np.random.default_rng(0).normal(-5.0, 2.0, (manifest["mel"]["n_mels"], frames)).astype(np.float32)
     fam = get_family(manifest["family"])
     flops_per_s = sum(fam.flops_breakdown(fam.config_cls.from_dict(cfg)).values())
     load0 = os.getloadavg()
@@ -145,13 +195,15 @@ def main(argv=None) -> dict:
                      "speedup": round(best["onnxruntime"] / best["native"], 2),
                      "native_gflops": round(gflops, 1), "fraction_of_peak": round(gflops / peak, 3),
                      "onnxruntime_gflops": round(flops_per_s * audio_s / best["onnxruntime"] / 1e9, 1),
-                     "parity": compare(outs["native"], outs["onnxruntime"])})
+                     "parity": parity(outs["native"], outs["onnxruntime"], manifest, int8)})
         print(json.dumps(rows[-1]), flush=True)
     kernels, total = profile(bundle, mel, hop, cfg)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
               platform.machine(), "cpu_count": os.cpu_count(), "load_before": [round(x, 2) for x in load0],
               "load_after": [round(x, 2) for x in os.getloadavg()], "native": native.info(),
-              "bundle": str(bundle), "audio_seconds": round(audio_s, 3),
+              "bundle": str(args.bundle or bundle), "precision": manifest["precision"],
+              "native_section": {k: v for k, v in manifest["native"].items() if k != "parity"},
+              "audio_seconds": round(audio_s, 3),
               "cost_model_gflop_per_audio_s": round(flops_per_s / 1e9, 2), "rows": rows, "kernels": kernels,
               "kernels_total_s_1thread": round(total, 4)}
     print(json.dumps(result["kernels"], indent=1))

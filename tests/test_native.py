@@ -168,12 +168,12 @@ def test_kernels_pass_and_refusals(bundles, tmp_path):
     assert (art.bundle_dir / fmt.KERNELS_FILE).is_file() and not (plain / fmt.KERNELS_FILE).exists()
     assert Synthesizer.load(art.bundle_dir).engine == "onnxruntime"   # not timed: auto keeps onnxruntime
     q = Artifact(model=model, bundle_dir=art.bundle_dir)
-    q.bundle_dir = tmp_path / "int8"                                   # a bundle of another precision: unchanged
+    q.bundle_dir = tmp_path / "fp16"                                   # a precision without kernels: unchanged
     shutil.copytree(art.bundle_dir, q.bundle_dir)
-    _with_manifest(q.bundle_dir, precision="int8")
+    _with_manifest(q.bundle_dir, precision="float16")
     rec = apply_pass(q, make_config("kernels", {}), PassContext(work_dir=tmp_path, progress=False))
-    assert rec["details"] == {"native": False, "reason": "the native engine's kernels are float32; the bundle is "
-                                                           "already int8"} and q.bundle_dir == tmp_path / "int8"
+    assert rec["details"] == {"native": False, "reason": "the native engine has float32 and INT8 kernels; the "
+                                                           "bundle is float16"} and q.bundle_dir == tmp_path / "fp16"
     other = tiny_model("waveflow", seed=3)                             # weights that are not the bundle's
     with pytest.raises(BundleError, match="parity failed"):
         add_kernels(other, plain, tmp_path / "wrong", KernelsConfig(time_seconds=0))

@@ -1,6 +1,6 @@
 """The native kernels' portable path built for aarch64 (Debian's cross compiler) and run under qemu-user against
-PyTorch: correctness only, never timing (an emulator). Skipped where the cross tools are not installed
-(``apt-get install -y gcc-aarch64-linux-gnu qemu-user``)."""
+PyTorch (float32) and against the host build (INT8 layers): correctness only, never timing (an emulator). Skipped
+where the cross tools are not installed (``apt-get install -y gcc-aarch64-linux-gnu qemu-user``)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,32 @@ SRC = Path(__file__).resolve().parents[1] / "edgeflow" / "runtime" / "native"
 CC, QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
 
 
-def _input(model, mel: np.ndarray, z: np.ndarray, sigma: float) -> bytes:
-    cfg, w = fmt.blob(fmt.check(pack_waveflow(model)))
+def _input(arrays, mel: np.ndarray, z: np.ndarray, sigma: float) -> bytes:
+    arrays = fmt.check(arrays)
+    cfg, w = fmt.blob(arrays)
+    parts = fmt.int8_parts(arrays)
+    q8 = [struct.pack("<i", len(parts))] + [struct.pack("<iii", f, lay, part) + q.tobytes() + s.astype("<f4").tobytes()
+                                            for f, lay, part, q, s in parts]
     return b"".join([struct.pack("<i", cfg.size), cfg.astype("<i4").tobytes(), struct.pack("<q", w.size),
-                     w.astype("<f4").tobytes(), struct.pack("<iif", mel.shape[0], mel.shape[2], sigma),
+                     w.astype("<f4").tobytes(), *q8, struct.pack("<iif", mel.shape[0], mel.shape[2], sigma),
                      mel.astype("<f4").tobytes(), z.astype("<f4").tobytes()])
+
+
+def _build(tmp_path: Path) -> Path:
+    exe = tmp_path / "ef_driver"
+    sources = [str(SRC / name) for name in ("ef_driver.c", "ef_kernels.c", "ef_run.c", "ef_int8.c")]
+    built = subprocess.run([CC, "-O2", "-static", "-Wno-unknown-pragmas", "-o", str(exe), *sources, "-lm"],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    return exe
+
+
+def _run_qemu(exe: Path, tmp_path: Path, arrays, mel, z) -> np.ndarray:
+    (tmp_path / "in.bin").write_bytes(_input(arrays, mel, z, 0.7))
+    run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(mel.shape[0], -1)
 
 
 @pytest.mark.slow
@@ -34,21 +55,35 @@ def _input(model, mel: np.ndarray, z: np.ndarray, sigma: float) -> bytes:
 @pytest.mark.parametrize("overrides", [{}, {"channels": 6, "n_layers": 3, "height": 4, "kernel_size": 5,
                                             "dilations_h": [1, 2, 1]}])
 def test_aarch64_portable_kernels_under_qemu(overrides, tmp_path):
-    exe = tmp_path / "ef_driver"
-    sources = [str(SRC / name) for name in ("ef_driver.c", "ef_kernels.c", "ef_run.c")]
-    built = subprocess.run([CC, "-O2", "-static", "-Wno-unknown-pragmas", "-o", str(exe), *sources, "-lm"],
-                           capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr[-2000:]
+    exe = _build(tmp_path)
     assert b"aarch64" in subprocess.run(["file", str(exe)], capture_output=True).stdout or not shutil.which("file")
     model = tiny_model("waveflow", **overrides)
     mel = test_mel(24, batch=2, seed=1)
     z = np.random.default_rng(1).standard_normal((2, 24 * HOP)).astype(np.float32)
-    (tmp_path / "in.bin").write_bytes(_input(model, mel, z, 0.7))
-    run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "0"],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(2, -1)
+    out = _run_qemu(exe, tmp_path, pack_waveflow(model), mel, z)
     with torch.no_grad():
         ref = model.inverse(torch.from_numpy(z) * 0.7, torch.from_numpy(mel))[0].numpy()
     got = compare(out, ref)
     assert got["max_rel_err"] < 1e-4 and got["snr_db"] > 80, got
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
+def test_aarch64_int8_matches_host_under_qemu(tmp_path):
+    """The INT8 layers' portable path on aarch64 gives the host's portable INT8 result (same integer sums; the float
+    parts agree to rounding)."""
+    from edgeflow.runtime import native
+    from test_native_int8 import requantized
+
+    exe = _build(tmp_path)
+    arrays = requantized(pack_waveflow(tiny_model("waveflow", channels=6, kernel_size=5, n_layers=3,
+                                                  dilations_h=[1, 2, 1], height=4)))
+    mel = test_mel(24, batch=2, seed=1)
+    z = np.random.default_rng(1).standard_normal((2, 24 * HOP)).astype(np.float32)
+    out = _run_qemu(exe, tmp_path, arrays, mel, z)
+    fmt.save(tmp_path / "k.npz", arrays)
+    host = native.NativeSession(tmp_path / "k.npz", ["mel", "z", "sigma"], HOP, threads=1)
+    assert host.precision == "int8"
+    ref = host.run(None, {"mel": mel, "z": z, "sigma": np.array([0.7], np.float32)})[0]
+    got = compare(out, ref)
+    assert got["snr_db"] > 80, got

@@ -1,7 +1,13 @@
 """The ``kernels`` pass: the native engine's packed weights beside the bundle's ONNX, parity-checked and timed.
 
-Runs after ``export`` on a float32 WaveFlow bundle (on another family, a quantized bundle or where the C library
-is not built it records why and leaves the bundle as it is, so a recipe can name it for every family). Writes a NEW bundle directory in the work dir (the current one
+Runs after ``export`` on a float32 WaveFlow bundle, or after ``quantize`` on an INT8 one (on another family, an
+FP16 bundle or where the C library is not built it records why and leaves the bundle as it is, so a recipe can
+name it for every family). INT8: the convs the quantized graph runs in INT8 (its DequantizeLinear weights: the
+dilated and conditioning convs of the ``fast`` / ``balanced`` recipes) run in INT8 in the engine too, with the
+graph's own int8 weights and per-channel scales (checked against the model's folded float weights); activations
+are quantized dynamically per row (u8, scale and zero point per cached row), everything else stays float. Parity
+against the onnxruntime INT8 graph is then a quality budget (log-mel L1, ``int8_max_mel_l1``; SNR recorded), not
+bit-closeness. Writes a NEW bundle directory in the work dir (the current one
 is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
 (:mod:`edgeflow.runtime.native.format`: weight norm folded, the end convs folded into the skip convs, the
 upsampler in phase form, exactly as the exported graph computes), hashed in the manifest like every file, and a
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,16 +42,19 @@ class KernelsConfig(PassConfig):
         time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
         max_rel_err: parity: max |native - onnxruntime| / max |onnxruntime| allowed, per length.
         min_snr_db: parity: SNR of the native audio against onnxruntime's, per length.
+        int8_max_mel_l1: INT8 bundles: log-mel L1 of the native audio against onnxruntime's INT8 audio, per clip
+            (the budget of the ``fast`` recipe's quantize pass against float; both engines quantize differently).
     """
 
     threads: int = 0
     time_seconds: float = 2.0
     max_rel_err: float = 1e-4
     min_snr_db: float = 80.0
+    int8_max_mel_l1: float = 0.1
 
     def __post_init__(self):
-        if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0:
-            raise ValueError("kernels: threads and time_seconds must be >= 0, max_rel_err > 0")
+        if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0 or self.int8_max_mel_l1 <= 0:
+            raise ValueError("kernels: threads and time_seconds must be >= 0, max_rel_err and int8_max_mel_l1 > 0")
 
 
 
@@ -92,6 +102,45 @@ def pack_waveflow(model: Any) -> Dict[str, np.ndarray]:
     return out
 
 
+_QWEIGHT = re.compile(r"^(?:model\.)?flows\.blocks\.(\d+)\.inner\.net\.layers\.(\d+)\.(conv|cond_conv)\.weight$")
+
+
+def int8_from_graph(onnx_path: str | Path, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The INT8 convs of a quantized WaveFlow graph as native ``.qweight`` / ``.qscale`` arrays, added to a copy of
+    ``arrays`` (:func:`pack_waveflow`'s): the graph's own int8 weights and per-output-channel scales (symmetric,
+    zero point 0), for every dilated / conditioning conv whose weight the graph dequantizes.
+
+    Raises:
+        BundleError: a quantized weight that is not symmetric per output channel, or that does not match the
+            model's folded float weight (the bundle was not exported from this model).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    out = dict(arrays)
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith("_quantized"):
+            continue
+        m = _QWEIGHT.match(node.input[0][:-len("_quantized")])
+        if not m or any(i not in inits for i in node.input[:3]):
+            continue
+        base = f"flow.{m.group(1)}.layer.{m.group(2)}.{'conv' if m.group(3) == 'conv' else 'cond'}"
+        q, scale, zp = (numpy_helper.to_array(inits[i]) for i in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        ref = arrays.get(base + ".weight")
+        if ref is None or q.dtype != np.int8 or np.any(zp != 0) or scale.shape != (q.shape[0],) or axis != 0:
+            raise BundleError(f"kernels: {node.input[0]} is not an int8 weight symmetric per output channel")
+        q = q.reshape(ref.shape)
+        tol = scale.reshape((-1,) + (1,) * (ref.ndim - 1)) * 0.501 + 1e-6 * float(np.max(np.abs(ref)))
+        if q.shape != ref.shape or np.any(np.abs(q * scale.reshape(tol.shape) - ref) > tol):
+            raise BundleError(f"kernels: the graph's INT8 weight {node.input[0]} does not match the model's "
+                              f"(was the bundle exported from this model?)")
+        out[base + ".qweight"], out[base + ".qscale"] = q.astype(np.int8), scale.astype(np.float32)
+    return out
+
+
 def compare(native: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
     """max |a - b| / max |b| and SNR (dB) of ``native`` against ``reference``."""
     err = native.astype(np.float64) - reference
@@ -116,6 +165,40 @@ def _parity(ort_synth, nat_synth, frames, cfg: KernelsConfig) -> Dict[str, Any]:
             "passed": all(r["passed"] for r in rows)}
 
 
+def _int8_clips(manifest: Dict[str, Any], n_mels: int, frames) -> list:
+    """(name, mel [n_mels, F], seed) clips for INT8 parity: up to 4 utterances of the calibration set the quantize
+    pass recorded (real mels, inside the graph's calibrated ranges) where it still loads, else random log-mels at
+    the validation lengths."""
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.data.calibration import load_calibration_set
+
+    path = manifest.get("quantization", {}).get("calibration", {}).get("path")
+    try:
+        cset = load_calibration_set(path, MelConfig.from_dict(manifest["mel"])) if path else None
+    except Exception:                                               # moved or changed: fall back to random mels
+        cset = None
+    if cset is not None and len(cset):
+        return [(f"calibration:{i}", m, s) for i, m, s in list(zip(cset.ids, cset.mels, cset.seeds))[:4]]
+    rng = np.random.default_rng(0)
+    return [(f"random:{n}", (rng.standard_normal((n_mels, n)) * 2.0 - 5.0).astype(np.float32), n) for n in frames]
+
+
+def _parity_int8(ort_synth, nat_synth, manifest, frames, cfg: KernelsConfig) -> Dict[str, Any]:
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.audio.snr import log_mel_l1, snr_db
+
+    mel_cfg, rows = MelConfig.from_dict(manifest["mel"]), []
+    for name, mel, seed in _int8_clips(manifest, ort_synth.n_mels, frames):
+        ref, out = ort_synth.synthesize(mel, seed=seed), nat_synth.synthesize(mel, seed=seed)
+        finite = bool(np.all(np.isfinite(out)))
+        row = {"clip": name, "frames": int(mel.shape[-1]), "snr_db": round(snr_db(ref, out), 2) if finite else None,
+               "mel_l1": round(log_mel_l1(ref, out, mel_cfg), 4) if finite else None}
+        row["passed"] = finite and row["mel_l1"] <= cfg.int8_max_mel_l1
+        rows.append(row)
+    return {"reference": "onnxruntime on the bundle's INT8 model.onnx, same mel, z and sigma",
+            "max_mel_l1": cfg.int8_max_mel_l1, "lengths": rows, "passed": all(r["passed"] for r in rows)}
+
+
 def _rtf(synth, seconds: float) -> float:
     frames = max(1, int(round(seconds * synth.sample_rate / synth.hop_length)))
     mel = (np.random.default_rng(0).standard_normal((synth.n_mels, frames)) * 2.0 - 5.0).astype(np.float32)
@@ -130,24 +213,27 @@ def _rtf(synth, seconds: float) -> float:
 
 def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[KernelsConfig] = None,
                 overwrite: bool = False) -> Dict[str, Any]:
-    """Copy the float32 WaveFlow bundle ``bundle_dir`` to ``out_dir`` with the native weights of ``model`` (the
-    model the bundle was exported from), checked against onnxruntime and timed. Returns the manifest written.
+    """Copy the float32 or INT8 WaveFlow bundle ``bundle_dir`` to ``out_dir`` with the native weights of ``model``
+    (the model the bundle was exported from), checked against onnxruntime and timed. Returns the manifest written.
 
     Raises:
-        ConfigError: not a float32 WaveFlow bundle / model. BundleError: parity failed, or out_dir exists.
+        ConfigError: not a float32 / INT8 WaveFlow bundle / model. BundleError: parity failed, INT8 weights that do
+            not match the model, or out_dir exists.
     """
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir
     from edgeflow.runtime.bundle import read_manifest
-    from edgeflow.runtime.native.format import KERNELS_FILE, save
+    from edgeflow.runtime.native.format import KERNELS_FILE, int8_parts, save
     from edgeflow.runtime.synthesizer import Synthesizer
 
     cfg = cfg or KernelsConfig()
     manifest = read_manifest(bundle_dir)
-    if manifest["family"] != "waveflow" or manifest["precision"] != "float32":
-        raise ConfigError(f"kernels: needs a float32 WaveFlow bundle, got {manifest['precision']} "
-                          f"{manifest['family']} (run it before quantize)")
+    precision = manifest["precision"]
+    if manifest["family"] != "waveflow" or precision not in ("float32", "int8"):
+        raise ConfigError(f"kernels: needs a float32 or INT8 WaveFlow bundle, got {precision} {manifest['family']}")
     arrays = pack_waveflow(model)
+    if precision == "int8":
+        arrays = int8_from_graph(Path(bundle_dir) / "model.onnx", arrays)
     threads = cfg.threads or 1
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for p in Path(bundle_dir).iterdir():
@@ -155,16 +241,31 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
                 shutil.copy2(p, tmp / p.name)
         save(tmp / KERNELS_FILE, arrays)
         draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
-        draft["native"] = {"file": KERNELS_FILE, "engine": "waveflow-float32"}
+        draft["native"] = {"file": KERNELS_FILE, "engine": f"waveflow-{precision}", "precision": precision}
+        if precision == "int8":
+            parts = int8_parts(arrays)
+            draft["native"]["int8"] = {
+                "dilated_convs": sum(p[2] == 0 for p in parts), "cond_convs": sum(p[2] == 1 for p in parts),
+                "weights": "the quantized graph's int8 initializers and per-output-channel scales (symmetric)",
+                "activations": "u8, scale and zero point per cached row (dynamic), int32 accumulation",
+                "float": "upsampler, start, res and skip convs, gate, exp, affine update, log-det"}
         write_manifest(tmp, draft)
         ort_synth = Synthesizer.load(tmp, threads=threads, engine="onnxruntime")
         nat_synth = Synthesizer.load(tmp, threads=threads, engine="native")
         frames = [r["frames"] for r in manifest.get("validation", {}).get("lengths", [])] or [8, 23, 50]
-        parity = _parity(ort_synth, nat_synth, frames, cfg)
-        if not parity["passed"]:
-            worst = max(parity["lengths"], key=lambda r: r["max_rel_err"])
-            raise BundleError(f"kernels: native engine vs onnxruntime parity failed (max rel err "
-                              f"{worst['max_rel_err']:.2e}, SNR {worst['snr_db']} dB at {worst['frames']} frames)")
+        if precision == "int8":
+            parity = _parity_int8(ort_synth, nat_synth, manifest, frames, cfg)
+            if not parity["passed"]:
+                worst = max(parity["lengths"], key=lambda r: float("inf") if r["mel_l1"] is None else r["mel_l1"])
+                raise BundleError(f"kernels: native INT8 vs onnxruntime INT8 parity failed (log-mel L1 "
+                                  f"{worst['mel_l1']} > {cfg.int8_max_mel_l1}, SNR {worst['snr_db']} dB, "
+                                  f"clip {worst['clip']})")
+        else:
+            parity = _parity(ort_synth, nat_synth, frames, cfg)
+            if not parity["passed"]:
+                worst = max(parity["lengths"], key=lambda r: r["max_rel_err"])
+                raise BundleError(f"kernels: native engine vs onnxruntime parity failed (max rel err "
+                                  f"{worst['max_rel_err']:.2e}, SNR {worst['snr_db']} dB at {worst['frames']} frames)")
         timing = None
         if cfg.time_seconds > 0:
             timing = {"threads": threads, "seconds": cfg.time_seconds, "native_rtf": _rtf(nat_synth, cfg.time_seconds),
@@ -172,12 +273,15 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
             timing["faster"] = "native" if timing["native_rtf"] < timing["onnxruntime_rtf"] else "onnxruntime"
         from edgeflow.runtime.native import info
 
-        draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=info()["isa"])
+        lib = info()
+        draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=lib["isa"])
+        if precision == "int8":
+            draft["native"]["int8_kernel"] = lib["int8_kernel"]
         return write_manifest(tmp, draft)
 
 
 def not_applicable(artifact: Artifact) -> Optional[str]:
-    """Why the pass leaves this artifact as it is (another family, a quantized bundle, no C library), or None. The
+    """Why the pass leaves this artifact as it is (another family, an FP16 bundle, no C library), or None. The
     pass is then recorded with that reason and the bundle unchanged, so one recipe serves every family."""
     from edgeflow.runtime.bundle import read_manifest
     from edgeflow.runtime.native import load_error
@@ -187,8 +291,8 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     manifest = read_manifest(artifact.bundle_dir)
     if manifest["family"] != "waveflow":
         return f"the native engine has kernels for WaveFlow only, not {manifest['family']}"
-    if manifest["precision"] != "float32":
-        return f"the native engine's kernels are float32; the bundle is already {manifest['precision']}"
+    if manifest["precision"] not in ("float32", "int8"):
+        return f"the native engine has float32 and INT8 kernels; the bundle is {manifest['precision']}"
     return load_error()
 
 

@@ -1,9 +1,10 @@
 """The native engine: edgeflow's own C kernels for a bundle's flows, loaded with ctypes. No torch, no onnxruntime.
 
 The C library (``ef_kernels.c``, built at ``pip install`` as ``edgeflow/runtime/native/_kernels*.so``; a plain
-shared library, no Python C API) runs the whole WaveFlow inverse from the bundle's ``kernels.npz``
-(:mod:`edgeflow.runtime.native.format`, written by the ``kernels`` pass). A missing or failed build leaves
-edgeflow importable: :func:`available` is then False and :func:`load_error` says why in one line.
+shared library, no Python C API) runs the whole WaveFlow inverse (float32, or with INT8 dilated / conditioning
+convs: ``ef_int8.c``) from the bundle's ``kernels.npz`` (:mod:`edgeflow.runtime.native.format`, written by the
+``kernels`` pass). A missing or failed build leaves edgeflow importable: :func:`available` is then False and
+:func:`load_error` says why in one line.
 ``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say).
 
 :class:`NativeSession` mirrors the part of an onnxruntime ``InferenceSession`` the Synthesizer uses
@@ -27,6 +28,9 @@ from edgeflow.runtime.native import format as fmt
 
 #: Instruction-set names of the C library, by its index.
 ISAS = ("portable", "avx2", "avx512")
+#: What the slots of a run's profile (``NativeSession.run(..., prof=)``) time, in CPU seconds.
+PROFILE = ("layer_gemm", "gate", "res_skip", "affine_start", "upsampler", "quantize")
+PROFILE_SLOTS = len(PROFILE)
 #: The provider name :meth:`NativeSession.get_providers` reports.
 PROVIDER = "EdgeflowNativeEngine"
 _ERRORS = {-1: "bad arguments", -2: "audio length is not a multiple of the model's height", -3: "out of memory"}
@@ -46,13 +50,17 @@ def library_path() -> Optional[Path]:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32, i32 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+    i8, u8 = ctypes.POINTER(ctypes.c_int8), ctypes.POINTER(ctypes.c_uint8)
     sigs = {"ef_version": ([], ctypes.c_int), "ef_get_isa": ([], ctypes.c_int),
             "ef_set_isa": ([ctypes.c_int], ctypes.c_int), "ef_has_isa": ([ctypes.c_int], ctypes.c_int),
             "ef_openmp": ([], ctypes.c_int),
             "ef_wf_create": ([i32, ctypes.c_int, f32, ctypes.c_longlong], ctypes.c_void_p),
             "ef_wf_free": ([ctypes.c_void_p], None),
             "ef_wf_run": ([ctypes.c_void_p, f32, ctypes.c_int, ctypes.c_int, f32, ctypes.c_float, f32, ctypes.c_int,
-                           ctypes.POINTER(ctypes.c_double)], ctypes.c_int)}
+                           ctypes.POINTER(ctypes.c_double)], ctypes.c_int),
+            "ef_wf_set_q8": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, i8, f32], ctypes.c_int),
+            "ef_q8_kernel": ([], ctypes.c_char_p),
+            "ef_q8_gemm_test": ([ctypes.c_int, ctypes.c_int, i8, u8, ctypes.c_int, i32], ctypes.c_int)}
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
@@ -97,9 +105,25 @@ def load_error() -> Optional[str]:
 
 
 def info() -> Dict[str, Any]:
-    """The library's facts: path, instruction set in use, OpenMP threads (0: built without OpenMP)."""
+    """The library's facts: path, instruction set in use, its INT8 kernel, OpenMP threads (0: built without
+    OpenMP)."""
     lib = library()
-    return {"library": str(library_path()), "isa": ISAS[lib.ef_get_isa()], "openmp_threads": lib.ef_openmp()}
+    return {"library": str(library_path()), "isa": ISAS[lib.ef_get_isa()],
+            "int8_kernel": lib.ef_q8_kernel().decode(), "openmp_threads": lib.ef_openmp()}
+
+
+def int8_gemm(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """int32 ``w @ x`` for int8 ``w`` [M, K] and uint8 ``x`` [K, N], by the INT8 kernel of the instruction set in
+    use (the engine's own tile and weight packing; tests compare it with exact integer math)."""
+    w, x = np.ascontiguousarray(w, np.int8), np.ascontiguousarray(x, np.uint8)
+    if w.ndim != 2 or x.ndim != 2 or w.shape[1] != x.shape[0] or 0 in w.shape + x.shape:
+        raise InputError(f"int8_gemm: shapes {w.shape} and {x.shape} do not multiply")
+    out = np.empty((w.shape[0], x.shape[1]), np.int32)
+    rc = library().ef_q8_gemm_test(w.shape[0], w.shape[1], _ptr(w, ctypes.c_int8), _ptr(x, ctypes.c_uint8),
+                                   x.shape[1], _ptr(out, ctypes.c_int))
+    if rc != 0:
+        raise InputError("int8_gemm: out of memory")
+    return out
 
 
 def set_isa(name: str) -> None:
@@ -141,12 +165,17 @@ class NativeSession:
         if not handle:
             raise BundleError(f"{path}: the native engine refused the weights (inconsistent sizes)")
         self._handle = handle
+        self.precision = fmt.precision(arrays)
+        for flow, layer, part, q, scale in fmt.int8_parts(arrays):
+            if self._lib.ef_wf_set_q8(handle, flow, layer, part, _ptr(q, ctypes.c_int8), _ptr(scale)) != 0:
+                raise BundleError(f"{path}: the native engine refused the INT8 weights of flow {flow} layer {layer}")
         self.input_names, self.hop_length, self.threads = list(input_names), hop, int(threads or 0)
 
     def run(self, output_names: Any, feeds: Dict[str, np.ndarray], prof: Optional[np.ndarray] = None
             ) -> List[np.ndarray]:
         """audio [B, F * hop] = inverse(z * sigma, mel), like the graph: feeds {mel [B, M, F], z [B, F * hop],
-        sigma [1]}. ``prof`` (float64 [5], single-threaded runs) accumulates per-kernel seconds."""
+        sigma [1]}. ``prof`` (float64 [:data:`PROFILE_SLOTS`], single-threaded runs) accumulates per-kernel
+        seconds (:data:`PROFILE`)."""
         mel_name, z_name, sigma_name = self.input_names
         mel = np.ascontiguousarray(feeds[mel_name], dtype=np.float32)
         z = np.ascontiguousarray(feeds[z_name], dtype=np.float32)
@@ -158,6 +187,8 @@ class NativeSession:
         audio = np.empty((b, f * self.hop_length), dtype=np.float32)
         if b == 0 or f == 0:
             return [audio]
+        if prof is not None and (prof.dtype != np.float64 or prof.size < PROFILE_SLOTS or not prof.flags.c_contiguous):
+            raise InputError(f"native engine: prof must be a contiguous float64 array of {PROFILE_SLOTS}")
         pr = None if prof is None else prof.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         rc = self._lib.ef_wf_run(self._handle, _ptr(mel), b, f, _ptr(z), sigma, _ptr(audio), self.threads, pr)
         if rc != 0:

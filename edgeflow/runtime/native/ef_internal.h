@@ -18,7 +18,19 @@
 #ifndef EF_KC
 #define EF_KC 96         /* reduction rows per GEMM chunk: a chunk of the input block (EF_KC x EF_NB) fits L1 */
 #endif
-#define EF_VERSION 1
+#define EF_VERSION 2      /* 2: INT8 layers (ef_wf_set_q8) */
+#define EF_QK 16          /* most reduction chunks (kernel rows + the conditioning) of an INT8 layer */
+#define EF_NPROF 6        /* profile slots: layer GEMM, gate, res + skip, affine + start, upsampler, quantize */
+
+/* The INT8 weights of one conv of one layer: s8, symmetric per output channel (zero point 0).
+ * w: packed [Mab/MR][nq][MR][4] (a quad = 4 consecutive reduction indices, the layout of a VNNI dot product);
+ * wsum: [nchunk][Mab] the sums of each chunk's weights (for the activations' zero points); scale: [Mab]. */
+typedef struct {
+    int8_t *w;
+    int32_t *wsum;
+    float *scale;
+    int nq, nchunk, chunk;            /* quads, chunks (reduction rows sharing one activation scale), quads each */
+} ef_q8;
 
 typedef struct {
     int n_flows, n_layers, C, k, n_mels, h, n_up, hop, pad;
@@ -29,7 +41,15 @@ typedef struct {
     float **ab_w, **ab_b;             /* [flow*L + layer]: packed [Mab/MR][K][MR], bias [Mab] */
     float **res_w, **res_b;           /* packed [Mres/MR][C][MR], bias [Mres] */
     float **skip_w, **skip_b;         /* [2][C], [2] */
+    int Cq, Mq;                       /* channel / mel quads: ceil(C / 4), ceil(n_mels / 4) */
+    ef_q8 **conv_q, **cond_q;         /* [flow*L + layer]: INT8 dilated / conditioning conv, or NULL (float) */
 } ef_wf;
+
+/* An INT8 register tile: out[r][0:EF_NB] += f[r] * sum_q <w[q][r][0:4], x quad q at column off + n> for r <
+ * EF_MR, over nq quads (xq[q]: quad row q at column 0, u8 [columns][4]); f NULL: store the int32 sums into
+ * (int32_t *)out instead. */
+typedef void (*ef_qtile_fn)(int nq, const int8_t *wp, const uint8_t *const *xq, int off, const float *f,
+                            float *out, int ostride);
 
 typedef struct {                      /* one layer of one row step, as a thread sees it */
     const ef_wf *m;
@@ -38,12 +58,20 @@ typedef struct {                      /* one layer of one row step, as a thread 
     const float *const *xp;           /* K row pointers (column 0 of each reduction row) */
     const float *hid_cur;
     float *hid_next, *hid0_next, *skip, *zrow;
+    const ef_q8 *conv_q, *cond_q;     /* INT8 parts of this layer (NULL: float) */
+    ef_qtile_fn qtile;
+    const uint8_t *const *xq;         /* quad row pointers: k*k*Cq hidden quads, then Mq conditioning quads */
+    float xs[EF_QK];                  /* activation scale of each INT8 chunk (kernel rows, then the cond) */
+    const float *qbias;               /* the bias with the activations' zero points folded in [Mab] */
+    float *mm_next;                   /* per-block [lo, hi] of the row written (an INT8 layer reads it), or NULL */
 } ef_step;
 
 typedef struct {
     float *a, *g, *r;
     const float **gp;
     const float **xp;
+    const uint8_t **xq;
+    float *qbias;
 } ef_scratch;
 
 typedef void (*ef_block_fn)(const ef_step *, int, ef_scratch *, double *);
@@ -53,5 +81,15 @@ double ef_now(void);
 /* The block kernel of instruction set isa; the instruction set in use. */
 ef_block_fn ef_block_for(int isa);
 int ef_get_isa(void);
+/* The INT8 tile of instruction set isa (AVX-512 VNNI, AVX2 or portable). */
+ef_qtile_fn ef_qtile_for(int isa);
+void ef_q8_free(ef_q8 *q);
+/* Quantize rows c < C of src (row c at src + c * cstride, n values) to u8 with scale s, zero point zp, into the
+ * quad-interleaved dst: element (c, j) at dst[((c / 4) * qstride + j) * 4 + c % 4]; channels C..4*Cq-1 get zp. */
+void ef_quant_rows(const float *src, size_t cstride, int C, int n, float s, int zp, uint8_t *dst, size_t qstride);
+/* Min and max of rows c < C of src over n values (into lo, hi; not reset). */
+void ef_minmax_rows(const float *src, size_t cstride, int C, int n, float *lo, float *hi);
+/* (scale, zero point) of u8 asymmetric quantization of [lo, hi] (widened to hold 0 exactly). */
+void ef_qparams(float lo, float hi, float *s, int *zp);
 
 #endif

@@ -9,7 +9,8 @@
  * next layer's row cache, the skip 1x1 conv (the end conv folded in) into the row's (log s, t), and after the last
  * layer the affine update of the row and the start conv of the next row. Threads (OpenMP) split the column
  * blocks of each layer; the instruction set (AVX-512, AVX2+FMA, portable) is chosen at run time. This file: the
- * instruction-set variants (ef_wf_impl.h), their dispatch, weight packing and the C API; ef_run.c: the driver.
+ * instruction-set variants (ef_wf_impl.h), their dispatch, weight packing and the C API; ef_run.c: the driver;
+ * ef_int8.c: the INT8 layers (u8 x s8 tiles, activation quantization).
  */
 
 #include "ef_internal.h"
@@ -111,6 +112,9 @@ EF_API void ef_wf_free(ef_wf *m)
         for (int i = 0; lists[j] && i < nl; i++) free(lists[j][i]);
         free(lists[j]);
     }
+    for (int i = 0; m->conv_q && i < nl; i++) ef_q8_free(m->conv_q[i]);
+    for (int i = 0; m->cond_q && i < nl; i++) ef_q8_free(m->cond_q[i]);
+    free(m->conv_q); free(m->cond_q);
     free(m->up_w); free(m->up_factors); free(m->dil_h); free(m->dil_w); free(m->orders);
     free(m->start_w); free(m->start_b);
     free(m);
@@ -167,6 +171,8 @@ EF_API ef_wf *ef_wf_create(const int *cfg, int n_cfg, const float *w, long long 
     m->K = k * k * C + m->n_mels;
     m->Mab = (2 * C + EF_MR - 1) / EF_MR * EF_MR;
     m->Mres = (C + EF_MR - 1) / EF_MR * EF_MR;
+    m->Cq = (C + 3) / 4;
+    m->Mq = (m->n_mels + 3) / 4;
     need += 2LL * F * C +
             (long long)F * L * (2LL * C * C * k * k + 2LL * C * m->n_mels + 2 * C + C * C + C + 2 * C + 2);
     if (n_w != need) { ef_wf_free(m); return NULL; }
@@ -184,8 +190,10 @@ EF_API ef_wf *ef_wf_create(const int *cfg, int n_cfg, const float *w, long long 
     m->ab_w = calloc(nl, sizeof(float *)); m->ab_b = calloc(nl, sizeof(float *));
     m->res_w = calloc(nl, sizeof(float *)); m->res_b = calloc(nl, sizeof(float *));
     m->skip_w = calloc(nl, sizeof(float *)); m->skip_b = calloc(nl, sizeof(float *));
+    m->conv_q = calloc(nl, sizeof(ef_q8 *)); m->cond_q = calloc(nl, sizeof(ef_q8 *));
     float *nat = malloc((size_t)2 * C * m->K * sizeof(float));
-    if (!m->start_w || !m->start_b || !m->ab_w || !m->ab_b || !m->res_w || !m->res_b || !m->skip_w ||
+    if (!m->conv_q || !m->cond_q || !m->start_w || !m->start_b || !m->ab_w || !m->ab_b || !m->res_w || !m->res_b ||
+        !m->skip_w ||
         !m->skip_b || !nat) { free(nat); ef_wf_free(m); return NULL; }
     for (int f = 0; f < F; f++) {
         memcpy(m->start_w + f * C, src, C * sizeof(float)); src += C;

@@ -44,18 +44,53 @@ EF_ATTR static void EF_FN(ef_tile)(int K, const float *wp, const float *const *x
         for (int v = 0; v < EF_NV; v++) EF_ST(out + (size_t)r * ostride + v * EF_VW, acc[r][v]);
 }
 
-/* A packed GEMM over one column block: out[Mp][EF_NB] = bias + W[Mp][K] X[K][EF_NB] (X rows by pointer), in
- * reduction chunks of EF_KC rows so that the chunk of X stays in L1 across the row tiles. */
-EF_ATTR static void EF_FN(ef_gemm)(int Mp, int K, const float *wp, const float *bias, const float *const *xp,
-                                    int j0, float *out)
+/* A packed GEMM over one column block and reduction rows [kb, ke) of W [Mp][K]: out[Mp][EF_NB] = (bias, or out
+ * when bias is NULL) + W[:, kb:ke] X[kb:ke][EF_NB] (X rows by pointer), in reduction chunks of EF_KC rows so that
+ * the chunk of X stays in L1 across the row tiles. */
+EF_ATTR static void EF_FN(ef_gemm)(int Mp, int K, int kb, int ke, const float *wp, const float *bias,
+                                    const float *const *xp, int j0, float *out)
 {
-    for (int k0 = 0; k0 < K; k0 += EF_KC) {
-        const int kc = K - k0 < EF_KC ? K - k0 : EF_KC;
+    for (int k0 = kb; k0 < ke; k0 += EF_KC) {
+        const int kc = ke - k0 < EF_KC ? ke - k0 : EF_KC;
         for (int mt = 0; mt < Mp; mt += EF_MR)
             for (int n = 0; n < EF_NB; n += EF_NV * EF_VW)
                 EF_FN(ef_tile)(kc, wp + (size_t)mt * K + (size_t)k0 * EF_MR, xp + k0, j0 + n,
-                               k0 == 0 ? bias + mt : NULL, out + (size_t)mt * EF_NB + n, EF_NB);
+                               (k0 == kb && bias) ? bias + mt : NULL, out + (size_t)mt * EF_NB + n, EF_NB);
     }
+}
+
+/* The INT8 chunks [c0, c1) of q over one column block: out[Mp][EF_NB] += scale * (sum of u8 x s8), chunk by
+ * chunk (chunk c's activation scale s->xs[xs0 + c]); quads from xq. */
+EF_ATTR static void EF_FN(ef_qgemm)(const ef_step *s, const ef_q8 *q, int Mp, const uint8_t *const *xq, int xs0,
+                                     int j0, float *out)
+{
+    for (int c = 0; c < q->nchunk; c++) {
+        const int q0 = c * q->chunk, nq = q->chunk;
+        for (int mt = 0; mt < Mp; mt += EF_MR) {
+            float f[EF_MR];
+            for (int r = 0; r < EF_MR; r++) f[r] = s->xs[xs0 + c] * q->scale[mt + r];
+            s->qtile(nq, q->w + ((size_t)mt * q->nq + (size_t)q0 * EF_MR) * 4, xq + q0, j0, f,
+                     out + (size_t)mt * EF_NB, EF_NB);
+        }
+    }
+}
+
+/* The layer GEMM (dilated conv + conditioning) of one block, float or INT8 part by part. */
+EF_ATTR static void EF_FN(ef_layer_gemm)(const ef_step *s, int j0, float *out)
+{
+    const ef_wf *m = s->m;
+    const int kkc = m->k * m->k * m->C;
+    if (s->conv_q) {
+        for (int o = 0; o < m->Mab; o++)
+            for (int n = 0; n < EF_NB; n++) out[(size_t)o * EF_NB + n] = s->qbias[o];
+        EF_FN(ef_qgemm)(s, s->conv_q, m->Mab, s->xq, 0, j0, out);
+    } else {
+        EF_FN(ef_gemm)(m->Mab, m->K, 0, kkc, s->ab_w, s->qbias, s->xp, j0, out);
+    }
+    if (s->cond_q)
+        EF_FN(ef_qgemm)(s, s->cond_q, m->Mab, s->xq + m->k * m->k * m->Cq, m->k, j0, out);
+    else
+        EF_FN(ef_gemm)(m->Mab, m->K, kkc, m->K, s->ab_w, NULL, s->xp, j0, out);
 }
 
 /* Elementwise min / max through compare masks (C has no vector ?:). */
@@ -131,18 +166,26 @@ EF_ATTR static void EF_FN(ef_block)(const ef_step *s, int j0, ef_scratch *w, dou
     const ef_wf *m = s->m;
     const int C = m->C, valid = (s->W - j0) < EF_NB ? s->W - j0 : EF_NB;
     double t0 = prof ? ef_now() : 0, t1;
-    EF_FN(ef_gemm)(m->Mab, m->K, s->ab_w, s->ab_b, s->xp, j0, w->a);
+    if (s->conv_q || s->cond_q)
+        EF_FN(ef_layer_gemm)(s, j0, w->a);
+    else
+        EF_FN(ef_gemm)(m->Mab, m->K, 0, m->K, s->ab_w, s->ab_b, s->xp, j0, w->a);
     if (prof) { t1 = ef_now(); prof[0] += t1 - t0; t0 = t1; }
     EF_FN(ef_gate)(C, w->a, w->g);
     if (prof) { t1 = ef_now(); prof[1] += t1 - t0; t0 = t1; }
     if (s->res_w) {                                   /* residual 1x1: next layer's input row */
-        EF_FN(ef_gemm)(m->Mres, C, s->res_w, s->res_b, w->gp, 0, w->r);
+        EF_FN(ef_gemm)(m->Mres, C, 0, C, s->res_w, s->res_b, w->gp, 0, w->r);
         for (int c = 0; c < C; c++) {
             const float *cur = s->hid_cur + (size_t)c * s->RS + j0;
             float *nxt = s->hid_next + (size_t)c * s->RS + j0;
             const float *rr = w->r + (size_t)c * EF_NB;
             for (int n = 0; n < valid; n++)
                 nxt[n] = (cur[n] + rr[n]) * 0.70710678118654752f;
+        }
+        if (s->mm_next) {                             /* the row's range, for its INT8 quantization */
+            float *mm = s->mm_next + 2 * (j0 / EF_NB);
+            mm[0] = mm[1] = 0.0f;
+            ef_minmax_rows(s->hid_next + j0, s->RS, C, valid, &mm[0], &mm[1]);
         }
     }
     for (int o = 0; o < 2; o++) {                      /* skip (end conv folded in): log s, t contributions */
@@ -169,6 +212,11 @@ EF_ATTR static void EF_FN(ef_block)(const ef_step *s, int j0, ef_scratch *w, dou
                 const float a = s->start_w[c], b = s->start_b[c];
                 for (int n = 0; n < valid; n++) h[n] = a * x[n] + b;
             }
+        if (s->hid0_next && s->mm_next) {
+            float *mm = s->mm_next + 2 * (j0 / EF_NB);
+            mm[0] = mm[1] = 0.0f;
+            ef_minmax_rows(s->hid0_next + j0, s->RS, C, valid, &mm[0], &mm[1]);
+        }
         if (prof) { t1 = ef_now(); prof[3] += t1 - t0; }
     }
 }

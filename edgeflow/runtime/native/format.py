@@ -11,8 +11,13 @@ biases summed). Shapes (C channels, k kernel, M mels, h rows, L layers, F flows)
 * ``flow.{f}.start.weight`` / ``.bias`` [C]: the 1 -> C start conv of flow f (model order)
 * ``flow.{f}.layer.{l}.conv.weight`` [2C, C, k, k], ``.cond.weight`` [2C, M], ``.in.bias`` [2C],
   ``.res.weight`` [C, C], ``.res.bias`` [C], ``.skip.weight`` [2, C], ``.skip.bias`` [2] (log s, t rows)
+* INT8 (format 2, optional, per layer and conv): ``flow.{f}.layer.{l}.conv.qweight`` int8 [2C, C, k, k] with
+  ``.conv.qscale`` float32 [2C], ``.cond.qweight`` int8 [2C, M] with ``.cond.qscale`` [2C]: the dilated /
+  conditioning conv in INT8 (weights symmetric per output channel, zero point 0; w ~= qweight * qscale). The
+  float weights stay in the file; the engine runs a conv in INT8 where its pair is present.
 
-The C library takes ``config`` as one int vector and the floats as one blob in this order (:func:`blob`).
+The C library takes ``config`` as one int vector and the floats as one blob in this order (:func:`blob`); the INT8
+pairs separately (:func:`int8_parts`). Format 1 files (float only) still load.
 """
 
 from __future__ import annotations
@@ -20,18 +25,21 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from edgeflow.core.errors import BundleError, short_reason
 from edgeflow.core.io import atomic_write_bytes
 
-#: Version of the file layout (and of the C library's cfg vector).
-FORMAT = 1
+#: Version of the file layout (and of the C library's cfg vector). 2: optional INT8 layers.
+FORMAT = 2
+#: File versions this edgeflow reads.
+READS = (1, 2)
 #: The weight file's name inside a bundle.
 KERNELS_FILE = "kernels.npz"
 _LAYER = ("conv.weight", "cond.weight", "in.bias", "res.weight", "res.bias", "skip.weight", "skip.bias")
+_Q8 = ("conv", "cond")
 
 
 def expected_shapes(cfg: np.ndarray, up_factors: np.ndarray) -> Dict[str, Tuple[int, ...]]:
@@ -78,20 +86,23 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
             raise BundleError(f"{where}: native weight file field {name} is missing or malformed")
         return np.ascontiguousarray(a, dtype=np.int32)
 
-    if int(ints("format", (1,))[0]) != FORMAT:
-        raise BundleError(f"{where}: native weight file format {arrays['format'][0]} (this edgeflow reads {FORMAT})")
+    version = int(ints("format", (1,))[0])
+    if version not in READS:
+        raise BundleError(f"{where}: native weight file format {version} (this edgeflow reads "
+                          f"{', '.join(map(str, READS))}; rebuild it with the kernels pass)")
     cfg = ints("config", (7,))
     n_flows, n_layers, c, k, m, h, n_up = (int(v) for v in cfg)
     if min(n_flows, n_layers, c, k, m, h, n_up) < 1 or k % 2 == 0:
         raise BundleError(f"{where}: native weight file has a bad config {cfg.tolist()}")
-    out = {"format": ints("format", (1,)), "config": cfg, "up_factors": ints("up_factors", (n_up,)),
+    out = {"format": np.array([FORMAT], np.int32), "config": cfg, "up_factors": ints("up_factors", (n_up,)),
            "dilations_h": ints("dilations_h", (n_layers,)), "dilations_w": ints("dilations_w", (n_layers,)),
            "row_orders": ints("row_orders", (n_flows, h))}
     if any(sorted(o) != list(range(h)) for o in out["row_orders"].tolist()) or out["up_factors"].min() < 1 \
             or min(out["dilations_h"].min(), out["dilations_w"].min()) < 1:
         raise BundleError(f"{where}: native weight file has bad row orders, factors or dilations")
     shapes = expected_shapes(cfg, out["up_factors"])
-    extra = sorted(set(arrays) - set(shapes) - set(out))
+    qnames = _check_int8(arrays, shapes, version, where, out)
+    extra = sorted(set(arrays) - set(shapes) - set(out) - qnames)
     if extra:
         raise BundleError(f"{where}: native weight file has unknown fields {', '.join(extra[:3])}")
     for name, shape in shapes.items():
@@ -101,6 +112,40 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
                               f"(expected float {list(shape)})")
         out[name] = np.ascontiguousarray(a, dtype=np.float32)
     return out
+
+
+def _check_int8(arrays: Dict[str, np.ndarray], shapes: Dict[str, Tuple[int, ...]], version: int, where: str,
+                out: Dict[str, np.ndarray]) -> set:
+    """Check the INT8 pairs into ``out``; returns the names seen."""
+    seen = {n for n in arrays if n.endswith((".qweight", ".qscale"))}
+    if seen and version < 2:
+        raise BundleError(f"{where}: native weight file format {version} cannot hold INT8 layers")
+    for name in sorted(seen):
+        base = name.rsplit(".", 1)[0]
+        fshape = shapes.get(base + ".weight")
+        if fshape is None or base.rsplit(".", 1)[1] not in _Q8:
+            raise BundleError(f"{where}: native weight file has unknown fields {name}")
+        q, s = np.asarray(arrays.get(base + ".qweight", np.zeros(0))), np.asarray(arrays.get(base + ".qscale",
+                                                                                          np.zeros(0)))
+        if q.dtype != np.int8 or q.shape != fshape or s.dtype.kind != "f" or s.shape != fshape[:1] \
+                or not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise BundleError(f"{where}: native weight file INT8 pair {base}.qweight / .qscale is incomplete or "
+                              f"malformed (expected int8 {list(fshape)} and float [{fshape[0]}] >= 0)")
+        out[base + ".qweight"], out[base + ".qscale"] = np.ascontiguousarray(q), np.ascontiguousarray(s, np.float32)
+    return seen
+
+
+def int8_parts(arrays: Dict[str, np.ndarray]) -> List[Tuple[int, int, int, np.ndarray, np.ndarray]]:
+    """The INT8 convs of checked arrays: (flow, layer, part 0 dilated / 1 conditioning, qweight, qscale)."""
+    n_flows, n_layers = int(arrays["config"][0]), int(arrays["config"][1])
+    return [(f, lay, part, arrays[p + ".qweight"], arrays[p + ".qscale"])
+            for f in range(n_flows) for lay in range(n_layers) for part, name in enumerate(_Q8)
+            for p in [f"flow.{f}.layer.{lay}.{name}"] if p + ".qweight" in arrays]
+
+
+def precision(arrays: Dict[str, np.ndarray]) -> str:
+    """"int8" when any conv of checked arrays is INT8, else "float32"."""
+    return "int8" if int8_parts(arrays) else "float32"
 
 
 def blob(arrays: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
