@@ -90,3 +90,30 @@ def assert_threads_match_serial(synth, mels, rounds: int = 3) -> None:
     assert not errors
     for a, b in zip(serial, results):
         np.testing.assert_array_equal(a, b)
+
+
+_NO_TORCH = r"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+"""
+_NO_TORCH_END = r"""
+assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+print("ok")
+"""
+
+
+def run_torch_free(body: str, *args: str) -> None:
+    """Run ``body`` (Python source; ``sys.argv[1:]`` = ``args``) in a fresh interpreter where importing torch
+    raises, and assert it ran to the end without torch being imported."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH + body + _NO_TORCH_END, *args],
+                          env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -18,9 +16,9 @@ import soundfile as sf
 from edgeflow.core.errors import BundleError, ConfigError, InputError
 from edgeflow.runtime import Voice
 from edgeflow.runtime.voice import PhonemeWarning
+from export_helpers import run_torch_free
 from voice_helpers import HOP, RECEPTIVE, make_bundle, piper_voice_path, snr_db
 
-REPO = Path(__file__).resolve().parents[1]
 TEXT = "Hello, world. This is a somewhat longer sentence, for the streaming test!"
 
 
@@ -221,19 +219,11 @@ def test_piper_bad_files(tmp_path):
 
 
 TORCH_FREE = r"""
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, NoTorch())
 from edgeflow.runtime import Voice
 for path in sys.argv[1:]:
     v = Voice.load(path, threads=1)
     audio, sr = v.speak("Hello there. Bye.", noise_scale=0, noise_w=0)
     assert audio.size > 0 and list(v.speak_stream("Hi."))
-assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
-print("ok")
 """
 
 
@@ -243,9 +233,7 @@ def test_voice_runtime_is_torch_free(bundle):
         paths.append(str(piper_voice_path()))
     except pytest.skip.Exception:
         pass
-    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, *paths], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    run_torch_free(TORCH_FREE, *paths)
 
 
 @pytest.mark.slow

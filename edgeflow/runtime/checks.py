@@ -64,3 +64,18 @@ def check_sigma(sigma: Any) -> float:
     if not math.isfinite(value) or value < 0:
         raise InputError(f"sigma must be finite and >= 0, got {sigma!r}")
     return value
+
+
+def check_stream_options(text: Any, chunk_frames: Any, first_chunk_frames: Any, sentence_silence: Any,
+                         sample_rate: int) -> np.ndarray:
+    """Check a voice's ``speak_stream`` options; returns the silence between sentences, float32 [n].
+
+    Raises:
+        InputError: a chunk size that is not a non-negative integer (None allowed), or a text that is not a str.
+    """
+    for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+    if not isinstance(text, str):
+        raise InputError(f"text must be a str, got {type(text).__name__}")
+    return np.zeros(int(round(max(0.0, float(sentence_silence)) * sample_rate)), dtype=np.float32)

@@ -28,7 +28,7 @@ import numpy as np
 from edgeflow.core.errors import BundleError, InputError
 from edgeflow.core.noise import noise
 from edgeflow.core.ode import METHODS, SWAY_MAX, SWAY_MIN, solve, step_table
-from edgeflow.runtime.checks import check_seed
+from edgeflow.runtime.checks import check_seed, check_stream_options
 from edgeflow.runtime.voice import BUNDLE_LOADERS, MAX_SENTENCE_SECONDS, Voice, _open_session
 from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
 
@@ -230,12 +230,7 @@ class FmVoice(Voice):
         options nfe, solver, sway, guidance (None or absent: the bundle's defaults)."""
         opts = self._options(noise_scale, length_scale, noise_w, ode)
         seed = check_seed(seed)
-        for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, got {type(text).__name__}")
-        silence = np.zeros(int(round(max(0.0, float(sentence_silence)) * self.sample_rate)), dtype=np.float32)
+        silence = check_stream_options(text, chunk_frames, first_chunk_frames, sentence_silence, self.sample_rate)
         return self._stream(text, opts, seed, chunk_frames, first_chunk_frames, silence)
 
     def speak(self, text: str, noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
