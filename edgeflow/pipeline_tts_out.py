@@ -22,6 +22,10 @@ def publish(artifact, dest: Path, target: Dict[str, Any]) -> None:
     with atomic_dir(dest, overwrite=True) as tmp:
         for name in manifest["graphs"].values():
             shutil.copyfile(src / name, tmp / name)
+        native = manifest.get("native") or {}
+        for key in ("file", "decoder"):             # the tts_kernels pass's flow weights and cut decoder
+            if isinstance(native.get(key), str) and (src / native[key]).is_file():
+                shutil.copyfile(src / native[key], tmp / native[key])
         manifest["target"] = target["name"]
         if target.get("tensorrt"):
             _tensorrt_files(tmp, manifest)

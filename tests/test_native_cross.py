@@ -87,3 +87,16 @@ def test_aarch64_int8_matches_host_under_qemu(tmp_path):
     ref = host.run(None, {"mel": mel, "z": z, "sigma": np.array([0.7], np.float32)})[0]
     got = compare(out, ref)
     assert got["snr_db"] > 80, got
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CC, reason="no aarch64 cross compiler (apt-get install -y gcc-aarch64-linux-gnu)")
+def test_aarch64_wavenet_flow_kernels_compile(tmp_path):
+    """The WaveNet-coupling (VITS prior flow) kernels build for aarch64 with warnings as errors (compile only: no
+    aarch64 driver runs them yet)."""
+    for name in ("ef_wn.c", "ef_wn_run.c"):
+        built = subprocess.run([CC, "-O2", "-c", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
+                                "-o", str(tmp_path / (name + ".o")), str(SRC / name)],
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-2000:]
+        assert (tmp_path / (name + ".o")).stat().st_size > 0

@@ -25,7 +25,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -296,19 +296,28 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     return load_error()
 
 
-def _kernels(artifact: Artifact, cfg: KernelsConfig, ctx: PassContext):
-    why = not_applicable(artifact)
-    if why:
-        if ctx.progress:
-            print(f"    kernels: bundle unchanged ({why})")
-        return {"native": False, "reason": why}
-    if not cfg.threads:
-        cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
-    out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-kernels"
-    manifest = add_kernels(artifact.model, artifact.bundle_dir, out, cfg, overwrite=True)
-    artifact.bundle_dir = out
-    native = manifest["native"]
-    return {"native": True, "bundle": out.name, "parity": native["parity"], "timing": native["timing"]}
+def kernels_handler(name: str, why_not: Callable[[Artifact], Optional[str]],
+                    build: Callable[[Artifact, Path, Any], Dict[str, Any]]):
+    """A pass handler that adds native kernels to the artifact's bundle: ``why_not(artifact)`` says why it
+    does not apply (the bundle is then left as it is), ``build(artifact, out_dir, cfg)`` writes the bundle with
+    kernels and returns its manifest. The config's ``threads`` 0 means the target's."""
+
+    def handler(artifact: Artifact, cfg: Any, ctx: PassContext):
+        why = why_not(artifact)
+        if why:
+            if ctx.progress:
+                print(f"    {name}: bundle unchanged ({why})")
+            return {"native": False, "reason": why}
+        if not cfg.threads:
+            cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
+        out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-{name.replace('_', '-')}"
+        native = build(artifact, out, cfg)["native"]
+        artifact.bundle_dir = out
+        return {"native": True, "bundle": out.name, "parity": native["parity"], "timing": native["timing"]}
+
+    return handler
 
 
-register_pass("kernels", KernelsConfig, _kernels, changes_output=False)
+register_pass("kernels", KernelsConfig, kernels_handler(
+    "kernels", not_applicable, lambda a, out, cfg: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
+    changes_output=False)

@@ -79,3 +79,41 @@ def check_stream_options(text: Any, chunk_frames: Any, first_chunk_frames: Any, 
     if not isinstance(text, str):
         raise InputError(f"text must be a str, got {type(text).__name__}")
     return np.zeros(int(round(max(0.0, float(sentence_silence)) * sample_rate)), dtype=np.float32)
+
+
+def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing: str, load: Any) -> str:
+    """"native" or "onnxruntime" for an engine request, given the bundle's checked ``native`` manifest section.
+
+    Args:
+        engine: "onnxruntime" | "native" | "auto" (already checked to be one of them).
+        native: the section (a dict with the pass's ``timing``), or None when the bundle has no usable kernels.
+        providers: the onnxruntime providers asked for (None or "cpu": the CPU).
+        where: the bundle, for messages.
+        missing: the message's end when "native" is asked of a bundle without kernels.
+        load: a callable that loads the C library (raises DependencyError, one line, when it cannot).
+
+    Returns:
+        "onnxruntime" as asked; "native" as asked; for "auto", "native" only where the bundle's pass measured
+        it faster, the providers are the CPU and the library loads.
+
+    Raises:
+        BundleError: "native" asked of a bundle without kernels. DependencyError: "native" asked, no library.
+    """
+    from edgeflow.core.errors import BundleError, DependencyError
+
+    if engine == "onnxruntime":
+        return engine
+    if engine == "native":
+        if native is None:
+            raise BundleError(f"{where}: {missing}")
+        load()
+        return engine
+    cpu_only = providers is None or (isinstance(providers, str) and providers.lower() == "cpu")
+    timing = native.get("timing") if native else None
+    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native":
+        return "onnxruntime"
+    try:
+        load()
+    except DependencyError:
+        return "onnxruntime"
+    return "native"

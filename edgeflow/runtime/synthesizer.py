@@ -18,7 +18,7 @@ from edgeflow.core.errors import BundleError, DependencyError, InputError, short
 from edgeflow.core.noise import noise
 from edgeflow.core.ort import LARGE_GRAPH_NODES, session_options  # noqa: F401  (the one place)
 from edgeflow.runtime.bundle import MODEL_FILE, read_manifest
-from edgeflow.runtime.checks import check_mel, check_seed, check_sigma  # noqa: F401  (check_mel: public here too)
+from edgeflow.runtime.checks import check_mel, check_seed, check_sigma, resolve_engine  # noqa: F401  (check_mel: public here too)
 from edgeflow.runtime.streaming import stream
 
 #: Longest input accepted in one call (seconds of audio); longer input is refused, not truncated.
@@ -75,23 +75,10 @@ def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, A
 
 def choose_engine(manifest: Dict[str, Any], engine: str, providers: Any, where: Any) -> str:
     """"native" or "onnxruntime" for a requested ``engine`` (see :meth:`Synthesizer.load`)."""
-    native = native_section(manifest, where)
-    if engine == "onnxruntime":
-        return engine
-    if engine == "native":
-        if native is None:
-            raise BundleError(f"{where}: the bundle has no native kernels (add them with the kernels pass)")
-        from edgeflow.runtime.native import library
+    from edgeflow.runtime.native import library
 
-        library()                                   # DependencyError (one line) when the library is missing
-        return engine
-    cpu_only = providers is None or (isinstance(providers, str) and providers.lower() == "cpu")
-    timing = native.get("timing") if native else None
-    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native":
-        return "onnxruntime"
-    from edgeflow.runtime.native import available
-
-    return "native" if available() else "onnxruntime"
+    return resolve_engine(engine, native_section(manifest, where), providers, where,
+                          "the bundle has no native kernels (add them with the kernels pass)", library)
 
 
 class Synthesizer:

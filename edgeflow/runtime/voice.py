@@ -11,6 +11,10 @@ Two sources load the same way (``Voice.load(path)``):
   effect and output differs run to run unless ``noise_scale`` and ``noise_w`` are 0; streaming is by
   sentence only.
 
+A bundle whose ``tts_kernels`` pass added native kernels can run its prior flow in edgeflow's C engine
+(``Voice.load(..., engine="native")``, or ``"auto"``: where the pass measured it faster): the flow's inverse
+over each decoder chunk in one call, then the bundle's decoder graph cut after the flow in onnxruntime.
+
 Text is turned into ids by :mod:`edgeflow.text` (espeak-ng, Piper's convention). Sentence ``i``
 of a text uses seed ``seed + i``. A ``Voice`` holds no mutable state: threads may share one.
 """
@@ -28,7 +32,8 @@ from edgeflow.core.errors import BundleError, DependencyError, InputError, short
 from edgeflow.core.noise import noise
 from edgeflow import text as frontend
 from edgeflow.runtime.checks import check_seed
-from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
+from edgeflow.runtime.voice_config import (VoiceConfig, choose_voice_engine, read_vits_manifest,
+                                          resolve_scales, vits_native_section)
 
 #: Longest audio of one sentence (seconds); a bundle's durations beyond it are refused.
 MAX_SENTENCE_SECONDS = 600.0
@@ -100,6 +105,11 @@ class Voice:
         self.channels = int(manifest.get("inter_channels", 0)) if manifest else 0
         ctx = ((manifest or {}).get("streaming") or {}).get("context_frames") or {}
         self.context_frames = (int(ctx.get("left", 0)), int(ctx.get("right", 0)))
+        #: "onnxruntime", or "native": the prior flow in the native engine (:attr:`flow`), the rest of the
+        #: decoder in onnxruntime (the bundle's cut decoder graph, input :attr:`flow_output`).
+        self.engine = "onnxruntime"
+        self.flow: Any = None
+        self.flow_output: Optional[str] = None
 
     @property
     def sample_rate(self) -> int:
@@ -107,7 +117,7 @@ class Voice:
 
     @classmethod
     def load(cls, path: str | Path, threads: Optional[int] = None, providers: Any = None,
-             config: Optional[str | Path] = None) -> "Voice":
+             config: Optional[str | Path] = None, engine: str = "auto") -> "Voice":
         """Open an edgeflow VITS bundle directory or a Piper ``VOICE.onnx`` (config ``VOICE.onnx.json``).
 
         Args:
@@ -115,20 +125,27 @@ class Voice:
             threads: intra-op threads per session (None: onnxruntime's default).
             providers: as :func:`edgeflow.runtime.synthesizer.resolve_providers` (default CPU).
             config: Piper only: the json if it is not ``path + ".json"``.
+            engine: the prior flow's engine: "onnxruntime" (the bundle's decoder.onnx), "native" (edgeflow's C
+                kernels, from the ``tts_kernels`` pass) or "auto" (native where that pass measured it faster,
+                the providers are the CPU's and the library loads; else onnxruntime).
 
         Raises:
             BundleError: missing, tampered, truncated or foreign graph/bundle, or a phoneme map with ids
-                the model's embedding does not have. ConfigError: a bad voice json.
+                the model's embedding does not have; engine "native" for a voice without native kernels.
+                ConfigError: a bad voice json. InputError: bad threads or engine. DependencyError: engine
+                "native" where the C library is not built.
         """
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         path = Path(path)
         loader = BUNDLE_LOADERS.get(_bundle_family(path)) if cls is Voice and path.is_dir() else None
         if loader is not None:                  # a family with its own runtime (fmtts: edgeflow.runtime.fm_voice)
+            choose_voice_engine(None, engine, providers, path)
             return loader(path, threads, providers)
         if path.is_dir():
-            voice = cls._load_bundle(path, threads, providers)
+            voice = cls._load_bundle(path, threads, providers, engine)
         elif path.is_file():
+            choose_voice_engine(None, engine, providers, path)
             cfg = VoiceConfig.read(config if config is not None else Path(f"{path}.json"))
             voice = cls(cfg, _open_session(path, threads, providers, "Piper voice graph"), source=path)
             names = {i.name for i in voice.encoder.get_inputs()}
@@ -141,13 +158,25 @@ class Voice:
         return voice
 
     @classmethod
-    def _load_bundle(cls, path: Path, threads: Optional[int], providers: Any) -> "Voice":
+    def _load_bundle(cls, path: Path, threads: Optional[int], providers: Any, engine: str = "auto") -> "Voice":
         manifest = read_vits_manifest(path)
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
-        graphs = manifest["graphs"]
+        graphs = dict(manifest["graphs"])
+        native = choose_voice_engine(manifest, engine, providers, path) == "native"
+        section = vits_native_section(manifest, path) if native else None
+        if section is not None:
+            graphs["decoder"] = section["decoder"]
         sessions = [_open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder")
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
+        if section is not None:
+            from edgeflow.runtime.native.wn import NativeFlow
+
+            voice.flow = NativeFlow(path / section["file"], threads=threads)
+            if voice.flow.channels != voice.channels or voice.flow.n_cond:
+                raise BundleError(f"{path}: the native flow weights do not fit the voice ({voice.flow.channels} "
+                                  f"channels, expected {voice.channels})")
+            voice.engine, voice.flow_output = "native", section["decoder_input"]
         return voice
 
     def _probe(self) -> None:
@@ -200,15 +229,30 @@ class Voice:
                              f"more than the {MAX_SENTENCE_SECONDS:.0f} s limit (lower length_scale)")
         return m_p, logs_p
 
+    def _noise(self, seed: int, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        return np.ascontiguousarray(noise(seed, start, n, self.channels).reshape(1, n, self.channels)
+                                    .transpose(0, 2, 1))
+
+    def prior(self, m_p: np.ndarray, logs_p: np.ndarray, noise_scale: float, seed: int, start: int,
+              stop: int) -> np.ndarray:
+        """z_p [1, C, stop - start] = m_p + noise * exp(logs_p) * noise_scale over frames [start, stop) (float32,
+        the decoder graph's order of operations): the prior flow's input."""
+        z = self._noise(seed, start, stop)
+        return m_p[:, :, start:stop] + z * np.exp(logs_p[:, :, start:stop]) * np.float32(noise_scale)
+
     def _decode(self, m_p: np.ndarray, logs_p: np.ndarray, noise_scale: float, seed: int,
                 start: int, stop: int) -> np.ndarray:
         """Audio [(stop - start) * hop] of frames [start, stop), with the utterance's noise for them."""
         n = stop - start
-        z = noise(seed, start, n, self.channels).reshape(1, n, self.channels).transpose(0, 2, 1)
-        feeds = {"m_p": np.ascontiguousarray(m_p[:, :, start:stop]),
-                 "logs_p": np.ascontiguousarray(logs_p[:, :, start:stop]),
-                 "noise_z": np.ascontiguousarray(z),
-                 "scales": np.array([noise_scale, 1.0, 0.0], dtype=np.float32)}
+        if self.flow is not None:
+            z = self.flow.run(self.prior(m_p, logs_p, noise_scale, seed, start, stop))
+            feeds = {self.flow_output: z}
+        else:
+            feeds = {"m_p": np.ascontiguousarray(m_p[:, :, start:stop]),
+                     "logs_p": np.ascontiguousarray(logs_p[:, :, start:stop]),
+                     "noise_z": self._noise(seed, start, stop),
+                     "scales": np.array([noise_scale, 1.0, 0.0], dtype=np.float32)}
         return self._run(self.decoder, feeds)[0].reshape(-1)[:n * self.hop_length].astype(np.float32, copy=False)
 
     def _sentence_chunks(self, ids: Sequence[int], scales: Dict[str, float], seed: int,
@@ -305,7 +349,7 @@ class Voice:
         return write_wav_stream(self.speak_stream(text, **kwargs), self.sample_rate, path)
 
     def __repr__(self) -> str:
-        return f"Voice({self.kind}, {self.source}, {self.sample_rate} Hz)"
+        return f"Voice({self.kind}, {self.source}, {self.sample_rate} Hz, {self.engine})"
 
 
 def write_wav_stream(chunks: Iterator[np.ndarray], sample_rate: int, path: str | Path) -> Dict[str, float]:

@@ -149,3 +149,50 @@ def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
     from edgeflow.runtime.bundle import read_manifest
 
     return read_manifest(bundle_dir, task="tts")
+
+
+#: Engines :meth:`edgeflow.runtime.Voice.load` can run a voice's prior flow with.
+VOICE_ENGINES = ("auto", "onnxruntime", "native")
+
+
+def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
+    """A VITS bundle's ``native`` section (the ``tts_kernels`` pass's), checked. None when the bundle has none,
+    when its flow weights or cut decoder are not among the files the manifest hashes (a copy that kept the graphs
+    only), or when it is stale (``decoder.onnx`` was replaced after the pass: the cut no longer matches it).
+
+    Raises:
+        BundleError: a malformed section.
+    """
+    from edgeflow.core.errors import BundleError
+
+    native = manifest.get("native")
+    if native is None:
+        return None
+    files = manifest.get("files") or {}
+    names = [native.get(k) for k in ("file", "decoder")] if isinstance(native, dict) else [None]
+    if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n for n in names) \
+            or not isinstance(native.get("decoder_input"), str) or native.get("engine") != "vits-flow-float32":
+        raise BundleError(f"{where}: manifest field native must name the flow weights, the cut decoder and its "
+                          "input")
+    if any(n not in files for n in names) or native.get("source_decoder_sha256") != \
+            files.get(manifest["graphs"]["decoder"]):
+        return None                 # files not carried over (a copy of the graphs only), or decoder.onnx replaced
+    return native
+
+
+def choose_voice_engine(manifest: Optional[Dict[str, Any]], engine: Any, providers: Any, where: Any) -> str:
+    """"native" or "onnxruntime" for the prior flow of a voice: "onnxruntime" as asked; "native" as asked
+    (BundleError without native kernels, DependencyError without the library); "auto": native only where the
+    bundle's ``tts_kernels`` pass measured it faster, the providers are the CPU and the library loads.
+
+    Raises:
+        InputError: an unknown engine name.
+    """
+    from edgeflow.runtime.checks import resolve_engine
+    from edgeflow.runtime.native.wn import library
+
+    if engine not in VOICE_ENGINES:
+        raise InputError(f"engine must be one of {', '.join(VOICE_ENGINES)}, got {engine!r}")
+    native = vits_native_section(manifest, where) if manifest is not None else None
+    return resolve_engine(engine, native, providers, where,
+                          "the voice has no native flow kernels (add them with the tts_kernels pass)", library)

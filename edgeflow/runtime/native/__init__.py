@@ -5,6 +5,7 @@ shared library, no Python C API) runs the whole WaveFlow inverse (float32, or wi
 convs: ``ef_int8.c``) from the bundle's ``kernels.npz`` (:mod:`edgeflow.runtime.native.format`, written by the
 ``kernels`` pass). A missing or failed build leaves edgeflow importable: :func:`available` is then False and
 :func:`load_error` says why in one line.
+The same library runs the VITS prior flow (``ef_wn.c``, :mod:`edgeflow.runtime.native.wn`).
 ``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say).
 
 :class:`NativeSession` mirrors the part of an onnxruntime ``InferenceSession`` the Synthesizer uses

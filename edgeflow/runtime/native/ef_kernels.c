@@ -15,37 +15,9 @@
 
 #include "ef_internal.h"
 
-#define EF_VW 4
-#define EF_NV 2
-#define EF_ATTR
-#define EF_NAME generic
-#include "ef_wf_impl.h"
-#undef EF_VW
-#undef EF_NV
-#undef EF_ATTR
-#undef EF_NAME
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define EF_X86 1
-#define EF_VW 8
-#define EF_NV 2
-#define EF_ATTR __attribute__((target("avx2,fma")))
-#define EF_NAME avx2
-#include "ef_wf_impl.h"
-#undef EF_VW
-#undef EF_NV
-#undef EF_ATTR
-#undef EF_NAME
-#define EF_VW 16
-#define EF_NV 4
-#define EF_ATTR __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
-#define EF_NAME avx512
-#include "ef_wf_impl.h"
-#undef EF_VW
-#undef EF_NV
-#undef EF_ATTR
-#undef EF_NAME
-#endif
+#define EF_IMPL "ef_wf_impl.h"
+#include "ef_isa_each.h"
+#undef EF_IMPL
 
 static const char *ISA_NAMES[] = {"portable", "avx2", "avx512"};
 static int ef_isa = -1;
@@ -54,7 +26,7 @@ static int ef_isa = -1;
 EF_API int ef_has_isa(int isa)
 {
     if (isa == 0) return 1;
-#ifdef EF_X86
+#ifdef EF_HAVE_X86
     __builtin_cpu_init();
     if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (isa == 2) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
@@ -94,7 +66,7 @@ EF_API int ef_openmp(void)
 
 ef_block_fn ef_block_for(int isa)
 {
-#ifdef EF_X86
+#ifdef EF_HAVE_X86
     if (isa == 2) return ef_block_avx512;
     if (isa == 1) return ef_block_avx2;
 #endif

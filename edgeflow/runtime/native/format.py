@@ -56,22 +56,30 @@ def expected_shapes(cfg: np.ndarray, up_factors: np.ndarray) -> Dict[str, Tuple[
     return shapes
 
 
-def save(path: str | Path, arrays: Dict[str, np.ndarray]) -> None:
-    """Check ``arrays`` (see :func:`check`) and write them as an .npz, atomically."""
-    arrays = check(arrays, str(path))
+def write_npz(path: str | Path, arrays: Dict[str, np.ndarray]) -> None:
+    """Write checked ``arrays`` as an .npz, atomically (temp file, then rename)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load(path: str | Path) -> Dict[str, np.ndarray]:
-    """Read and check a weight file (BundleError naming the problem if it is not one)."""
+def read_npz(path: str | Path, what: str) -> Dict[str, np.ndarray]:
+    """The arrays of an .npz (no pickles), unchecked; BundleError "unreadable ``what``" if it is not one."""
     try:
         with np.load(str(path), allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            return {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BundleError(f"{path}: unreadable native weight file ({short_reason(exc)})") from None
-    return check(arrays, str(path))
+        raise BundleError(f"{path}: unreadable {what} ({short_reason(exc)})") from None
+
+
+def save(path: str | Path, arrays: Dict[str, np.ndarray]) -> None:
+    """Check ``arrays`` (see :func:`check`) and write them as an .npz, atomically."""
+    write_npz(path, check(arrays, str(path)))
+
+
+def load(path: str | Path) -> Dict[str, np.ndarray]:
+    """Read and check a weight file (BundleError naming the problem if it is not one)."""
+    return check(read_npz(path, "native weight file"), str(path))
 
 
 def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np.ndarray]:

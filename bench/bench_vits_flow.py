@@ -1,0 +1,113 @@
+"""The VITS prior flow in the native engine vs onnxruntime, on a voice bundle (e.g. one ``edgeflow optimize`` made
+from a Piper voice), side by side in one run:
+
+* the flow stage alone: the native flow (``edgeflow/runtime/native/ef_wn.c``) against onnxruntime running the
+  same flow (the subgraph of the bundle's ``decoder.onnx`` from z_p to the flow's output), on the same z_p, at the
+  chunk lengths ``Voice`` decodes (a streaming first chunk + context, a streaming chunk + context, a whole
+  sentence), 1 and 2 threads, best of ``--repeats``, the engines interleaved run by run;
+* the whole voice: real-time factor (compute s / audio s) of ``Voice.speak`` (whole sentences) and of
+  ``speak_stream`` (default chunks) with ``engine="native"`` and ``engine="onnxruntime"``, interleaved.
+
+Times are wall clock (a shared machine's load hits both engines alike; the load average is printed); the flow
+stage at 1 thread also by the calling thread's CPU time (both engines run on it), which other jobs inflate less.
+
+Usage::
+
+    PYTHONPATH=. nice -n 10 python bench/bench_vits_flow.py --bundle DIR [--repeats 7] [--out FILE.json]
+
+A bundle without the native flow is given it first by the ``tts_kernels`` pass (into a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEXT = ("The weather was cold, but the sky was perfectly clear. Could you speak a little more slowly, please? "
+        "We walked along the river until the sun went down behind the hills.")
+
+
+def interleaved(fns, repeats, clock=time.perf_counter):
+    """Best time of each function by ``clock``, run round by round after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = clock()
+            fn()
+            best[k] = min(best[k], clock() - t0)
+    return best
+
+
+def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int):
+    from edgeflow.passes.tts_kernels import _flow_reference
+
+    ref = _flow_reference(bundle / nat_voice.manifest["graphs"]["decoder"], nat_voice.channels, threads)
+    left, right = nat_voice.context_frames
+    rows = []
+    for label, frames in (("first chunk 32 + context", 32 + right), ("chunk 128 + context", 128 + left + right),
+                          ("sentence 4 s", int(4 * nat_voice.sample_rate / nat_voice.hop_length))):
+        z_p = np.random.default_rng(frames).standard_normal((1, nat_voice.channels, frames)).astype(np.float32)
+        fns = {"native": lambda: nat_voice.flow.run(z_p), "onnxruntime": lambda: ref(z_p)}
+        t = interleaved(fns, repeats)
+        rows.append({"chunk": label, "frames": frames, "native_ms": round(1e3 * t["native"], 2),
+                     "onnxruntime_ms": round(1e3 * t["onnxruntime"], 2),
+                     "speedup": round(t["onnxruntime"] / t["native"], 2)})
+        if threads == 1:            # both run on the calling thread: its CPU time leaves out other jobs' time
+            c = interleaved(fns, repeats, time.thread_time)
+            rows[-1].update(native_cpu_ms=round(1e3 * c["native"], 2), onnxruntime_cpu_ms=round(
+                1e3 * c["onnxruntime"], 2), cpu_speedup=round(c["onnxruntime"] / c["native"], 2))
+    return rows
+
+
+def voice_rtf(voices, repeats: int):
+    audio = voices["native"].speak(TEXT, seed=0)[0]
+    seconds = audio.size / voices["native"].sample_rate
+    fns = {}
+    for name, v in voices.items():
+        fns[f"{name} speak"] = lambda v=v: v.speak(TEXT, seed=0)
+        fns[f"{name} stream"] = lambda v=v: list(v.speak_stream(TEXT, seed=0))
+    t = interleaved(fns, repeats)
+    return {"audio_seconds": round(seconds, 2), **{k: round(s / seconds, 4) for k, s in t.items()}}
+
+
+def main(argv=None):
+    from edgeflow.passes.tts_kernels import TtsKernelsConfig, add_tts_kernels
+    from edgeflow.runtime import Voice
+    from edgeflow.runtime.native import info
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True, type=Path)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    bundle = args.bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if "native" not in manifest:
+        bundle = Path(tempfile.mkdtemp(prefix="vits-flow-")) / "bundle"
+        add_tts_kernels(args.bundle, bundle, TtsKernelsConfig(threads=1, time_seconds=0))
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
+              platform.machine(), "cpus": os.cpu_count(), "library": info(), "load_average_start": os.getloadavg(),
+              "precision": manifest["precision"], "threads": {}}
+    for threads in args.threads:
+        voices = {name: Voice.load(bundle, threads=threads, engine=name) for name in ("native", "onnxruntime")}
+        result["threads"][threads] = {"flow_stage": flow_stage(bundle, voices["native"], threads, args.repeats),
+                                      "voice_rtf": voice_rtf(voices, max(2, args.repeats // 2))}
+        print(json.dumps({threads: result["threads"][threads]}, indent=1), flush=True)
+    result["load_average_end"] = os.getloadavg()
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"load average {result['load_average_start']} -> {result['load_average_end']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The ``tts_kernels`` pass: a VITS voice bundle's prior flow through the native engine, parity-checked and timed.
+
+Runs on a VITS bundle of any precision (the prior flow is float32 in every recipe, so it runs after
+``tts_quantize`` as well as after ``tts_export``; on another family, a graph without a float flow or where the
+C library is not built it records why and leaves the bundle as it is). Writes a NEW bundle directory in the work
+dir holding the same files plus
+
+* ``vits_flow.npz`` (:mod:`edgeflow.runtime.native.wn`): the flow's weights from ``decoder.onnx``'s initializers,
+  the skip convs folded with the couplings' end convs (the engine runs the kernel-5, dilation-1 WN convs as
+  Winograd F(4,5), transformed at load time);
+* ``decoder_hifigan.onnx``: ``decoder.onnx`` cut at the flow's output (the input of ``/dec/conv_pre``), the
+  HiFi-GAN decoder as it was (INT8 parts kept);
+
+both hashed in the manifest, and a ``native`` section: the files, the cut tensor, the sha256 of the decoder it
+was cut from, the parity of native flow + cut decoder against the whole ``decoder.onnx`` in onnxruntime (same
+m_p, logs_p, noise and scales at 8, 23 and 50 frames: the flow's output and the audio, max relative error and
+SNR), and both paths' measured times (the flow stage alone and the whole decoder), from which
+``Voice.load(..., engine="auto")`` picks. ``decoder.onnx`` stays, so the bundle still runs without the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, register_pass
+from edgeflow.passes.kernels import kernels_handler
+
+#: The cut decoder graph's file name inside a bundle.
+CUT_DECODER = "decoder_hifigan.onnx"
+
+
+@dataclasses.dataclass
+class TtsKernelsConfig(PassConfig):
+    """Options of the tts_kernels pass.
+
+    Attributes:
+        threads: threads both paths are timed with (0: the target's ``threads``, else 1).
+        time_seconds: seconds of audio each path is timed on (0: no timing; ``auto`` then keeps onnxruntime).
+        max_rel_err: parity of the flow's output (and, float32 decoders, the audio): max |native - onnxruntime| /
+            max |onnxruntime|, per length.
+        min_snr_db: parity of float32 audio (SNR against onnxruntime's), per length.
+        quantized_min_snr_db: audio SNR of an INT8 / FP16 decoder (the flow's last-bit differences can move a
+            quantized activation by one step), per length.
+    """
+
+    threads: int = 0
+    time_seconds: float = 4.0
+    max_rel_err: float = 1e-4
+    min_snr_db: float = 80.0
+    quantized_min_snr_db: float = 30.0
+
+    def __post_init__(self):
+        if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0:
+            raise ValueError("tts_kernels: threads and time_seconds must be >= 0, max_rel_err > 0")
+
+
+def _feeds(voice: Any, frames: int, seed: int) -> Dict[str, np.ndarray]:
+    """Decoder inputs like an utterance's: prior mean / log-std of a plausible range, the seeded noise."""
+    rng = np.random.default_rng([seed, frames])
+    c = voice.channels
+    return {"m_p": (rng.standard_normal((1, c, frames)) * 0.5).astype(np.float32),
+            "logs_p": (rng.standard_normal((1, c, frames)) * 0.2 - 0.5).astype(np.float32),
+            "noise_scale": voice.config.noise_scale, "seed": seed}
+
+
+def _decode(voice: Any, f: Dict[str, Any]) -> np.ndarray:
+    return voice._decode(f["m_p"], f["logs_p"], f["noise_scale"], f["seed"], 0, f["m_p"].shape[2])
+
+
+def _parity(ort_voice, nat_voice, flow_ref: Callable, quantized: bool, cfg: TtsKernelsConfig) -> Dict[str, Any]:
+    from edgeflow.passes.kernels import compare
+
+    rows = []
+    for n in (8, 23, 50):
+        f = _feeds(ort_voice, n, n)
+        z_p = nat_voice.prior(f["m_p"], f["logs_p"], f["noise_scale"], f["seed"], 0, n)
+        flow = compare(nat_voice.flow.run(z_p), flow_ref(z_p))
+        audio = compare(_decode(nat_voice, f), _decode(ort_voice, f))
+        ok = flow["max_rel_err"] <= cfg.max_rel_err and (audio["snr_db"] >= cfg.quantized_min_snr_db if quantized
+                                                          else audio["max_rel_err"] <= cfg.max_rel_err
+                                                          and audio["snr_db"] >= cfg.min_snr_db)
+        rows.append({"frames": n, "flow": flow, "audio": audio, "passed": bool(ok)})
+    return {"reference": "onnxruntime on the bundle's decoder.onnx (flow: its subgraph), same inputs",
+            "max_rel_err": cfg.max_rel_err,
+            "audio_min_snr_db": cfg.quantized_min_snr_db if quantized else cfg.min_snr_db,
+            "lengths": rows, "passed": all(r["passed"] for r in rows)}
+
+
+def _interleaved(fns: Dict[str, Callable], rounds: int = 5) -> Dict[str, float]:
+    """Fastest of ``rounds`` calls of each function, interleaved round by round, after a warm-up each."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def _timing(ort_voice, nat_voice, flow_ref: Callable, threads: int, seconds: float) -> Dict[str, Any]:
+    frames = max(1, int(round(seconds * ort_voice.sample_rate / ort_voice.hop_length)))
+    f = _feeds(ort_voice, frames, 0)
+    z_p = nat_voice.prior(f["m_p"], f["logs_p"], f["noise_scale"], 0, 0, frames)
+    t = _interleaved({"flow_native": lambda: nat_voice.flow.run(z_p), "flow_onnxruntime": lambda: flow_ref(z_p),
+                      "decoder_native": lambda: _decode(nat_voice, f), "decoder_onnxruntime": lambda: _decode(ort_voice, f)})
+    audio = frames * ort_voice.hop_length / ort_voice.sample_rate
+    out = {"threads": threads, "seconds": round(audio, 3), **{f"{k}_s": round(v, 5) for k, v in t.items()},
+           "flow_speedup": round(t["flow_onnxruntime"] / t["flow_native"], 3),
+           "native_rtf": round(t["decoder_native"] / audio, 4), "onnxruntime_rtf": round(t["decoder_onnxruntime"] / audio, 4)}
+    out["faster"] = "native" if out["native_rtf"] < out["onnxruntime_rtf"] else "onnxruntime"
+    return out
+
+
+def _flow_reference(decoder_path: Path, channels: int, threads: int) -> Callable:
+    """z_p [1, C, T] -> the flow's output by onnxruntime on ``decoder.onnx``'s flow subgraph."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeflow.core.ort import session_options
+    from edgeflow.runtime.native.vits_graph import extract, flow_output
+
+    model = onnx.load(str(decoder_path))
+    z_p = next(n.output[0] for n in model.graph.node if n.op_type == "Add" and "m_p" in n.input)
+    sub = extract(model, [z_p, "m_p"], [flow_output(model)], channels)
+    sess = ort.InferenceSession(sub.SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {z_p: x, "m_p": x})[0]
+
+
+def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsKernelsConfig] = None,
+                    overwrite: bool = False) -> Dict[str, Any]:
+    """Copy the VITS bundle ``bundle_dir`` to ``out_dir`` with the native flow (packed from its decoder graph) and
+    the cut decoder graph, checked against onnxruntime and timed. Returns the manifest written.
+
+    Raises:
+        ConfigError: not a VITS bundle with a float prior flow. BundleError: parity failed, or out_dir exists.
+    """
+    from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
+    from edgeflow.core.io import atomic_dir, sha256_file
+    from edgeflow.runtime.native import info
+    from edgeflow.runtime.native.vits_graph import cut_decoder, pack_vits_flow
+    from edgeflow.runtime.native.wn import FLOW_FILE, save
+    from edgeflow.runtime.voice import Voice
+    from edgeflow.runtime.voice_config import read_vits_manifest
+
+    cfg = cfg or TtsKernelsConfig()
+    manifest = read_vits_manifest(Path(bundle_dir))
+    decoder = Path(bundle_dir) / manifest["graphs"]["decoder"]
+    arrays = pack_vits_flow(decoder)
+    threads = cfg.threads or 1
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        for p in Path(bundle_dir).iterdir():
+            if p.is_file() and p.name not in (MANIFEST, SIDECAR, FLOW_FILE, CUT_DECODER):
+                shutil.copy2(p, tmp / p.name)
+        save(tmp / FLOW_FILE, arrays)
+        name = cut_decoder(decoder, tmp / CUT_DECODER)
+        draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
+        draft["native"] = {"file": FLOW_FILE, "engine": "vits-flow-float32", "decoder": CUT_DECODER,
+                           "decoder_input": name, "source_decoder_sha256": sha256_file(decoder),
+                           "flow": {"couplings": int(arrays["config"][0]), "layers": int(arrays["config"][1]),
+                                    "hidden": int(arrays["config"][3]), "kernel": int(arrays["config"][4])}}
+        write_manifest(tmp, draft)
+        ort_voice = Voice.load(tmp, threads=threads, engine="onnxruntime")
+        nat_voice = Voice.load(tmp, threads=threads, engine="native")
+        flow_ref = _flow_reference(tmp / manifest["graphs"]["decoder"], nat_voice.channels, threads)
+        parity = _parity(ort_voice, nat_voice, flow_ref, manifest["precision"] != "float32", cfg)
+        if not parity["passed"]:
+            worst = max(parity["lengths"], key=lambda r: r["flow"]["max_rel_err"])
+            raise BundleError(f"tts_kernels: native flow vs onnxruntime parity failed (flow max rel err "
+                              f"{worst['flow']['max_rel_err']:.2e}, audio SNR {worst['audio']['snr_db']} dB at "
+                              f"{worst['frames']} frames)")
+        timing = _timing(ort_voice, nat_voice, flow_ref, threads, cfg.time_seconds) if cfg.time_seconds > 0 else None
+        draft["native"]["flow"]["winograd_layers"] = nat_voice.flow.winograd_layers
+        draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=info()["isa"])
+        return write_manifest(tmp, draft)
+
+
+def not_applicable(artifact: Artifact) -> Optional[str]:
+    """Why the pass leaves this artifact as it is (another family, no float flow, no C library), or None."""
+    from edgeflow.runtime.bundle import read_manifest
+    from edgeflow.runtime.native import load_error
+    from edgeflow.runtime.native.vits_graph import pack_vits_flow
+
+    if artifact.bundle_dir is None:
+        raise ConfigError("tts_kernels: needs an exported voice bundle (run tts_export first)")
+    manifest = read_manifest(artifact.bundle_dir, task=None)
+    if manifest.get("family") != "vits" or "graphs" not in manifest:
+        return f"the native engine has VITS flow kernels only, not {manifest.get('family')}"
+    try:
+        pack_vits_flow(Path(artifact.bundle_dir) / manifest["graphs"]["decoder"])
+    except ConfigError as exc:
+        return str(exc)
+    return load_error()
+
+
+register_pass("tts_kernels", TtsKernelsConfig, kernels_handler(
+    "tts_kernels", not_applicable, lambda a, out, cfg: add_tts_kernels(a.bundle_dir, out, cfg, overwrite=True)),
+    changes_output=False)

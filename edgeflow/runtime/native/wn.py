@@ -1,0 +1,224 @@
+"""The native engine's WaveNet-coupling flow (VITS's prior flow): its weight file and a session. No torch.
+
+The C side (``ef_wn.c``) runs the inverse of a stack of WaveNet affine couplings over a whole chunk in one call
+(see that file). The weight file (``vits_flow.npz`` beside a voice bundle's graphs, written by the
+``tts_kernels`` pass) is a numpy ``.npz`` read with ``allow_pickle=False``, weight norm removed and each
+layer's skip conv pre-multiplied by the coupling's end conv (``post``). Shapes (F couplings, L layers, C
+channels, half = C/2, H hidden, k kernel, M conditioning channels, S = half (mean-only) or C statistic rows,
+R_l = H + S for l < L-1, S for the last layer):
+
+* ``format`` [1] (= :data:`FORMAT`), ``config`` [8]: F, L, C, H, k, M, mean_only, flip (int32);
+  ``dilations`` [L] (int32)
+* ``flow.{f}.pre.weight`` [H, half], ``.pre.bias`` [H]
+* ``flow.{f}.layer.{l}.in.weight`` [2H, H, k], ``.cond.weight`` [2H, M], ``.in.bias`` [2H] (tanh rows first),
+  ``.rs.weight`` [R_l, H], ``.rs.bias`` [R_l] (residual rows first, then the statistics m [, logs])
+
+``flip``: each coupling is followed by a channel flip (forward direction), as VITS's ``Flip``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.runtime.native.format import read_npz, write_npz
+
+#: Version of the file layout and of the C library's cfg vector (``ef_wn_version``).
+FORMAT = 1
+#: The weight file's name inside a voice bundle.
+FLOW_FILE = "vits_flow.npz"
+_CONFIG = ("n_flows", "n_layers", "channels", "hidden", "kernel", "n_cond", "mean_only", "flip")
+
+
+def expected_shapes(cfg: np.ndarray) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every float array, from ``config``."""
+    n_flows, n_layers, c, h, k, m, mean_only, _ = (int(v) for v in cfg)
+    half, s = c // 2, (c // 2 if mean_only else c)
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for f in range(n_flows):
+        shapes[f"flow.{f}.pre.weight"], shapes[f"flow.{f}.pre.bias"] = (h, half), (h,)
+        for lay in range(n_layers):
+            p, r = f"flow.{f}.layer.{lay}.", (h if lay < n_layers - 1 else 0) + s
+            shapes.update({p + "in.weight": (2 * h, h, k), p + "cond.weight": (2 * h, m), p + "in.bias": (2 * h,),
+                           p + "rs.weight": (r, h), p + "rs.bias": (r,)})
+    return shapes
+
+
+def check(arrays: Dict[str, np.ndarray], where: str = "flow") -> Dict[str, np.ndarray]:
+    """The arrays as contiguous float32 / int32, checked for names, shapes and finite values.
+
+    Raises:
+        BundleError: a missing, extra, misshapen or non-finite array, or a bad configuration.
+    """
+    def ints(name, shape):
+        a = np.asarray(arrays.get(name, np.zeros(0)))
+        if a.dtype.kind not in "iu" or a.shape != shape:
+            raise BundleError(f"{where}: native flow file field {name} is missing or malformed")
+        return np.ascontiguousarray(a, dtype=np.int32)
+
+    version = int(ints("format", (1,))[0])
+    if version != FORMAT:
+        raise BundleError(f"{where}: native flow file format {version} (this edgeflow reads {FORMAT}; rebuild it "
+                          "with the tts_kernels pass)")
+    cfg = ints("config", (len(_CONFIG),))
+    n_flows, n_layers, c, h, k, m = (int(v) for v in cfg[:6])
+    if min(n_flows, n_layers, c, h, k) < 1 or m < 0 or c % 2 or k % 2 == 0:
+        raise BundleError(f"{where}: native flow file has a bad config {cfg.tolist()}")
+    out = {"format": np.array([FORMAT], np.int32), "config": cfg,
+           "dilations": ints("dilations", (n_layers,))}
+    if out["dilations"].min() < 1:
+        raise BundleError(f"{where}: native flow file has bad dilations {out['dilations'].tolist()}")
+    shapes = expected_shapes(cfg)
+    extra = sorted(set(arrays) - set(shapes) - set(out))
+    if extra:
+        raise BundleError(f"{where}: native flow file has unknown fields {', '.join(extra[:3])}")
+    for name, shape in shapes.items():
+        a = np.asarray(arrays.get(name, np.zeros(0)))
+        if a.shape != shape or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
+            raise BundleError(f"{where}: native flow file field {name} is missing, misshapen or not finite "
+                              f"(expected float {list(shape)})")
+        out[name] = np.ascontiguousarray(a, dtype=np.float32)
+    return out
+
+
+def save(path: str | Path, arrays: Dict[str, np.ndarray]) -> None:
+    """Check ``arrays`` and write them as an .npz, atomically."""
+    write_npz(path, check(arrays, str(path)))
+
+
+def load(path: str | Path) -> Dict[str, np.ndarray]:
+    """Read and check a flow weight file (BundleError naming the problem if it is not one)."""
+    return check(read_npz(path, "native flow file"), str(path))
+
+
+def blob(arrays: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """The C library's (cfg int32 vector, float32 weight blob) of checked arrays (``ef_wn_create``'s order)."""
+    cfg = np.concatenate([[FORMAT], arrays["config"], arrays["dilations"]]).astype(np.int32)
+    n_flows, n_layers = int(arrays["config"][0]), int(arrays["config"][1])
+    names = []
+    for f in range(n_flows):
+        names += [f"flow.{f}.pre.weight", f"flow.{f}.pre.bias"]
+        names += [f"flow.{f}.layer.{lay}.{n}" for lay in range(n_layers)
+                  for n in ("in.weight", "cond.weight", "in.bias", "rs.weight", "rs.bias")]
+    return cfg, np.ascontiguousarray(np.concatenate([arrays[n].ravel() for n in names]), dtype=np.float32)
+
+
+def winograd_f45() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AT [4, 8], G [8, 5], BT [8, 8]) of Winograd F(4, 5) at the points 0, +-1, +-2, +-1/2 and infinity:
+    y[i] = sum_j g[j] d[i + j] (i < 4, j < 5) = AT ((G g) * (BT d)) for d [8]. AT and G from the points (Toom-Cook);
+    BT solved from that identity (float64; its entries are multiples of 1/4, exact in float32)."""
+    pts = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5]
+    at, g = np.zeros((4, 8)), np.zeros((8, 5))
+    for k, a in enumerate(pts):
+        f = np.prod([a - b for j, b in enumerate(pts) if j != k])
+        at[:, k], g[k] = [a ** i for i in range(4)], [a ** j / f for j in range(5)]
+    at[3, 7], g[7, 4] = 1.0, 1.0
+    eqs = np.einsum("ik,kj,ml->ijlkm", at, g, np.eye(8)).reshape(4 * 5 * 8, 64)
+    rhs = np.array([[[1.0 if l == i + j else 0.0 for l in range(8)] for j in range(5)] for i in range(4)]).ravel()
+    bt = np.linalg.lstsq(eqs, rhs, rcond=None)[0].reshape(8, 8)
+    return at, g, np.round(bt * 4) / 4
+
+
+def library() -> ctypes.CDLL:
+    """The C library with its WaveNet-coupling functions bound (DependencyError, one line, when unavailable)."""
+    from edgeflow.runtime.native import library as base_library
+
+    lib = base_library()
+    if not hasattr(lib, "_ef_wn_bound"):
+        f32 = ctypes.POINTER(ctypes.c_float)
+        try:
+            sigs = {"ef_wn_version": ([], ctypes.c_int),
+                    "ef_wn_create": ([ctypes.POINTER(ctypes.c_int), ctypes.c_int, f32, ctypes.c_longlong],
+                                     ctypes.c_void_p),
+                    "ef_wn_free": ([ctypes.c_void_p], None),
+                    "ef_wn_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, f32, ctypes.c_int], ctypes.c_int),
+                    "ef_wn_set_winograd": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, f32, f32, f32], ctypes.c_int)}
+            for name, (args, res) in sigs.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, res
+        except AttributeError:
+            raise DependencyError("the native engine's library has no WaveNet-coupling kernels (rebuild it: "
+                                  "pip install .)") from None
+        if lib.ef_wn_version() != FORMAT:
+            raise DependencyError(f"the native engine's WaveNet-coupling kernels are version {lib.ef_wn_version()}, "
+                                  f"this edgeflow needs {FORMAT}")
+        lib._ef_wn_bound = True
+    return lib
+
+
+def _ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+class NativeFlow:
+    """A flow weight file packed in the C library: ``run(x)`` = the flow's inverse. Thread-safe (a call reads
+    the packed weights only and allocates its own buffers; ctypes releases the GIL during it).
+
+    Args:
+        path: the weight file (or ``arrays``: checked arrays, for tests).
+        threads: threads per call (None or 0: OpenMP's default).
+        winograd: run the kernel-5, dilation-1 convs of a flow without conditioning as Winograd F(4, 5) (2.5x fewer
+            multiplies in those convs; float32 error a few 1e-7 relative). False: direct convolution everywhere.
+
+    Attributes:
+        winograd_layers: how many layers run as Winograd.
+    """
+
+    def __init__(self, path: Optional[str | Path] = None, threads: Optional[int] = None,
+                 arrays: Optional[Dict[str, np.ndarray]] = None, winograd: bool = True):
+        self._lib = library()
+        arrays = load(path) if arrays is None else check(arrays)
+        cfg, weights = blob(arrays)
+        handle = self._lib.ef_wn_create(cfg.ctypes.data_as(ctypes.POINTER(ctypes.c_int)), len(cfg), _ptr(weights),
+                                        weights.size)
+        if not handle:
+            raise BundleError(f"{path}: the native engine refused the flow weights (inconsistent sizes)")
+        self._handle = handle
+        self.channels, self.n_cond = int(arrays["config"][2]), int(arrays["config"][5])
+        self.threads = int(threads or 0)
+        self.winograd_layers = self._set_winograd(arrays) if winograd else 0
+
+    def _set_winograd(self, arrays: Dict[str, np.ndarray]) -> int:
+        n_flows, n_layers, _, _, k, n_cond = (int(v) for v in arrays["config"][:6])
+        if k != 5 or n_cond:
+            return 0
+        at, g, bt = (np.ascontiguousarray(a, dtype=np.float32) if i != 1 else a
+                     for i, a in enumerate(winograd_f45()))
+        count = 0
+        for f in range(n_flows):
+            for lay in range(n_layers):
+                if int(arrays["dilations"][lay]) != 1:
+                    continue
+                w = arrays[f"flow.{f}.layer.{lay}.in.weight"].astype(np.float64)           # [2H, H, 5]
+                u = np.ascontiguousarray(np.einsum("pj,ocj->poc", g, w), dtype=np.float32)   # [8, 2H, H]
+                if self._lib.ef_wn_set_winograd(self._handle, f, lay, _ptr(u), _ptr(at), _ptr(bt)) != 0:
+                    raise BundleError("the native engine refused the Winograd weights (out of memory)")
+                count += 1
+        return count
+
+    def run(self, x: np.ndarray, cond: Optional[np.ndarray] = None) -> np.ndarray:
+        """x [B, C, T] (prior side) -> the flow's inverse [B, C, T]; cond [B, M, T] when the flow has one."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1] != self.channels:
+            raise InputError(f"native flow: x {x.shape} does not fit [B, {self.channels}, T]")
+        if self.n_cond and (cond is None or cond.shape != (x.shape[0], self.n_cond, x.shape[2])):
+            raise InputError(f"native flow: needs cond [B, {self.n_cond}, T]")
+        out = np.empty_like(x)
+        if x.size == 0:
+            return out
+        c = None if not self.n_cond else np.ascontiguousarray(cond, dtype=np.float32)
+        for b in range(x.shape[0]):
+            rc = self._lib.ef_wn_run(self._handle, _ptr(x[b]), x.shape[2], None if c is None else _ptr(c[b]),
+                                     _ptr(out[b]), self.threads)
+            if rc != 0:
+                raise InputError(f"native flow: {'out of memory' if rc == -3 else f'error {rc}'}")
+        return out
+
+    def __del__(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            self._lib.ef_wn_free(handle)
