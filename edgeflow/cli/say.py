@@ -116,7 +116,8 @@ def run(args) -> int:
     from edgeflow.cli.args import check_out_file
     from edgeflow.core.errors import BundleError, InputError
     from edgeflow.runtime.checks import check_seed
-    from edgeflow.runtime.voice import PhonemeWarning, Voice, write_wav_stream
+    from edgeflow.runtime.voice import PhonemeWarning, Voice
+    from edgeflow.runtime.voice_io import write_wav_stream
     from edgeflow.runtime.voice_config import check_scales, resolve_scales
 
     src, out = Path(args.model), Path(args.output)

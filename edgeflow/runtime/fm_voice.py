@@ -29,7 +29,8 @@ from edgeflow.core.errors import BundleError, InputError
 from edgeflow.core.noise import noise
 from edgeflow.core.ode import METHODS, SWAY_MAX, SWAY_MIN, solve, step_table
 from edgeflow.runtime.checks import check_seed, check_stream_options
-from edgeflow.runtime.voice import BUNDLE_LOADERS, MAX_SENTENCE_SECONDS, Voice, _open_session
+from edgeflow.runtime.voice import BUNDLE_LOADERS, MAX_SENTENCE_SECONDS, Voice
+from edgeflow.runtime.voice_io import open_session
 from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
 
 #: Largest number of function evaluations accepted per call.
@@ -117,7 +118,7 @@ class FmVoice(Voice):
             if not isinstance(graphs[role], str) or graphs[role] not in manifest["files"]:
                 raise BundleError(f"{path}: manifest field graphs.{role} must name a file listed in files")
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
-        sessions = {role: _open_session(path / graphs[role], threads, providers, f"{role} graph",
+        sessions = {role: open_session(path / graphs[role], threads, providers, f"{role} graph",
                                         spin=role != "encoder") for role in roles}
         voice = cls(cfg, sessions, manifest, path)
         voice._probe()

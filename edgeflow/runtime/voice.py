@@ -21,17 +21,17 @@ of a text uses seed ``seed + i``. A ``Voice`` holds no mutable state: threads ma
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgeflow.core.errors import BundleError, DependencyError, InputError, short_reason
+from edgeflow.core.errors import BundleError, InputError, short_reason
 from edgeflow.core.noise import noise
 from edgeflow import text as frontend
-from edgeflow.runtime.checks import check_seed
+from edgeflow.runtime.checks import check_seed, check_stream_options
+from edgeflow.runtime.voice_io import open_session, write_wav_stream  # noqa: F401  (write_wav_stream: public here too)
 from edgeflow.runtime.voice_config import (VoiceConfig, choose_voice_engine, read_vits_manifest,
                                           resolve_scales, vits_native_section)
 
@@ -41,31 +41,6 @@ MAX_SENTENCE_SECONDS = 600.0
 
 class PhonemeWarning(UserWarning):
     """Symbols espeak-ng produced that the voice's phoneme_id_map lacks (they were dropped)."""
-
-
-def _open_session(path: Path, threads: Optional[int], providers: Any, what: str, spin: bool = True):
-    """An onnxruntime session; ``spin=False``: its idle pool threads sleep at once instead of spin-waiting (the
-    short encoder run: its spinning pool would take cores from the decoder session that runs next; measured
-    on joe at 2 threads: RTF 0.194 -> 0.164)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
-    from edgeflow.core.ort import session_options
-    from edgeflow.runtime.synthesizer import resolve_providers
-
-    if not path.is_file():
-        raise BundleError(f"{what} not found: {path}")
-    opts = session_options(threads)
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=resolve_providers(providers))
-    except DependencyError:
-        raise
-    except Exception as exc:
-        raise BundleError(f"{path}: onnxruntime cannot load this {what} ({short_reason(exc)})") from None
 
 
 #: ``{family: load(path, threads, providers)}`` of voice bundles with their own runtime class, filled by the modules
@@ -147,7 +122,7 @@ class Voice:
         elif path.is_file():
             choose_voice_engine(None, engine, providers, path)
             cfg = VoiceConfig.read(config if config is not None else Path(f"{path}.json"))
-            voice = cls(cfg, _open_session(path, threads, providers, "Piper voice graph"), source=path)
+            voice = cls(cfg, open_session(path, threads, providers, "Piper voice graph"), source=path)
             names = {i.name for i in voice.encoder.get_inputs()}
             if not {"input", "input_lengths", "scales"} <= names:
                 raise BundleError(f"{path}: not a Piper voice graph (inputs {sorted(names)}; expected "
@@ -166,7 +141,7 @@ class Voice:
         section = vits_native_section(manifest, path) if native else None
         if section is not None:
             graphs["decoder"] = section["decoder"]
-        sessions = [_open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder")
+        sessions = [open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder")
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
         if section is not None:
@@ -306,12 +281,7 @@ class Voice:
         """
         scales = resolve_scales(self.config, noise_scale, length_scale, noise_w)
         seed = check_seed(seed)
-        for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, got {type(text).__name__}")
-        silence = np.zeros(int(round(max(0.0, float(sentence_silence)) * self.sample_rate)), dtype=np.float32)
+        silence = check_stream_options(text, chunk_frames, first_chunk_frames, sentence_silence, self.sample_rate)
         return self._stream(text, scales, seed, chunk_frames, first_chunk_frames, silence)
 
     def _stream(self, text, scales, seed, chunk_frames, first_chunk_frames, silence) -> Iterator[np.ndarray]:
@@ -350,28 +320,3 @@ class Voice:
 
     def __repr__(self) -> str:
         return f"Voice({self.kind}, {self.source}, {self.sample_rate} Hz, {self.engine})"
-
-
-def write_wav_stream(chunks: Iterator[np.ndarray], sample_rate: int, path: str | Path) -> Dict[str, float]:
-    """Write float audio chunks as they come into a 16-bit PCM wav: a temporary file renamed when the stream
-    ends, removed if it raises (nothing half-written). Memory: one chunk at a time.
-
-    Returns:
-        {"seconds": audio seconds, "time_to_first_audio": s, "wall": s} (times from the call).
-    """
-    import soundfile as sf
-
-    from edgeflow.core.io import atomic_path
-
-    t0 = time.perf_counter()
-    first, samples = None, 0
-    with atomic_path(path) as tmp:
-        with sf.SoundFile(str(tmp), "w", samplerate=int(sample_rate), channels=1, subtype="PCM_16",
-                          format="WAV") as f:
-            for chunk in chunks:
-                if first is None:
-                    first = time.perf_counter() - t0
-                f.write(np.clip(np.asarray(chunk, dtype=np.float32).reshape(-1), -1.0, 1.0))
-                samples += chunk.size
-    return {"seconds": samples / sample_rate, "time_to_first_audio": first or 0.0,
-            "wall": time.perf_counter() - t0}
