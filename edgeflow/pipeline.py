@@ -111,12 +111,14 @@ def resolve_inputs(cfgs, model, info: Dict[str, Any], data: Path, calib: Optiona
 def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", recipe: Optional[str] = None,
              budget: Any = None, data: Optional[str | Path] = None, calib: Optional[str | Path] = None,
              n_eval: Optional[int] = None, seed: int = 0, threads: Optional[int] = None, progress: bool = True,
-             allow_skip: bool = False, clean_work: bool = False, log=print) -> Dict[str, Any]:
+             allow_skip: bool = False, clean_work: bool = False, vocoder: Optional[str | Path] = None,
+             log=print) -> Dict[str, Any]:
     """Run the target's recipe on a model and write the bundle and the report.
 
     A voice (a Piper ``VOICE.onnx`` or a text-to-speech model.pt) goes to
     :func:`edgeflow.pipeline_tts.optimize_tts` (its own sentences, budget and recipes); everything else is a
-    vocoder, handled here.
+    vocoder, handled here. A flow-matching (fmtts) model.pt goes with its ``vocoder`` to
+    :func:`edgeflow.pipeline_fmtts.optimize_fmtts` (the target's ``recipes_fmtts``).
 
     Args:
         model_path: the model.pt to optimize (loaded with weights_only=True), or a voice.
@@ -132,6 +134,8 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
         n_eval: clips used for gating and the report (default 4; a voice's default is its own).
         allow_skip: run passes that lack training data as ``skipped`` instead of refusing to start.
         clean_work: remove ``OUT/.work`` once the report is written (the run can no longer resume).
+        vocoder: an fmtts model's mel-only vocoder (bundle directory or HiFi-GAN model.pt); required for an
+            fmtts model, refused for any other.
 
     Returns:
         the report dict (also written to ``OUT/report.json``).
@@ -144,6 +148,11 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     model_path, out = Path(model_path), Path(out_dir)
     from edgeflow.validate.tts_systems import task_of
 
+    from edgeflow.pipeline_fmtts import fmtts_route, optimize_fmtts
+
+    if fmtts_route(model_path, vocoder, data=data, calib=calib, allow_skip=allow_skip, budget=budget):
+        return optimize_fmtts(model_path, out, vocoder, target=target, recipe=recipe, n_eval=n_eval, seed=seed,
+                              threads=threads, clean_work=clean_work, log=log)
     if task_of(model_path) == "tts":
         if data or calib or allow_skip:
             raise ConfigError("--data, --calib and --allow-skip do not apply to a voice (its calibration and "

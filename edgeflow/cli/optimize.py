@@ -11,7 +11,8 @@ def add_arguments(sub) -> None:
                                    "with a quality gate after each pass, then write OUT/bundle, OUT/report.json, "
                                    "OUT/report.html and OUT/samples. Re-running the same command resumes.")
     p.add_argument("model", type=model_source, help="model.pt (edgeflow checkpoint), or a voice: a Piper VOICE.onnx (+ .onnx.json) "
-                                 "or a VITS model.pt (text-to-speech recipes, edgeflow.pipeline_tts)")
+                                 "or a VITS model.pt (text-to-speech recipes, edgeflow.pipeline_tts), or a "
+                                 "flow-matching TTS (fmtts) model.pt with --vocoder")
     p.add_argument("--target", default="cpu", help="target profile: cpu, jetson-orin-nano, jetson-agx-orin, gpu")
     p.add_argument("--recipe", default=None, help="quality | balanced | fast (default: the target's)")
     p.add_argument("--max-drop", default=None, metavar="BUDGET",
@@ -32,6 +33,10 @@ def add_arguments(sub) -> None:
                         "recorded as skipped (default: refuse before the first pass)")
     p.add_argument("--clean-work", action="store_true",
                    help="remove OUT/.work (resume state, intermediate models and bundles) once the run is done")
+    p.add_argument("--vocoder", default=None, metavar="VOCODER",
+                   help="flow-matching TTS (fmtts) models only, and required for them: the mel-only vocoder "
+                        "bundle directory or HiFi-GAN model.pt the voice bundle is built with (recipes: the "
+                        "target's recipes_fmtts, edgeflow.pipeline_fmtts)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=run)
 
@@ -49,8 +54,13 @@ def run(args) -> int:
 
     report = optimize(args.model, args.out, target=args.target, recipe=args.recipe, budget=args.max_drop,
                       data=args.data, calib=args.calib, n_eval=args.n_eval, seed=args.seed, threads=args.threads,
-                      allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False))
-    if report.get("task") == "tts":      # the voice pipeline's report says so; no second look at the model
+                      allow_skip=getattr(args, "allow_skip", False), clean_work=getattr(args, "clean_work", False),
+                      vocoder=getattr(args, "vocoder", None))
+    if report.get("family") == "fmtts":
+        from edgeflow.pipeline_fmtts import summary_line as fm_summary
+
+        print(fm_summary(report, args.out))
+    elif report.get("task") == "tts":      # the voice pipeline's report says so; no second look at the model
         from edgeflow.pipeline_tts_out import summary_line as tts_summary
 
         print(tts_summary(report, args.out))
