@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -117,3 +117,20 @@ def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing
     except DependencyError:
         return "onnxruntime"
     return "native"
+
+
+def chunk_windows(total: int, chunk_frames: Optional[int], first_chunk_frames: Optional[int],
+                  context: Tuple[int, int]) -> Iterator[Tuple[int, int, int, int]]:
+    """The streaming windows of ``total`` frames: (a, b, ws, we) per chunk, the chunk's frames [a, b) computed
+    over [ws, we) (``context`` = (left, right) frames of receptive field, clipped at the ends); the first chunk
+    has ``first_chunk_frames`` (or ``chunk_frames``) frames, the others ``chunk_frames``. One window of the whole
+    when ``chunk_frames`` is 0 or None."""
+    if not chunk_frames:
+        yield 0, total, 0, total
+        return
+    left, right = context
+    a, size = 0, first_chunk_frames or chunk_frames
+    while a < total:
+        b = min(total, a + size)
+        yield a, b, max(0, a - left), min(total, b + right)
+        a, size = b, chunk_frames

@@ -28,7 +28,7 @@ import numpy as np
 from edgeflow.core.errors import BundleError, InputError
 from edgeflow.core.noise import noise
 from edgeflow.core.ode import METHODS, SWAY_MAX, SWAY_MIN, solve, step_table
-from edgeflow.runtime.checks import check_seed, check_stream_options
+from edgeflow.runtime.checks import check_seed, check_stream_options, chunk_windows
 from edgeflow.runtime.voice import BUNDLE_LOADERS, MAX_SENTENCE_SECONDS, Voice
 from edgeflow.runtime.voice_io import open_session
 from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
@@ -187,17 +187,8 @@ class FmVoice(Voice):
     def _sentence_chunks(self, ids: Sequence[int], scales: Dict[str, Any], seed: int,
                          chunk_frames: Optional[int], first_chunk_frames: Optional[int]) -> Iterator[np.ndarray]:
         mel = self._mel(ids, scales, seed)
-        total = mel.shape[1]
-        if not chunk_frames:
-            yield self._vocode(mel)[:total * self.hop_length]
-            return
-        left, right = self.context_frames
-        a, size = 0, first_chunk_frames or chunk_frames
-        while a < total:
-            b = min(total, a + size)
-            ws, we = max(0, a - left), min(total, b + right)
+        for a, b, ws, we in chunk_windows(mel.shape[1], chunk_frames, first_chunk_frames, self.context_frames):
             yield self._vocode(mel[:, ws:we])[(a - ws) * self.hop_length:(b - ws) * self.hop_length]
-            a, size = b, chunk_frames
 
     def _options(self, noise_scale, length_scale, noise_w, ode: Dict[str, Any]) -> Dict[str, Any]:
         unknown = set(ode) - set(ODE_OPTIONS)

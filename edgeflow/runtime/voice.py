@@ -30,7 +30,7 @@ import numpy as np
 from edgeflow.core.errors import BundleError, InputError, short_reason
 from edgeflow.core.noise import noise
 from edgeflow import text as frontend
-from edgeflow.runtime.checks import check_seed, check_stream_options
+from edgeflow.runtime.checks import check_seed, check_stream_options, chunk_windows
 from edgeflow.runtime.voice_io import open_session, write_wav_stream  # noqa: F401  (write_wav_stream: public here too)
 from edgeflow.runtime.voice_config import (VoiceConfig, choose_voice_engine, read_vits_manifest,
                                           resolve_scales, vits_native_section)
@@ -236,18 +236,9 @@ class Voice:
             yield self._encode(ids, scales, seed)
             return
         m_p, logs_p = self._encode(ids, scales, seed)
-        total = m_p.shape[2]
-        if not chunk_frames:
-            yield self._decode(m_p, logs_p, scales["noise_scale"], seed, 0, total)
-            return
-        left, right = self.context_frames
-        a, size = 0, first_chunk_frames or chunk_frames
-        while a < total:
-            b = min(total, a + size)
-            ws, we = max(0, a - left), min(total, b + right)
+        for a, b, ws, we in chunk_windows(m_p.shape[2], chunk_frames, first_chunk_frames, self.context_frames):
             audio = self._decode(m_p, logs_p, scales["noise_scale"], seed, ws, we)
             yield audio[(a - ws) * self.hop_length:(b - ws) * self.hop_length]
-            a, size = b, chunk_frames
 
     # -- public synthesis ---------------------------------------------------------------------------
 

@@ -113,10 +113,17 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
     extra = sorted(set(arrays) - set(shapes) - set(out) - qnames)
     if extra:
         raise BundleError(f"{where}: native weight file has unknown fields {', '.join(extra[:3])}")
+    return float_fields(arrays, shapes, out, f"{where}: native weight file")
+
+
+def float_fields(arrays: Dict[str, np.ndarray], shapes: Dict[str, tuple], out: Dict[str, np.ndarray],
+                 what: str) -> Dict[str, np.ndarray]:
+    """``out`` plus every field of ``shapes`` from ``arrays`` as contiguous float32, each checked for its
+    shape, a float dtype and finite values (BundleError "``what`` field NAME ..." otherwise)."""
     for name, shape in shapes.items():
         a = np.asarray(arrays.get(name, np.zeros(0)))
         if a.shape != shape or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
-            raise BundleError(f"{where}: native weight file field {name} is missing, misshapen or not finite "
+            raise BundleError(f"{what} field {name} is missing, misshapen or not finite "
                               f"(expected float {list(shape)})")
         out[name] = np.ascontiguousarray(a, dtype=np.float32)
     return out

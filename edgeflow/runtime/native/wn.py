@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from edgeflow.core.errors import BundleError, DependencyError, InputError
-from edgeflow.runtime.native.format import read_npz, write_npz
+from edgeflow.runtime.native.format import float_fields, read_npz, write_npz
 
 #: Version of the file layout and of the C library's cfg vector (``ef_wn_version``).
 FORMAT = 1
@@ -76,13 +76,7 @@ def check(arrays: Dict[str, np.ndarray], where: str = "flow") -> Dict[str, np.nd
     extra = sorted(set(arrays) - set(shapes) - set(out))
     if extra:
         raise BundleError(f"{where}: native flow file has unknown fields {', '.join(extra[:3])}")
-    for name, shape in shapes.items():
-        a = np.asarray(arrays.get(name, np.zeros(0)))
-        if a.shape != shape or a.dtype.kind != "f" or not np.all(np.isfinite(a)):
-            raise BundleError(f"{where}: native flow file field {name} is missing, misshapen or not finite "
-                              f"(expected float {list(shape)})")
-        out[name] = np.ascontiguousarray(a, dtype=np.float32)
-    return out
+    return float_fields(arrays, shapes, out, f"{where}: native flow file")
 
 
 def save(path: str | Path, arrays: Dict[str, np.ndarray]) -> None:
