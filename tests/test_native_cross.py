@@ -46,6 +46,7 @@ def _run_qemu(exe: Path, tmp_path: Path, arrays, mel, z) -> np.ndarray:
     run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "0"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    _run_qemu.int8_kernel = run.stdout.split()[-1] if run.stdout.strip() else None
     return np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(mel.shape[0], -1)
 
 
@@ -70,8 +71,8 @@ def test_aarch64_portable_kernels_under_qemu(overrides, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
 def test_aarch64_int8_matches_host_under_qemu(tmp_path):
-    """The INT8 layers' portable path on aarch64 gives the host's portable INT8 result (same integer sums; the float
-    parts agree to rounding)."""
+    """The INT8 layers on aarch64 (the NEON dot-product tile where the CPU has it, as qemu's does) give the host's
+    INT8 result (same integer sums; the float parts agree to rounding)."""
     from edgeflow.runtime import native
     from test_native_int8 import requantized
 
@@ -87,6 +88,8 @@ def test_aarch64_int8_matches_host_under_qemu(tmp_path):
     ref = host.run(None, {"mel": mel, "z": z, "sigma": np.array([0.7], np.float32)})[0]
     got = compare(out, ref)
     assert got["snr_db"] > 80, got
+    # qemu-user's default CPU has the Armv8.2 dot product: the NEON tile ran, not the portable one
+    assert _run_qemu.int8_kernel == "neon-dotprod", _run_qemu.int8_kernel
 
 
 @pytest.mark.slow

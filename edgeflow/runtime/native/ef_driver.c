@@ -19,6 +19,7 @@ int ef_wf_run(const ef_wf *m, const float *mel, int B, int F, const float *z, fl
               int threads, double *prof);
 int ef_set_isa(int isa);
 int ef_wf_set_q8(ef_wf *m, int flow, int layer, int part, const int8_t *q, const float *scale);
+const char *ef_q8_kernel(void);
 void ef_wf_free(ef_wf *m);
 
 static void *readn(FILE *f, size_t size, size_t n)
@@ -68,5 +69,6 @@ int main(int argc, char **argv)
     }
     fclose(o);
     ef_wf_free(m);
+    printf("int8_kernel %s\n", ef_q8_kernel());
     return 0;
 }

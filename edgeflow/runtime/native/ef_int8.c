@@ -11,7 +11,8 @@
  * Activations are stored quad-interleaved (u8 [columns][4]: 4 consecutive channels of one column in one 32-bit
  * word), the operand layout of a VNNI dot product, so the GEMM reads the cached rows in place at any width shift.
  * Tiles: AVX-512 VNNI (vpdpbusd), AVX2 (u8 / s8 widened to s16 and vpmaddwd: exact, no u8 x s8 pair saturation
- * as with vpmaddubsw), portable C (any compiler; aarch64). All three give the same int32 sums.
+ * as with vpmaddubsw), NEON dot product on aarch64 CPUs that have it (sdot on shifted activations), portable C
+ * (any compiler). All give the same int32 sums.
  */
 
 #include "ef_internal.h"
@@ -116,6 +117,63 @@ static void ef_qtile_vnni(int nq, const int8_t *wp, const uint8_t *const *xq, in
 }
 #endif
 
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define EF_Q8_NEON 1
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#if EF_MR != 4
+#error "the NEON dot-product tile assumes EF_MR == 4 (one weight quad per lane)"
+#endif
+
+/* NEON dot product (Armv8.2 dotprod: Cortex-A76 / A78, e.g. Raspberry Pi 5 and Jetson Orin). sdot multiplies
+ * s8 x s8, so the u8 activations are shifted to s8 (x - 128: their top bit flipped) and 128 * sum(w) of each row is
+ * added back, exactly, in int32: the same sums as the other tiles. vdotq_laneq_s32: 4 columns x 4 reduction
+ * indices against row r's weight quad (lane r of the tile's 16 weight bytes); 16 columns per step, 16
+ * accumulators. */
+__attribute__((target("arch=armv8.2-a+dotprod")))
+static void ef_qtile_neon_dot(int nq, const int8_t *wp, const uint8_t *const *xq, int off, const float *f,
+                              float *out, int ostride)
+{
+    const uint8x16_t top = vdupq_n_u8(0x80);
+    int32_t wsum[EF_MR] = {0};
+    for (int q = 0; q < nq; q++)
+        for (int r = 0; r < EF_MR; r++) {
+            const int8_t *w = wp + (size_t)q * EF_MR * 4 + 4 * r;
+            wsum[r] += w[0] + w[1] + w[2] + w[3];
+        }
+    for (int n0 = 0; n0 < EF_NB; n0 += 16) {
+        int32x4_t acc[EF_MR][4];
+        for (int r = 0; r < EF_MR; r++)
+            for (int v = 0; v < 4; v++) acc[r][v] = vdupq_n_s32(128 * wsum[r]);
+        for (int q = 0; q < nq; q++) {
+            const uint8_t *x = xq[q] + (size_t)(off + n0) * 4;
+            const int8x16_t wv = vld1q_s8(wp + (size_t)q * EF_MR * 4);
+            for (int v = 0; v < 4; v++) {
+                const int8x16_t xv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(x + 16 * v), top));
+                acc[0][v] = vdotq_laneq_s32(acc[0][v], xv, wv, 0);
+                acc[1][v] = vdotq_laneq_s32(acc[1][v], xv, wv, 1);
+                acc[2][v] = vdotq_laneq_s32(acc[2][v], xv, wv, 2);
+                acc[3][v] = vdotq_laneq_s32(acc[3][v], xv, wv, 3);
+            }
+        }
+        for (int r = 0; r < EF_MR; r++)
+            for (int v = 0; v < 4; v++) {
+                if (f) {
+                    float *o = out + (size_t)r * ostride + n0 + 4 * v;
+                    vst1q_f32(o, vfmaq_n_f32(vld1q_f32(o), vcvtq_f32_s32(acc[r][v]), f[r]));
+                } else {
+                    vst1q_s32((int32_t *)out + (size_t)r * ostride + n0 + 4 * v, acc[r][v]);
+                }
+            }
+    }
+}
+
+static int ef_has_dotprod(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
+#endif
+
 #ifdef EF_Q8_X86
 static int ef_has_vnni(void)
 {
@@ -131,6 +189,9 @@ ef_qtile_fn ef_qtile_for(int isa)
     if (isa == 2 && ef_has_vnni()) return ef_qtile_vnni;
     if (isa >= 1) return ef_qtile_avx2;
 #endif
+#ifdef EF_Q8_NEON
+    if (ef_has_dotprod()) return ef_qtile_neon_dot;     /* aarch64: isa is always 0 (portable float) */
+#endif
     (void)isa;
     return ef_qtile_generic;
 }
@@ -142,6 +203,9 @@ EF_API const char *ef_q8_kernel(void)
 #ifdef EF_Q8_X86
     if (t == ef_qtile_vnni) return "avx512vnni";
     if (t == ef_qtile_avx2) return "avx2";
+#endif
+#ifdef EF_Q8_NEON
+    if (t == ef_qtile_neon_dot) return "neon-dotprod";
 #endif
     return t == ef_qtile_generic ? "portable" : "?";
 }
