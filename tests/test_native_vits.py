@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import edgeflow.models.vits as vits
@@ -281,3 +282,21 @@ def test_pass_registered_and_leaves_other_bundles(tiny, tmp_path):
     rec = apply_pass(art, make_config("tts_kernels", {"time_seconds": 0}), PassContext(tmp_path, progress=False))
     assert rec["details"]["native"] and art.bundle_dir != root / "k"
     assert Voice.load(art.bundle_dir, engine="native").engine == "native"
+
+
+def test_say_engine_option(tiny, tmp_path, capsys):
+    """``edgeflow say --engine native`` speaks through the native flow (the same audio as onnxruntime to 1e-4);
+    ``--engine native`` on a bundle without native kernels and ``--engine`` with a model.pt exit 2, one line."""
+    from edgeflow.cli.main import main
+
+    _, root, _ = tiny
+    for engine in ("native", "onnxruntime"):
+        assert main(["say", str(root / "k"), "--text", TEXT, "--engine", engine, "-o", str(tmp_path / f"{engine}.wav")]) == 0
+    assert "native prior flow" in capsys.readouterr().out
+    a, _ = sf.read(tmp_path / "native.wav", dtype="float32")
+    b, _ = sf.read(tmp_path / "onnxruntime.wav", dtype="float32")
+    assert a.shape == b.shape and np.max(np.abs(a - b)) <= 2 / 32768
+    assert main(["say", str(root / "b"), "--text", TEXT, "--engine", "native", "-o", str(tmp_path / "x.wav")]) == 2
+    assert not (tmp_path / "x.wav").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "native" in err[0]

@@ -38,6 +38,9 @@ def add_arguments(sub) -> None:
                    help="Piper voice only: its json, if not VOICE.onnx.json")
     p.add_argument("--sentence-silence", type=finite_float(0.0, 60.0), default=0.0,
                    help="seconds of silence after each sentence")
+    p.add_argument("--engine", choices=("auto", "onnxruntime", "native"), default="auto",
+                   help="VITS bundles: the prior flow's engine (native: edgeflow's C kernels from the tts_kernels pass; "
+                        "auto: native where that pass measured it faster; default auto)")
     p.add_argument("--nfe", type=int, default=None,
                    help="flow-matching (fmtts) bundles: ODE function evaluations (default: the bundle's)")
     p.add_argument("--solver", choices=("euler", "midpoint"), default=None,
@@ -133,17 +136,20 @@ def run(args) -> int:
 
     ode = {k: getattr(args, k) for k in ("nfe", "solver", "sway", "guidance") if getattr(args, k, None) is not None}
     if src.is_file() and src.suffix == ".pt":
+        if getattr(args, "engine", "auto") != "auto":
+            raise InputError("--engine applies to bundles (a model.pt runs in PyTorch)")
         if ode:
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks, sr = _torch_stream(args, text, scales)
         backend = "PyTorch"
     else:
-        voice = Voice.load(src, threads=args.threads, config=args.config)
+        voice = Voice.load(src, threads=args.threads, config=args.config, engine=getattr(args, "engine", "auto"))
         if ode and voice.kind != "fmtts":
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
                                     **scales(voice.config), **ode)
-        sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}"
+        sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}" + (
+            ", native prior flow" if getattr(voice, "engine", None) == "native" else "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PhonemeWarning)
         stats = write_wav_stream(chunks, sr, out)
