@@ -144,7 +144,8 @@ def test_every_target_has_fmtts_recipes(name):
             spec = dict(spec)
             cfg = make_config(spec.pop("pass"), spec)
             assert cfg.refusal("fmtts") is None
-            budgets[recipe] = cfg.max_mcd
+            if isinstance(cfg, FmNfeConfig):
+                budgets[recipe] = cfg.max_mcd
     assert budgets["fast"] > budgets["balanced"]
 
 
@@ -192,13 +193,13 @@ def test_optimize_end_to_end(models, tmp_path, capsys):
     assert "WARNING: the reference model does not produce speech" in line
     r = json.loads((out / "report.json").read_text())
     assert r["family"] == "fmtts" and r["speech"] is False and r["reference"]["wer"] > 0.8 and r["warning"]
-    assert [p["name"] for p in r["passes"]] == ["export", "fm_nfe"] and r["recipe"] == "fast"
+    assert [p["name"] for p in r["passes"]] == ["export", "fm_nfe", "fm_quantize"] and r["recipe"] == "fast"
     nfe = r["passes"][1]["details"]
     assert r["budget_held"] and nfe["mcd"] <= 2.5 and nfe["chosen"]["nfe"] <= r["passes"][0]["sampling"]["nfe"]
     voice = Voice.load(out / "bundle", threads=1)
     assert {k: voice.sampling[k] for k in ("nfe", "solver", "sway")} == nfe["chosen"]
     assert {k: r["final"][k] for k in ("nfe", "solver", "sway")} == nfe["chosen"]
-    assert [h["name"] for h in voice.manifest["history"]] == ["export", "fm_nfe"]
+    assert [h["name"] for h in voice.manifest["history"]] == ["export", "fm_nfe", "fm_quantize"]
     for row in r["passes"]:
         m = row["metrics"]
         assert m["rtf"] > 0 and m["size_mb"] > 0 and 0 <= m["mcd"] < 10 and "dnsmos" in m

@@ -1,0 +1,188 @@
+"""``fm_quantize``: INT8 for the vector-field network of a flow-matching (``fmtts``) voice bundle.
+
+The field graph (``field.onnx``: the U-Net, one function evaluation per call) runs NFE times per sentence, so it
+is the acoustic model's cost. Its convolutions are quantized with onnxruntime's ``quantize_static`` (QDQ, int8
+weights per output channel, uint8 activations with MinMax ranges); the output conv (the velocity itself), the
+time embedding, the LayerNorms and the SiLU stay float. Calibration inputs are the field's own inputs
+(x_t, t, cond, mask) recorded while the bundle solves the first ``calib_sentences`` calibration sentences at
+its default sampling, cut into windows of ``window`` frames (the field is frame-local up to its receptive field;
+the calibrators need one shape).
+
+Gate: the mel of the INT8 bundle against the float bundle's on the next ``sentences`` calibration sentences,
+same seeds, the bundle's default sampling (:func:`edgeflow.passes.fm_nfe.mel_mcd`, mean over sentences) must be
+<= ``max_mcd``, and (``require_speedup``) the acoustic model must be faster (``FmVoice.mel_ids`` wall time,
+interleaved, best of ``rounds``); otherwise the bundle is left float and the details say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from edgeflow.core.errors import ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+
+#: Field-graph nodes kept float: the output conv (the velocity) and the time embedding's MLP / projections.
+KEEP_FLOAT = (r"^/decoder/out/", r"/t_mlp/", r"/time/")
+
+
+@dataclasses.dataclass
+class FmQuantizeConfig(PassConfig):
+    """Attributes:
+        max_mcd: largest mean mel MCD (dB) of the INT8 bundle to the float one (same seeds and sampling).
+        calib_sentences: calibration sentences whose field inputs calibrate the ranges.
+        sentences: the next calibration sentences, scored for the gate.
+        window: frames per calibration window (a multiple of 4: the U-Net downsamples twice).
+        rounds: timing rounds (float and INT8 interleaved; the fastest kept).
+        require_speedup: keep the INT8 field only when the acoustic model is faster with it (False: whenever the
+            mel budget holds, e.g. for the smaller file).
+    """
+
+    max_mcd: float = 1.0
+    calib_sentences: int = 4
+    sentences: int = 3
+    window: int = 64
+    rounds: int = 3
+    require_speedup: bool = True
+
+    def __post_init__(self):
+        if not self.max_mcd > 0 or self.calib_sentences < 1 or self.sentences < 1 or self.rounds < 1:
+            raise ValueError("fm_quantize: max_mcd > 0, calib_sentences, sentences and rounds >= 1")
+        if self.window < 4 or self.window % 4:
+            raise ValueError("fm_quantize: window must be a positive multiple of 4")
+
+
+class _Recorder:
+    """Wraps an onnxruntime session and keeps copies of every feed (the field's inputs during a solve)."""
+
+    def __init__(self, session: Any):
+        self.session, self.feeds = session, []
+
+    def run(self, names, feeds):
+        self.feeds.append({k: np.array(v) for k, v in feeds.items()})
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def field_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
+    """The field's inputs while ``voice`` solves ``ids`` (seed ``seed + k``), cut into ``window``-frame windows
+    (one per call and sentence: the middle one; sentences shorter than a window are skipped)."""
+    rec = _Recorder(voice.field)
+    voice.field = rec
+    try:
+        for k, x in enumerate(ids):
+            voice.mel_ids(x, seed=seed + k)
+    finally:
+        voice.field = rec.session
+    out = []
+    for f in rec.feeds:
+        frames = f["x"].shape[2]
+        if frames < window:
+            continue
+        a = (frames - window) // 2
+        out.append({k: v if k == "t" else np.ascontiguousarray(v[:, :, a:a + window]) for k, v in f.items()})
+    return out
+
+
+def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> Dict[str, Any]:
+    """``src`` field graph -> INT8 QDQ ``dst`` (see the module docstring). Returns what was quantized."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgeflow.quant.vits_int8 import _fix_ir, _quiet, _Reader
+
+    model = onnx.load(str(src), load_external_data=False)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    quant = [n for n in convs if not any(re.search(p, n) for p in KEEP_FLOAT)]
+    if not quant:
+        raise ConfigError("fm_quantize: the field graph has no convolution to quantize")
+    with _quiet():
+        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        nodes_to_quantize=quant, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    _fix_ir(dst)
+    return {"quantized": len(quant), "float": sorted(set(convs) - set(quant)), "weights": "int8 per channel",
+            "activations": "uint8 (MinMax)", "calibration_windows": len(feeds)}
+
+
+def write_bundle(src: Path, out: Path, field: Path, section: Dict[str, Any]) -> None:
+    """Copy bundle ``src`` to ``out`` with ``field`` as its field graph and ``section`` as the manifest's
+    ``field_quantization`` (hashes rewritten; the directory appears only when complete)."""
+    from edgeflow.core.bundle_format import write_manifest
+    from edgeflow.core.io import atomic_dir
+
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("files", "format", "format_version"):
+        manifest.pop(key, None)
+    manifest["field_quantization"] = section
+    with atomic_dir(out, overwrite=True) as tmp:
+        for role, name in manifest["graphs"].items():
+            shutil.copyfile(field if role == "decoder" else src / name, tmp / name)
+        write_manifest(tmp, manifest)
+
+
+def compare(float_voice: Any, int8_voice: Any, ids: List[List[int]], rounds: int, seed: int = 0) -> Dict[str, Any]:
+    """Mean / worst mel MCD of ``int8_voice`` to ``float_voice`` on ``ids`` (seed ``seed + k``, default sampling)
+    and both acoustic models' wall time (interleaved, fastest of ``rounds``)."""
+    from edgeflow.passes.fm_nfe import mel_mcd
+
+    ref = [float_voice.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
+    mcds = [mel_mcd(r, int8_voice.mel_ids(x, seed=seed + k)) for k, (r, x) in enumerate(zip(ref, ids))]
+    best = {"float": float("inf"), "int8": float("inf")}
+    for _ in range(rounds):
+        for name, v in (("float", float_voice), ("int8", int8_voice)):
+            t0 = time.perf_counter()
+            for k, x in enumerate(ids):
+                v.mel_ids(x, seed=seed + k)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)), "seconds_float": round(best["float"], 4),
+            "seconds_int8": round(best["int8"], 4), "speedup": round(best["float"] / max(best["int8"], 1e-9), 3)}
+
+
+def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) -> Dict[str, Any]:
+    from edgeflow.passes.fm_nfe import calibration_ids
+    from edgeflow.runtime import Voice
+
+    src = artifact.bundle_dir
+    if src is None:
+        raise ConfigError("fm_quantize: no bundle yet (the fmtts bundle is exported first)")
+    src = Path(src)
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("family") != "fmtts":
+        raise ConfigError(f"fm_quantize: {src} is a {manifest.get('family')} bundle, not an fmtts voice")
+    voice = Voice.load(src, threads=1)
+    ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
+    calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
+    feeds = field_windows(voice, calib, cfg.window, ctx.seed)
+    if not feeds:
+        raise ConfigError(f"fm_quantize: no calibration sentence is {cfg.window} frames long (lower window)")
+    with tempfile.TemporaryDirectory(prefix="edgeflow-fmq-") as tmp:
+        field = Path(tmp) / manifest["graphs"]["decoder"]
+        section = quantize_field(src / manifest["graphs"]["decoder"], field, feeds)
+        out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_quantize"
+        write_bundle(src, out, field, section)
+    scores = compare(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed)
+    section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
+    why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else
+           f"not faster ({scores['speedup']:.2f}x)" if cfg.require_speedup and scores["speedup"] <= 1.0 else None)
+    if why:
+        shutil.rmtree(out, ignore_errors=True)
+        if ctx.progress:
+            print(f"    fm_quantize: field kept float ({why})")
+        return dict(section, applied=False, reason=why)
+    artifact.bundle_dir = out
+    return dict(section, applied=True, bundle=out.name)
+
+
+register_pass("fm_quantize", FmQuantizeConfig, _fm_quantize)
