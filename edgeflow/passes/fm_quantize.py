@@ -99,19 +99,20 @@ def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgeflow.quant.vits_int8 import _fix_ir, _quiet, _Reader
+    from edgeflow.quant.vits_int8 import FeedReader, fix_ir, quiet_ort
 
     model = onnx.load(str(src), load_external_data=False)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     quant = [n for n in convs if not any(re.search(p, n) for p in KEEP_FLOAT)]
     if not quant:
         raise ConfigError("fm_quantize: the field graph has no convolution to quantize")
-    with _quiet():
-        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+    with quiet_ort():
+        quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv"],
                         nodes_to_quantize=quant, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    _fix_ir(dst)
+    fix_ir(dst)
     return {"quantized": len(quant), "float": sorted(set(convs) - set(quant)), "weights": "int8 per channel",
             "activations": "uint8 (MinMax)", "calibration_windows": len(feeds)}
 

@@ -76,7 +76,7 @@ def select_nodes(model, role: str, exclude: Sequence[str] = DEFAULT_EXCLUDE,
     return out
 
 
-class _Reader:
+class FeedReader:
     """onnxruntime CalibrationDataReader over a list of feed dicts."""
 
     def __init__(self, feeds: Iterable[Dict[str, np.ndarray]]):
@@ -117,13 +117,13 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
     extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations}
     if method == "percentile":
         extra.update(CalibPercentile=99.999)
-    with _quiet():
-        quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+    with quiet_ort():
+        quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZABLE[role][1]), nodes_to_quantize=sel["quantize"],
                         per_channel=per_channel,
                         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
-    _fix_ir(dst)
+    fix_ir(dst)
     return {"quantized": sel["quantize"], "float": sel["float"], "float_reasons": _reason_counts(sel["reasons"]),
             "method": method, "per_channel": per_channel,
             "activations": "int8 symmetric" if symmetric_activations else "uint8", "weights": "int8",
@@ -140,12 +140,12 @@ def convert_graph_fp16(src: Path, dst: Path) -> Dict[str, Any]:
     keep = [n.name for n in model.graph.node if not n.name.startswith("/dec/")]
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_OPS, node_block_list=keep)
     onnx.save(half, str(dst))
-    _fix_ir(dst)
+    fix_ir(dst)
     return {"float16": "/dec/ (HiFi-GAN)", "kept_float32_ops": FP16_KEEP_OPS, "kept_float32_nodes": len(keep)}
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_ort():
     """Silence onnxruntime.quantization's root-logger warnings and its calibrators' prints."""
     logging.disable(logging.WARNING)
     try:
@@ -162,7 +162,7 @@ def _reason_counts(reasons: Dict[str, str]) -> Dict[str, int]:
     return counts
 
 
-def _fix_ir(path: Path) -> None:
+def fix_ir(path: Path) -> None:
     import onnx
 
     from edgeflow.export.onnx_export import runtime_ir_version
