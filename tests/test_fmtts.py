@@ -303,3 +303,21 @@ def test_durations_round_log_frames():
     assert torch.allclose(d, torch.tensor([[1.0, 3.0, 1.0, 0.0]]))
     slow = model.durations(model.normalize_prosody(raw), mask, 2.0)
     assert torch.allclose(slow, torch.tensor([[2.0, 5.0, 1.0, 0.0]]))
+
+
+def test_duration_dequantization_rounds_back_and_is_bounded():
+    """The prosody flow sees log(d - 0.5 + u): continuous, bounded below by log 0.5, and rounding (what
+    FmTts.durations does) recovers every integer d; the f0 row is untouched; no noise: unchanged."""
+    from edgeflow.train.fmtts import dequantize
+
+    dur = torch.tensor([[1.0, 2.0, 7.0, 30.0]])
+    raw = torch.stack([torch.log(dur), torch.tensor([[4.0, 4.5, 5.0, 5.5]])], 1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        u = torch.rand(1, 6, generator=g)                      # wider than N, as collate pads to the batch
+        out = dequantize(raw, dur, u)
+        assert torch.equal(out[:, 1], raw[:, 1])
+        assert torch.equal(torch.round(torch.exp(out[:, 0])), dur)
+        assert out[:, 0].min() >= math.log(0.5) - 1e-6
+    assert not torch.equal(dequantize(raw, dur, torch.full((1, 4), 0.9)), raw)
+    assert dequantize(raw, dur, None) is raw

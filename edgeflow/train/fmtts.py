@@ -60,6 +60,18 @@ def gaussian_log_likelihood(y: Tensor, mu_x: Tensor) -> Tensor:
             - 0.5 * (mu_x ** 2).sum(1).unsqueeze(-1))
 
 
+def dequantize(raw: Tensor, dur: Tensor, u) -> Tensor:
+    """Phone features [B, 2, N] with the log-duration dequantized for the flow's likelihood: log(d - 0.5 + u),
+    u [B, N] uniform in [0, 1) (the batch's ``dur_u``), so a continuous density models integer frame counts
+    (without it the flow's NLL of log-integers falls without bound and its gradient swamps the others under
+    one clipping norm); rounding, as :meth:`FmTts.durations` does, maps every dequantized value back to d.
+    ``u`` None: unchanged."""
+    if u is None:
+        return raw
+    logd = torch.log((dur - 0.5 + u[:, :dur.shape[1]]).clamp_min(0.5))
+    return torch.cat([logd.unsqueeze(1), raw[:, 1:]], 1)
+
+
 def cfm_loss(model, y: Tensor, cond: Tensor, mask: Tensor, t: Tensor, z: Tensor) -> Tensor:
     """OT-CFM loss (mean over valid frames and bands). y, z [B, C, S], cond [B, C + 1, S], mask [B, 1, S], t [B]."""
     s = model.config.sigma_min
@@ -84,7 +96,8 @@ class FmTtsObjective:
             attn = maximum_path(gaussian_log_likelihood(y, mu_x), x_mask.transpose(1, 2) * y_mask)   # [B, N, F]
         raw, dur = phone_features(attn, b["lf0"], b["voiced"])
         feats = model.normalize_prosody(raw) * x_mask
-        flow_nll = model.prosody_flow.nll(h.detach(), x_mask, feats)
+        deq = model.normalize_prosody(dequantize(raw, dur, b.get("dur_u"))) * x_mask
+        flow_nll = model.prosody_flow.nll(h.detach(), x_mask, deq)
         l2 = model.prosody_l2.loss(h.detach(), x_mask, feats)
         cond = model.expand(mu_x, feats[:, 1:2], attn)
         prior = (0.5 * ((y - cond[:, :-1]) ** 2 + LOG_2PI) * y_mask).sum() / (y_mask.sum() * c.n_mels)

@@ -40,7 +40,9 @@ def collate(items: List[Item], config, seed: int) -> Dict[str, Any]:
 
     Returns:
         ids [B, N], id_lens [B], mel [B, n_mels, F], y_mask [B, 1, F], lf0 [B, F], voiced [B, F],
-        seg_start [B], t [B], z [B, n_mels, S], keep_cond [B] (S: :func:`window_frames`).
+        seg_start [B], t [B], z [B, n_mels, S], keep_cond [B] (S: :func:`window_frames`), dur_u [B, N] (the
+        prosody flow's duration dequantization noise, uniform in [0, 1); drawn last, so the earlier draws are
+        those of a batch without it).
     """
     b, n = len(items), max(len(i.ids) for i in items)
     lens = torch.tensor([i.frames for i in items], dtype=torch.long)
@@ -60,7 +62,8 @@ def collate(items: List[Item], config, seed: int) -> Dict[str, Any]:
             "y_mask": sequence_mask(lens, f).unsqueeze(1).float(), "lf0": lf0, "voiced": voiced,
             "seg_start": (torch.rand(b, generator=gen) * high).long(), "t": torch.rand(b, generator=gen),
             "z": torch.randn(b, config.n_mels, seg, generator=gen),
-            "keep_cond": (torch.rand(b, generator=gen) >= config.cfg_dropout).float()}
+            "keep_cond": (torch.rand(b, generator=gen) >= config.cfg_dropout).float(),
+            "dur_u": torch.rand(b, n, generator=gen)}
 
 
 def feature_stats(items: List[Item]) -> Dict[str, Any]:
