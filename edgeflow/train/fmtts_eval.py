@@ -5,7 +5,7 @@ deviation of the generated features against the recordings' (``spread`` = std_ge
 below 1: over-smoothed) and the Jensen-Shannon divergence (base 2, in [0, 1]) between the histograms of the
 generated and the recorded features. The recorded features come from the model's own monotonic alignment of
 each recording (as in training); the generated ones from the same texts, the flow at each temperature tau
-and the L2 predictor.
+and the L2 predictor, their durations rounded to whole frames as the model uses them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def js_divergence(a: np.ndarray, b: np.ndarray, bins: int = 30) -> float:
     return float(0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m)))
 
 
+def _as_used(raw: torch.Tensor) -> torch.Tensor:
+    """Generated phone features [B, 2, N] as the model uses them: the log-duration of the rounded frame count
+    (:meth:`FmTts.durations`, at least one frame), so it is compared with the recordings' integer counts on
+    equal terms (a continuous sample against log-integers would inflate the divergence)."""
+    frames = torch.round(torch.exp(raw[:, :1])).clamp_min(1.0)
+    return torch.cat([torch.log(frames), raw[:, 1:]], 1)
+
+
 @torch.no_grad()
 def phone_sets(model, items: List[Item], taus: Sequence[float], seed: int = 0) -> Dict[str, np.ndarray]:
     """Phone features [M, 2] (raw: log frames, log Hz) of the recordings ("recorded"), the L2 predictor ("l2")
@@ -51,10 +59,10 @@ def phone_sets(model, items: List[Item], taus: Sequence[float], seed: int = 0) -
         raw, _ = phone_features(attn, b["lf0"], b["voiced"])
         keep = x_mask[0, 0].bool()
         out["recorded"].append(raw[0][:, keep].T.numpy())
-        out["l2"].append(model.denormalize_prosody(model.prosody_l2(h, x_mask))[0][:, keep].T.numpy())
+        out["l2"].append(_as_used(model.denormalize_prosody(model.prosody_l2(h, x_mask)))[0][:, keep].T.numpy())
         z = seeded_normal(seed + k + PROSODY_SEED_OFFSET, 1, N_FEATURES, h.shape[-1])
         for t in taus:
-            f = model.denormalize_prosody(model.prosody_flow.sample(h, x_mask, z, t))
+            f = _as_used(model.denormalize_prosody(model.prosody_flow.sample(h, x_mask, z, t)))
             out[f"flow@{t:g}"].append(f[0][:, keep].T.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
