@@ -146,14 +146,14 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     from edgeflow.validate.evaluate import load_clips
 
     model_path, out = Path(model_path), Path(out_dir)
-    from edgeflow.validate.tts_systems import task_of
-
     from edgeflow.pipeline_fmtts import fmtts_route, optimize_fmtts
+    from edgeflow.validate.tts_systems import checkpoint_family, family_task, task_of
 
-    if fmtts_route(model_path, vocoder, data=data, calib=calib, allow_skip=allow_skip, budget=budget):
+    family = checkpoint_family(model_path)          # one read of a model.pt (None: a voice .onnx, or unreadable)
+    if fmtts_route(family, vocoder, data=data, calib=calib, allow_skip=allow_skip, budget=budget):
         return optimize_fmtts(model_path, out, vocoder, target=target, recipe=recipe, n_eval=n_eval, seed=seed,
                               threads=threads, clean_work=clean_work, log=log)
-    if task_of(model_path) == "tts":
+    if (family_task(family) if family else task_of(model_path)) == "tts":
         if data or calib or allow_skip:
             raise ConfigError("--data, --calib and --allow-skip do not apply to a voice (its calibration and "
                               "evaluation sentences are edgeflow.data.tts_text)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from edgeflow.core.errors import ConfigError, InputError
 
@@ -32,35 +32,9 @@ REFERENCE = {"solver": "midpoint", "nfe": 32, "sway": 0.0}
 WHOLE = {"chunk_frames": None, "first_chunk_frames": None}
 
 
-def fmtts_recipe(target: Dict[str, Any], recipe: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
-    """(name, passes after the export) of a recipe from the target's ``recipes_fmtts`` table."""
-    table = target.get("recipes_fmtts")
-    if not isinstance(table, dict) or not table:
-        raise ConfigError(f"target {target['name']} has no flow-matching TTS recipes (recipes_fmtts)")
-    name = recipe or target.get("default_recipe_fmtts") or "balanced"
-    if name not in table:
-        raise ConfigError(f"unknown recipe {name!r} for an fmtts voice on target {target['name']} "
-                          f"(known: {', '.join(table)})")
-    return name, [dict(p) for p in table[name]]
-
-
-def is_fmtts(path: str | Path) -> bool:
-    """Whether ``path`` is an edgeflow model.pt of the fmtts family (False for anything else or unreadable:
-    the caller's own loading then says what is wrong)."""
-    from edgeflow.core.errors import EdgeflowError
-    from edgeflow.models.checkpoint import read_checkpoint
-
-    p = Path(path)
-    if not p.is_file() or p.suffix == ".onnx":
-        return False
-    try:
-        return read_checkpoint(p).get("family") == "fmtts"
-    except EdgeflowError:
-        return False
-
-
-def fmtts_route(model_path: str | Path, vocoder: Any, **other: Any) -> bool:
-    """Whether ``edgeflow optimize`` takes the fmtts route for this model, checking ``--vocoder`` both ways.
+def fmtts_route(family: Optional[str], vocoder: Any, **other: Any) -> bool:
+    """Whether ``edgeflow optimize`` takes the fmtts route for a model of ``family`` (a model.pt's family, None
+    for anything else), checking ``--vocoder`` both ways.
 
     Args:
         other: the vocoder pipeline's options (data, calib, allow_skip, budget); any set is refused here.
@@ -69,7 +43,7 @@ def fmtts_route(model_path: str | Path, vocoder: Any, **other: Any) -> bool:
         InputError: an fmtts model without a vocoder, or a vocoder for any other model. ConfigError: an
             option that does not apply to an fmtts voice.
     """
-    if not is_fmtts(model_path):
+    if family != "fmtts":
         if vocoder is not None:
             raise InputError("--vocoder applies to flow-matching (fmtts) models only")
         return False
@@ -147,8 +121,9 @@ def optimize_fmtts(model_path: str | Path, out_dir: str | Path, vocoder: str | P
 def _check(tgt: Dict[str, Any], recipe: Optional[str], n_eval: Optional[int], vocoder, out: Path):
     """(recipe name, pass configs, n_eval), every input checked before anything is written."""
     from edgeflow.passes.base import make_config
+    from edgeflow.targets import task_recipe
 
-    recipe_name, specs = fmtts_recipe(tgt, recipe)
+    recipe_name, specs = task_recipe(tgt, "fmtts", recipe, "flow-matching TTS", "balanced")
     cfgs = [make_config(s.pop("pass"), s) for s in specs]
     for cfg in cfgs:
         why = cfg.refusal("fmtts")

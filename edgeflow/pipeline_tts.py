@@ -60,14 +60,9 @@ def load_voice_model(path: Path) -> Tuple[Any, List[Dict[str, Any]], Dict[str, A
 
 def tts_recipe(target: Dict[str, Any], recipe: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
     """(name, pass list) of a voice recipe from the target's ``recipes_tts`` table."""
-    table = target.get("recipes_tts")
-    if not isinstance(table, dict) or not table:
-        raise ConfigError(f"target {target['name']} has no text-to-speech recipes (recipes_tts)")
-    name = recipe or target.get("default_recipe_tts") or target.get("default_recipe", "quality")
-    if name not in table:
-        raise ConfigError(f"unknown recipe {name!r} for a voice on target {target['name']} "
-                          f"(known: {', '.join(table)})")
-    return name, [dict(p) for p in table[name]]
+    from edgeflow.targets import task_recipe
+
+    return task_recipe(target, "tts", recipe, "text-to-speech", target.get("default_recipe", "quality"))
 
 
 def optimize_tts(model_path: str | Path, out_dir: str | Path, target: str = "cpu", recipe: Optional[str] = None,

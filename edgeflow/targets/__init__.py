@@ -74,6 +74,25 @@ def recipe_passes(target: Dict[str, Any], recipe: str | None) -> List[Dict[str, 
     return [dict(p) for p in recipes[recipe]]
 
 
+def task_recipe(target: Dict[str, Any], task: str, recipe: str | None, what: str,
+                fallback: str) -> tuple[str, List[Dict[str, Any]]]:
+    """(name, pass list) of a recipe from the target's ``recipes_<task>`` table (voices: ``tts``, flow-matching
+    voices: ``fmtts``); default: ``default_recipe_<task>``, else ``fallback``. ``what`` names the models in
+    messages ("text-to-speech", "flow-matching TTS").
+
+    Raises:
+        ConfigError: the target has no such table, or the recipe is not in it.
+    """
+    table = target.get(f"recipes_{task}")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"target {target['name']} has no {what} recipes (recipes_{task})")
+    name = recipe or target.get(f"default_recipe_{task}") or fallback
+    if name not in table:
+        raise ConfigError(f"unknown recipe {name!r} for a {what} model on target {target['name']} "
+                          f"(known: {', '.join(table)})")
+    return name, [dict(p) for p in table[name]]
+
+
 def recipe_budget(target: Dict[str, Any], recipe: str | None, tts: bool = False, fallback: Any = None) -> Any:
     """The budget a recipe is gated on: ``recipe_budgets[_tts].<recipe>``, else ``default_budget[_tts]``.
 

@@ -101,15 +101,34 @@ def task_of(path: str | Path) -> Optional[str]:
             return None
     if p.is_file() and p.suffix == ".onnx":
         return "tts"
-    if p.is_file():
-        from edgeflow.models.checkpoint import read_checkpoint
-        from edgeflow.models.family import get_family
+    return family_task(checkpoint_family(p))
 
-        try:
-            return get_family(read_checkpoint(p)["family"]).task
-        except (CheckpointError, ConfigError):
-            return None
-    return None
+
+def family_task(family: Optional[str]) -> Optional[str]:
+    """The task ("tts" / "vocoder") of a registered model family, None for None or an unknown family."""
+    if family is None:
+        return None
+    from edgeflow.models.family import get_family
+
+    try:
+        return get_family(family).task
+    except ConfigError:
+        return None
+
+
+def checkpoint_family(path: str | Path) -> Optional[str]:
+    """The ``family`` of an edgeflow model.pt (one read of the file), or None for a directory, a .onnx, a missing
+    or unreadable file (its loader then says why)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix == ".onnx":
+        return None
+    from edgeflow.models.checkpoint import read_checkpoint
+
+    try:
+        family = read_checkpoint(p).get("family")
+    except CheckpointError:
+        return None
+    return family if isinstance(family, str) else None
 
 
 def open_system(path: str | Path, threads: Optional[int] = None, what: str = "subject") -> System:
