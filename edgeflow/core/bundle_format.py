@@ -64,3 +64,28 @@ def write_manifest(bundle_dir: str | Path, manifest: Dict[str, Any]) -> Dict[str
     atomic_write_text(bundle_dir / SIDECAR, f"{manifest_digest(json.loads((bundle_dir / MANIFEST).read_text()))}"
                                             f"  {MANIFEST}\n")
     return out
+
+
+def copy_bundle(src: str | Path, out: str | Path, graphs: Dict[str, Path] | None = None,
+                updates: Dict[str, Any] | None = None, overwrite: bool = False) -> Dict[str, Any]:
+    """Copy bundle ``src`` to ``out`` with some graphs replaced and manifest fields set; the hashes rewritten and
+    the directory in place only when complete. Returns the new manifest.
+
+    Args:
+        graphs: {role: path} of graph files replacing the bundle's own for those roles (same file names).
+        updates: top-level manifest fields to set (replacing the old values).
+        overwrite: replace an existing ``out``.
+    """
+    import shutil
+
+    from edgeflow.core.io import atomic_dir
+
+    src = Path(src)
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("files", "format", "format_version"):
+        manifest.pop(key, None)
+    manifest.update(updates or {})
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for role, name in manifest["graphs"].items():
+            shutil.copyfile((graphs or {}).get(role, src / name), tmp / name)
+        return write_manifest(tmp, manifest)

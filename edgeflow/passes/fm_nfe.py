@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -166,18 +165,11 @@ def choose(rows: Sequence[Dict[str, Any]], max_mcd: float) -> Dict[str, Any] | N
 def write_defaults(src: Path, out: Path, setting: Dict[str, Any], section: Dict[str, Any]) -> Dict[str, Any]:
     """Copy bundle ``src`` to ``out`` with ``setting`` (nfe, solver, sway) as its sampling defaults and
     ``section`` as ``manifest.nfe_reduction`` (hashes rewritten, the directory appears only when complete)."""
-    from edgeflow.core.bundle_format import write_manifest
-    from edgeflow.core.io import atomic_dir
+    from edgeflow.core.bundle_format import copy_bundle
 
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("files", "format", "format_version"):
-        manifest.pop(key, None)
-    manifest["sampling"].update(nfe=int(setting["nfe"]), solver=setting["solver"], sway=float(setting["sway"]))
-    manifest["nfe_reduction"] = section
-    with atomic_dir(out, overwrite=True) as tmp:
-        for name in manifest["graphs"].values():
-            shutil.copyfile(src / name, tmp / name)
-        return write_manifest(tmp, manifest)
+    sampling = json.loads((src / "manifest.json").read_text(encoding="utf-8"))["sampling"]
+    sampling = dict(sampling, nfe=int(setting["nfe"]), solver=setting["solver"], sway=float(setting["sway"]))
+    return copy_bundle(src, out, updates={"sampling": sampling, "nfe_reduction": section}, overwrite=True)
 
 
 def _fm_nfe(artifact: Artifact, cfg: FmNfeConfig, ctx: PassContext) -> Dict[str, Any]:

@@ -117,22 +117,6 @@ def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> 
             "activations": "uint8 (MinMax)", "calibration_windows": len(feeds)}
 
 
-def write_bundle(src: Path, out: Path, field: Path, section: Dict[str, Any]) -> None:
-    """Copy bundle ``src`` to ``out`` with ``field`` as its field graph and ``section`` as the manifest's
-    ``field_quantization`` (hashes rewritten; the directory appears only when complete)."""
-    from edgeflow.core.bundle_format import write_manifest
-    from edgeflow.core.io import atomic_dir
-
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("files", "format", "format_version"):
-        manifest.pop(key, None)
-    manifest["field_quantization"] = section
-    with atomic_dir(out, overwrite=True) as tmp:
-        for role, name in manifest["graphs"].items():
-            shutil.copyfile(field if role == "decoder" else src / name, tmp / name)
-        write_manifest(tmp, manifest)
-
-
 def compare(float_voice: Any, int8_voice: Any, ids: List[List[int]], rounds: int, seed: int = 0) -> Dict[str, Any]:
     """Mean / worst mel MCD of ``int8_voice`` to ``float_voice`` on ``ids`` (seed ``seed + k``, default sampling)
     and both acoustic models' wall time (interleaved, fastest of ``rounds``)."""
@@ -152,6 +136,7 @@ def compare(float_voice: Any, int8_voice: Any, ids: List[List[int]], rounds: int
 
 
 def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) -> Dict[str, Any]:
+    from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.passes.fm_nfe import calibration_ids
     from edgeflow.runtime import Voice
 
@@ -172,7 +157,7 @@ def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) ->
         field = Path(tmp) / manifest["graphs"]["decoder"]
         section = quantize_field(src / manifest["graphs"]["decoder"], field, feeds)
         out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_quantize"
-        write_bundle(src, out, field, section)
+        copy_bundle(src, out, {"decoder": field}, {"field_quantization": section}, overwrite=True)
     scores = compare(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed)
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
     why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else

@@ -172,20 +172,6 @@ def _phase_bundle(artifact: Artifact, ctx: PassContext) -> Path:
     return out
 
 
-def _write_bundle(src: Path, out: Path, graphs: Dict[str, Path], precision: str, section: Dict[str, Any]):
-    from edgeflow.core.bundle_format import write_manifest
-    from edgeflow.core.io import atomic_dir
-
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    for key in ("files", "format", "format_version"):
-        manifest.pop(key, None)
-    with atomic_dir(out) as tmp:
-        for role, name in manifest["graphs"].items():
-            shutil.copyfile(graphs.get(role, src / name), tmp / name)
-        manifest.update(precision=precision, quantization=section)
-        write_manifest(tmp, manifest)
-
-
 def stage_patterns(decoder_cfg: Dict[str, Any], last: int) -> List[str]:
     """Node-name regexes of the last ``last`` HiFi-GAN upsampling stages (upsampler + residual blocks)."""
     n, nk = len(decoder_cfg["upsample_rates"]), len(decoder_cfg["resblock_kernel_sizes"])
@@ -243,6 +229,7 @@ def _int8(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext, tmp: Pat
 
 
 def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
+    from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.quant.vits_int8 import convert_graph_fp16
 
     if artifact.bundle_dir is None or artifact.model is None:
@@ -261,7 +248,8 @@ def _quantize(artifact: Artifact, cfg: TtsQuantizeConfig, ctx: PassContext):
         feeds = calibration_feeds(float_dir, cfg.calib_sentences, ctx.seed, log=log)
         src, graphs, section = _int8(artifact, cfg, ctx, tmp, feeds, details, log)
     out = _fresh(ctx, artifact, "int8" if cfg.precision == "int8" else "fp16")
-    _write_bundle(src, out, graphs, cfg.precision, dict(section, method=cfg.method, calibration=details["calibration"]))
+    copy_bundle(src, out, graphs, {"precision": cfg.precision,
+                                   "quantization": dict(section, method=cfg.method, calibration=details["calibration"])})
     shutil.rmtree(tmp, ignore_errors=True)
     artifact.bundle_dir = out
     artifact.info["precision"] = cfg.precision
