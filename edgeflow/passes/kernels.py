@@ -2,35 +2,37 @@
 
 Runs after ``export`` on a float32 WaveFlow bundle, or after ``quantize`` on an INT8 one (on another family, an
 FP16 bundle or where the C library is not built it records why and leaves the bundle as it is, so a recipe can
-name it for every family). INT8: the convs the quantized graph runs in INT8 (its DequantizeLinear weights: the
-dilated and conditioning convs of the ``fast`` / ``balanced`` recipes) run in INT8 in the engine too, with the
-graph's own int8 weights and per-channel scales (checked against the model's folded float weights); activations
-are quantized dynamically per row (u8, scale and zero point per cached row), everything else stays float. Parity
-against the onnxruntime INT8 graph is then a quality budget (log-mel L1, ``int8_max_mel_l1``; SNR recorded), not
-bit-closeness. Writes a NEW bundle directory in the work dir (the current one
-is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
-(:mod:`edgeflow.runtime.native.format`: weight norm folded, the end convs folded into the skip convs, the
-upsampler in phase form, exactly as the exported graph computes), hashed in the manifest like every file, and a
-``native`` manifest section: the file, the parity of the native engine against onnxruntime (same mel, z and
-sigma, at the export's validation lengths: max relative error and SNR), and both engines' measured real-time
-factor, from which ``Synthesizer.load(..., engine="auto")`` picks the faster one.
+name it for every family). A float32 WaveGlow bundle gets ``waveglow.npz`` instead
+(:mod:`edgeflow.runtime.native.waveglow`, packed by :mod:`edgeflow.passes.kernels_waveglow`), checked and timed
+the same way (INT8 / FP16 WaveGlow bundles: recorded as not applicable). INT8: the convs the quantized graph runs
+in INT8 (its DequantizeLinear weights: the dilated and conditioning convs of the ``fast`` / ``balanced`` recipes)
+run in INT8 in the engine too, with the graph's own int8 weights and per-channel scales (checked against the
+model's folded float weights); activations are quantized dynamically per row (u8, scale and zero point per cached
+row), everything else stays float. Parity against the onnxruntime INT8 graph is then a quality budget (log-mel
+L1, ``int8_max_mel_l1``; SNR recorded), not bit-closeness. Writes a NEW bundle directory in the work dir (the
+current one is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
+(:mod:`edgeflow.runtime.native.format`, packed by :mod:`edgeflow.passes.kernels_waveflow`: weight norm folded,
+the end convs folded into the skip convs, the upsampler in phase form, exactly as the exported graph computes),
+hashed in the manifest like every file, and a ``native`` manifest section: the file, the parity of the native
+engine against onnxruntime (same mel, z and sigma, at the export's validation lengths: max relative error and
+SNR), and both engines' measured real-time factor, from which ``Synthesizer.load(..., engine="auto")`` picks the
+faster one.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.kernels_waveflow import int8_from_graph, pack_waveflow  # noqa: F401  (public here too)
 
 
 @dataclasses.dataclass
@@ -55,90 +57,6 @@ class KernelsConfig(PassConfig):
     def __post_init__(self):
         if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0 or self.int8_max_mel_l1 <= 0:
             raise ValueError("kernels: threads and time_seconds must be >= 0, max_rel_err and int8_max_mel_l1 > 0")
-
-
-
-def pack_waveflow(model: Any) -> Dict[str, np.ndarray]:
-    """The native weight arrays of a WaveFlow model (left untouched; a frozen, fused copy is read).
-
-    Raises:
-        ConfigError: not a WaveFlow, or an upsampler without the phase form (odd factors).
-    """
-    import torch
-
-    from edgeflow.models.family import get_family
-    from edgeflow.runtime.native.format import FORMAT
-
-    fam = get_family(model)
-    if fam.name != "waveflow":
-        raise ConfigError(f"kernels: the native engine has kernels for WaveFlow only, not {fam.name}")
-    frozen = fam.fuse(fam.freeze(copy.deepcopy(model).cpu().float()))
-    cfg, up = frozen.config, frozen.upsample
-    if not up.phased:
-        raise ConfigError("kernels: the native engine needs even upsample factors (the phase form)")
-    f32 = lambda t: t.detach().to(torch.float32).numpy().copy()  # noqa: E731
-    nets = [blk.inner.net for blk in frozen.flows.blocks]
-    out = {"format": np.array([FORMAT], np.int32),
-           "config": np.array([cfg.n_flows, cfg.n_layers, cfg.channels, cfg.kernel_size, cfg.mel.n_mels,
-                               cfg.height, len(up.factors)], np.int32),
-           "up_factors": np.array(up.factors, np.int32),
-           "dilations_h": np.array([lay.dh for lay in nets[0].layers], np.int32),
-           "dilations_w": np.array([lay.dw for lay in nets[0].layers], np.int32),
-           "row_orders": np.array([blk.permute.perm.tolist() for blk in frozen.flows.blocks], np.int32)}
-    for u, layer in enumerate(up.layers):
-        out[f"up.{u}.phase"] = f32(getattr(up, f"phase_weight_{u}")[:, 0])
-        out[f"up.{u}.bias"] = f32(layer.bias).reshape(1)
-    for f, net in enumerate(nets):
-        out[f"flow.{f}.start.weight"], out[f"flow.{f}.start.bias"] = f32(net.start.weight).reshape(-1), \
-            f32(net.start.bias)
-        for i, lay in enumerate(net.layers):
-            p = f"flow.{f}.layer.{i}."
-            out[p + "conv.weight"] = f32(lay.conv.weight)
-            out[p + "cond.weight"] = f32(lay.cond_conv.weight)[:, :, 0, 0]
-            out[p + "in.bias"] = f32(lay.conv.bias + lay.cond_conv.bias)
-            out[p + "res.weight"], out[p + "res.bias"] = f32(lay.res_conv.weight)[:, :, 0, 0], f32(lay.res_conv.bias)
-            out[p + "skip.weight"], out[p + "skip.bias"] = f32(lay.skip_end.weight)[:, :, 0, 0], \
-                f32(lay.skip_end.bias)
-    return out
-
-
-_QWEIGHT = re.compile(r"^(?:model\.)?flows\.blocks\.(\d+)\.inner\.net\.layers\.(\d+)\.(conv|cond_conv)\.weight$")
-
-
-def int8_from_graph(onnx_path: str | Path, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The INT8 convs of a quantized WaveFlow graph as native ``.qweight`` / ``.qscale`` arrays, added to a copy of
-    ``arrays`` (:func:`pack_waveflow`'s): the graph's own int8 weights and per-output-channel scales (symmetric,
-    zero point 0), for every dilated / conditioning conv whose weight the graph dequantizes.
-
-    Raises:
-        BundleError: a quantized weight that is not symmetric per output channel, or that does not match the
-            model's folded float weight (the bundle was not exported from this model).
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(onnx_path)).graph
-    inits = {t.name: t for t in graph.initializer}
-    out = dict(arrays)
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or not node.input[0].endswith("_quantized"):
-            continue
-        m = _QWEIGHT.match(node.input[0][:-len("_quantized")])
-        if not m or any(i not in inits for i in node.input[:3]):
-            continue
-        base = f"flow.{m.group(1)}.layer.{m.group(2)}.{'conv' if m.group(3) == 'conv' else 'cond'}"
-        q, scale, zp = (numpy_helper.to_array(inits[i]) for i in node.input[:3])
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        ref = arrays.get(base + ".weight")
-        if ref is None or q.dtype != np.int8 or np.any(zp != 0) or scale.shape != (q.shape[0],) or axis != 0:
-            raise BundleError(f"kernels: {node.input[0]} is not an int8 weight symmetric per output channel")
-        q = q.reshape(ref.shape)
-        tol = scale.reshape((-1,) + (1,) * (ref.ndim - 1)) * 0.501 + 1e-6 * float(np.max(np.abs(ref)))
-        if q.shape != ref.shape or np.any(np.abs(q * scale.reshape(tol.shape) - ref) > tol):
-            raise BundleError(f"kernels: the graph's INT8 weight {node.input[0]} does not match the model's "
-                              f"(was the bundle exported from this model?)")
-        out[base + ".qweight"], out[base + ".qscale"] = q.astype(np.int8), scale.astype(np.float32)
-    return out
 
 
 def compare(native: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
@@ -211,37 +129,79 @@ def _rtf(synth, seconds: float) -> float:
     return round(best / (frames * synth.hop_length / synth.sample_rate), 4)
 
 
-def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[KernelsConfig] = None,
-                overwrite: bool = False) -> Dict[str, Any]:
-    """Copy the float32 or INT8 WaveFlow bundle ``bundle_dir`` to ``out_dir`` with the native weights of ``model``
-    (the model the bundle was exported from), checked against onnxruntime and timed. Returns the manifest written.
+def _packed(model: Any, bundle_dir: str | Path, family: str, precision: str
+            ) -> Tuple[Dict[str, np.ndarray], str, Callable]:
+    """(arrays, file name, checked writer) of the native weights of ``model`` for its bundle.
 
     Raises:
-        ConfigError: not a float32 / INT8 WaveFlow bundle / model. BundleError: parity failed, INT8 weights that do
-            not match the model, or out_dir exists.
+        ConfigError: not a float32 / INT8 WaveFlow or float32 WaveGlow bundle. BundleError: INT8 weights that do
+            not match the model.
+    """
+    from edgeflow.runtime.native import format as fmt
+    from edgeflow.runtime.native import waveglow
+
+    if (family, precision) not in (("waveflow", "float32"), ("waveflow", "int8"), ("waveglow", "float32")):
+        raise ConfigError(f"kernels: needs a float32 / INT8 WaveFlow or a float32 WaveGlow bundle, got {precision} "
+                          f"{family}")
+    if family == "waveglow":
+        from edgeflow.passes.kernels_waveglow import pack_waveglow
+
+        return pack_waveglow(model), waveglow.WAVEGLOW_FILE, waveglow.save
+    arrays = pack_waveflow(model)
+    if precision == "int8":
+        arrays = int8_from_graph(Path(bundle_dir) / "model.onnx", arrays)
+    return arrays, fmt.KERNELS_FILE, fmt.save
+
+
+def _checked_parity(ort_synth, nat_synth, manifest: Dict[str, Any], cfg: KernelsConfig) -> Dict[str, Any]:
+    """The native engine's parity against onnxruntime at the export's validation lengths (INT8: a log-mel
+    budget); BundleError (one line, the worst length) when it fails."""
+    frames = [r["frames"] for r in manifest.get("validation", {}).get("lengths", [])] or [8, 23, 50]
+    if manifest["precision"] == "int8":
+        parity = _parity_int8(ort_synth, nat_synth, manifest, frames, cfg)
+        if not parity["passed"]:
+            worst = max(parity["lengths"], key=lambda r: float("inf") if r["mel_l1"] is None else r["mel_l1"])
+            raise BundleError(f"kernels: native INT8 vs onnxruntime INT8 parity failed (log-mel L1 "
+                              f"{worst['mel_l1']} > {cfg.int8_max_mel_l1}, SNR {worst['snr_db']} dB, "
+                              f"clip {worst['clip']})")
+        return parity
+    parity = _parity(ort_synth, nat_synth, frames, cfg)
+    if not parity["passed"]:
+        worst = max(parity["lengths"], key=lambda r: r["max_rel_err"])
+        raise BundleError(f"kernels: native engine vs onnxruntime parity failed (max rel err "
+                          f"{worst['max_rel_err']:.2e}, SNR {worst['snr_db']} dB at {worst['frames']} frames)")
+    return parity
+
+
+def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[KernelsConfig] = None,
+                overwrite: bool = False) -> Dict[str, Any]:
+    """Copy the float32 or INT8 WaveFlow bundle (or float32 WaveGlow bundle) ``bundle_dir`` to ``out_dir`` with the
+    native weights of ``model`` (the model the bundle was exported from), checked against onnxruntime and timed.
+    Returns the manifest written.
+
+    Raises:
+        ConfigError: not such a bundle / model. BundleError: parity failed, INT8 weights that do not match the
+            model, or out_dir exists.
     """
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir
     from edgeflow.runtime.bundle import read_manifest
-    from edgeflow.runtime.native.format import KERNELS_FILE, int8_parts, save
+    from edgeflow.runtime.native.format import KERNELS_FILE, int8_parts
+    from edgeflow.runtime.native.waveglow import WAVEGLOW_FILE
     from edgeflow.runtime.synthesizer import Synthesizer
 
     cfg = cfg or KernelsConfig()
     manifest = read_manifest(bundle_dir)
-    precision = manifest["precision"]
-    if manifest["family"] != "waveflow" or precision not in ("float32", "int8"):
-        raise ConfigError(f"kernels: needs a float32 or INT8 WaveFlow bundle, got {precision} {manifest['family']}")
-    arrays = pack_waveflow(model)
-    if precision == "int8":
-        arrays = int8_from_graph(Path(bundle_dir) / "model.onnx", arrays)
+    precision, family = manifest["precision"], manifest["family"]
+    arrays, file, write = _packed(model, bundle_dir, family, precision)
     threads = cfg.threads or 1
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for p in Path(bundle_dir).iterdir():
-            if p.is_file() and p.name not in (MANIFEST, SIDECAR, KERNELS_FILE):
+            if p.is_file() and p.name not in (MANIFEST, SIDECAR, KERNELS_FILE, WAVEGLOW_FILE):
                 shutil.copy2(p, tmp / p.name)
-        save(tmp / KERNELS_FILE, arrays)
+        write(tmp / file, arrays)
         draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
-        draft["native"] = {"file": KERNELS_FILE, "engine": f"waveflow-{precision}", "precision": precision}
+        draft["native"] = {"file": file, "engine": f"{family}-{precision}", "precision": precision}
         if precision == "int8":
             parts = int8_parts(arrays)
             draft["native"]["int8"] = {
@@ -252,20 +212,7 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
         write_manifest(tmp, draft)
         ort_synth = Synthesizer.load(tmp, threads=threads, engine="onnxruntime")
         nat_synth = Synthesizer.load(tmp, threads=threads, engine="native")
-        frames = [r["frames"] for r in manifest.get("validation", {}).get("lengths", [])] or [8, 23, 50]
-        if precision == "int8":
-            parity = _parity_int8(ort_synth, nat_synth, manifest, frames, cfg)
-            if not parity["passed"]:
-                worst = max(parity["lengths"], key=lambda r: float("inf") if r["mel_l1"] is None else r["mel_l1"])
-                raise BundleError(f"kernels: native INT8 vs onnxruntime INT8 parity failed (log-mel L1 "
-                                  f"{worst['mel_l1']} > {cfg.int8_max_mel_l1}, SNR {worst['snr_db']} dB, "
-                                  f"clip {worst['clip']})")
-        else:
-            parity = _parity(ort_synth, nat_synth, frames, cfg)
-            if not parity["passed"]:
-                worst = max(parity["lengths"], key=lambda r: r["max_rel_err"])
-                raise BundleError(f"kernels: native engine vs onnxruntime parity failed (max rel err "
-                                  f"{worst['max_rel_err']:.2e}, SNR {worst['snr_db']} dB at {worst['frames']} frames)")
+        parity = _checked_parity(ort_synth, nat_synth, manifest, cfg)
         timing = None
         if cfg.time_seconds > 0:
             timing = {"threads": threads, "seconds": cfg.time_seconds, "native_rtf": _rtf(nat_synth, cfg.time_seconds),
@@ -289,10 +236,12 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     if artifact.model is None or artifact.bundle_dir is None:
         raise ConfigError("kernels: needs the torch model and its exported bundle (run the export pass first)")
     manifest = read_manifest(artifact.bundle_dir)
-    if manifest["family"] != "waveflow":
-        return f"the native engine has kernels for WaveFlow only, not {manifest['family']}"
+    if manifest["family"] not in ("waveflow", "waveglow"):
+        return f"the native engine has kernels for WaveFlow and WaveGlow only, not {manifest['family']}"
     if manifest["precision"] not in ("float32", "int8"):
         return f"the native engine has float32 and INT8 kernels; the bundle is {manifest['precision']}"
+    if manifest["family"] == "waveglow" and manifest["precision"] != "float32":
+        return f"the native engine has float32 WaveGlow kernels; the bundle is {manifest['precision']}"
     return load_error()
 
 

@@ -60,11 +60,11 @@ ENGINES = ("auto", "onnxruntime", "native")
 
 def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
     """The manifest's ``native`` section (the kernels pass's), checked: its file is one the manifest hashes.
-    None when the bundle has no native kernels, or has them for another precision (``waveflow-float32`` kernels
-    in a bundle quantized after the kernels pass: the section is inherited without the file; a kernels pass run
-    after quantize writes ``waveflow-int8`` kernels, which are used)."""
+    None when the bundle has no native kernels, or has them for another precision (``waveflow-float32`` or
+    ``waveglow-float32`` kernels in a bundle quantized after the kernels pass: the section is inherited without
+    the file; a kernels pass run after quantize writes ``waveflow-int8`` kernels, which are used)."""
     native = manifest.get("native")
-    if native is None or (isinstance(native, dict) and native.get("engine") == "waveflow-float32"
+    if native is None or (isinstance(native, dict) and str(native.get("engine", "")).endswith("-float32")
                           and manifest.get("precision") != "float32"):
         return None
     if not isinstance(native, dict) or not isinstance(native.get("file"), str) \
@@ -142,10 +142,10 @@ class Synthesizer:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BundleError(f"{bundle_dir}: malformed manifest ({type(exc).__name__}: {exc})") from None
         if choose_engine(manifest, engine, providers, bundle_dir) == "native":
-            from edgeflow.runtime.native import NativeSession
+            from edgeflow.runtime.native import open_session
 
-            synth.session = NativeSession(bundle_dir / manifest["native"]["file"], synth.input_names,
-                                          synth.hop_length, threads)
+            synth.session = open_session(manifest["native"], bundle_dir, synth.input_names, synth.hop_length,
+                                         threads)
             synth.engine = "native"
             return synth
         try:

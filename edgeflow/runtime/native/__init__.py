@@ -5,7 +5,8 @@ shared library, no Python C API) runs the whole WaveFlow inverse (float32, or wi
 convs: ``ef_int8.c``) from the bundle's ``kernels.npz`` (:mod:`edgeflow.runtime.native.format`, written by the
 ``kernels`` pass). A missing or failed build leaves edgeflow importable: :func:`available` is then False and
 :func:`load_error` says why in one line.
-The same library runs the VITS prior flow (``ef_wn.c``, :mod:`edgeflow.runtime.native.wn`).
+The same library runs the VITS prior flow (``ef_wn.c``, :mod:`edgeflow.runtime.native.wn`) and WaveGlow's
+couplings (:mod:`edgeflow.runtime.native.waveglow`: the same kernels, the cheap parts in numpy).
 ``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say).
 
 :class:`NativeSession` mirrors the part of an onnxruntime ``InferenceSession`` the Synthesizer uses
@@ -141,6 +142,18 @@ def supported_isas() -> List[str]:
 
 def _ptr(a: np.ndarray, kind=ctypes.c_float):
     return a.ctypes.data_as(ctypes.POINTER(kind))
+
+
+def open_session(section: Dict[str, Any], bundle_dir: Path, input_names: List[str], hop_length: int,
+                 threads: Optional[int] = None) -> Any:
+    """The session of a bundle's checked ``native`` manifest section: :class:`NativeSession` (WaveFlow kernels) or
+    :class:`edgeflow.runtime.native.waveglow.WaveGlowSession` (engine ``waveglow-float32``)."""
+    path = Path(bundle_dir) / section["file"]
+    if section.get("engine") == "waveglow-float32":
+        from edgeflow.runtime.native.waveglow import WaveGlowSession
+
+        return WaveGlowSession(path, input_names, hop_length, threads)
+    return NativeSession(path, input_names, hop_length, threads)
 
 
 class NativeSession:

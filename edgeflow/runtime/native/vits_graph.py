@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.runtime.native.wn import FORMAT
+from edgeflow.runtime.native.wn_pack import fold_coupling
 
 _PREFIX = "model.flow.flows."
 _NAME = re.compile(r"^model\.flow\.flows\.(\d+)\.(pre|post|enc\.in_layers\.(\d+)|enc\.res_skip_layers\.(\d+))"
@@ -90,21 +91,11 @@ def pack_vits_flow(decoder: Any) -> Dict[str, np.ndarray]:
 
 
 def _pack_coupling(t, fi: int, f: int, n_layers: int, hidden: int, out: Dict[str, np.ndarray]) -> None:
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    pw, pb = t[(fi, "post", 0)]["weight"][:, :, 0], t[(fi, "post", 0)]["bias"]
-    out[f"flow.{f}.pre.weight"], out[f"flow.{f}.pre.bias"] = f32(t[(fi, "pre", 0)]["weight"][:, :, 0]), \
-        f32(t[(fi, "pre", 0)]["bias"])
-    for lay in range(n_layers):
-        p, rs = f"flow.{f}.layer.{lay}.", t[(fi, "res_skip_layers", lay)]
-        w, b = rs["weight"][:, :, 0], rs["bias"]
-        res_w, res_b = (w[:hidden], b[:hidden]) if lay < n_layers - 1 else (w[:0], b[:0])
-        skip_w, skip_b = (w[hidden:], b[hidden:]) if lay < n_layers - 1 else (w, b)
-        stat_b = pw @ skip_b + (pb if lay == 0 else 0.0)
-        out[p + "in.weight"], out[p + "in.bias"] = f32(t[(fi, "in_layers", lay)]["weight"]), \
-            f32(t[(fi, "in_layers", lay)]["bias"])
-        out[p + "cond.weight"] = np.zeros((2 * hidden, 0), np.float32)
-        out[p + "rs.weight"] = f32(np.concatenate([res_w, pw @ skip_w]))
-        out[p + "rs.bias"] = f32(np.concatenate([res_b, stat_b]))
+    conv = lambda part, lay=0: (t[(fi, part, lay)]["weight"], t[(fi, part, lay)]["bias"])  # noqa: E731
+    layers = [(*conv("in_layers", lay), np.zeros((2 * hidden, 0)), conv("res_skip_layers", lay)[0][:, :, 0],
+               conv("res_skip_layers", lay)[1]) for lay in range(n_layers)]
+    out.update(fold_coupling(f"flow.{f}.", (conv("pre")[0][:, :, 0], conv("pre")[1]), layers,
+                             (conv("post")[0][:, :, 0], conv("post")[1])))
 
 
 def flow_output(decoder: Any) -> str:
