@@ -47,7 +47,7 @@ from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.core.io import atomic_dir, sha256_file
 from edgeflow.core.ort import session_options
 from edgeflow.export.fmtts_graphs import (TOLERANCE, FieldGraph, TextGraph, UnrolledGraph, example_ids,
-                                          ode_steps, validate_parity, validate_unrolled)
+                                          field_parity, ode_steps, validate_parity, validate_unrolled)
 from edgeflow.export.onnx_export import ExportValidationError
 from edgeflow.export.vits import OPSET, _export
 from edgeflow.flows.coupling import remove_weight_norm
@@ -187,6 +187,41 @@ def _write_graphs(frozen: FmTts, prosody: str, tmp: Path, unroll: bool) -> Optio
                 tmp / info["file"], ("x0", "cond", "mask", "steps"), ("y",),
                 {k: {2: "F"} for k in ("x0", "cond", "mask", "y")})
     return info
+
+
+def export_field(model: FmTts, path: str | Path, seed: int = 0) -> Dict[str, Any]:
+    """Only the field graph of ``model`` (one evaluation of its vector field; weight norm removed on a copy) at
+    ``path`` (written atomically), checked against PyTorch as :func:`export_fmtts_bundle` checks it: for passes
+    that change the field only (``fm_prune``).
+
+    Returns:
+        {"tolerance", "rel_err", "cases"}.
+
+    Raises:
+        ExportValidationError: onnxruntime disagrees with PyTorch beyond :data:`TOLERANCE`.
+    """
+    import onnxruntime as ort
+
+    reference = copy.deepcopy(model).cpu().float().eval()
+    frozen = copy.deepcopy(reference)
+    remove_weight_norm(frozen)
+    frozen.requires_grad_(False)
+    cfg, frames, path = frozen.config, 8 * frozen.config.frame_multiple, Path(path)
+    x, cond = torch.randn(2, cfg.n_mels, frames), torch.randn(2, cfg.n_mels + 1, frames)
+    axes = {k: {0: "B", 2: "F"} for k in ("x", "cond", "mask", "v")}
+    with tempfile.TemporaryDirectory(prefix="edgeflow-field-", dir=path.parent) as tmp:
+        part = Path(tmp) / path.name
+        with torch.no_grad():
+            _export(FieldGraph(frozen), (x, cond, torch.ones(2, 1, frames), torch.tensor([0.25, 0.75])), part,
+                    FIELD_IN, FIELD_OUT, dict(axes, t={0: "B"}))
+        sess = ort.InferenceSession(str(part), session_options(threads=1), providers=["CPUExecutionProvider"])
+        cases = field_parity(sess, reference, seed)
+        worst = max(c["rel_err"] for c in cases)
+        if worst > TOLERANCE:
+            raise ExportValidationError(f"field export failed validation: relative error {worst:.3g} above "
+                                        f"{TOLERANCE}")
+        part.replace(path)
+    return {"tolerance": TOLERANCE, "rel_err": worst, "cases": cases}
 
 
 def export_fmtts_bundle(model: Any, vocoder: Any, out_dir: str | Path, history: Optional[List[Dict[str, Any]]] = None,

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -105,7 +105,16 @@ def validate_parity(text, field, model: FmTts, prosody: str, scales=(0.667, 1.0,
         same = bool(np.array_equal(dur, r_dur.long().numpy()))
         err = max(_rel(mu, r_mu.numpy()), _rel(f0, feats[:, 1:2].numpy())) if same else float("inf")
         cases.append({"graph": "text", "phonemes": n, "durations_equal": same, "rel_err": err})
-    rng = np.random.default_rng(seed)
+    cases += field_parity(field, model, seed)
+    worst = max(c["rel_err"] for c in cases)
+    return {"tolerance": TOLERANCE, "measure": "max abs error / max abs reference", "rel_err": worst,
+            "passed": bool(worst <= TOLERANCE), "scales": [round(float(s), 6) for s in sc], "cases": cases}
+
+
+def field_parity(field, model: FmTts, seed: int = 0) -> List[Dict[str, Any]]:
+    """onnxruntime session ``field`` vs ``model.decoder`` at two frame counts and three times (a half-masked
+    batch of 2): one case {graph "field", frames, t, rel_err} each."""
+    cfg, cases, rng = model.config, [], np.random.default_rng(seed)
     for frames in (cfg.frame_multiple * 4, cfg.frame_multiple * 25):
         x = rng.standard_normal((2, cfg.n_mels, frames)).astype(np.float32)
         cond = rng.standard_normal((2, cfg.n_mels + 1, frames)).astype(np.float32)
@@ -117,9 +126,7 @@ def validate_parity(text, field, model: FmTts, prosody: str, scales=(0.667, 1.0,
             with torch.no_grad():
                 ref = model.decoder(*(torch.from_numpy(a) for a in (x, cond, mask, tt))).numpy()
             cases.append({"graph": "field", "frames": frames, "t": t, "rel_err": _rel(v, ref)})
-    worst = max(c["rel_err"] for c in cases)
-    return {"tolerance": TOLERANCE, "measure": "max abs error / max abs reference", "rel_err": worst,
-            "passed": bool(worst <= TOLERANCE), "scales": [round(float(s), 6) for s in sc], "cases": cases}
+    return cases
 
 
 def validate_unrolled(session, model: FmTts, nfe: int, solver: str, seed: int = 0) -> Dict[str, Any]:

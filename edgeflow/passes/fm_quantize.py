@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -74,18 +74,24 @@ class _Recorder:
         return getattr(self.session, name)
 
 
-def field_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
-    """The field's inputs while ``voice`` solves ``ids`` (seed ``seed + k``), cut into ``window``-frame windows
-    (one per call and sentence: the middle one; sentences shorter than a window are skipped)."""
+def record_feeds(voice: Any, ids: List[List[int]], seed: int = 0, **sampling: Any) -> List[Dict[str, np.ndarray]]:
+    """Every input of the field graph while ``voice`` solves ``ids`` (seed ``seed + k``; ``sampling``: nfe,
+    solver, sway ... overriding the bundle's defaults), whole sentences, in call order."""
     rec = _Recorder(voice.field)
     voice.field = rec
     try:
         for k, x in enumerate(ids):
-            voice.mel_ids(x, seed=seed + k)
+            voice.mel_ids(x, seed=seed + k, **sampling)
     finally:
         voice.field = rec.session
+    return rec.feeds
+
+
+def field_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
+    """The field's inputs while ``voice`` solves ``ids`` (seed ``seed + k``), cut into ``window``-frame windows
+    (one per call and sentence: the middle one; sentences shorter than a window are skipped)."""
     out = []
-    for f in rec.feeds:
+    for f in record_feeds(voice, ids, seed):
         frames = f["x"].shape[2]
         if frames < window:
             continue
@@ -117,22 +123,25 @@ def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> 
             "activations": "uint8 (MinMax)", "calibration_windows": len(feeds)}
 
 
-def compare(float_voice: Any, int8_voice: Any, ids: List[List[int]], rounds: int, seed: int = 0) -> Dict[str, Any]:
-    """Mean / worst mel MCD of ``int8_voice`` to ``float_voice`` on ``ids`` (seed ``seed + k``, default sampling)
-    and both acoustic models' wall time (interleaved, fastest of ``rounds``)."""
+def compare(before: Any, after: Any, ids: List[List[int]], rounds: int, seed: int = 0,
+            names: Tuple[str, str] = ("float", "int8")) -> Dict[str, Any]:
+    """Mean / worst mel MCD of voice ``after`` to voice ``before`` on ``ids`` (seed ``seed + k``, default
+    sampling) and both acoustic models' wall time (interleaved, fastest of ``rounds``; keys
+    ``seconds_<name>`` for the two ``names``) and the speedup."""
     from edgeflow.passes.fm_nfe import mel_mcd
 
-    ref = [float_voice.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
-    mcds = [mel_mcd(r, int8_voice.mel_ids(x, seed=seed + k)) for k, (r, x) in enumerate(zip(ref, ids))]
-    best = {"float": float("inf"), "int8": float("inf")}
+    ref = [before.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
+    mcds = [mel_mcd(r, after.mel_ids(x, seed=seed + k)) for k, (r, x) in enumerate(zip(ref, ids))]
+    best = {n: float("inf") for n in names}
     for _ in range(rounds):
-        for name, v in (("float", float_voice), ("int8", int8_voice)):
+        for name, v in zip(names, (before, after)):
             t0 = time.perf_counter()
             for k, x in enumerate(ids):
                 v.mel_ids(x, seed=seed + k)
             best[name] = min(best[name], time.perf_counter() - t0)
-    return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)), "seconds_float": round(best["float"], 4),
-            "seconds_int8": round(best["int8"], 4), "speedup": round(best["float"] / max(best["int8"], 1e-9), 3)}
+    return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)),
+            **{f"seconds_{n}": round(best[n], 4) for n in names},
+            "speedup": round(best[names[0]] / max(best[names[1]], 1e-9), 3)}
 
 
 def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) -> Dict[str, Any]:

@@ -23,6 +23,8 @@ class FmTtsConfig(ConfigBase):
         hidden, filter_channels, n_heads, n_layers, kernel_size, p_dropout: the text encoder (VITS's).
         dec_channels, dec_levels, dec_blocks: the U-Net vector field: width, number of 2x downsamplings,
             residual blocks per level.
+        dec_inner: the width between the two convs of every residual block (0: dec_channels; the ``fm_prune``
+            pass narrows it).
         prosody_channels, prosody_layers: the conditioning nets of the prosody models (conv stacks over the
             detached encoder states).
         prosody_flows, prosody_wn_channels, prosody_wn_layers: the phone-level prosody flow (affine couplings
@@ -49,6 +51,7 @@ class FmTtsConfig(ConfigBase):
     dec_channels: int = 128
     dec_levels: int = 2
     dec_blocks: int = 2
+    dec_inner: int = 0
     prosody_channels: int = 128
     prosody_layers: int = 2
     prosody_flows: int = 4
@@ -73,6 +76,8 @@ class FmTtsConfig(ConfigBase):
         low = [n for n in counts if not isinstance(getattr(self, n), int) or getattr(self, n) < 1]
         if low:
             raise ValueError(f"need positive integers: {', '.join(low)}")
+        if not isinstance(self.dec_inner, int) or self.dec_inner < 0:
+            raise ValueError(f"dec_inner must be an integer >= 0 (0: dec_channels), got {self.dec_inner!r}")
         if self.hidden % self.n_heads or self.dec_channels % 8:
             raise ValueError("hidden must be divisible by n_heads and dec_channels by 8")
         if not (0 <= self.dec_levels <= 4 and self.segment_frames >= 0 and 0 < self.sigma_min < 0.1

@@ -10,7 +10,8 @@ frame-level normalized log-f0), t [B] -> [B, n_mels, F]. Structure::
     out: LayerNorm, SiLU, conv1 -> n_mels
 
 Each ResBlock: conv3 -> channel LayerNorm -> SiLU, + a projection of the time embedding, conv3 -> LayerNorm ->
-SiLU, + a 1x1 (or identity) residual; masked after each conv. Matcha uses GroupNorm, Mish and transformer blocks;
+SiLU, + a 1x1 (or identity) residual; masked after each conv. The width between its two convs (``inner``) is C
+unless the ``fm_prune`` pass narrowed it (the model config's ``dec_inner``). Matcha uses GroupNorm, Mish and transformer blocks;
 here the norms are per frame (channel LayerNorm), so padding never leaks into the statistics and the
 network has a finite receptive field (streamable later); SiLU instead of Mish (Mish's backward took 12% of a
 training step here); no attention (cheaper on a CPU).
@@ -39,15 +40,18 @@ def time_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
 
 
 class ResBlock(nn.Module):
-    """conv-norm-SiLU twice with the time embedding added in between; x [B, c_in, F] -> [B, c_out, F]."""
+    """conv-norm-SiLU twice with the time embedding added in between; x [B, c_in, F] -> [B, c_out, F].
 
-    def __init__(self, c_in: int, c_out: int, t_dim: int, dilation: int = 1):
+    ``inner``: channels between the two convs (0: c_out)."""
+
+    def __init__(self, c_in: int, c_out: int, t_dim: int, dilation: int = 1, inner: int = 0):
         super().__init__()
-        self.conv1 = nn.Conv1d(c_in, c_out, 3, padding=dilation, dilation=dilation)
-        self.norm1 = LayerNorm(c_out)
-        self.conv2 = nn.Conv1d(c_out, c_out, 3, padding=dilation, dilation=dilation)
+        inner = inner or c_out
+        self.conv1 = nn.Conv1d(c_in, inner, 3, padding=dilation, dilation=dilation)
+        self.norm1 = LayerNorm(inner)
+        self.conv2 = nn.Conv1d(inner, c_out, 3, padding=dilation, dilation=dilation)
         self.norm2 = LayerNorm(c_out)
-        self.time = nn.Linear(t_dim, c_out)
+        self.time = nn.Linear(t_dim, inner)
         self.res = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, mask: Tensor, temb: Tensor) -> Tensor:
@@ -57,19 +61,22 @@ class ResBlock(nn.Module):
 
 
 class VectorField(nn.Module):
-    """The U-Net. Args: n_mels, cond_channels, channels (C), levels, blocks (see the module docstring)."""
+    """The U-Net. Args: n_mels, cond_channels, channels (C), levels, blocks, inner (every ResBlock's width between
+    its convs; 0: C) (see the module docstring)."""
 
-    def __init__(self, n_mels: int, cond_channels: int, channels: int, levels: int, blocks: int):
+    def __init__(self, n_mels: int, cond_channels: int, channels: int, levels: int, blocks: int, inner: int = 0):
         super().__init__()
-        c = channels
+        c, w = channels, inner
         self.levels, self.t_dim = levels, c
         self.t_mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.SiLU(), nn.Linear(4 * c, c))
         self.inp = nn.Conv1d(n_mels + cond_channels, c, 3, padding=1)
-        self.down = nn.ModuleList(nn.ModuleList(ResBlock(c, c, c) for _ in range(blocks)) for _ in range(levels))
+        self.down = nn.ModuleList(nn.ModuleList(ResBlock(c, c, c, inner=w) for _ in range(blocks))
+                                  for _ in range(levels))
         self.downsample = nn.ModuleList(nn.Conv1d(c, c, 3, stride=2, padding=1) for _ in range(levels))
-        self.mid = nn.ModuleList(ResBlock(c, c, c, dilation=d) for d in (1, 2))
+        self.mid = nn.ModuleList(ResBlock(c, c, c, dilation=d, inner=w) for d in (1, 2))
         self.upsample = nn.ModuleList(nn.Conv1d(c, c, 3, padding=1) for _ in range(levels))
-        self.up = nn.ModuleList(nn.ModuleList(ResBlock(2 * c if i == 0 else c, c, c) for i in range(blocks))
+        self.up = nn.ModuleList(nn.ModuleList(ResBlock(2 * c if i == 0 else c, c, c, inner=w)
+                                              for i in range(blocks))
                                 for _ in range(levels))
         self.norm = LayerNorm(c)
         self.out = nn.Conv1d(c, n_mels, 1)

@@ -58,7 +58,7 @@ class FmTts(nn.Module):
         self.prosody_flow = ProsodyFlow(c.hidden, c.prosody_channels, c.prosody_layers, c.prosody_flows,
                                         c.prosody_wn_channels, c.prosody_wn_layers, c.p_dropout)
         self.prosody_l2 = L2Prosody(c.hidden, c.prosody_channels, c.prosody_layers, c.p_dropout)
-        self.decoder = VectorField(c.n_mels, c.n_mels + 1, c.dec_channels, c.dec_levels, c.dec_blocks)
+        self.decoder = VectorField(c.n_mels, c.n_mels + 1, c.dec_channels, c.dec_levels, c.dec_blocks, c.dec_inner)
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         self.register_buffer("prosody_mean", torch.tensor([1.5, 5.0]))
