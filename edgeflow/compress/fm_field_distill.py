@@ -59,19 +59,19 @@ def velocity_mse(student: nn.Module, teacher: nn.Module, part: FieldWindows, u: 
 
 
 class _Objective:
-    def __init__(self, teacher: nn.Module):
-        self.teacher = teacher
+    def __init__(self, loss_fn: Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]):
+        self.loss_fn = loss_fn
 
     def loss(self, model, batch):
         part, u = batch
-        value = velocity_mse(model, self.teacher, part, u)
+        value = self.loss_fn(model, part, u)
         return value, {"mse": float(value.detach())}
 
 
 class _Hooks(LoopHooks):
-    def __init__(self, student: nn.Module, teacher: nn.Module, train: FieldWindows, valid: FieldWindows,
+    def __init__(self, student: nn.Module, valid_fn: Callable[[nn.Module], float], train: Any,
                  s: FieldDistillSettings):
-        self.student, self.teacher, self.train, self.valid, self.s = student, teacher, train, valid, s
+        self.student, self.valid_fn, self.train, self.s = student, valid_fn, train, s
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
         self.losses: List[float] = []
         self.valid_rows: List[List[float]] = []
@@ -83,7 +83,7 @@ class _Hooks(LoopHooks):
 
     @torch.no_grad()
     def validate(self) -> float:
-        return field_distance(self.student, self.teacher, self.valid, self.s.batch)
+        return self.valid_fn(self.student)
 
     def on_valid(self, step: int, value: float, improved: bool) -> None:
         if improved:
@@ -122,18 +122,31 @@ def distill_field(student: nn.Module, teacher: nn.Module, train: FieldWindows, v
         {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
          "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds"}.
     """
+    teacher.eval().requires_grad_(False)
+    return train_field(student, lambda m, part, u: velocity_mse(m, teacher, part, u), train,
+                       lambda m: field_distance(m, teacher, valid, settings.batch), len(valid), settings, progress,
+                       log, desc)
+
+
+def train_field(student: nn.Module, loss_fn: Callable[[nn.Module, Any, torch.Tensor], torch.Tensor], train: Any,
+                valid_fn: Callable[[nn.Module], float], n_valid: int, settings: FieldDistillSettings,
+                progress: bool = True, log: Optional[Callable[[str], None]] = print,
+                desc: str = "train field") -> Dict[str, Any]:
+    """The loop behind :func:`distill_field` (and :func:`edgeflow.compress.fm_reflow.reflow_field`): step k draws
+    ``batch`` windows of ``train`` (``.take(idx)``) and fractions u [batch] from (seed, k) and minimizes
+    ``loss_fn(student, windows, u)``; ``valid_fn(student)`` is the validation value (lower is better; the best
+    weights are kept). Returns the summary :func:`distill_field` documents."""
     s = settings
     old = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        teacher.eval().requires_grad_(False)
         student.train().requires_grad_(True)
-        hooks = _Hooks(student, teacher, train, valid, s)
-        loop = TrainLoop(student, _Objective(teacher), hooks, LoopSettings(
+        hooks = _Hooks(student, valid_fn, train, s)
+        loop = TrainLoop(student, _Objective(loss_fn), hooks, LoopSettings(
             steps=s.steps, lr=s.lr, grad_clip=s.grad_clip, valid_every=s.valid_every, max_minutes=s.max_minutes,
             skip_nonfinite=True, desc=desc), progress=progress, log=log)
-        loop.context = f"{len(train)} windows ({len(valid)} held out), batch {s.batch}; "
+        loop.context = f"{len(train)} windows ({n_valid} held out), batch {s.batch}; "
         if not s.valid_every:
             loop.check_valid()
         loop.run(valid_first=bool(s.valid_every))
