@@ -33,8 +33,29 @@ from torch import nn
 from edgeflow.core.errors import ConfigError
 
 
+class Windows:
+    """Tensor fields of equal length N along dim 0 (a dataclass's fields), taken and split together."""
+
+    def __len__(self) -> int:
+        return next(iter(self._tensors())).shape[0]
+
+    def _tensors(self):
+        return (getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def take(self, idx: torch.Tensor):
+        """The windows at ``idx`` (same class)."""
+        return type(self)(*(t[idx] for t in self._tensors()))
+
+    def split(self, n_valid: int):
+        """(train, valid): the last ``n_valid`` windows held out (windows are in sentence order)."""
+        if not 1 <= n_valid < len(self):
+            raise ConfigError(f"{type(self).__name__}: cannot hold out {n_valid} of {len(self)} windows")
+        idx = torch.arange(len(self))
+        return self.take(idx[:-n_valid]), self.take(idx[-n_valid:])
+
+
 @dataclasses.dataclass
-class FieldWindows:
+class FieldWindows(Windows):
     """Windows of the field's inputs along solver trajectories: the state ``xa`` [N, n_mels, W] at time ``ta``
     [N] and the next recorded state of the same solve ``xb`` / ``tb`` (equal to ``xa`` / ``ta`` at a solve's last
     step), ``cond`` [N, n_mels + 1, W], ``mask`` [N, 1, W]. :meth:`at` interpolates between the two states, so
@@ -47,23 +68,10 @@ class FieldWindows:
     cond: torch.Tensor
     mask: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.xa.shape[0]
-
-    def take(self, idx: torch.Tensor) -> "FieldWindows":
-        return FieldWindows(*(f[idx] for f in (self.xa, self.xb, self.ta, self.tb, self.cond, self.mask)))
-
     def at(self, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, cond, mask, t) at fraction ``u`` [N] in [0, 1] of the way from (xa, ta) to (xb, tb)."""
         x = self.xa + u[:, None, None] * (self.xb - self.xa)
         return x, self.cond, self.mask, self.ta + u * (self.tb - self.ta)
-
-    def split(self, n_valid: int) -> Tuple["FieldWindows", "FieldWindows"]:
-        """(train, valid): the last ``n_valid`` windows held out (windows are in sentence order)."""
-        if not 1 <= n_valid < len(self):
-            raise ConfigError(f"field windows: cannot hold out {n_valid} of {len(self)} windows")
-        idx = torch.arange(len(self))
-        return self.take(idx[:-n_valid]), self.take(idx[-n_valid:])
 
 
 def _solves(feeds: Sequence[Dict[str, np.ndarray]]) -> List[List[Dict[str, np.ndarray]]]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeflow.compress.fm_field import Windows
 from edgeflow.compress.fm_field_distill import FieldDistillSettings, train_field
 from edgeflow.core.errors import ConfigError
 
@@ -31,7 +32,7 @@ VALID_TIMES = (0.0, 0.25, 0.5, 0.75)
 
 
 @dataclasses.dataclass
-class PairWindows:
+class PairWindows(Windows):
     """Windows of coupled pairs: noise ``x0`` and the teacher's mel ``x1`` [N, n_mels, W] (normalized),
     ``cond`` [N, n_mels + 1, W], ``mask`` [N, 1, W] with the ``margin`` edge frames already zeroed (loss mask;
     the field gets ``field_mask``, the sentence's own)."""
@@ -41,19 +42,6 @@ class PairWindows:
     cond: torch.Tensor
     field_mask: torch.Tensor
     mask: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.x0.shape[0]
-
-    def take(self, idx: torch.Tensor) -> "PairWindows":
-        return PairWindows(*(f[idx] for f in (self.x0, self.x1, self.cond, self.field_mask, self.mask)))
-
-    def split(self, n_valid: int):
-        """(train, valid): the last ``n_valid`` windows held out (windows are in sentence order)."""
-        if not 1 <= n_valid < len(self):
-            raise ConfigError(f"reflow windows: cannot hold out {n_valid} of {len(self)} windows")
-        idx = torch.arange(len(self))
-        return self.take(idx[:-n_valid]), self.take(idx[-n_valid:])
 
 
 def pair_windows(pairs: Sequence[Dict[str, np.ndarray]], window: int, per_pair: int, margin: int,

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
-from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
 
@@ -116,23 +113,13 @@ def _distill(model: Any, voice: Any, calib, cfg: FmPruneConfig, ctx: PassContext
 def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[str, Any]:
     from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.export.fmtts import export_field
-    from edgeflow.models.fmtts.model import FmTts
     from edgeflow.passes.fm_nfe import calibration_ids
-    from edgeflow.passes.fm_quantize import compare
+    from edgeflow.passes.fm_quantize import compare, fmtts_bundle, settle
     from edgeflow.runtime import Voice
 
-    src = artifact.bundle_dir
-    if src is None or not isinstance(artifact.model, FmTts):
-        raise ConfigError("fm_prune: needs the fmtts model and its exported bundle (edgeflow optimize FMTTS.pt "
-                          "--vocoder V)")
-    src = Path(src)
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("family") != "fmtts":
-        raise ConfigError(f"fm_prune: {src} is a {manifest.get('family')} bundle, not an fmtts voice")
+    src, manifest = fmtts_bundle(artifact, "fm_prune", model=True)
     if "unrolled" in manifest["graphs"] or manifest.get("field_quantization"):
-        why = "the bundle has an unrolled ODE graph" if "unrolled" in manifest["graphs"] else \
-            "the field is already quantized (run fm_prune before fm_quantize)"
-        return {"applied": False, "reason": why}
+        return {"applied": False, "reason": "the bundle has an unrolled or quantized field (run fm_prune first)"}
     voice = Voice.load(src, threads=1)
     ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
     calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
@@ -147,13 +134,7 @@ def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
     why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else
            f"not faster ({scores['speedup']:.2f}x)" if cfg.require_speedup and scores["speedup"] <= 1.0 else None)
-    if why:
-        shutil.rmtree(out, ignore_errors=True)
-        if ctx.progress:
-            print(f"    fm_prune: field kept unpruned ({why})")
-        return dict(section, applied=False, reason=why)
-    artifact.bundle_dir, artifact.model = out, pruned
-    return dict(section, applied=True, bundle=out.name)
+    return settle(artifact, out, section, why, "fm_prune", "field kept unpruned", ctx.progress, pruned)
 
 
 register_pass("fm_prune", FmPruneConfig, _fm_prune)

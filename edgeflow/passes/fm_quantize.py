@@ -144,18 +144,48 @@ def compare(before: Any, after: Any, ids: List[List[int]], rounds: int, seed: in
             "speedup": round(best[names[0]] / max(best[names[1]], 1e-9), 3)}
 
 
+def fmtts_bundle(artifact: Artifact, name: str, model: bool = False) -> Tuple[Path, Dict[str, Any]]:
+    """(bundle dir, manifest) of the artifact's fmtts voice bundle, for pass ``name``; ``model``: the pass also
+    needs the torch model (an :class:`edgeflow.models.fmtts.model.FmTts`).
+
+    Raises:
+        ConfigError: no bundle (or model) yet, or a bundle of another family.
+    """
+    from edgeflow.models.fmtts.model import FmTts
+
+    if artifact.bundle_dir is None or (model and not isinstance(artifact.model, FmTts)):
+        if not model:
+            raise ConfigError(f"{name}: no bundle yet (the fmtts bundle is exported first)")
+        raise ConfigError(f"{name}: needs the fmtts model and its exported bundle (edgeflow optimize FMTTS.pt "
+                          "--vocoder V)")
+    src = Path(artifact.bundle_dir)
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("family") != "fmtts":
+        raise ConfigError(f"{name}: {src} is a {manifest.get('family')} bundle, not an fmtts voice")
+    return src, manifest
+
+
+def settle(artifact: Artifact, out: Path, section: Dict[str, Any], why: str | None, name: str, kept: str,
+           progress: bool, model: Any = None) -> Dict[str, Any]:
+    """The end of a gated fmtts pass: ``why`` (the gate's refusal) removes bundle ``out`` and reports ``kept``;
+    otherwise ``out`` (and ``model``, when given) become the artifact's. Returns the pass details."""
+    if why:
+        shutil.rmtree(out, ignore_errors=True)
+        if progress:
+            print(f"    {name}: {kept} ({why})")
+        return dict(section, applied=False, reason=why)
+    artifact.bundle_dir = out
+    if model is not None:
+        artifact.model = model
+    return dict(section, applied=True, bundle=out.name)
+
+
 def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) -> Dict[str, Any]:
     from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.passes.fm_nfe import calibration_ids
     from edgeflow.runtime import Voice
 
-    src = artifact.bundle_dir
-    if src is None:
-        raise ConfigError("fm_quantize: no bundle yet (the fmtts bundle is exported first)")
-    src = Path(src)
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("family") != "fmtts":
-        raise ConfigError(f"fm_quantize: {src} is a {manifest.get('family')} bundle, not an fmtts voice")
+    src, manifest = fmtts_bundle(artifact, "fm_quantize")
     voice = Voice.load(src, threads=1)
     ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
     calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
@@ -171,13 +201,7 @@ def _fm_quantize(artifact: Artifact, cfg: FmQuantizeConfig, ctx: PassContext) ->
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
     why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else
            f"not faster ({scores['speedup']:.2f}x)" if cfg.require_speedup and scores["speedup"] <= 1.0 else None)
-    if why:
-        shutil.rmtree(out, ignore_errors=True)
-        if ctx.progress:
-            print(f"    fm_quantize: field kept float ({why})")
-        return dict(section, applied=False, reason=why)
-    artifact.bundle_dir = out
-    return dict(section, applied=True, bundle=out.name)
+    return settle(artifact, out, section, why, "fm_quantize", "field kept float", ctx.progress)
 
 
 register_pass("fm_quantize", FmQuantizeConfig, _fm_quantize)

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
-from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
 REFERENCE = {"solver": "midpoint", "nfe": 32, "sway": 0.0}
@@ -139,18 +136,11 @@ def _gate(before: Any, after: Any, held: List[List[int]], nfe: int, seed: int) -
 def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dict[str, Any]:
     from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.export.fmtts import export_field
-    from edgeflow.models.fmtts.model import FmTts
     from edgeflow.passes.fm_nfe import calibration_ids
+    from edgeflow.passes.fm_quantize import fmtts_bundle, settle
     from edgeflow.runtime import Voice
 
-    src = artifact.bundle_dir
-    if src is None or not isinstance(artifact.model, FmTts):
-        raise ConfigError("fm_reflow: needs the fmtts model and its exported bundle (edgeflow optimize FMTTS.pt "
-                          "--vocoder V)")
-    src = Path(src)
-    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("family") != "fmtts":
-        raise ConfigError(f"fm_reflow: {src} is a {manifest.get('family')} bundle, not an fmtts voice")
+    src, manifest = fmtts_bundle(artifact, "fm_reflow", model=True)
     if "unrolled" in manifest["graphs"] or manifest.get("field_quantization"):
         return {"applied": False, "reason": "the bundle has an unrolled or quantized field (run fm_reflow first)"}
     voice = Voice.load(src, threads=1)
@@ -169,14 +159,9 @@ def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dic
     why = (f"mel MCD {section['mcd']:.3f} dB > {cfg.max_mcd} dB" if section["mcd"] > cfg.max_mcd else
            f"not closer than step-cutting ({section['mcd']:.3f} vs {section['step_cut_best']:.3f} dB)"
            if section["mcd"] >= section["step_cut_best"] else None)
-    if why:
-        shutil.rmtree(out, ignore_errors=True)
-        if ctx.progress:
-            print(f"    fm_reflow: field kept as it was ({why})")
-        return dict(section, applied=False, reason=why)
-    artifact.bundle_dir, artifact.model = out, new
-    artifact.info["sampling"] = {"nfe": cfg.nfe, "solver": "euler", "sway": 0.0}
-    return dict(section, applied=True, bundle=out.name)
+    if not why:
+        artifact.info["sampling"] = {"nfe": cfg.nfe, "solver": "euler", "sway": 0.0}
+    return settle(artifact, out, section, why, "fm_reflow", "field kept as it was", ctx.progress, new)
 
 
 register_pass("fm_reflow", FmReflowConfig, _fm_reflow)
