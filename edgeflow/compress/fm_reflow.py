@@ -11,7 +11,7 @@ makes the learned paths straighter, so an Euler solve with one or two steps land
 own field does with the same steps (step-cutting alone). The data are whole-sentence pairs cut into windows
 (:class:`PairWindows`); frames within ``margin`` of a window's edge are context only (not in the loss), because
 the U-Net there sees zero padding instead of the sentence. The loop is
-:func:`edgeflow.compress.fm_field_distill.train_field` (progress with an ETA; the best weights kept).
+:func:`edgeflow.compress.window_loop.train_windows` (progress with an ETA; the best weights kept).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from edgeflow.compress.fm_field import Windows
-from edgeflow.compress.fm_field_distill import FieldDistillSettings, train_field
+from edgeflow.compress.fm_field_distill import FieldDistillSettings
+from edgeflow.compress.window_loop import logged, train_windows
 from edgeflow.core.errors import ConfigError
 
 #: Times at which the validation value is measured (the mean of the straight-path loss there).
@@ -104,6 +105,6 @@ def reflow_field(student: nn.Module, train: PairWindows, valid: PairWindows, sig
     """Fine-tune ``student`` (in place) on the straight paths of ``train``'s pairs (t ~ U(0, 1) per window); it
     ends holding the weights with the lowest :func:`reflow_distance` on ``valid``. Returns the loop summary
     (:func:`edgeflow.compress.fm_field_distill.distill_field`'s keys)."""
-    return train_field(student, lambda m, part, u: reflow_loss(m, part, u, sigma_min), train,
-                       lambda m: reflow_distance(m, valid, sigma_min, settings.batch), len(valid), settings,
-                       progress, log, desc)
+    return train_windows(student, lambda m, part, u: logged(reflow_loss(m, part, u, sigma_min)), train,
+                         lambda m: reflow_distance(m, valid, sigma_min, settings.batch), len(valid), settings,
+                         progress, log, desc)

@@ -27,16 +27,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from edgeflow.compress.losses import log_mel_l1, mr_stft_loss
+from edgeflow.compress.window_loop import train_windows
 from edgeflow.core.config import ConfigBase
 from edgeflow.core.errors import ConfigError
-from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
 
 
 @dataclasses.dataclass
@@ -139,59 +138,29 @@ class _Objective:
         parts["total"] = total
         return parts
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, _u=None):
         parts = self.terms(model, batch)
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
-
-class _Hooks(LoopHooks):
-    def __init__(self, student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, objective: _Objective,
-                 s: GeneratorDistillSettings):
-        self.student, self.train, self.valid, self.objective, self.s = student, train, valid, objective, s
-        self.best_state: Optional[Dict[str, torch.Tensor]] = None
-        self.losses: List[float] = []
-        self.valid_rows: List[List[float]] = []
-        self.step_now = 0
-
-    def batch(self, step: int) -> GeneratorWindows:
-        gen = torch.Generator().manual_seed(int(self.s.seed) * 1_000_003 + int(step))
-        return self.train.take(torch.randint(len(self.train), (self.s.batch,), generator=gen))
-
     @torch.no_grad()
-    def validate(self) -> float:
-        self.student.eval()
+    def distance(self, gen: nn.Module, windows: GeneratorWindows) -> float:
+        """The weighted loss over ``windows`` in batches, no gradients, ``gen`` in eval mode (its mode restored)."""
+        was = gen.training
+        gen.eval()
         total, n = 0.0, 0
-        for a in range(0, len(self.valid), self.s.batch):
-            part = self.valid.take(torch.arange(a, min(a + self.s.batch, len(self.valid))))
-            total += float(self.objective.terms(self.student, part)["total"]) * len(part)
+        for a in range(0, len(windows), self.s.batch):
+            part = windows.take(torch.arange(a, min(a + self.s.batch, len(windows))))
+            total += float(self.terms(gen, part)["total"]) * len(part)
             n += len(part)
-        self.student.train()
+        gen.train(was)
         return total / n
 
-    def on_valid(self, step: int, value: float, improved: bool) -> None:
-        if improved:
-            self.best_state = {k: t.detach().clone() for k, t in self.student.state_dict().items()}
-        self.valid_rows.append([step, value])
 
-    def on_step(self, step, loss, logs, grad_norm, valid) -> None:
-        self.losses.append(loss)
-
-
-@torch.no_grad()
 def window_distance(gen: nn.Module, windows: GeneratorWindows, logmel: nn.Module,
                     settings: GeneratorDistillSettings) -> float:
     """The validation value of ``gen`` on ``windows`` (the weighted loss, no gradients): e.g. the unpruned
     generator's, the floor the window edges leave."""
-    was = gen.training
-    hooks = _Hooks(gen, windows, windows, _Objective(logmel, settings), settings)
-    value = hooks.validate()
-    gen.train(was)
-    return value
-
-
-def _mean(xs: List[float]) -> Optional[float]:
-    xs = [x for x in xs if math.isfinite(x)]
-    return round(sum(xs) / len(xs), 5) if xs else None
+    return _Objective(logmel, settings).distance(gen, windows)
 
 
 def distill_generator(student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, logmel: nn.Module,
@@ -204,31 +173,7 @@ def distill_generator(student: nn.Module, train: GeneratorWindows, valid: Genera
          "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds"}.
     """
     s = settings
-    old = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    try:
-        objective = _Objective(logmel, s)
-        student.train().requires_grad_(True)
-        hooks = _Hooks(student, train, valid, objective, s)
-        loop = TrainLoop(student, objective, hooks, LoopSettings(
-            steps=s.steps, lr=s.lr, grad_clip=s.grad_clip, valid_every=s.valid_every, patience=s.patience,
-            max_minutes=s.max_minutes, skip_nonfinite=True, desc=desc), progress=progress, log=log)
-        loop.opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
-        loop.context = f"{len(train)} windows ({len(valid)} held out), batch {s.batch}; "
-        if not s.valid_every:
-            loop.check_valid()                              # the distance before training
-        summary = loop.run(valid_first=bool(s.valid_every))   # (with it, timed for the ETA)
-        if not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
-            loop.check_valid()                              # the last weights are a candidate too
-        if hooks.best_state is not None:
-            student.load_state_dict(hooks.best_state)
-        student.eval()
-    finally:
-        torch.set_num_threads(old)
-    return {"steps": loop.step, "stopped": loop.stopped or "steps done",
-            "valid_before": round(hooks.valid_rows[0][1], 5) if hooks.valid_rows else None,
-            "valid_best": None if math.isinf(loop.best) else round(loop.best, 5), "best_step": loop.best_step,
-            "valid_curve": [[int(a), round(b, 5)] for a, b in hooks.valid_rows],
-            "loss_first": _mean(hooks.losses[:10]), "loss_last": _mean(hooks.losses[-10:]),
-            "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}
+    objective = _Objective(logmel, s)
+    opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    return train_windows(student, objective.loss, train, lambda m: objective.distance(m, valid), len(valid), s,
+                         progress, log, desc, optimizer=opt, digits=5)

@@ -1,0 +1,118 @@
+"""One loop for the window-based trainings of a student: seeded draws of training windows, validation on
+held-out windows, the best weights kept.
+
+Used by the HiFi-GAN generator distillation (:mod:`edgeflow.compress.generator_distill`) and by the
+flow-matching field's pruning distillation and reflow (:mod:`edgeflow.compress.fm_field_distill`,
+:mod:`edgeflow.compress.fm_reflow`). Step k draws ``batch`` window indices, then ``batch`` fractions u in [0, 1)
+(used by the field objectives, ignored by the generator's), from a generator seeded with (seed, k) only, so a run
+is deterministic on one machine. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA,
+the cost printed after a timed first step; stops at ``steps``, after ``max_minutes`` or ``patience``
+validations without improvement). No resume: these runs last minutes.
+
+Settings are any object with ``steps``, ``max_minutes``, ``lr``, ``batch``, ``grad_clip``, ``valid_every``,
+``seed``, ``threads`` (0: leave torch's) and optionally ``patience``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
+
+#: ``loss_fn(student, windows, u) -> (loss, logs)``.
+LossFn = Callable[[nn.Module, Any, torch.Tensor], Tuple[torch.Tensor, Dict[str, float]]]
+
+
+def logged(value: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """(loss, logs) of a plain loss tensor (a :data:`LossFn`'s return)."""
+    return value, {"mse": float(value.detach())}
+
+
+class _Objective:
+    def __init__(self, loss_fn: LossFn):
+        self.loss_fn = loss_fn
+
+    def loss(self, model, batch):
+        part, u = batch
+        return self.loss_fn(model, part, u)
+
+
+class _Hooks(LoopHooks):
+    def __init__(self, student: nn.Module, valid_fn: Callable[[nn.Module], float], train: Any, settings: Any):
+        self.student, self.valid_fn, self.train, self.s = student, valid_fn, train, settings
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.losses: List[float] = []
+        self.valid_rows: List[List[float]] = []
+
+    def batch(self, step: int):
+        gen = torch.Generator().manual_seed(int(self.s.seed) * 1_000_003 + int(step))
+        idx = torch.randint(len(self.train), (self.s.batch,), generator=gen)
+        return self.train.take(idx), torch.rand(self.s.batch, generator=gen)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        return self.valid_fn(self.student)
+
+    def on_valid(self, step: int, value: float, improved: bool) -> None:
+        if improved:
+            self.best_state = {k: t.detach().clone() for k, t in self.student.state_dict().items()}
+        self.valid_rows.append([step, value])
+
+    def on_step(self, step, loss, logs, grad_norm, valid) -> None:
+        self.losses.append(loss)
+
+
+def _mean(xs: List[float], digits: int) -> Optional[float]:
+    xs = [x for x in xs if math.isfinite(x)]
+    return round(sum(xs) / len(xs), digits) if xs else None
+
+
+def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Callable[[nn.Module], float],
+                  n_valid: int, settings: Any, progress: bool = True, log: Optional[Callable[[str], None]] = print,
+                  desc: str = "train", optimizer: Optional[torch.optim.Optimizer] = None,
+                  digits: int = 6) -> Dict[str, Any]:
+    """Train ``student`` (in place, CPU) on ``train`` (``len`` and ``.take(idx)``); it ends holding the weights
+    with the lowest ``valid_fn(student)`` (no gradients; also measured before the first step and after the last).
+
+    Args:
+        optimizer: over ``student``'s parameters (default: Adam at ``settings.lr``).
+        n_valid: held-out windows (for the progress line). digits: rounding of the returned values.
+
+    Returns:
+        {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
+         "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds"}.
+    """
+    s = settings
+    old = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        student.train().requires_grad_(True)
+        hooks = _Hooks(student, valid_fn, train, s)
+        loop = TrainLoop(student, _Objective(loss_fn), hooks, LoopSettings(
+            steps=s.steps, lr=s.lr, grad_clip=s.grad_clip, valid_every=s.valid_every,
+            patience=getattr(s, "patience", 0), max_minutes=s.max_minutes, skip_nonfinite=True, desc=desc),
+            progress=progress, log=log)
+        if optimizer is not None:
+            loop.opt = optimizer
+        loop.context = f"{len(train)} windows ({n_valid} held out), batch {s.batch}; "
+        if not s.valid_every:
+            loop.check_valid()                              # the distance before training
+        summary = loop.run(valid_first=bool(s.valid_every))   # (with it, timed for the ETA)
+        if not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
+            loop.check_valid()                              # the last weights are a candidate too
+        if hooks.best_state is not None:
+            student.load_state_dict(hooks.best_state)
+        student.eval()
+    finally:
+        torch.set_num_threads(old)
+    return {"steps": loop.step, "stopped": loop.stopped or "steps done",
+            "valid_before": round(hooks.valid_rows[0][1], digits) if hooks.valid_rows else None,
+            "valid_best": None if math.isinf(loop.best) else round(loop.best, digits), "best_step": loop.best_step,
+            "valid_curve": [[int(a), round(b, digits)] for a, b in hooks.valid_rows],
+            "loss_first": _mean(hooks.losses[:10], digits), "loss_last": _mean(hooks.losses[-10:], digits),
+            "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}
