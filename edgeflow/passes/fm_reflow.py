@@ -43,12 +43,12 @@ class FmReflowConfig(PassConfig):
         max_mcd: largest mean mel MCD (dB) to the reference solve.
     """
 
-    nfe: int = 2
+    nfe: int = 1
     calib_sentences: int = 12
-    seeds: int = 2
+    seeds: int = 6
     sentences: int = 3
     window: int = 64
-    per_pair: int = 4
+    per_pair: int = 6
     margin: int = 8
     steps: int = 3000
     max_minutes: float = 5.0
