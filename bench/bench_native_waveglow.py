@@ -31,20 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.bench_vits_flow import interleaved  # noqa: E402  (run from the repository root, PYTHONPATH=.)
+
 MEL = {"sample_rate": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mels": 80, "fmax": 8000.0}
-
-
-def interleaved(fns, repeats, clock=time.perf_counter):
-    """Best time of each function by ``clock``, run round by round after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            best[k] = min(best[k], clock() - t0)
-    return best
 
 
 def blas_threads(n: int):

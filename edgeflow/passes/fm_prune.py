@@ -110,26 +110,47 @@ def _distill(model: Any, voice: Any, calib, cfg: FmPruneConfig, ctx: PassContext
     return pruned, section
 
 
-def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[str, Any]:
-    from edgeflow.core.bundle_format import copy_bundle
-    from edgeflow.export.fmtts import export_field
+def field_setup(artifact: Artifact, cfg: Any, name: str):
+    """(src, manifest, voice, calibration ids, held-out ids) of a pass that retrains the field of the artifact's
+    fmtts bundle (``cfg``: calib_sentences, sentences), or a refusal dict when the bundle's field is unrolled or
+    already quantized."""
     from edgeflow.passes.fm_nfe import calibration_ids
-    from edgeflow.passes.fm_quantize import compare, fmtts_bundle, settle
+    from edgeflow.passes.fm_quantize import fmtts_bundle
     from edgeflow.runtime import Voice
 
-    src, manifest = fmtts_bundle(artifact, "fm_prune", model=True)
+    src, manifest = fmtts_bundle(artifact, name, model=True)
     if "unrolled" in manifest["graphs"] or manifest.get("field_quantization"):
-        return {"applied": False, "reason": "the bundle has an unrolled or quantized field (run fm_prune first)"}
+        return {"applied": False, "reason": f"the bundle has an unrolled or quantized field (run {name} first)"}
     voice = Voice.load(src, threads=1)
     ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
-    calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
+    return src, manifest, voice, ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
+
+
+def field_bundle(src: Path, out: Path, manifest: Dict[str, Any], model: Any, key: str, section: Dict[str, Any],
+                 seed: int, **updates: Any) -> None:
+    """Copy bundle ``src`` to ``out`` with ``model``'s field graph (exported and parity-checked: the check goes to
+    ``section["export"]``), its config, ``section`` under manifest field ``key`` and ``updates``."""
+    from edgeflow.core.bundle_format import copy_bundle
+    from edgeflow.export.fmtts import export_field
+
+    with tempfile.TemporaryDirectory(prefix="edgeflow-field-") as tmp:
+        field = Path(tmp) / manifest["graphs"]["decoder"]
+        section["export"] = {k: v for k, v in export_field(model, field, seed).items() if k != "cases"}
+        copy_bundle(src, out, {"decoder": field}, dict(updates, config=model.config.to_dict(), **{key: section}),
+                    overwrite=True)
+
+
+def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[str, Any]:
+    from edgeflow.passes.fm_quantize import compare, settle
+    from edgeflow.runtime import Voice
+
+    setup = field_setup(artifact, cfg, "fm_prune")
+    if isinstance(setup, dict):
+        return setup
+    src, manifest, voice, calib, held = setup
     pruned, section = _distill(artifact.model, voice, calib, cfg, ctx)
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_prune"
-    with tempfile.TemporaryDirectory(prefix="edgeflow-fmp-") as tmp:
-        field = Path(tmp) / manifest["graphs"]["decoder"]
-        section["export"] = {k: v for k, v in export_field(pruned, field, ctx.seed).items() if k != "cases"}
-        copy_bundle(src, out, {"decoder": field}, {"config": pruned.config.to_dict(), "field_pruning": section},
-                    overwrite=True)
+    field_bundle(src, out, manifest, pruned, "field_pruning", section, ctx.seed)
     scores = compare(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed, ("full", "pruned"))
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
     why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else

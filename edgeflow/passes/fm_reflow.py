@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
-from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
@@ -134,26 +132,18 @@ def _gate(before: Any, after: Any, held: List[List[int]], nfe: int, seed: int) -
 
 
 def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dict[str, Any]:
-    from edgeflow.core.bundle_format import copy_bundle
-    from edgeflow.export.fmtts import export_field
-    from edgeflow.passes.fm_nfe import calibration_ids
-    from edgeflow.passes.fm_quantize import fmtts_bundle, settle
+    from edgeflow.passes.fm_prune import field_bundle, field_setup
+    from edgeflow.passes.fm_quantize import settle
     from edgeflow.runtime import Voice
 
-    src, manifest = fmtts_bundle(artifact, "fm_reflow", model=True)
-    if "unrolled" in manifest["graphs"] or manifest.get("field_quantization"):
-        return {"applied": False, "reason": "the bundle has an unrolled or quantized field (run fm_reflow first)"}
-    voice = Voice.load(src, threads=1)
-    ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
-    calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]
+    setup = field_setup(artifact, cfg, "fm_reflow")
+    if isinstance(setup, dict):
+        return setup
+    src, manifest, voice, calib, held = setup
     new, section = _reflow(artifact.model, voice, calib, cfg, ctx)
     sampling = dict(manifest["sampling"], nfe=cfg.nfe, solver="euler", sway=0.0)
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_reflow"
-    with tempfile.TemporaryDirectory(prefix="edgeflow-fmr-") as tmp:
-        field = Path(tmp) / manifest["graphs"]["decoder"]
-        section["export"] = {k: v for k, v in export_field(new, field, ctx.seed).items() if k != "cases"}
-        copy_bundle(src, out, {"decoder": field}, {"config": new.config.to_dict(), "sampling": sampling,
-                                                  "field_reflow": section}, overwrite=True)
+    field_bundle(src, out, manifest, new, "field_reflow", section, ctx.seed, sampling=sampling)
     section.update(_gate(voice, Voice.load(out, threads=1), held, cfg.nfe, ctx.seed), nfe=cfg.nfe,
                    max_mcd=cfg.max_mcd, sentences=len(held))
     why = (f"mel MCD {section['mcd']:.3f} dB > {cfg.max_mcd} dB" if section["mcd"] > cfg.max_mcd else
