@@ -208,6 +208,29 @@ def test_resume_is_exact(tmp_path):
     assert torch.equal(model.mel_std, resumed.model.mel_std) and float(model.mel_std) != 1.0
 
 
+def test_warm_start_takes_the_weights_and_refuses_another_architecture(tmp_path):
+    from edgeflow.core.errors import CheckpointError
+    from edgeflow.models.checkpoint import load_model, save_model
+
+    torch.set_num_threads(1)
+    first = make_trainer(tmp_path / "a", 3)
+    first.train()
+    warm = make_trainer(tmp_path / "b", 1)
+    assert warm.warm_start(tmp_path / "a" / "model.pt")["step"] == 3
+    for (k, v), w in zip(first.model.state_dict().items(), warm.model.state_dict().values()):
+        assert torch.equal(v, w), k                                  # the new run starts from the init weights
+    warm = make_trainer(tmp_path / "b", 1)
+    warm.train(init=tmp_path / "a" / "model.pt")
+    assert warm.step == 1 and float(warm.model.mel_std) == float(first.model.mel_std)
+    _, info = load_model(tmp_path / "b" / "model.pt", family="fmtts")
+    assert info["meta"]["init"]["step"] == 3 and len(info["meta"]["init"]["sha256"]) == 64
+    cold = make_trainer(tmp_path / "c", 3)
+    assert not torch.equal(cold.model.decoder.out.weight, first.model.decoder.out.weight)
+    save_model(tmp_path / "wide.pt", FmTts(FmTtsConfig(**dict(TINY, dec_channels=2 * TINY["dec_channels"]))))
+    with pytest.raises(CheckpointError, match="architecture differs"):
+        cold.train(steps=1, init=tmp_path / "wide.pt")
+
+
 def test_objective_terms_are_finite_and_durations_cover_frames():
     from edgeflow.train.fmtts_trainer import collate, feature_stats
 

@@ -170,7 +170,7 @@ class FmTtsTrainer(LoopHooks):
     def _meta(self) -> Dict[str, Any]:
         return {"recipe": self.recipe.to_dict(), "step": self.step, "data": str(self.data_dir),
                 "best_valid": self.loop.best if math.isfinite(self.loop.best) else None,
-                "train_seconds": round(self.loop.elapsed, 1)}
+                "train_seconds": round(self.loop.elapsed, 1), "init": getattr(self, "init_info", None)}
 
     def _save_model(self, path: Path) -> None:
         from edgeflow.models.checkpoint import save_model
@@ -215,17 +215,46 @@ class FmTtsTrainer(LoopHooks):
             csv.writer(f).writerows([LOG_FIELDS, *rows])
         os.replace(tmp, path)
 
-    def train(self, steps: Optional[int] = None, resume: bool = False) -> Dict[str, Any]:
-        """Run until ``steps`` (default: the recipe's). Returns a summary dict."""
+    def warm_start(self, path: str | Path) -> Dict[str, Any]:
+        """Start from the weights (and feature statistics) of fmtts model.pt ``path`` instead of a random init,
+        e.g. to go on training on a larger corpus of the same voice; the optimizer and step start afresh.
+
+        Raises:
+            CheckpointError: not an fmtts model.pt, or one of another architecture.
+        """
+        from edgeflow.core.io import sha256_file
+        from edgeflow.models.checkpoint import load_model
+
+        src, info = load_model(path, family="fmtts")
+        mine = self.model.state_dict()
+        theirs = src.state_dict()
+        bad = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
+                     or mine[k].shape != theirs[k].shape)
+        if bad:
+            raise CheckpointError(f"{path}: cannot warm-start from it, its architecture differs from the recipe's "
+                                  f"({len(bad)} tensors differ, e.g. {bad[0]})")
+        self.model.load_state_dict(theirs)
+        self.init_info = {"path": str(path), "sha256": sha256_file(path), "step": (info.get("meta") or {}).get("step")}
+        return self.init_info
+
+    def train(self, steps: Optional[int] = None, resume: bool = False,
+              init: Optional[str | Path] = None) -> Dict[str, Any]:
+        """Run until ``steps`` (default: the recipe's). ``init``: a model.pt to warm-start a new run from (ignored
+        when resuming). Returns a summary dict."""
         self.loop.s.steps = int(steps if steps is not None else self.cfg.steps)
         self.out.mkdir(parents=True, exist_ok=True)
         self._load_data()
         if resume and self.state_path().exists():
+            if init:
+                self.log(f"train fmtts: resuming {self.state_path()}; --init is ignored")
             self.load_state()
         else:
             if resume:
                 self.log(f"train fmtts: no {self.state_path()} yet, starting from step 0")
             self.model.set_stats(**feature_stats(self._items))
+            if init:
+                got = self.warm_start(init)
+                self.log(f"train fmtts: warm start from {init} (step {got['step']}; its feature statistics kept)")
             atomic_write_json(self.out / "recipe.json", self.recipe.to_dict())
         self._start_log()
         self._last_save = time.time()
