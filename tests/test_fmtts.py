@@ -166,13 +166,14 @@ def toy_items(n=3, seed=0):
     return items
 
 
-def make_trainer(out, steps, ckpt_every=0):
+def make_trainer(out, steps, ckpt_every=0, init=""):
     from edgeflow.train.fmtts import FmTtsTrainConfig
     from edgeflow.train.fmtts_trainer import FmTtsTrainer
     from edgeflow.train.recipe import Recipe
 
     recipe = Recipe("fmtts", FmTtsConfig(**TINY), FmTtsTrainConfig(
-        steps=steps, batch_size=3, lr=3e-3, valid_every=0, ckpt_every=ckpt_every, ckpt_minutes=0.0, log_every=1))
+        steps=steps, batch_size=3, lr=3e-3, valid_every=0, ckpt_every=ckpt_every, ckpt_minutes=0.0, log_every=1,
+        init=init))
     return FmTtsTrainer(recipe, None, out, progress=False, items=toy_items(), valid_items=toy_items(2, 1),
                         log=lambda m: None)
 
@@ -219,8 +220,8 @@ def test_warm_start_takes_the_weights_and_refuses_another_architecture(tmp_path)
     assert warm.warm_start(tmp_path / "a" / "model.pt")["step"] == 3
     for (k, v), w in zip(first.model.state_dict().items(), warm.model.state_dict().values()):
         assert torch.equal(v, w), k                                  # the new run starts from the init weights
-    warm = make_trainer(tmp_path / "b", 1)
-    warm.train(init=tmp_path / "a" / "model.pt")
+    warm = make_trainer(tmp_path / "b", 1, init=str(tmp_path / "a" / "model.pt"))     # --set init=MODEL.pt
+    warm.train()
     assert warm.step == 1 and float(warm.model.mel_std) == float(first.model.mel_std)
     _, info = load_model(tmp_path / "b" / "model.pt", family="fmtts")
     assert info["meta"]["init"]["step"] == 3 and len(info["meta"]["init"]["sha256"]) == 64

@@ -38,14 +38,17 @@ LOG_2PI = math.log(2 * math.pi)
 @dataclasses.dataclass
 class FmTtsTrainConfig(TrainConfig):
     """Training settings of an fmtts recipe: :class:`TrainConfig` (``batch_size`` counts utterances;
-    ``segment_length`` / ``valid_segment`` unused) plus ``max_seconds`` (longer utterances are left out)
-    and ``ckpt_minutes`` (also checkpoint when this many minutes passed since the last one; 0: off)."""
+    ``segment_length`` / ``valid_segment`` unused) plus ``max_seconds`` (longer utterances are left out),
+    ``ckpt_minutes`` (also checkpoint when this many minutes passed since the last one; 0: off) and ``init``
+    (an fmtts model.pt of the same architecture to warm-start a new run from, e.g. on a larger corpus of the
+    same voice: ``--set init=MODEL.pt``; "" for none; ignored when resuming)."""
 
     batch_size: int = 16
     lr: float = 1e-4
     grad_clip: float = 1.0
     max_seconds: float = 12.0
     ckpt_minutes: float = 5.0
+    init: str = ""
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,10 +1,10 @@
 """Command line and recipe loading of fmtts training (until ``edgeflow train`` knows the family).
 
-    python -m edgeflow.train.fmtts_run RECIPE --data CORPUS --out RUN [--resume] [--init MODEL.pt] [--steps N]
-        [--threads T] [--set KEY=JSON ...]
+    python -m edgeflow.train.fmtts_run RECIPE --data CORPUS --out RUN [--resume] [--steps N] [--threads T]
+        [--set KEY=JSON ...]
 
 RECIPE: a shipped recipe name (``fm-tts-demo``) or a JSON path; ``--set`` overrides training settings
-(``--set batch_size=8``). Bad input: one line, exit 2.
+(``--set batch_size=8``; ``--set init=MODEL.pt`` warm-starts a new run). Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--data", required=True, help="LJSpeech-layout corpus (edgeflow corpus build)")
     ap.add_argument("--out", required=True, help="run folder")
     ap.add_argument("--resume", action="store_true", help="continue from RUN/train_state.pt")
-    ap.add_argument("--init", default=None, help="warm-start a new run from this fmtts model.pt (same architecture)")
     ap.add_argument("--steps", type=int, default=None, help="run until this step (default: the recipe's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train setting")
@@ -77,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         recipe = load_fmtts_recipe(args.recipe, parse_sets(args.set))
         trainer = FmTtsTrainer(recipe, args.data, args.out, progress=not args.no_progress,
                                log=lambda m: print(m, flush=True))
-        summary = trainer.train(args.steps, resume=args.resume, init=args.init)
+        summary = trainer.train(args.steps, resume=args.resume)
     except EdgeflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

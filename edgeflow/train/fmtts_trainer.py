@@ -239,14 +239,15 @@ class FmTtsTrainer(LoopHooks):
 
     def train(self, steps: Optional[int] = None, resume: bool = False,
               init: Optional[str | Path] = None) -> Dict[str, Any]:
-        """Run until ``steps`` (default: the recipe's). ``init``: a model.pt to warm-start a new run from (ignored
-        when resuming). Returns a summary dict."""
+        """Run until ``steps`` (default: the recipe's). ``init``: a model.pt to warm-start a new run from (default:
+        the train setting ``init``; ignored when resuming). Returns a summary dict."""
+        init = init if init is not None else (self.cfg.init or None)
         self.loop.s.steps = int(steps if steps is not None else self.cfg.steps)
         self.out.mkdir(parents=True, exist_ok=True)
         self._load_data()
         if resume and self.state_path().exists():
             if init:
-                self.log(f"train fmtts: resuming {self.state_path()}; --init is ignored")
+                self.log(f"train fmtts: resuming {self.state_path()}; init {init} is ignored")
             self.load_state()
         else:
             if resume:
