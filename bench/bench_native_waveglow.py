@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_vits_flow import interleaved  # noqa: E402  (run from the repository root, PYTHONPATH=.)
+from bench.bench_vits_flow import finish, interleaved  # noqa: E402  (run from the repository root, PYTHONPATH=.)
 
 MEL = {"sample_rate": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 1024, "n_mels": 80, "fmax": 8000.0}
 
@@ -116,10 +116,7 @@ def main(argv=None):
         for threads in args.threads:
             result["rows"].append(time_engines(bundle, threads, args.seconds, args.repeats))
             print(json.dumps(result["rows"][-1]), flush=True)
-    result["load_average_end"] = os.getloadavg()
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"load average {result['load_average_start']} -> {result['load_average_end']}")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ def interleaved(fns, repeats, clock=time.perf_counter):
     return best
 
 
+def finish(result: dict, out) -> None:
+    """Record the end load average in ``result``, write it to ``out`` (a Path, or None) and print the loads."""
+    result["load_average_end"] = os.getloadavg()
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"load average {result['load_average_start']} -> {result['load_average_end']}")
+
+
 def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int):
     from edgeflow.passes.tts_kernels import _flow_reference
 
@@ -103,10 +111,7 @@ def main(argv=None):
         result["threads"][threads] = {"flow_stage": flow_stage(bundle, voices["native"], threads, args.repeats),
                                       "voice_rtf": voice_rtf(voices, max(2, args.repeats // 2))}
         print(json.dumps({threads: result["threads"][threads]}, indent=1), flush=True)
-    result["load_average_end"] = os.getloadavg()
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"load average {result['load_average_start']} -> {result['load_average_end']}")
+    finish(result, args.out)
 
 
 if __name__ == "__main__":

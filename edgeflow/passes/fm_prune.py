@@ -86,7 +86,7 @@ class FmPruneConfig(PassConfig):
 def _distill(model: Any, voice: Any, calib, cfg: FmPruneConfig, ctx: PassContext):
     """(pruned model, section) of ``model``: windows recorded from ``voice``, prune, distill."""
     from edgeflow.compress.fm_field import prune_field, res_blocks, windows_from_feeds
-    from edgeflow.compress.fm_field_distill import FieldDistillSettings, distill_field, field_distance
+    from edgeflow.compress.fm_field_distill import FieldDistillSettings, distill_field
     from edgeflow.passes.fm_quantize import record_feeds
 
     feeds = record_feeds(voice, calib, ctx.seed, nfe=cfg.record_nfe, solver="euler")
@@ -95,7 +95,6 @@ def _distill(model: Any, voice: Any, calib, cfg: FmPruneConfig, ctx: PassContext
     teacher = copy.deepcopy(model.decoder).cpu().float().eval()
     inner = min(b.conv2.in_channels for _, b in res_blocks(teacher))
     student, info = prune_field(teacher, cfg.kept_width(inner), train)
-    pruned_only = field_distance(student, teacher, valid, cfg.batch)
     settings = FieldDistillSettings(steps=cfg.steps, max_minutes=cfg.max_minutes, lr=cfg.lr, batch=cfg.batch,
                                     valid_every=cfg.valid_every, seed=ctx.seed, threads=cfg.threads)
     summary = distill_field(student, teacher, train, valid, settings, progress=ctx.progress,
@@ -104,7 +103,7 @@ def _distill(model: Any, voice: Any, calib, cfg: FmPruneConfig, ctx: PassContext
     pruned.decoder = student
     pruned.config.dec_inner = int(info["width"])
     section = dict(info, windows=len(train), valid_windows=len(valid), record_nfe=cfg.record_nfe,
-                   calib_sentences=len(calib), valid_mse_pruned=round(pruned_only, 6), distill=summary,
+                   calib_sentences=len(calib), valid_mse_pruned=summary["valid_before"], distill=summary,
                    method="inner widths of the U-Net's residual blocks by |activation| x ||conv2 column||, then "
                           "velocity-MSE distillation against the unpruned field on its own Euler paths")
     return pruned, section

@@ -16,6 +16,7 @@ interleaved, best of ``rounds``); otherwise the bundle is left float and the det
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -61,29 +62,39 @@ class FmQuantizeConfig(PassConfig):
 
 
 class _Recorder:
-    """Wraps an onnxruntime session and keeps copies of every feed (the field's inputs during a solve)."""
+    """Wraps an onnxruntime session and keeps copies of its feeds (the field's inputs during a solve): all of them,
+    or the first ``keep``."""
 
-    def __init__(self, session: Any):
-        self.session, self.feeds = session, []
+    def __init__(self, session: Any, keep: Optional[int] = None):
+        self.session, self.keep, self.feeds = session, keep, []
 
     def run(self, names, feeds):
-        self.feeds.append({k: np.array(v) for k, v in feeds.items()})
+        if self.keep is None or len(self.feeds) < self.keep:
+            self.feeds.append({k: np.array(v) for k, v in feeds.items()})
         return self.session.run(names, feeds)
 
     def __getattr__(self, name):
         return getattr(self.session, name)
 
 
+@contextlib.contextmanager
+def recording(voice: Any, keep: Optional[int] = None) -> Iterator[_Recorder]:
+    """Within the block ``voice``'s field session is wrapped in a recorder of its feeds (see :class:`_Recorder`);
+    the session is put back after it, whatever happens."""
+    rec = _Recorder(voice.field, keep)
+    voice.field = rec
+    try:
+        yield rec
+    finally:
+        voice.field = rec.session
+
+
 def record_feeds(voice: Any, ids: List[List[int]], seed: int = 0, **sampling: Any) -> List[Dict[str, np.ndarray]]:
     """Every input of the field graph while ``voice`` solves ``ids`` (seed ``seed + k``; ``sampling``: nfe,
     solver, sway ... overriding the bundle's defaults), whole sentences, in call order."""
-    rec = _Recorder(voice.field)
-    voice.field = rec
-    try:
+    with recording(voice) as rec:
         for k, x in enumerate(ids):
             voice.mel_ids(x, seed=seed + k, **sampling)
-    finally:
-        voice.field = rec.session
     return rec.feeds
 
 

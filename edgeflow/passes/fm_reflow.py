@@ -76,29 +76,25 @@ class FmReflowConfig(PassConfig):
 def record_pairs(voice: Any, ids: List[List[int]], seeds: List[List[int]]) -> List[Dict[str, np.ndarray]]:
     """{x0, x1, cond, mask} ([1, C, F]; x1 the normalized mel the reference solve reached, zero past the
     sentence) for sentence k and each seed of ``seeds[k]``."""
-    from edgeflow.passes.fm_quantize import _Recorder
+    from edgeflow.passes.fm_quantize import recording
 
-    rec, pairs = _Recorder(voice.field), []
-    voice.field = rec
-    try:
+    pairs = []
+    with recording(voice, keep=1) as rec:                 # the first call of a solve holds x0, cond and mask
         for x, draws in zip(ids, seeds):
             for seed in draws:
-                n0 = len(rec.feeds)
+                rec.feeds.clear()
                 mel = voice.mel_ids(x, seed=seed, **REFERENCE)
-                first = rec.feeds[n0]
-                del rec.feeds[n0:]
+                first = rec.feeds[0]
                 x1 = np.zeros_like(first["x"])
                 x1[0, :, :mel.shape[1]] = (mel - np.float32(voice.mel_mean)) / np.float32(voice.mel_std)
                 pairs.append({"x0": first["x"], "x1": x1, "cond": first["cond"], "mask": first["mask"]})
-    finally:
-        voice.field = rec.session
     return pairs
 
 
 def _reflow(model: Any, voice: Any, calib: List[List[int]], cfg: FmReflowConfig, ctx: PassContext):
     """(reflowed model, section)."""
     from edgeflow.compress.fm_field_distill import FieldDistillSettings
-    from edgeflow.compress.fm_reflow import pair_windows, reflow_distance, reflow_field
+    from edgeflow.compress.fm_reflow import pair_windows, reflow_field
 
     seeds = [[ctx.seed + 1000 * (j + 1) + k for j in range(cfg.seeds)] for k in range(len(calib))]
     data = pair_windows(record_pairs(voice, calib, seeds), cfg.window, cfg.per_pair, cfg.margin, ctx.seed)
@@ -113,8 +109,7 @@ def _reflow(model: Any, voice: Any, calib: List[List[int]], cfg: FmReflowConfig,
     new.decoder = student
     new.config.nfe, new.config.solver, new.config.sway = cfg.nfe, "euler", 0.0
     section = {"pairs": len(calib) * cfg.seeds, "windows": len(train), "valid_windows": len(valid),
-               "reference": REFERENCE, "train": summary, "valid_teacher": round(reflow_distance(
-                   copy.deepcopy(model.decoder).cpu().float(), valid, sigma, cfg.batch), 6),
+               "reference": REFERENCE, "train": summary,      # train.valid_before: the unmodified field's
                "method": "reflow (Liu et al. 2022): the field fine-tuned on straight paths between the "
                          "reference solve's noise and mel"}
     return new, section

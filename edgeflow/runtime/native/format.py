@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -88,16 +88,9 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
     Raises:
         BundleError: a missing, extra, misshapen or non-finite array, or a bad configuration.
     """
-    def ints(name, shape=None):
-        a = np.asarray(arrays.get(name, np.zeros(0)))
-        if a.dtype.kind not in "iu" or (shape is not None and a.shape != shape):
-            raise BundleError(f"{where}: native weight file field {name} is missing or malformed")
-        return np.ascontiguousarray(a, dtype=np.int32)
-
-    version = int(ints("format", (1,))[0])
-    if version not in READS:
-        raise BundleError(f"{where}: native weight file format {version} (this edgeflow reads "
-                          f"{', '.join(map(str, READS))}; rebuild it with the kernels pass)")
+    what = f"{where}: native weight file"
+    ints = lambda name, shape: int_field(arrays, name, shape, what)  # noqa: E731
+    version = file_version(arrays, READS, what, "kernels")
     cfg = ints("config", (7,))
     n_flows, n_layers, c, k, m, h, n_up = (int(v) for v in cfg)
     if min(n_flows, n_layers, c, k, m, h, n_up) < 1 or k % 2 == 0:
@@ -114,6 +107,25 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
     if extra:
         raise BundleError(f"{where}: native weight file has unknown fields {', '.join(extra[:3])}")
     return float_fields(arrays, shapes, out, f"{where}: native weight file")
+
+
+def int_field(arrays: Dict[str, np.ndarray], name: str, shape: Tuple[int, ...], what: str) -> np.ndarray:
+    """Field ``name`` of ``arrays`` as contiguous int32 of ``shape`` (BundleError "``what`` field NAME is missing
+    or malformed" otherwise)."""
+    a = np.asarray(arrays.get(name, np.zeros(0)))
+    if a.dtype.kind not in "iu" or a.shape != tuple(shape):
+        raise BundleError(f"{what} field {name} is missing or malformed")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def file_version(arrays: Dict[str, np.ndarray], reads: Sequence[int], what: str, pass_name: str) -> int:
+    """The ``format`` field of a weight file, one of ``reads`` (BundleError naming the pass that rebuilds it
+    otherwise)."""
+    version = int(int_field(arrays, "format", (1,), what)[0])
+    if version not in reads:
+        raise BundleError(f"{what} format {version} (this edgeflow reads {', '.join(map(str, reads))}; rebuild it "
+                          f"with the {pass_name} pass)")
+    return version
 
 
 def float_fields(arrays: Dict[str, np.ndarray], shapes: Dict[str, tuple], out: Dict[str, np.ndarray],

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, InputError
 from edgeflow.runtime.native import PROVIDER, wn
-from edgeflow.runtime.native.format import float_fields, read_npz, write_npz
+from edgeflow.runtime.native.format import file_version, float_fields, int_field, read_npz, write_npz
 
 #: Version of this file layout.
 FORMAT = 1
@@ -61,17 +61,8 @@ def check(arrays: Dict[str, np.ndarray], where: str = "waveglow") -> Dict[str, n
     """
     what = f"{where}: native WaveGlow file"
 
-    def ints(name, shape):
-        a = np.asarray(arrays.get(name, np.zeros(0)))
-        if a.dtype.kind not in "iu" or a.shape != shape:
-            raise BundleError(f"{what} field {name} is missing or malformed")
-        return np.ascontiguousarray(a, dtype=np.int32)
-
-    version = int(ints("format", (1,))[0])
-    if version != FORMAT:
-        raise BundleError(f"{what} has format {version} (this edgeflow reads {FORMAT}; rebuild it with the "
-                          "kernels pass)")
-    cfg = ints("config", (len(_CONFIG),))
+    file_version(arrays, (FORMAT,), what, "kernels")
+    cfg = int_field(arrays, "config", (len(_CONFIG),), what)
     n_flows, n_group, _, size, n_mels, hop = (int(v) for v in cfg)
     channels = flow_channels(cfg)
     if min(n_flows, n_group, n_mels, hop) < 1 or size < 0 or min(channels) < 2 or any(c % 2 for c in channels):

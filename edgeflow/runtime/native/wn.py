@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from edgeflow.core.errors import BundleError, DependencyError, InputError
-from edgeflow.runtime.native.format import float_fields, read_npz, write_npz
+from edgeflow.runtime.native.format import file_version, float_fields, int_field, read_npz, write_npz
 
 #: Version of the file layout and of the C library's cfg vector (``ef_wn_version``).
 FORMAT = 1
@@ -54,16 +54,9 @@ def check(arrays: Dict[str, np.ndarray], where: str = "flow") -> Dict[str, np.nd
     Raises:
         BundleError: a missing, extra, misshapen or non-finite array, or a bad configuration.
     """
-    def ints(name, shape):
-        a = np.asarray(arrays.get(name, np.zeros(0)))
-        if a.dtype.kind not in "iu" or a.shape != shape:
-            raise BundleError(f"{where}: native flow file field {name} is missing or malformed")
-        return np.ascontiguousarray(a, dtype=np.int32)
-
-    version = int(ints("format", (1,))[0])
-    if version != FORMAT:
-        raise BundleError(f"{where}: native flow file format {version} (this edgeflow reads {FORMAT}; rebuild it "
-                          "with the tts_kernels pass)")
+    what = f"{where}: native flow file"
+    ints = lambda name, shape: int_field(arrays, name, shape, what)  # noqa: E731
+    file_version(arrays, (FORMAT,), what, "tts_kernels")
     cfg = ints("config", (len(_CONFIG),))
     n_flows, n_layers, c, h, k, m = (int(v) for v in cfg[:6])
     if min(n_flows, n_layers, c, h, k) < 1 or m < 0 or c % 2 or k % 2 == 0:
