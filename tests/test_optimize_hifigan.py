@@ -169,6 +169,53 @@ def test_shipped_int8_pass_on_a_hifigan_bundle(hg, tmp_path):
     _check_int8(fbundle, art.bundle_dir, hg)
 
 
+def _ort_optimized(bundle: Path, out: Path):
+    """The graph onnxruntime runs on this CPU (all optimizations: QDQ fusion into QLinear* ops)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.optimized_model_filepath = 1, str(out)
+    ort.InferenceSession(str(bundle / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(out))
+
+
+def test_residual_int8_keeps_resblocks_on_uint8(hg, tmp_path):
+    """``residual``: every resblock Add reads dequantized inputs and feeds a QuantizeLinear, so onnxruntime runs it
+    as QLinearAdd with fewer DequantizeLinear / QuantizeLinear round trips than the conv-only INT8 graph; audio stays
+    close to float."""
+    from edgeflow.models.checkpoint import load_model
+    from edgeflow.passes import Artifact, PassContext, apply_pass
+    from edgeflow.passes.base import make_config
+    from edgeflow.validate.export import export_bundle
+
+    model, _ = load_model(hg / "model.pt")
+    fbundle = tmp_path / "float"
+    export_bundle(model, fbundle)
+    out = {}
+    for residual in (True, False):
+        opts = dict(_shipped("balanced", "quantize"), sensitivity=False, max_mel_l1=None, residual=residual)
+        opts.pop("pass")
+        art = Artifact(bundle_dir=fbundle)
+        ctx = PassContext(work_dir=tmp_path / f"w{residual}", calib_dir=hg / "calib", target={"threads": 1},
+                          progress=False)
+        (tmp_path / f"w{residual}").mkdir()
+        apply_pass(art, make_config("quantize", opts), ctx)
+        out[residual] = art.bundle_dir
+    assert json.loads((out[True] / "manifest.json").read_text())["quantization"]["residual_tensors"] > 0
+    g = _graph(out[True])
+    prod = {o: n.op_type for n in g.graph.node for o in n.output}
+    adds = [n for n in g.graph.node if n.op_type == "Add" and "/resblocks." in n.name]
+    readers = {i for n in g.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    assert adds and all(prod.get(i) == "DequantizeLinear" for n in adds for i in n.input)
+    assert all(n.output[0] in readers for n in adds)
+    ops = {r: [n.op_type for n in _ort_optimized(out[r], tmp_path / f"opt{r}.onnx").graph.node] for r in out}
+    assert ops[True].count("QLinearAdd") >= len(adds) // 2 and "QLinearAdd" not in ops[False]
+    for op in ("DequantizeLinear", "QuantizeLinear"):                # fewer float round trips
+        assert ops[True].count(op) < ops[False].count(op), op
+    _check_int8(fbundle, out[True], hg)
+
+
 @pytest.mark.slow          # two full optimize runs with their reports (~40 s here)
 def test_optimize_quality_and_balanced_end_to_end(hg, tmp_path):
     """quality: a float bundle (parity-checked, mel input only, no ConvTranspose); balanced: the same plus INT8."""

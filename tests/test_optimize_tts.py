@@ -95,6 +95,40 @@ def test_coupling_aware_selection(tmp_path, tiny_pt):
     assert "/enc_p/proj/Conv" in enc["float"]
 
 
+def test_residual_adds_only_in_fully_quantized_resblocks(tmp_path, tiny_pt):
+    """``residual``: Q/DQ on the Adds of the decoder resblocks whose convs are all int8; never a flow's Add."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeflow.export.vits import export_vits_bundle
+    from edgeflow.quant.vits_int8 import DEFAULT_EXCLUDE, quantize_graph, residual_adds, select_nodes
+
+    model, _ = tiny_pt
+    export_vits_bundle(model, tmp_path / "b")
+    src = tmp_path / "b" / "decoder.onnx"
+    g = onnx.load(str(src))
+    everything = residual_adds(g, select_nodes(g, "decoder")["quantize"])
+    assert everything and all(n.startswith("/dec/resblocks.") for n in everything)
+    last = select_nodes(g, "decoder", list(DEFAULT_EXCLUDE) + [r"^/dec/resblocks\.0/"])["quantize"]
+    assert not [n for n in residual_adds(g, last) if n.startswith("/dec/resblocks.0/")]
+    assert set(residual_adds(g, last)) < set(everything)
+    rng = np.random.default_rng(0)
+    shapes = {i.name: [d.dim_value or 16 for d in i.type.tensor_type.shape.dim] for i in g.graph.input}
+    feeds = [{k: (np.array([0.667, 1.0, 0.8], np.float32) if k == "scales" else
+                  rng.standard_normal(v).astype(np.float32)) for k, v in shapes.items()} for _ in range(3)]
+    info = quantize_graph(src, tmp_path / "q.onnx", "decoder", feeds, residual=True)
+    assert info["residual_adds"] == len(everything)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    adds = [n for n in q.graph.node if n.name in set(everything)]
+    assert adds and all(prod.get(i) == "DequantizeLinear" for n in adds for i in n.input)
+    flow_adds = [n for n in q.graph.node if n.op_type == "Add" and not n.name.startswith("/dec/")]
+    assert flow_adds and all(prod.get(i) != "DequantizeLinear" for n in flow_adds for i in n.input)
+    a = ort.InferenceSession(str(src)).run(None, feeds[0])[0]
+    b = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds[0])[0]
+    assert a.shape == b.shape and np.all(np.isfinite(b)) and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+
+
 def _history_names(bundle):
     return [h["name"] for h in json.loads((bundle / "manifest.json").read_text())["history"]]
 

@@ -323,3 +323,15 @@ def test_bench_quant_speed_patches_are_result_identical(bundles, calib, tmp_path
         logging.getLogger().setLevel(level)
     plain, patched = (tmp_path / "plain.onnx").read_bytes(), (tmp_path / "patched.onnx").read_bytes()
     assert len(plain) > 10_000 and plain == patched
+
+
+@pytest.mark.parametrize("family", ["waveflow", "waveglow"])
+def test_residual_option_never_touches_a_flow(bundles, calib, tmp_path, family):
+    """``residual`` is for a HiFi-GAN's resblocks: on a flow graph it adds no Q/DQ (a coupling Add stays float)."""
+    a = quantize(bundles[family], calib, tmp_path / "a", sensitivity=False, activation_type="uint8", residual=True)
+    b = quantize(bundles[family], calib, tmp_path / "b", sensitivity=False, activation_type="uint8")
+    count = [sum(n.op_type == "QuantizeLinear" for n in graph(x.bundle_dir).graph.node) for x in (a, b)]
+    assert count[0] == count[1] > 0
+    assert json.loads((a.bundle_dir / "manifest.json").read_text())["quantization"]["residual_tensors"] == 0
+    with pytest.raises(ConfigError, match="residual needs"):
+        make_config("quantize", {"residual": True, "engine": "onnxruntime"})

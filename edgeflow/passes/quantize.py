@@ -40,6 +40,10 @@ class QuantizeConfig(PassConfig):
             point 128: onnxruntime's x86 u8s8 kernels, which fuse into QLinearConv).
         quantize_outputs: also Q/DQ each quantized conv's output (onnxruntime needs it to fuse
             QLinearConv on CPU; False keeps every elementwise op on exact float values).
+        residual: also Q/DQ the residual stream (the resblocks' Add inputs and outputs) of a HiFi-GAN
+            generator's quantized resblocks, so onnxruntime runs their Adds and LeakyRelus on uint8 instead of a
+            float round trip per conv pair (needs ``quantize_outputs``, the edgeflow engine; a flow's coupling
+            Add never qualifies, see :func:`edgeflow.quant.graph.residual_tensors`).
         keep_float_roles: node roles always kept float (coupling ``end`` convs, invertible 1x1 convs, a HiFi-GAN's
             last conv to the waveform, see :mod:`edgeflow.quant.graph`).
         sensitivity: measure each group alone and keep the most harmful ones float until the budget holds.
@@ -61,6 +65,7 @@ class QuantizeConfig(PassConfig):
     activation_type: str = "int8"
     weight_type: str = "int8"
     quantize_outputs: bool = True
+    residual: bool = False
     keep_float_roles: List[str] = dataclasses.field(default_factory=lambda: ["coupling_end", "inv1x1",
                                                                                       "waveform"])
     sensitivity: bool = True
@@ -80,6 +85,8 @@ class QuantizeConfig(PassConfig):
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.residual and (self.engine != "edgeflow" or not self.quantize_outputs):
+            raise ValueError("residual needs engine 'edgeflow' and quantize_outputs")
         if not self.op_types:
             raise ValueError("op_types must not be empty")
         if self.max_float_layers is not None and self.max_float_layers < 0:

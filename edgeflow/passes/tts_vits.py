@@ -80,6 +80,8 @@ class TtsQuantizeConfig(PassConfig):
             its residual blocks): int8 activations at the waveform rate add audible noise (joe-medium, 3
             evaluation sentences: DNSMOS P.808 -0.50 with every stage int8, -0.08 with the last one float).
         calib_sentences: calibration sentences used (of 20).
+        residual: int8: also Q/DQ the residual Adds of the decoder's fully quantized resblocks
+            (:func:`edgeflow.quant.vits_int8.residual_adds`).
     """
 
     precision: str = "int8"
@@ -90,6 +92,7 @@ class TtsQuantizeConfig(PassConfig):
     exclude: List[str] = dataclasses.field(default_factory=list)
     float_last_stages: int = 1
     calib_sentences: int = 8
+    residual: bool = False
 
     def __post_init__(self):
         if self.precision not in ("int8", "float16"):
@@ -189,7 +192,7 @@ def _int8_variant(src: Path, tmp: Path, tag: str, cfg: TtsQuantizeConfig, enc_fe
     exclude = list(DEFAULT_EXCLUDE) + list(cfg.exclude) + stage_patterns(dec_cfg, cfg.float_last_stages)
     sym = cfg.activation_type == "int8"
     out = {"decoder": quantize_graph(src / "decoder.onnx", tmp / f"decoder-{tag}.onnx", "decoder", dec_feeds,
-                                     cfg.method, exclude, symmetric_activations=sym)}
+                                     cfg.method, exclude, symmetric_activations=sym, residual=cfg.residual)}
     if cfg.quantize_encoder:
         out["encoder"] = quantize_graph(src / "model.onnx", tmp / f"model-{tag}.onnx", "encoder", enc_feeds,
                                         "minmax", exclude, symmetric_activations=sym)   # feeds differ in length

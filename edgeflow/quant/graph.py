@@ -159,6 +159,35 @@ def quantized_outputs(model) -> Set[str]:
             and any(o in q_in for o in n.output)}
 
 
+_RESBLOCK_WEIGHT = re.compile(r"^(?:model\.)?generator\.resblocks\.(?P<rb>\d+)\.")
+_RESBLOCK_NODE = re.compile(r"(?:^|/)generator/resblocks\.(?P<rb>\d+)/")
+
+
+def residual_tensors(model, roles: List[NodeRole], quantized: Iterable[str]) -> Set[str]:
+    """The residual stream of a HiFi-GAN generator's fully quantized resblocks: inputs and outputs of their
+    ``Add`` nodes (``x = x + conv(lrelu(conv(lrelu(x))))``).
+
+    Q/DQ there lets onnxruntime run the block's Adds and LeakyRelus on uint8 (QLinearAdd, QLinearLeakyRelu)
+    instead of a DequantizeLinear -> float Add -> QuantizeLinear round trip around every conv pair (its
+    uint8 convs still run in NHWC between Transposes, now of uint8 data). Only generator resblocks qualify (by weight and node name): a flow's Add is coupling
+    arithmetic and never gets Q/DQ.
+    """
+    done = set(quantized)
+    convs: Dict[str, List[str]] = {}
+    for r in roles:
+        m = _RESBLOCK_WEIGHT.match(r.weight or "")
+        if m and r.role == "resblock":
+            convs.setdefault(m.group("rb"), []).append(r.name)
+    full = {rb for rb, names in convs.items() if all(n in done for n in names)}
+    consts = _constants(model)
+    out: Set[str] = set()
+    for n in model.graph.node:
+        m = _RESBLOCK_NODE.search(n.name)
+        if n.op_type == "Add" and m and m.group("rb") in full:
+            out |= {t for t in list(n.input) + list(n.output) if t and t not in consts}
+    return out
+
+
 def audio_path(model, roles: List[NodeRole], start_inputs: Iterable[str] = ("z",)) -> Set[str]:
     """Nodes on the flow's audio path: everything reached from the noise input ``z`` and from the
     ``coupling_end`` / ``inv1x1`` nodes, stopping at the conditioning nets' quantizable layers.

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgeflow.core.errors import EdgeflowError
-from edgeflow.quant.graph import DEFAULT_OP_TYPES, FLOAT_ROLES, classify, matches, with_shapes
+from edgeflow.quant.graph import DEFAULT_OP_TYPES, FLOAT_ROLES, classify, matches, residual_tensors, with_shapes
 
 METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy", "distribution": "Distribution"}
 
@@ -185,14 +185,17 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     candidates = [n for names in groups.values() for n in names]
     if cfg.engine == "edgeflow":
         log(f"    calibrating ({cfg.method}) {len(candidates)} layers on {len(feeds)} utterances ...")
-        ranges = collect_ranges(model, tensors_for(model, candidates, cfg.quantize_outputs), feeds, cfg.method,
-                                threads)
+        wanted = tensors_for(model, candidates, cfg.quantize_outputs)
+        if cfg.residual:
+            wanted |= residual_tensors(model, roles, candidates)
+        ranges = collect_ranges(model, wanted, feeds, cfg.method, threads)
     reader, cache = CalibReader(feeds), work / f"calibration-{cfg.method}.json"
 
     def build(names: List[str], path: Path) -> Path:
         if cfg.engine == "onnxruntime":
             return quantize_nodes(src, path, names, cfg, reader, cache)
-        q, _ = insert_qdq(model, names, ranges, cfg.activation_type, cfg.per_channel, cfg.quantize_outputs)
+        extra = residual_tensors(model, roles, names) if cfg.residual else ()
+        q, _ = insert_qdq(model, names, ranges, cfg.activation_type, cfg.per_channel, cfg.quantize_outputs, extra)
         onnx.save(q, str(path))
         return path
 
@@ -241,6 +244,7 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
         "method": cfg.method, "engine": cfg.engine, "activation_type": cfg.activation_type, "weight_type": "int8",
         "symmetric": True, "per_channel": cfg.per_channel, "op_types": list(cfg.op_types),
         "quantize_outputs": cfg.quantize_outputs, "group_by": cfg.group_by,
+        "residual_tensors": len(residual_tensors(model, roles, names)) if cfg.residual else 0,
         "budget": {"min_snr_db": cfg.min_snr_db, "max_mel_l1": cfg.max_mel_l1},
         "quantized_nodes": len(names), "float_nodes": len(roles) - len(names),
         "groups": {g: len(v) for g, v in groups.items()},

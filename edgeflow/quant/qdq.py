@@ -113,8 +113,11 @@ def _weight_axis(node) -> int:
 
 
 def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: str = "int8",
-               per_channel: bool = True, quantize_outputs: bool = True) -> Tuple[object, List[str]]:
-    """A copy of ``model`` with ``nodes`` (Conv / ConvTranspose / MatMul / Gemm) in explicit QDQ.
+               per_channel: bool = True, quantize_outputs: bool = True,
+               extra: Iterable[str] = ()) -> Tuple[object, List[str]]:
+    """A copy of ``model`` with ``nodes`` (Conv / ConvTranspose / MatMul / Gemm) in explicit QDQ, and a Q/DQ
+    pair read by every consumer of each ``extra`` activation tensor that has a range (a HiFi-GAN's residual
+    stream, :func:`edgeflow.quant.graph.residual_tensors`).
 
     Returns:
         (the QDQ model, names of the requested nodes left float for lack of a calibration range or
@@ -195,6 +198,7 @@ def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: 
         y = node.output[0]
         if quantize_outputs and y in ranges and y not in graph_outputs:
             done_out.add(y)
+    done_out |= {t for t in extra if t in ranges and t not in graph_outputs}
     # Output pairs last: every consumer of y (but its own Q) reads the dequantized value.
     if done_out:
         pairs = {y: act_pair(y) for y in done_out}

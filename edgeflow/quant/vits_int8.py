@@ -76,6 +76,24 @@ def select_nodes(model, role: str, exclude: Sequence[str] = DEFAULT_EXCLUDE,
     return out
 
 
+def residual_adds(model, quantized: Iterable[str]) -> List[str]:
+    """The ``Add`` nodes of the decoder's HiFi-GAN resblocks whose convs are all in ``quantized``: with Q/DQ on
+    the residual stream onnxruntime runs them (and the LeakyRelus between) on uint8 instead of a float round
+    trip per conv pair. Only ``/dec/resblocks.N/`` qualifies: the flows' Adds are coupling arithmetic."""
+    rb = re.compile(r"^/dec/resblocks\.(\d+)/")
+    done, convs, adds = set(quantized), {}, []
+    for n in model.graph.node:
+        m = rb.match(n.name)
+        if m and n.op_type in ("Conv", "ConvTranspose"):
+            convs.setdefault(m.group(1), []).append(n.name)
+    full = {k for k, names in convs.items() if all(x in done for x in names)}
+    for n in model.graph.node:
+        m = rb.match(n.name)
+        if m and n.op_type == "Add" and m.group(1) in full:
+            adds.append(n.name)
+    return adds
+
+
 class FeedReader:
     """onnxruntime CalibrationDataReader over a list of feed dicts."""
 
@@ -88,7 +106,7 @@ class FeedReader:
 
 def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np.ndarray]], method: str = "minmax",
                    exclude: Sequence[str] = DEFAULT_EXCLUDE, per_channel: bool = True,
-                   symmetric_activations: bool = False) -> Dict[str, Any]:
+                   symmetric_activations: bool = False, residual: bool = False) -> Dict[str, Any]:
     """INT8 (QDQ) version of one bundle graph. Returns what was quantized, what stayed float, the seconds.
 
     Args:
@@ -99,6 +117,7 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
         exclude: node-name regexes kept float.
         per_channel: int8 weights per output channel (symmetric).
         symmetric_activations: int8 symmetric activations (TensorRT) instead of uint8 asymmetric (x86 ORT).
+        residual: decoder only: also Q/DQ the residual Adds of fully quantized resblocks (:func:`residual_adds`).
 
     Raises:
         ConfigError: an unknown calibration method, or no feeds.
@@ -113,18 +132,21 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
     if not feeds:
         raise ConfigError("quantize: no calibration feeds")
     t0 = time.perf_counter()
-    sel = select_nodes(onnx.load(str(src), load_external_data=False), role, exclude)
+    model = onnx.load(str(src), load_external_data=False)
+    sel = select_nodes(model, role, exclude)
+    adds = residual_adds(model, sel["quantize"]) if residual and role == "decoder" else []
     extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations}
     if method == "percentile":
         extra.update(CalibPercentile=99.999)
     with quiet_ort():
         quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTIZABLE[role][1]), nodes_to_quantize=sel["quantize"],
+                        op_types_to_quantize=list(QUANTIZABLE[role][1]) + (["Add"] if adds else []),
+                        nodes_to_quantize=sel["quantize"] + adds,
                         per_channel=per_channel,
                         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
     fix_ir(dst)
-    return {"quantized": sel["quantize"], "float": sel["float"], "float_reasons": _reason_counts(sel["reasons"]),
+    return {"quantized": sel["quantize"], "residual_adds": len(adds), "float": sel["float"], "float_reasons": _reason_counts(sel["reasons"]),
             "method": method, "per_channel": per_channel,
             "activations": "int8 symmetric" if symmetric_activations else "uint8", "weights": "int8",
             "seconds": round(time.perf_counter() - t0, 2)}
