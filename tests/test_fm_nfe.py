@@ -194,7 +194,7 @@ def test_optimize_end_to_end(models, tmp_path, capsys):
     r = json.loads((out / "report.json").read_text())
     assert r["family"] == "fmtts" and r["speech"] is False and r["reference"]["wer"] > 0.8 and r["warning"]
     assert [p["name"] for p in r["passes"]] == ["export", "fm_prune", "fm_reflow", "fm_nfe",
-                                               "fm_quantize"] and r["recipe"] == "fast"
+                                               "fm_quantize", "fm_vocoder"] and r["recipe"] == "fast"
     assert "applied" in r["passes"][1]["details"] and "mcd" in r["passes"][1]["details"]
     nfe = r["passes"][3]["details"]
     assert r["budget_held"] and nfe["mcd"] <= 2.5 and nfe["chosen"]["nfe"] <= r["passes"][0]["sampling"]["nfe"]
@@ -202,7 +202,7 @@ def test_optimize_end_to_end(models, tmp_path, capsys):
     assert {k: voice.sampling[k] for k in ("nfe", "solver", "sway")} == nfe["chosen"]
     assert {k: r["final"][k] for k in ("nfe", "solver", "sway")} == nfe["chosen"]
     assert [h["name"] for h in voice.manifest["history"]] == ["export", "fm_prune", "fm_reflow", "fm_nfe",
-                                                              "fm_quantize"]
+                                                              "fm_quantize", "fm_vocoder"]
     for row in r["passes"]:
         m = row["metrics"]
         assert m["rtf"] > 0 and m["size_mb"] > 0 and 0 <= m["mcd"] < 10 and "dnsmos" in m

@@ -208,6 +208,13 @@ class FmVoice(Voice):
             raise InputError(f"phoneme ids must be non-empty and within 0..{self.config.max_id}")
         return self._mel(ids, opts, check_seed(seed))
 
+    def vocode(self, mel: np.ndarray) -> np.ndarray:
+        """Audio float32 [frames * hop] of a log-mel [n_mels, frames] through the bundle's vocoder (whole)."""
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim != 2 or mel.shape[0] != self.n_mels or mel.shape[1] < 1:
+            raise InputError(f"mel must be [{self.n_mels}, frames], got {list(mel.shape)}")
+        return self._vocode(mel)[:mel.shape[1] * self.hop_length]
+
     def speak_ids(self, ids: Sequence[int], noise_scale: Optional[float] = None, length_scale: Optional[float] = None,
                   noise_w: Optional[float] = None, seed: int = 0, **ode: Any) -> np.ndarray:
         """Audio float32 [T] of one sentence's phoneme ids."""

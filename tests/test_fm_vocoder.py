@@ -1,0 +1,84 @@
+"""INT8 for the vocoder inside a flow-matching voice bundle (``fm_vocoder``, :mod:`edgeflow.passes.fm_vocoder`):
+the HiFi-GAN graph is quantized with the vocoder recipe's machinery, calibrated on the voice's own mels; the gate
+keeps the float vocoder when the audio moves too far, and the acoustic graphs are left untouched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeflow.core.errors import ConfigError, InputError
+from edgeflow.export.fmtts import export_fmtts_bundle
+from edgeflow.passes.base import Artifact, PassContext, apply_pass, make_config
+from edgeflow.passes.fm_nfe import calibration_ids
+from edgeflow.passes.fm_vocoder import mel_windows
+from edgeflow.quant.graph import quantized_nodes
+from edgeflow.runtime import Voice
+from test_fmtts_export import tiny_fmtts, tiny_vocoder
+
+#: Every candidate conv in int8 (no search), a loose audio budget: the tiny random vocoder is not speech.
+QUANT = {"precision": "int8", "method": "minmax", "activation_type": "uint8", "residual": True,
+         "sensitivity": False, "max_mel_l1": None}
+OPTS = {"calib_sentences": 2, "sentences": 2, "window": 8, "rounds": 1, "quantize": QUANT}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fm_v") / "voice"
+    export_fmtts_bundle(tiny_fmtts(), tiny_vocoder(), out)
+    return out
+
+
+def run_pass(bundle, tmp_path, **opts):
+    art = Artifact(bundle_dir=bundle)
+    rec = apply_pass(art, make_config("fm_vocoder", dict(OPTS, **opts)), PassContext(work_dir=tmp_path, progress=False))
+    return art, rec["details"]
+
+
+def test_calibration_mels_are_the_voices_own(bundle):
+    voice = Voice.load(bundle, threads=1)
+    ids = calibration_ids(voice, 2)
+    wins = mel_windows(voice, ids, 8)
+    assert wins and all(w["mel"].shape[:2] == (1, voice.n_mels) and w["mel"].shape[2] <= 8 for w in wins)
+    first = voice.mel_ids(ids[0], seed=0)
+    assert np.array_equal(wins[0]["mel"][0], first[:, :wins[0]["mel"].shape[2]])
+
+
+def test_int8_vocoder_applied_and_acoustic_graphs_untouched(bundle, tmp_path):
+    art, d = run_pass(bundle, tmp_path, max_mcd=50.0, require_speedup=False)
+    assert d["applied"] is True and d["quantized_nodes"] > 0 and d["residual_tensors"] > 0
+    src = json.loads((bundle / "manifest.json").read_text())
+    new = json.loads((art.bundle_dir / "manifest.json").read_text())
+    assert new["vocoder"]["precision"] == "int8" and new["vocoder"]["sha256"] == new["files"]["vocoder.onnx"]
+    assert src["vocoder"]["precision"] == "float32"
+    assert {k: new["files"][k] for k in ("model.onnx", "field.onnx")} == \
+           {k: src["files"][k] for k in ("model.onnx", "field.onnx")}
+    import onnx
+
+    q = onnx.load(str(art.bundle_dir / "vocoder.onnx"))
+    assert any("resblocks" in n for n in quantized_nodes(q))
+    f, v = Voice.load(bundle, threads=1), Voice.load(art.bundle_dir, threads=1)
+    mel = f.mel_ids(calibration_ids(f, 1)[0], seed=3)
+    a, b = f.vocode(mel), v.vocode(mel)
+    assert a.shape == b.shape == (mel.shape[1] * f.hop_length,) and np.isfinite(b).all()
+    assert not np.array_equal(a, b) and np.corrcoef(a, b)[0, 1] > 0.5
+    assert np.array_equal(f.mel_ids(calibration_ids(f, 1)[0], seed=3), v.mel_ids(calibration_ids(v, 1)[0], seed=3))
+
+
+def test_tight_budget_keeps_the_float_vocoder(bundle, tmp_path):
+    art, d = run_pass(bundle, tmp_path, max_mcd=1e-9)
+    assert d["applied"] is False and "MCD" in d["reason"] and art.bundle_dir == bundle
+    assert not list(tmp_path.glob("bundle-*-fm_vocoder"))            # nothing half-written left
+
+
+def test_config_and_input_checks(bundle, tmp_path):
+    with pytest.raises(ConfigError, match="precision must be int8"):
+        make_config("fm_vocoder", {"quantize": {"precision": "float16"}})
+    with pytest.raises(ConfigError, match="quantize"):
+        make_config("fm_vocoder", {"quantize": {"no_such_option": 1}})
+    with pytest.raises(ConfigError, match="no bundle"):
+        apply_pass(Artifact(), make_config("fm_vocoder", {}), PassContext(work_dir=tmp_path, progress=False))
+    with pytest.raises(InputError, match="mel must be"):
+        Voice.load(bundle, threads=1).vocode(np.zeros((3, 4), np.float32))
