@@ -62,14 +62,14 @@ def build(bundle: Path, calib: Path, work: Path) -> Dict[str, Path]:
     feeds = [{"mel": m[None].astype(np.float32)} for m in load_calibration_set(calib, manifest["mel"]).mels]
     roles = [r for r in classify(model) if r.role != "waveform"]
     names = [r.name for r in roles]
-    ranges = collect_ranges(model, tensors_for(model, names, True) | residual_tensors(model, roles, names), feeds,
+    ranges = collect_ranges(model, tensors_for(model, names, True) | residual_tensors(model, names), feeds,
                             "percentile", 2)
     work.mkdir(parents=True, exist_ok=True)
     out = {"float": work / "float.onnx"}
     onnx.save(model, str(out["float"]))
     for name, pred in variants(roles).items():
         chosen = [r.name for r in roles if pred(r)]
-        q, _ = insert_qdq(model, chosen, ranges, "uint8", True, True, residual_tensors(model, roles, chosen))
+        q, _ = insert_qdq(model, chosen, ranges, "uint8", True, True, residual_tensors(model, chosen))
         out[name] = work / f"{re.sub(r'[^a-z0-9-]', '_', name)}.onnx"
         onnx.save(q, str(out[name]))
         print(f"{name}: {len(chosen)} of {len(roles)} convs", flush=True)

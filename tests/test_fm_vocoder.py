@@ -82,3 +82,16 @@ def test_config_and_input_checks(bundle, tmp_path):
         apply_pass(Artifact(), make_config("fm_vocoder", {}), PassContext(work_dir=tmp_path, progress=False))
     with pytest.raises(InputError, match="mel must be"):
         Voice.load(bundle, threads=1).vocode(np.zeros((3, 4), np.float32))
+
+
+def test_quantize_options_come_from_the_targets_hifigan_recipe():
+    from edgeflow.passes.fm_vocoder import FALLBACK_QUANTIZE, quantize_options
+    from edgeflow.targets import load_target
+
+    cpu = load_target("cpu")
+    step = next(dict(p) for p in cpu["families"]["hifigan"]["recipes"]["balanced"] if p["pass"] == "quantize")
+    step.pop("pass")
+    cfg = make_config("fm_vocoder", {})
+    assert quantize_options(cfg, cpu) == step and step["residual"] is True
+    assert quantize_options(cfg, {"families": {}}) == FALLBACK_QUANTIZE
+    assert quantize_options(make_config("fm_vocoder", {"quantize": QUANT}), cpu) == QUANT

@@ -140,7 +140,7 @@ def field_bundle(src: Path, out: Path, manifest: Dict[str, Any], model: Any, key
 
 
 def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[str, Any]:
-    from edgeflow.passes.fm_quantize import compare, settle
+    from edgeflow.passes.fm_quantize import compare, gate_reason, settle
     from edgeflow.runtime import Voice
 
     setup = field_setup(artifact, cfg, "fm_prune")
@@ -152,8 +152,7 @@ def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[
     field_bundle(src, out, manifest, pruned, "field_pruning", section, ctx.seed)
     scores = compare(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed, ("full", "pruned"))
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
-    why = (f"mel MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else
-           f"not faster ({scores['speedup']:.2f}x)" if cfg.require_speedup and scores["speedup"] <= 1.0 else None)
+    why = gate_reason(scores, cfg.max_mcd, cfg.require_speedup)
     return settle(artifact, out, section, why, "fm_prune", "field kept unpruned", ctx.progress, pruned)
 
 

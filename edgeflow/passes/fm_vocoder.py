@@ -2,8 +2,8 @@
 
 The bundle's vocoder (a HiFi-GAN graph, ``vocoder.onnx``) is most of a fast voice's time once the field runs one or
 two steps. It is quantized with the vocoder pass's own machinery (:func:`edgeflow.quant.int8.coupling_aware_int8`:
-int8 convs, the HiFi-GAN residual stream, the sensitivity search; options ``quantize`` as in the target's
-``hifigan`` ``balanced`` recipe), calibrated on the mels the voice itself makes for the first ``calib_sentences``
+int8 convs, the HiFi-GAN residual stream, the sensitivity search; options ``quantize``, by default the int8
+``quantize`` step of the target's own ``hifigan`` ``balanced`` recipe), calibrated on the mels the voice itself makes for the first ``calib_sentences``
 calibration sentences (the vocoder's real input), cut into ``window``-frame windows.
 
 Gate: the audio of the voice with the INT8 vocoder against the same voice with the float one, same mels (the
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
-#: The cpu target's HiFi-GAN ``balanced`` quantize options (bench/results/vocoders.md, 2026-12-03).
-DEFAULT_QUANTIZE = {"precision": "int8", "method": "percentile", "activation_type": "uint8", "group_by": "flow_kind",
-                    "residual": True, "exclude": ["pre", "stage3/upsample", "stage3/resblock"], "max_mel_l1": 0.15}
+#: Quantize options when neither the pass nor the target's hifigan ``balanced`` recipe gives int8 ones.
+FALLBACK_QUANTIZE = {"precision": "int8", "method": "percentile", "activation_type": "uint8", "group_by": "flow_kind",
+                     "residual": True, "max_mel_l1": 0.15}
 #: Summary fields of the quantize details copied into the bundle manifest.
 SUMMARY = ("method", "activation_type", "group_by", "residual_tensors", "quantized_nodes", "float_nodes", "groups",
            "quality_vs_float", "seconds")
@@ -35,7 +34,8 @@ SUMMARY = ("method", "activation_type", "group_by", "residual_tensors", "quantiz
 @dataclasses.dataclass
 class FmVocoderConfig(PassConfig):
     """Attributes:
-        quantize: options of :class:`edgeflow.passes.quantize.QuantizeConfig` (precision int8 only).
+        quantize: options of :class:`edgeflow.passes.quantize.QuantizeConfig` (precision int8 only); None: the
+            int8 ``quantize`` step of the target's hifigan ``balanced`` recipe (else :data:`FALLBACK_QUANTIZE`).
         calib_sentences: calibration sentences whose mels calibrate the ranges.
         window: mel frames per calibration window (shorter sentences are used whole).
         sentences: the next calibration sentences, scored for the gate.
@@ -44,7 +44,7 @@ class FmVocoderConfig(PassConfig):
         require_speedup: keep the INT8 vocoder only when it vocodes faster.
     """
 
-    quantize: Dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_QUANTIZE))
+    quantize: Optional[Dict[str, Any]] = None
     calib_sentences: int = 8
     window: int = 64
     sentences: int = 3
@@ -57,12 +57,24 @@ class FmVocoderConfig(PassConfig):
 
         if not self.max_mcd > 0 or min(self.calib_sentences, self.sentences, self.rounds, self.window) < 1:
             raise ValueError("fm_vocoder: max_mcd > 0, calib_sentences, sentences, rounds and window >= 1")
+        if self.quantize is None:
+            return
         if self.quantize.get("precision", "int8") != "int8":
             raise ValueError("fm_vocoder: quantize.precision must be int8")
         try:
             QuantizeConfig(**self.quantize)
         except TypeError as exc:
             raise ValueError(f"fm_vocoder: quantize: {exc}") from None
+
+
+def quantize_options(cfg: FmVocoderConfig, target: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The quantize options: the pass's own, else the int8 ``quantize`` step of ``target``'s hifigan
+    ``balanced`` recipe (the vocoder optimized as in its own family's recipe), else :data:`FALLBACK_QUANTIZE`."""
+    if cfg.quantize is not None:
+        return dict(cfg.quantize)
+    recipe = (((target or {}).get("families") or {}).get("hifigan") or {}).get("recipes", {}).get("balanced", [])
+    step = next((p for p in recipe if p.get("pass") == "quantize" and p.get("precision", "int8") == "int8"), None)
+    return {k: v for k, v in step.items() if k != "pass"} if step else dict(FALLBACK_QUANTIZE)
 
 
 def mel_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
@@ -79,18 +91,14 @@ def mel_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) ->
 def compare_vocoders(before: Any, after: Any, ids: List[List[int]], rounds: int, seed: int = 0) -> Dict[str, Any]:
     """Mean / worst mel-cepstral distance of ``after``'s vocoder to ``before``'s on ``before``'s mels of ``ids``,
     and both vocoders' wall time on them (interleaved, fastest of ``rounds``) with the speedup."""
+    from edgeflow.passes.fm_quantize import fastest
     from edgeflow.validate.tts import mel_cepstral_distance
 
     mels = [before.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
     sr = before.sample_rate
     mcds = [mel_cepstral_distance(before.vocode(m), after.vocode(m), sr) for m in mels]
-    best = {"float": float("inf"), "int8": float("inf")}
-    for _ in range(rounds):
-        for name, v in (("float", before), ("int8", after)):
-            t0 = time.perf_counter()
-            for m in mels:
-                v.vocode(m)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best = fastest({n: (lambda v=v: [v.vocode(m) for m in mels]) for n, v in (("float", before), ("int8", after))},
+                   rounds)
     return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)),
             "seconds_float": round(best["float"], 4), "seconds_int8": round(best["int8"], 4),
             "speedup": round(best["float"] / max(best["int8"], 1e-9), 3)}
@@ -101,7 +109,7 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
     from edgeflow.core.bundle_format import copy_bundle
     from edgeflow.core.io import sha256_file
     from edgeflow.passes.fm_nfe import calibration_ids
-    from edgeflow.passes.fm_quantize import fmtts_bundle, settle
+    from edgeflow.passes.fm_quantize import fmtts_bundle, gate_reason, settle
     from edgeflow.passes.quantize import QuantizeConfig
     from edgeflow.quant.int8 import QuantizationError, coupling_aware_int8
     from edgeflow.runtime import Voice
@@ -121,7 +129,8 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
     with tempfile.TemporaryDirectory(prefix="edgeflow-fmv-") as tmp:
         try:
             details = coupling_aware_int8(src / name, Path(tmp) / name, feeds, MelConfig.from_dict(manifest["mel"]),
-                                          QuantizeConfig(**cfg.quantize), Path(tmp) / "work", threads=1, log=log)
+                                          QuantizeConfig(**quantize_options(cfg, ctx.target)), Path(tmp) / "work",
+                                          threads=1, log=log)
         except QuantizationError as exc:
             return settle(artifact, out, {}, str(exc), "fm_vocoder", "vocoder kept float", ctx.progress)
         section = {k: details[k] for k in SUMMARY if k in details}
@@ -132,8 +141,7 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
                     overwrite=True)
     scores = compare_vocoders(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed)
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
-    why = (f"audio MCD {scores['mcd']:.3f} dB > {cfg.max_mcd} dB" if scores["mcd"] > cfg.max_mcd else
-           f"not faster ({scores['speedup']:.2f}x)" if cfg.require_speedup and scores["speedup"] <= 1.0 else None)
+    why = gate_reason(scores, cfg.max_mcd, cfg.require_speedup, "audio MCD")
     return settle(artifact, out, section, why, "fm_vocoder", "vocoder kept float", ctx.progress)
 
 

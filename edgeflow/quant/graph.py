@@ -159,33 +159,34 @@ def quantized_outputs(model) -> Set[str]:
             and any(o in q_in for o in n.output)}
 
 
-_RESBLOCK_WEIGHT = re.compile(r"^(?:model\.)?generator\.resblocks\.(?P<rb>\d+)\.")
-_RESBLOCK_NODE = re.compile(r"(?:^|/)generator/resblocks\.(?P<rb>\d+)/")
+#: Node names of a HiFi-GAN generator's resblocks (group 1: the block index), as the exporter writes them.
+GENERATOR_RESBLOCKS = r"(?:^|/)generator/resblocks\.(\d+)/"
 
 
-def residual_tensors(model, roles: List[NodeRole], quantized: Iterable[str]) -> Set[str]:
+def resblock_adds(model, quantized: Iterable[str], pattern: str = GENERATOR_RESBLOCKS) -> List[Any]:
+    """The ``Add`` nodes (``x = x + conv(lrelu(...))``) of the resblocks whose convs are all in ``quantized``;
+    a resblock is the nodes whose name matches ``pattern`` (group 1: its index). Only HiFi-GAN resblocks are
+    named so: a flow's Add is coupling arithmetic and never qualifies."""
+    rb, done = re.compile(pattern), set(quantized)
+    convs: Dict[str, List[str]] = {}
+    for n in model.graph.node:
+        m = rb.search(n.name)
+        if m and n.op_type in ("Conv", "ConvTranspose"):
+            convs.setdefault(m.group(1), []).append(n.name)
+    full = {k for k, names in convs.items() if all(x in done for x in names)}
+    return [n for n in model.graph.node if n.op_type == "Add" and (m := rb.search(n.name)) and m.group(1) in full]
+
+
+def residual_tensors(model, quantized: Iterable[str]) -> Set[str]:
     """The residual stream of a HiFi-GAN generator's fully quantized resblocks: inputs and outputs of their
-    ``Add`` nodes (``x = x + conv(lrelu(conv(lrelu(x))))``).
+    Adds (:func:`resblock_adds`).
 
     Q/DQ there lets onnxruntime run the block's Adds and LeakyRelus on uint8 (QLinearAdd, QLinearLeakyRelu)
-    instead of a DequantizeLinear -> float Add -> QuantizeLinear round trip around every conv pair (its
-    uint8 convs still run in NHWC between Transposes, now of uint8 data). Only generator resblocks qualify (by weight and node name): a flow's Add is coupling
-    arithmetic and never gets Q/DQ.
+    instead of a DequantizeLinear -> float Add -> QuantizeLinear round trip around every conv pair (its uint8
+    convs still run in NHWC between Transposes, now of uint8 data).
     """
-    done = set(quantized)
-    convs: Dict[str, List[str]] = {}
-    for r in roles:
-        m = _RESBLOCK_WEIGHT.match(r.weight or "")
-        if m and r.role == "resblock":
-            convs.setdefault(m.group("rb"), []).append(r.name)
-    full = {rb for rb, names in convs.items() if all(n in done for n in names)}
     consts = _constants(model)
-    out: Set[str] = set()
-    for n in model.graph.node:
-        m = _RESBLOCK_NODE.search(n.name)
-        if n.op_type == "Add" and m and m.group("rb") in full:
-            out |= {t for t in list(n.input) + list(n.output) if t and t not in consts}
-    return out
+    return {t for n in resblock_adds(model, quantized) for t in [*n.input, *n.output] if t and t not in consts}
 
 
 def audio_path(model, roles: List[NodeRole], start_inputs: Iterable[str] = ("z",)) -> Set[str]:

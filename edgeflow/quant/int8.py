@@ -187,14 +187,14 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
         log(f"    calibrating ({cfg.method}) {len(candidates)} layers on {len(feeds)} utterances ...")
         wanted = tensors_for(model, candidates, cfg.quantize_outputs)
         if cfg.residual:
-            wanted |= residual_tensors(model, roles, candidates)
+            wanted |= residual_tensors(model, candidates)
         ranges = collect_ranges(model, wanted, feeds, cfg.method, threads)
     reader, cache = CalibReader(feeds), work / f"calibration-{cfg.method}.json"
 
     def build(names: List[str], path: Path) -> Path:
         if cfg.engine == "onnxruntime":
             return quantize_nodes(src, path, names, cfg, reader, cache)
-        extra = residual_tensors(model, roles, names) if cfg.residual else ()
+        extra = residual_tensors(model, names) if cfg.residual else ()
         q, _ = insert_qdq(model, names, ranges, cfg.activation_type, cfg.per_channel, cfg.quantize_outputs, extra)
         onnx.save(q, str(path))
         return path
@@ -244,7 +244,7 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
         "method": cfg.method, "engine": cfg.engine, "activation_type": cfg.activation_type, "weight_type": "int8",
         "symmetric": True, "per_channel": cfg.per_channel, "op_types": list(cfg.op_types),
         "quantize_outputs": cfg.quantize_outputs, "group_by": cfg.group_by,
-        "residual_tensors": len(residual_tensors(model, roles, names)) if cfg.residual else 0,
+        "residual_tensors": len(residual_tensors(model, names)) if cfg.residual else 0,
         "budget": {"min_snr_db": cfg.min_snr_db, "max_mel_l1": cfg.max_mel_l1},
         "quantized_nodes": len(names), "float_nodes": len(roles) - len(names),
         "groups": {g: len(v) for g, v in groups.items()},

@@ -77,21 +77,12 @@ def select_nodes(model, role: str, exclude: Sequence[str] = DEFAULT_EXCLUDE,
 
 
 def residual_adds(model, quantized: Iterable[str]) -> List[str]:
-    """The ``Add`` nodes of the decoder's HiFi-GAN resblocks whose convs are all in ``quantized``: with Q/DQ on
-    the residual stream onnxruntime runs them (and the LeakyRelus between) on uint8 instead of a float round
-    trip per conv pair. Only ``/dec/resblocks.N/`` qualifies: the flows' Adds are coupling arithmetic."""
-    rb = re.compile(r"^/dec/resblocks\.(\d+)/")
-    done, convs, adds = set(quantized), {}, []
-    for n in model.graph.node:
-        m = rb.match(n.name)
-        if m and n.op_type in ("Conv", "ConvTranspose"):
-            convs.setdefault(m.group(1), []).append(n.name)
-    full = {k for k, names in convs.items() if all(x in done for x in names)}
-    for n in model.graph.node:
-        m = rb.match(n.name)
-        if m and n.op_type == "Add" and m.group(1) in full:
-            adds.append(n.name)
-    return adds
+    """Names of the decoder's HiFi-GAN resblock Adds whose convs are all in ``quantized``
+    (:func:`edgeflow.quant.graph.resblock_adds` over ``/dec/resblocks.N/``): with Q/DQ on the residual stream
+    onnxruntime runs them (and the LeakyRelus between) on uint8. The flows' Adds never qualify."""
+    from edgeflow.quant.graph import resblock_adds
+
+    return [n.name for n in resblock_adds(model, quantized, r"^/dec/resblocks\.(\d+)/")]
 
 
 class FeedReader:
@@ -146,7 +137,8 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
                         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
     fix_ir(dst)
-    return {"quantized": sel["quantize"], "residual_adds": len(adds), "float": sel["float"], "float_reasons": _reason_counts(sel["reasons"]),
+    return {"quantized": sel["quantize"], "residual_adds": len(adds), "float": sel["float"],
+            "float_reasons": _reason_counts(sel["reasons"]),
             "method": method, "per_channel": per_channel,
             "activations": "int8 symmetric" if symmetric_activations else "uint8", "weights": "int8",
             "seconds": round(time.perf_counter() - t0, 2)}
