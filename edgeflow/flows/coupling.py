@@ -75,18 +75,36 @@ class AffineCoupling(InvertibleModule):
         self.n_a = channels // 2
         self.n_b = channels - self.n_a
         self.net = WN(self.n_a, cond_channels, 2 * self.n_b, n_layers, wn_channels, kernel_size)
+        self.kernel_engine = "torch"   # "triton": WN + update through edgeflow.flows.triton_ops (set_engine)
 
     def _params(self, x_a, cond):
         out = self.net(x_a, cond)
         return out[:, :self.n_b], out[:, self.n_b:]
 
+    def _triton(self, x, cond, reverse: bool):
+        """Both directions through the Triton kernels: (out [B, C, T], logdet [B])."""
+        from edgeflow.flows.triton_ops import coupling_update, wn_stack
+
+        net, n_b = self.net, self.n_b
+        x_a, x_b = x[:, :self.n_a], x[:, self.n_a:]
+        layers = [(conv.weight, conv.bias, conv.dilation[0], rs.weight, rs.bias)
+                  for conv, rs in zip(net.in_layers, net.res_skip_layers)]
+        skip = wn_stack(net.start(x_a), layers, net.cond_layer(cond), None)
+        w, b = net.end.weight, net.end.bias
+        out, ld = coupling_update(skip, w[n_b:], b[n_b:], w[:n_b], b[:n_b], x_b, None, reverse)
+        return torch.cat([x_a, out], 1), -ld if reverse else ld
+
     def forward(self, x, cond=None):
+        if self.kernel_engine == "triton":
+            return self._triton(x, cond, reverse=False)
         x_a, x_b = x[:, :self.n_a], x[:, self.n_a:]
         log_s, t = self._params(x_a, cond)
         z_b = x_b * torch.exp(log_s) + t
         return torch.cat([x_a, z_b], 1), log_s.flatten(1).sum(1)
 
     def inverse(self, z, cond=None):
+        if self.kernel_engine == "triton":
+            return self._triton(z, cond, reverse=True)
         z_a, z_b = z[:, :self.n_a], z[:, self.n_a:]
         log_s, t = self._params(z_a, cond)
         x_b = (z_b - t) * torch.exp(-log_s)

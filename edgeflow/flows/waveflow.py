@@ -97,19 +97,34 @@ class WaveFlowNet(nn.Module):
         if self.fused:
             return
         with torch.no_grad():
-            end_w = self.end.weight.detach()[:, :, 0, 0].double()                       # [2, C]
-            scale = math.sqrt(1.0 / self.n_layers)
-            for i, layer in enumerate(self.layers):
+            ws, bs = self.folded_skip(torch.float64)
+            for layer, w, bias in zip(self.layers, ws, bs):
                 old = layer.skip_conv
-                w = old.weight.detach()[:, :, 0, 0].double()                               # [C, C]
                 new = nn.Conv2d(w.shape[1], 2, 1).to(old.weight.device, old.weight.dtype)
-                new.weight.copy_((end_w @ w * scale)[:, :, None, None])
-                bias = end_w @ old.bias.detach().double() * scale
-                if i == 0:
-                    bias = bias + self.end.bias.detach().double()
+                new.weight.copy_(w[:, :, None, None])
                 new.bias.copy_(bias)
                 layer.skip_end = new.requires_grad_(False)
         self.fused = True
+
+    def folded_skip(self, dtype: Optional[torch.dtype] = None):
+        """Each layer's skip conv folded with the end conv: ``end o skip_l / sqrt(L)``, end bias in layer 0.
+
+        Returns:
+            (weights [2, C] per layer, biases [2] per layer), in ``dtype`` (default: the weights'); the
+            ``skip_end`` convs' own weights once fused.
+        """
+        if self.fused:
+            return ([l.skip_end.weight.reshape(2, -1) for l in self.layers], [l.skip_end.bias for l in self.layers])
+        dt = dtype or self.end.weight.dtype
+        end_w = self.end.weight.detach().reshape(2, -1).to(dt)
+        scale = math.sqrt(1.0 / self.n_layers)
+        ws, bs = [], []
+        for i, layer in enumerate(self.layers):
+            w = layer.skip_conv.weight.detach().reshape(layer.channels, -1).to(dt)
+            bias = end_w @ layer.skip_conv.bias.detach().to(dt) * scale
+            ws.append(end_w @ w * scale)
+            bs.append(bias + self.end.bias.detach().to(dt) if i == 0 else bias)
+        return ws, bs
 
     def head(self, skip: torch.Tensor) -> torch.Tensor:
         """(log s, t) stacked [B, 2, h, w] from the skip sum (already folded through the end conv once fused)."""
@@ -138,12 +153,16 @@ class WaveFlowCoupling(InvertibleModule):
         super().__init__()
         self.net = WaveFlowNet(cond_channels, n_layers, channels, kernel_size, dilations_h)
         self.cached = True
+        self.kernel_engine = "torch"   # "triton": the inverse through edgeflow.flows.triton_ops (set_engine)
 
     def forward(self, x, cond=None):
         log_s, t = self.net(shift_down(x), cond)
         return x * torch.exp(log_s) + t, log_s.flatten(1).sum(1)
 
     def inverse(self, z, cond=None):
+        if self.kernel_engine == "triton":
+            from edgeflow.flows.triton_ops import waveflow_inverse
+            return waveflow_inverse(self, z, cond)
         return self.inverse_cached(z, cond) if self.cached else self.inverse_plain(z, cond)
 
     def inverse_plain(self, z, cond):

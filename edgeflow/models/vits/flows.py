@@ -88,6 +88,7 @@ class ResidualCouplingLayer(InvertibleModule):
         self.post = nn.Conv1d(hidden, self.half * (1 if mean_only else 2), 1)
         nn.init.zeros_(self.post.weight)
         nn.init.zeros_(self.post.bias)
+        self.kernel_engine = "torch"   # "triton": WN + update through edgeflow.flows.triton_ops (set_engine)
 
     def _stats(self, x0: Tensor, cond: FlowCond):
         h = self.enc(self.pre(x0) * cond.mask, cond.mask, g=cond.g)
@@ -96,13 +97,33 @@ class ResidualCouplingLayer(InvertibleModule):
             return stats, torch.zeros_like(stats)
         return stats[:, :self.half], stats[:, self.half:]
 
+    def _triton(self, x: Tensor, cond: FlowCond, reverse: bool):
+        """Both directions through the Triton kernels: (out [B, C, T], logdet [B])."""
+        from edgeflow.flows.triton_ops import coupling_update, wn_stack
+
+        enc, hf = self.enc, self.half
+        x0, x1 = x[:, :hf], x[:, hf:]
+        mask = cond.mask[:, 0]
+        layers = [(conv.weight, conv.bias, conv.dilation[0], rs.weight, rs.bias)
+                  for conv, rs in zip(enc.in_layers, enc.res_skip_layers)]
+        g = enc.cond_layer(cond.g) if cond.g is not None and enc.gin_channels else None
+        skip = wn_stack(self.pre(x0) * cond.mask, layers, g, mask)
+        w, b = self.post.weight, self.post.bias
+        wl, bl = (None, None) if self.mean_only else (w[hf:], b[hf:])
+        out, ld = coupling_update(skip, w[:hf], b[:hf], wl, bl, x1, mask, reverse)
+        return torch.cat([x0, out], 1), -ld if reverse else ld
+
     def forward(self, x, cond):
+        if self.kernel_engine == "triton":
+            return self._triton(x, cond, reverse=False)
         x0, x1 = x[:, :self.half], x[:, self.half:]
         m, logs = self._stats(x0, cond)
         x1 = m + x1 * torch.exp(logs) * cond.mask
         return torch.cat([x0, x1], 1), _sum(logs)
 
     def inverse(self, z, cond):
+        if self.kernel_engine == "triton":
+            return self._triton(z, cond, reverse=True)
         x0, x1 = z[:, :self.half], z[:, self.half:]
         m, logs = self._stats(x0, cond)
         x1 = (x1 - m) * torch.exp(-logs) * cond.mask
