@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -110,6 +110,25 @@ def winograd_f45() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return at, g, np.round(bt * 4) / 4
 
 
+def winograd_weights(arrays: Dict[str, np.ndarray]) -> List[Tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(flow, layer, U [8, 2H, H], AT [4, 8], BT [8, 8]) float32 for every layer that runs as Winograd F(4, 5):
+    kernel 5, dilation 1, a flow without conditioning (``ef_wn_set_winograd``'s arguments)."""
+    n_flows, n_layers, _, _, k, n_cond = (int(v) for v in arrays["config"][:6])
+    if k != 5 or n_cond:
+        return []
+    at, g, bt = winograd_f45()
+    at, bt = (np.ascontiguousarray(a, dtype=np.float32) for a in (at, bt))
+    jobs = []
+    for f in range(n_flows):
+        for lay in range(n_layers):
+            if int(arrays["dilations"][lay]) != 1:
+                continue
+            w = arrays[f"flow.{f}.layer.{lay}.in.weight"].astype(np.float64)           # [2H, H, 5]
+            u = np.ascontiguousarray(np.einsum("pj,ocj->poc", g, w), dtype=np.float32)   # [8, 2H, H]
+            jobs.append((f, lay, u, at, bt))
+    return jobs
+
+
 def library() -> ctypes.CDLL:
     """The C library with its WaveNet-coupling functions bound (DependencyError, one line, when unavailable)."""
     from edgeflow.runtime.native import library as base_library
@@ -170,22 +189,11 @@ class NativeFlow:
         self.winograd_layers = self._set_winograd(arrays) if winograd else 0
 
     def _set_winograd(self, arrays: Dict[str, np.ndarray]) -> int:
-        n_flows, n_layers, _, _, k, n_cond = (int(v) for v in arrays["config"][:6])
-        if k != 5 or n_cond:
-            return 0
-        at, g, bt = (np.ascontiguousarray(a, dtype=np.float32) if i != 1 else a
-                     for i, a in enumerate(winograd_f45()))
-        count = 0
-        for f in range(n_flows):
-            for lay in range(n_layers):
-                if int(arrays["dilations"][lay]) != 1:
-                    continue
-                w = arrays[f"flow.{f}.layer.{lay}.in.weight"].astype(np.float64)           # [2H, H, 5]
-                u = np.ascontiguousarray(np.einsum("pj,ocj->poc", g, w), dtype=np.float32)   # [8, 2H, H]
-                if self._lib.ef_wn_set_winograd(self._handle, f, lay, _ptr(u), _ptr(at), _ptr(bt)) != 0:
-                    raise BundleError("the native engine refused the Winograd weights (out of memory)")
-                count += 1
-        return count
+        jobs = winograd_weights(arrays)
+        for f, lay, u, at, bt in jobs:
+            if self._lib.ef_wn_set_winograd(self._handle, f, lay, _ptr(u), _ptr(at), _ptr(bt)) != 0:
+                raise BundleError("the native engine refused the Winograd weights (out of memory)")
+        return len(jobs)
 
     def run(self, x: np.ndarray, cond: Optional[np.ndarray] = None) -> np.ndarray:
         """x [B, C, T] (prior side) -> the flow's inverse [B, C, T]; cond [B, M, T] when the flow has one."""
