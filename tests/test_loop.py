@@ -173,3 +173,31 @@ def test_docs_date_their_figures():
     bad = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in docs
            for m in re.finditer(r"(?i)\bsessions?[ -]\d|\bthis session\b|_s\d\.json", p.read_text())]
     assert not bad
+
+
+def test_progress_total_follows_the_time_cap():
+    """Under a time cap far short of ``steps`` the bar's total (hence its ETA) is where the cap will stop the
+    run, not ``steps``."""
+    import time as _time
+
+    class Slow(Hooks):
+        def batch(self, step):
+            _time.sleep(0.02)
+            return super().batch(step)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1, bias=False)
+    loop = TrainLoop(model, Quadratic(), Slow(), LoopSettings(steps=100000, lr=0.05, grad_clip=10.0,
+                                                              max_minutes=0.01), progress=True)
+    totals = []
+    real = loop._bar_total
+
+    def spy(bar, start):
+        real(bar, start)
+        totals.append(bar.total)
+
+    loop._bar_total = spy
+    out = loop.run()
+    assert out["stopped"].startswith("time cap")
+    assert totals and totals[-1] < 1000                   # about 0.6 s / 0.02 s steps, not 100000
+    assert abs(totals[-1] - out["steps"]) <= max(3, out["steps"] // 3)
