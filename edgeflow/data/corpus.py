@@ -44,7 +44,7 @@ def _run(cmd: list[str], what: str) -> None:
         raise CorpusError(f"{what}: exit {proc.returncode}: {msg[-1] if msg else 'no output'}")
 
 
-def _synthesise(source: str, text: str, wav: Path) -> None:
+def synthesise(source: str, text: str, wav: Path) -> None:
     """Synthesise ``text`` with ``source`` into ``wav`` (the voice's native rate)."""
     spec = SOURCES[source]
     if spec["engine"] == "flite":
@@ -75,7 +75,7 @@ def check_source(source: str, scratch: Path) -> None:
         raise DependencyError(f"corpus source {source!r} needs {binary}: apt-get install "
                               f"{' '.join(spec['packages'][:2])}")
     try:
-        _synthesise(source, "Test.", scratch / f"probe_{source}.wav")
+        synthesise(source, "Test.", scratch / f"probe_{source}.wav")
         load_wav(scratch / f"probe_{source}.wav")
     except Exception as exc:  # noqa: BLE001 - any failure here means a missing or broken voice
         raise DependencyError(f"corpus source {source!r} does not work ({short_reason(exc)}); "
@@ -122,7 +122,7 @@ def _make(index: int, text: str, source: str, scratch: Path, sr: int) -> np.ndar
     """Synthesise and post-process one clip. Returns [T] float32, or None if unusable."""
     raw = scratch / f"{index:06d}.wav"
     try:
-        _synthesise(source, text, raw)
+        synthesise(source, text, raw)
         audio, _ = load_wav(raw, sr)
     finally:
         for p in (raw, raw.with_suffix(".txt")):
