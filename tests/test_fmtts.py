@@ -225,6 +225,10 @@ def test_warm_start_takes_the_weights_and_refuses_another_architecture(tmp_path)
     assert warm.step == 1 and float(warm.model.mel_std) == float(first.model.mel_std)
     _, info = load_model(tmp_path / "b" / "model.pt", family="fmtts")
     assert info["meta"]["init"]["step"] == 3 and len(info["meta"]["init"]["sha256"]) == 64
+    again = make_trainer(tmp_path / "b", 2)                          # resumed: the provenance stays
+    again.train(resume=True)
+    _, info = load_model(tmp_path / "b" / "model.pt", family="fmtts")
+    assert again.step == 2 and info["meta"]["init"]["step"] == 3
     cold = make_trainer(tmp_path / "c", 3)
     assert not torch.equal(cold.model.decoder.out.weight, first.model.decoder.out.weight)
     save_model(tmp_path / "wide.pt", FmTts(FmTtsConfig(**dict(TINY, dec_channels=2 * TINY["dec_channels"]))))

@@ -203,6 +203,7 @@ class FmTtsTrainer(LoopHooks):
             raise CheckpointError(f"{path}: cannot resume, not an edgeflow fmtts train state")
         self.model.load_state_dict(model_from_checkpoint(state["model"], str(path)).state_dict())
         self.loop.load_state_dict(state["loop"])
+        self.init_info = (state["model"].get("meta") or {}).get("init")   # a warm start's provenance survives resumes
 
     def _start_log(self) -> None:
         """Start log.csv, or on resume keep only the rows up to the resumed step."""
