@@ -192,8 +192,8 @@ def test_progress_total_follows_the_time_cap():
     totals = []
     real = loop._bar_total
 
-    def spy(bar, start):
-        real(bar, start)
+    def spy(bar, *args):
+        real(bar, *args)
         totals.append(bar.total)
 
     loop._bar_total = spy
@@ -201,3 +201,24 @@ def test_progress_total_follows_the_time_cap():
     assert out["stopped"].startswith("time cap")
     assert totals and totals[-1] < 1000                   # about 0.6 s / 0.02 s steps, not 100000
     assert abs(totals[-1] - out["steps"]) <= max(3, out["steps"] // 3)
+
+
+def test_interleaved_best_keeps_each_runs_fastest_round_and_warms_up():
+    """The one interleaved timer the passes share (edgeflow.validate.cost.interleaved_best)."""
+    import time as _time
+
+    from edgeflow.validate.cost import interleaved_best
+
+    calls, sleeps = [], {"a": [0.03, 0.0, 0.02], "b": [0.0, 0.02, 0.02]}
+
+    def run(name):
+        def f():
+            calls.append(name)
+            if len(calls) > 2:                              # the two warm-up calls are not timed
+                _time.sleep(sleeps[name].pop(0))
+        return f
+
+    best = interleaved_best({"a": run("a"), "b": run("b")}, rounds=3, warmup=True)
+    assert calls == ["a", "b"] + ["a", "b"] * 3              # interleaved round by round, after one warm-up each
+    assert best["a"] < 0.015 and best["b"] < 0.015           # each run's fastest round
+    assert interleaved_best({"x": lambda: _time.sleep(0.01)}, rounds=2)["x"] >= 0.009

@@ -22,9 +22,8 @@ import json
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -134,29 +133,18 @@ def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> 
             "activations": "uint8 (MinMax)", "calibration_windows": len(feeds)}
 
 
-def fastest(runs: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, float]:
-    """Wall seconds of each of ``runs``, interleaved round by round (a busy machine slows them alike), the fastest
-    of ``rounds``."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
 def compare(before: Any, after: Any, ids: List[List[int]], rounds: int, seed: int = 0,
             names: Tuple[str, str] = ("float", "int8")) -> Dict[str, Any]:
     """Mean / worst mel MCD of voice ``after`` to voice ``before`` on ``ids`` (seed ``seed + k``, default
     sampling) and both acoustic models' wall time (interleaved, fastest of ``rounds``; keys
     ``seconds_<name>`` for the two ``names``) and the speedup."""
     from edgeflow.passes.fm_nfe import mel_mcd
+    from edgeflow.validate.cost import interleaved_best
 
     ref = [before.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
     mcds = [mel_mcd(r, after.mel_ids(x, seed=seed + k)) for k, (r, x) in enumerate(zip(ref, ids))]
-    best = fastest({n: (lambda v=v: [v.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)])
-                    for n, v in zip(names, (before, after))}, rounds)
+    best = interleaved_best({n: (lambda v=v: [v.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)])
+                             for n, v in zip(names, (before, after))}, rounds)
     return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)),
             **{f"seconds_{n}": round(best[n], 4) for n in names},
             "speedup": round(best[names[0]] / max(best[names[1]], 1e-9), 3)}

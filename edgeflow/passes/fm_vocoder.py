@@ -91,14 +91,14 @@ def mel_windows(voice: Any, ids: List[List[int]], window: int, seed: int = 0) ->
 def compare_vocoders(before: Any, after: Any, ids: List[List[int]], rounds: int, seed: int = 0) -> Dict[str, Any]:
     """Mean / worst mel-cepstral distance of ``after``'s vocoder to ``before``'s on ``before``'s mels of ``ids``,
     and both vocoders' wall time on them (interleaved, fastest of ``rounds``) with the speedup."""
-    from edgeflow.passes.fm_quantize import fastest
+    from edgeflow.validate.cost import interleaved_best
     from edgeflow.validate.tts import mel_cepstral_distance
 
     mels = [before.mel_ids(x, seed=seed + k) for k, x in enumerate(ids)]
     sr = before.sample_rate
     mcds = [mel_cepstral_distance(before.vocode(m), after.vocode(m), sr) for m in mels]
-    best = fastest({n: (lambda v=v: [v.vocode(m) for m in mels]) for n, v in (("float", before), ("int8", after))},
-                   rounds)
+    best = interleaved_best({n: (lambda v=v: [v.vocode(m) for m in mels])
+                             for n, v in (("float", before), ("int8", after))}, rounds)
     return {"mcd": float(np.mean(mcds)), "mcd_max": float(np.max(mcds)),
             "seconds_float": round(best["float"], 4), "seconds_int8": round(best["int8"], 4),
             "speedup": round(best["float"] / max(best["int8"], 1e-9), 3)}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -94,25 +93,15 @@ def _parity(ort_voice, nat_voice, flow_ref: Callable, quantized: bool, cfg: TtsK
             "lengths": rows, "passed": all(r["passed"] for r in rows)}
 
 
-def _interleaved(fns: Dict[str, Callable], rounds: int = 5) -> Dict[str, float]:
-    """Fastest of ``rounds`` calls of each function, interleaved round by round, after a warm-up each."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
-
 def _timing(ort_voice, nat_voice, flow_ref: Callable, threads: int, seconds: float) -> Dict[str, Any]:
+    from edgeflow.validate.cost import interleaved_best
+
     frames = max(1, int(round(seconds * ort_voice.sample_rate / ort_voice.hop_length)))
     f = _feeds(ort_voice, frames, 0)
     z_p = nat_voice.prior(f["m_p"], f["logs_p"], f["noise_scale"], 0, 0, frames)
-    t = _interleaved({"flow_native": lambda: nat_voice.flow.run(z_p), "flow_onnxruntime": lambda: flow_ref(z_p),
-                      "decoder_native": lambda: _decode(nat_voice, f), "decoder_onnxruntime": lambda: _decode(ort_voice, f)})
+    t = interleaved_best({"flow_native": lambda: nat_voice.flow.run(z_p), "flow_onnxruntime": lambda: flow_ref(z_p),
+                          "decoder_native": lambda: _decode(nat_voice, f),
+                          "decoder_onnxruntime": lambda: _decode(ort_voice, f)}, rounds=5, warmup=True)
     audio = frames * ort_voice.hop_length / ort_voice.sample_rate
     out = {"threads": threads, "seconds": round(audio, 3), **{f"{k}_s": round(v, 5) for k, v in t.items()},
            "flow_speedup": round(t["flow_onnxruntime"] / t["flow_native"], 3),

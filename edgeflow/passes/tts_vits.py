@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -146,19 +145,13 @@ def time_graphs(paths: Dict[str, Path], feeds, threads: int, rounds: int = 5) ->
     import onnxruntime as ort
 
     from edgeflow.core.ort import session_options
+    from edgeflow.validate.cost import interleaved_best
 
     so = session_options(threads)
     sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    best = dict.fromkeys(sessions, float("inf"))
     for s in sessions.values():
         s.run(None, feeds[0])
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            for f in feeds:
-                s.run(None, f)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+    return interleaved_best({k: (lambda s=s: [s.run(None, f) for f in feeds]) for k, s in sessions.items()}, rounds)
 
 
 def _phase_bundle(artifact: Artifact, ctx: PassContext) -> Path:

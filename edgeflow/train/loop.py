@@ -166,7 +166,6 @@ class TrainLoop:
         """Run until ``settings.steps``, the time cap or an early stop. ``valid_first``: validate before
         the first step (the value before training). Returns a summary dict."""
         s, start, t_run = self.s, self.step, time.time()
-        self._t_start = t_run
         if valid_first and self.is_main and s.valid_every:
             t0 = time.time()
             self.check_valid()
@@ -190,7 +189,7 @@ class TrainLoop:
                 self.stopped = f"time cap of {s.max_minutes:g} min"
             self.hooks.on_step(self.step, loss, logs, gnorm, valid)
             if bar is not None:
-                self._bar_total(bar, start)
+                self._bar_total(bar, start, t_run)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", best=f"{self.best:.4f}")
             if self.is_main and ((s.ckpt_every and self.step % s.ckpt_every == 0)
@@ -213,14 +212,14 @@ class TrainLoop:
             self.log(f"{self.s.desc}: {self.context}first step {first:.2f} s -> about {est / 60:.1f} min more on "
                      f"this machine{cap}")
 
-    def _bar_total(self, bar, start: int) -> None:
+    def _bar_total(self, bar, start: int, t_run: float) -> None:
         """Under a time cap that ends the run before ``steps``, the bar's total is the step the cap is expected
         to stop at (from this run's mean step time), so its ETA is the time left, not that of ``steps``."""
         s, done = self.s, self.step - start
         if not s.max_minutes or done <= 0:
             return
         left = 60 * s.max_minutes - self.elapsed
-        per_step = (time.time() - self._t_start) / done
+        per_step = (time.time() - t_run) / done
         bar.total = min(s.steps, self.step + max(0, int(left / max(per_step, 1e-9))))
 
     def _bar(self):

@@ -45,6 +45,21 @@ def measure_rtf(fn: Callable[[], Any], audio_seconds: float, warmup: int = 1, re
             "audio_seconds": float(audio_seconds), "warmup": int(warmup)}
 
 
+def interleaved_best(runs: Dict[str, Callable[[], Any]], rounds: int, warmup: bool = False) -> Dict[str, float]:
+    """Wall seconds of each of ``runs``, called in turn round by round (a busy machine slows them alike), the
+    fastest of ``rounds``; ``warmup``: one untimed call of each first."""
+    if warmup:
+        for run in runs.values():
+            run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 def _status_kb(field: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as fh:
