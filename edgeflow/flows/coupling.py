@@ -87,9 +87,7 @@ class AffineCoupling(InvertibleModule):
 
         net, n_b = self.net, self.n_b
         x_a, x_b = x[:, :self.n_a], x[:, self.n_a:]
-        layers = [(conv.weight, conv.bias, conv.dilation[0], rs.weight, rs.bias)
-                  for conv, rs in zip(net.in_layers, net.res_skip_layers)]
-        skip = wn_stack(net.start(x_a), layers, net.cond_layer(cond), None)
+        skip = wn_stack(net.start(x_a), net, net.cond_layer(cond), None)
         w, b = net.end.weight, net.end.bias
         out, ld = coupling_update(skip, w[n_b:], b[n_b:], w[:n_b], b[:n_b], x_b, None, reverse)
         return torch.cat([x_a, out], 1), -ld if reverse else ld

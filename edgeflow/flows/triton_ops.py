@@ -13,7 +13,7 @@ Shapes follow the layers': WN input [B, C, T]; WaveFlow z [B, 1, h, w] with cond
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -50,14 +50,13 @@ def set_engine(model: nn.Module, engine: str) -> int:
     return n
 
 
-def wn_stack(h: Tensor, layers: Sequence[Tuple[Tensor, Tensor, int, Tensor, Tensor]], cond: Optional[Tensor],
-             mask: Optional[Tensor]) -> Tensor:
+def wn_stack(h: Tensor, wn: nn.Module, cond: Optional[Tensor], mask: Optional[Tensor]) -> Tensor:
     """A WaveNet stack (WaveGlow's / VITS's WN) through the gate and res/skip kernels.
 
     Args:
         h: [B, C, T] the stack's input (after the start / pre conv).
-        layers: per layer (in_w [2C, C, K], in_b [2C], dilation, rs_w [2C or C, C], rs_b); the last layer's
-            res/skip conv has C outputs (all skip).
+        wn: the stack: its ``in_layers`` (dilated convs [2C, C, K]) and ``res_skip_layers`` (1x1 convs, 2C
+            outputs, C in the last layer: all skip).
         cond: [B, 2C * L, T] or [B, 2C * L, 1] (broadcast over time), or None.
         mask: [B, T] or None; the residual stream is multiplied by it after each update (VITS).
 
@@ -71,6 +70,8 @@ def wn_stack(h: Tensor, layers: Sequence[Tuple[Tensor, Tensor, int, Tensor, Tens
     g = torch.empty_like(h)
     m = mask.contiguous() if mask is not None else h
     bc, bt, bk = min(32, _pow2(c)), 64, min(32, _pow2(c))
+    layers = [(conv.weight, conv.bias, conv.dilation[0], rs.weight, rs.bias)
+              for conv, rs in zip(wn.in_layers, wn.res_skip_layers)]
     for i, (w_in, b_in, dil, w_rs, b_rs) in enumerate(layers):
         kk = w_in.shape[-1]
         cs = cond[:, i * 2 * c:(i + 1) * 2 * c] if cond is not None else h

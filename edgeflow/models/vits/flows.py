@@ -104,10 +104,8 @@ class ResidualCouplingLayer(InvertibleModule):
         enc, hf = self.enc, self.half
         x0, x1 = x[:, :hf], x[:, hf:]
         mask = cond.mask[:, 0]
-        layers = [(conv.weight, conv.bias, conv.dilation[0], rs.weight, rs.bias)
-                  for conv, rs in zip(enc.in_layers, enc.res_skip_layers)]
         g = enc.cond_layer(cond.g) if cond.g is not None and enc.gin_channels else None
-        skip = wn_stack(self.pre(x0) * cond.mask, layers, g, mask)
+        skip = wn_stack(self.pre(x0) * cond.mask, enc, g, mask)
         w, b = self.post.weight, self.post.bias
         wl, bl = (None, None) if self.mean_only else (w[hf:], b[hf:])
         out, ld = coupling_update(skip, w[:hf], b[:hf], wl, bl, x1, mask, reverse)
