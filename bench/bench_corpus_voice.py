@@ -4,6 +4,8 @@ baseline issue 17's "the demo speaks" goal is relative to.
 
     PYTHONPATH=. python bench/bench_corpus_voice.py [--source slt_hts] [--sentences 6] [--json out.json]
 
+``bench/bench_fm_tts.py --corpus-voice slt_hts`` scores it in the same run as a voice bundle.
+
 Sentences: the first N of ``edgeflow.data.tts_text.sentences("evaluation")``, as ``bench/bench_fm_tts.py``
 takes them. Synthesis: the corpus builder's own command for that source (``edgeflow.data.corpus``).
 """
@@ -20,26 +22,18 @@ import numpy as np
 import soundfile as sf
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="slt_hts")
-    p.add_argument("--sentences", type=int, default=6)
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+def score(source: str, texts) -> dict:
+    """{"summary": {source, sentences, wer (corpus-level), p808 (mean)}, "rows": per sentence} of the corpus
+    voice ``source`` on ``texts``, synthesized with the corpus builder's own command."""
     from edgeflow.data.corpus import synthesise
-    from edgeflow.data.corpus_sources import SOURCES
-    from edgeflow.data.tts_text import sentences
     from edgeflow.validate import perceptual
     from edgeflow.validate.tts import normalize_transcript
 
-    if args.source not in SOURCES:
-        print(f"error: unknown source {args.source!r} (one of {', '.join(sorted(SOURCES))})", file=sys.stderr)
-        return 2
     rows, edits, words = [], 0, 0
     with tempfile.TemporaryDirectory() as tmp:
-        for i, text in enumerate(sentences("evaluation")[:args.sentences]):
+        for i, text in enumerate(texts):
             wav = Path(tmp) / f"{i}.wav"
-            synthesise(args.source, text, wav)
+            synthesise(source, text, wav)
             audio, sr = sf.read(wav, dtype="float32")
             ref = normalize_transcript(text).split()
             hyp = perceptual.transcribe(audio, sr).split()
@@ -47,11 +41,27 @@ def main(argv=None) -> int:
             edits, words = edits + e, words + len(ref)
             rows.append({"text": text, "wer": e / max(len(ref), 1), "hypothesis": " ".join(hyp),
                          "dnsmos": perceptual.dnsmos(audio, sr)})
-    summary = {"source": args.source, "sentences": len(rows), "wer": edits / max(words, 1),
+    summary = {"source": source, "sentences": len(rows), "wer": edits / max(words, 1),
                "p808": float(np.mean([r["dnsmos"]["p808"] for r in rows]))}
-    print(json.dumps(summary))
+    return {"summary": summary, "rows": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", default="slt_hts")
+    p.add_argument("--sentences", type=int, default=6)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    from edgeflow.data.corpus_sources import SOURCES
+    from edgeflow.data.tts_text import sentences
+
+    if args.source not in SOURCES:
+        print(f"error: unknown source {args.source!r} (one of {', '.join(sorted(SOURCES))})", file=sys.stderr)
+        return 2
+    res = score(args.source, sentences("evaluation")[:args.sentences])
+    print(json.dumps(res["summary"]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
 
 

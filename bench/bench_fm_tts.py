@@ -20,7 +20,7 @@ P.808 (:func:`edgeflow.validate.tts.evaluate_voice`).
 
     PYTHONPATH=. python bench/bench_fm_tts.py --bundle BUNDLE [--sentences 10] [--threads 1,2] [--rounds 2]
         [--quality-sentences 3] [--quality-settings all|S,...] [--whole euler:1:0,euler:4:-1,midpoint:32:0]
-        [--json out.json]
+        [--corpus-voice slt_hts] [--json out.json]
 """
 
 from __future__ import annotations
@@ -124,6 +124,9 @@ def main() -> int:
     ap.add_argument("--quality-settings", default="euler:1:0,euler:1:-1,euler:4:0,euler:4:-1,euler:16:0,euler:16:-1,"
                     "euler:32:0,midpoint:4:0,midpoint:4:-1,midpoint:32:-1",
                     help="settings whose audio is scored (audio MCD, WER, DNSMOS; 'all': every setting)")
+    ap.add_argument("--corpus-voice", default=None, metavar="SOURCE",
+                    help="also score the corpus voice (e.g. slt_hts) on the quality sentences, same scorers, and "
+                         "print issue 17's 'the demo speaks' check (WER <= +0.10, DNSMOS >= -0.3)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     bundle = Path(args.bundle)
@@ -144,6 +147,10 @@ def main() -> int:
     out["quality"] = quality(bundle, texts[:args.quality_sentences], mels, mels[key(REFERENCE)], scored)
     out["quality_note"] = (f"mel_mcd: all {len(ids)} sentence pieces; audio_mcd, wer, dnsmos: the first "
                            f"{args.quality_sentences} texts, the --quality-settings only")
+    if args.corpus_voice:
+        from bench_corpus_voice import score
+
+        out["corpus_voice"] = score(args.corpus_voice, texts[:args.quality_sentences])["summary"]
     out["load_average_end"] = os.getloadavg()
     print(f"| setting | " + " | ".join(f"RTF acoustic {t['threads']}t" for t in out["timing"]) +
           " | mel MCD dB | audio MCD dB | WER | DNSMOS |")
@@ -156,6 +163,12 @@ def main() -> int:
         print(f"whole voice at {t['threads']} thread(s): " +
               ", ".join(f"{k} {v:.3f}" for k, v in t["rtf_whole"].items()))
     print(f"reference: {out['quality']['reference']}")
+    if "corpus_voice" in out:
+        cv, ref = out["corpus_voice"], out["quality"]["reference"]
+        print(f"corpus voice {cv['source']}: WER {cv['wer']:.3f}, DNSMOS {cv['p808']:.3f}; the reference solve: "
+              f"WER {ref['wer'] - cv['wer']:+.3f} (goal <= +0.10: {'met' if ref['wer'] - cv['wer'] <= 0.10 else 'not met'}), "
+              f"DNSMOS {ref['dnsmos'] - cv['p808']:+.3f} (goal >= -0.3: "
+              f"{'met' if ref['dnsmos'] - cv['p808'] >= -0.3 else 'not met'})")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
     return 0
