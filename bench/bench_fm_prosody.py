@@ -7,7 +7,8 @@ several temperatures tau. The recordings' phone features come from the checkpoin
 (as in training), so an early checkpoint's alignment also shapes the "recorded" row.
 
     PYTHONPATH=. python bench/bench_fm_prosody.py --model RUN/model.pt --corpus CORPUS --split test \\
-        --cache /tmp/fm_prosody --taus 0,0.333,0.667,1 --json bench/results/fm_prosody_DATE.json
+        --cache /tmp/fm_prosody --taus 0,0.333,0.667,1 [--exclude-seen-in WARM_START_CORPUS] \\
+        --json bench/results/fm_prosody_DATE.json
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ def table(report, taus) -> str:
     return "\n".join(rows)
 
 
+def drop_seen(items, corpora, config):
+    """``items`` without those whose phoneme ids equal those of a train / valid text of one of ``corpora``."""
+    import numpy as np
+
+    from edgeflow.data.ljspeech import load_split
+    from edgeflow.text import phonemes_to_ids, phonemize
+
+    seen = set()
+    for corpus in corpora:
+        for split in ("train", "valid"):
+            for utt in load_split(corpus, split):
+                phonemes = [p for sentence in phonemize(utt.text, config.espeak_voice) for p in sentence]
+                seen.add(tuple(phonemes_to_ids(phonemes, config.phoneme_id_map)))
+    return [it for it in items if tuple(np.asarray(it.ids).tolist()) not in seen]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="an fmtts model.pt (a training run's checkpoint)")
@@ -47,6 +64,9 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="held-out split (default test)")
     ap.add_argument("--cache", type=Path, required=True, help="feature cache directory (f0 tracking is slow)")
     ap.add_argument("--taus", default="0,0.333,0.667,1", help="flow temperatures, comma-separated")
+    ap.add_argument("--exclude-seen-in", type=Path, action="append", default=[], metavar="CORPUS",
+                    help="also leave out utterances whose text is in this corpus's train or valid split (e.g. "
+                         "the corpus of a warm start); repeatable")
     ap.add_argument("--json", type=Path, default=None, help="write the report here")
     args = ap.parse_args()
 
@@ -61,6 +81,12 @@ def main() -> None:
     model, info = load_model(args.model)
     args.cache.mkdir(parents=True, exist_ok=True)
     items, _ = corpus_features(args.corpus, args.split, model.config, args.cache, log=print)
+    seen = list(args.exclude_seen_in)
+    if seen:
+        before = len(items)
+        items = drop_seen(items, seen, model.config)
+        print(f"left out {before - len(items)} of {before} {args.split} utterances whose text is in the "
+              f"train/valid split of {', '.join(map(str, seen))}")
     t0 = time.time()
     report = prosody_report(model, items, taus=taus)
     step = (info.get("meta") or {}).get("step")
@@ -70,7 +96,7 @@ def main() -> None:
     if args.json:
         out = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
                "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "model_step": step,
-               "split": args.split, "utterances": len(items), "taus": taus, "report": report}
+               "split": args.split, "excluded_seen_in": [str(c) for c in seen], "utterances": len(items), "taus": taus, "report": report}
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 
