@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -170,18 +170,7 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     src = work / "float.onnx"
     onnx.save(model, str(src))
     roles = classify(model, cfg.op_types)
-    float_keep: Dict[str, str] = {}
-    for r in roles:
-        if r.role in cfg.keep_float_roles:
-            float_keep[r.name] = FLOAT_ROLES.get(r.role, f"role {r.role} kept float by config")
-        elif cfg.exclude and any(matches(x, cfg.exclude) for x in (r.name, r.role, r.group(cfg.group_by))):
-            float_keep[r.name] = "excluded by config"
-    groups: Dict[str, List[str]] = {}
-    for r in roles:
-        if r.name not in float_keep:
-            groups.setdefault(r.group(cfg.group_by), []).append(r.name)
-    if not groups:
-        raise QuantizationError(f"nothing to quantize: no {'/'.join(cfg.op_types)} node outside the kept-float layers")
+    float_keep, groups = _layer_groups(roles, cfg)
     candidates = [n for names in groups.values() for n in names]
     if cfg.engine == "edgeflow":
         log(f"    calibrating ({cfg.method}) {len(candidates)} layers on {len(feeds)} utterances ...")
@@ -216,21 +205,7 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     if cfg.sensitivity:
         for g, names in groups.items():
             harm[g] = trial(names, f"{g} alone", small)
-    order = sorted(harm, key=lambda g: (harm[g]["mel_l1"], -harm[g]["snr_db"]), reverse=True)
-    limit = len(groups) - 1 if cfg.max_float_layers is None else min(cfg.max_float_layers, len(groups) - 1)
-    kept: List[str] = []
-    while True:
-        names = [n for g in groups if g not in kept for n in groups[g]]
-        q = trial(names, "all candidates" if not kept else f"all but {', '.join(kept)}", range(len(feeds)))
-        if within(q, cfg.min_snr_db, cfg.max_mel_l1):
-            break
-        if not cfg.sensitivity or len(kept) >= limit:
-            tried = "; ".join(f"{t['quantized']}: {t['snr_db']:.1f} dB, L1 {t['mel_l1']:.3f}" for t in trials)
-            raise QuantizationError(
-                f"no INT8 configuration meets the budget (min SNR {cfg.min_snr_db} dB, max log-mel L1 "
-                f"{cfg.max_mel_l1} vs float) with at most {limit} of the layer groups {', '.join(groups)} kept "
-                f"float (coupling end convs and 1x1 convs always float); tried: {tried}")
-        kept.append(order[len(kept)])
+    names, kept = _greedy_float(groups, harm, lambda n, label: trial(n, label, range(len(feeds))), trials, cfg)
     build(names, dst)
     q = compare(ref, run_graph(dst, feeds, threads), mel_cfg)      # as the runtime will run it (fused kernels)
     final = onnx.load(str(dst))
@@ -240,6 +215,60 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     structural = [{"node": r.name, "role": r.role, "reason": float_keep[r.name]} for r in roles if r.name in float_keep]
     searched = [{"group": g, "nodes": len(groups[g]), "reason": "sensitivity: among the most harmful groups when "
                  "quantized alone; kept float until the budget held", "quantized_alone": harm.get(g)} for g in kept]
+    return _details(cfg, model, names, roles, groups, structural, searched, harm, trials, q, t0)
+
+
+def _layer_groups(roles: List[Any], cfg: Any) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
+    """(node -> why it stays float, group -> its quantizable nodes) of the classified layers ``roles``.
+
+    Raises:
+        QuantizationError: no layer left to quantize.
+    """
+    float_keep: Dict[str, str] = {}
+    for r in roles:
+        if r.role in cfg.keep_float_roles:
+            float_keep[r.name] = FLOAT_ROLES.get(r.role, f"role {r.role} kept float by config")
+        elif cfg.exclude and any(matches(x, cfg.exclude) for x in (r.name, r.role, r.group(cfg.group_by))):
+            float_keep[r.name] = "excluded by config"
+    groups: Dict[str, List[str]] = {}
+    for r in roles:
+        if r.name not in float_keep:
+            groups.setdefault(r.group(cfg.group_by), []).append(r.name)
+    if not groups:
+        raise QuantizationError(f"nothing to quantize: no {'/'.join(cfg.op_types)} node outside the kept-float layers")
+    return float_keep, groups
+
+
+def _greedy_float(groups: Dict[str, List[str]], harm: Dict[str, Dict[str, float]],
+                  trial: Callable[[List[str], str], Dict[str, float]], trials: List[Dict[str, Any]], cfg: Any
+                  ) -> Tuple[List[str], List[str]]:
+    """(quantized nodes, groups kept float): quantize every group, then keep the most harmful ones (by ``harm``,
+    each group quantized alone) float one by one until ``trial`` of the rest meets the budget.
+
+    Raises:
+        QuantizationError: the budget fails with as many groups kept float as allowed.
+    """
+    order = sorted(harm, key=lambda g: (harm[g]["mel_l1"], -harm[g]["snr_db"]), reverse=True)
+    limit = len(groups) - 1 if cfg.max_float_layers is None else min(cfg.max_float_layers, len(groups) - 1)
+    kept: List[str] = []
+    while True:
+        names = [n for g in groups if g not in kept for n in groups[g]]
+        q = trial(names, "all candidates" if not kept else f"all but {', '.join(kept)}")
+        if within(q, cfg.min_snr_db, cfg.max_mel_l1):
+            return names, kept
+        if not cfg.sensitivity or len(kept) >= limit:
+            tried = "; ".join(f"{t['quantized']}: {t['snr_db']:.1f} dB, L1 {t['mel_l1']:.3f}" for t in trials)
+            raise QuantizationError(
+                f"no INT8 configuration meets the budget (min SNR {cfg.min_snr_db} dB, max log-mel L1 "
+                f"{cfg.max_mel_l1} vs float) with at most {limit} of the layer groups {', '.join(groups)} kept "
+                f"float (coupling end convs and 1x1 convs always float); tried: {tried}")
+        kept.append(order[len(kept)])
+
+
+def _details(cfg: Any, model: Any, names: List[str], roles: List[Any], groups: Dict[str, List[str]],
+             structural: List[Dict[str, Any]], searched: List[Dict[str, Any]], harm: Dict[str, Any],
+             trials: List[Dict[str, Any]], q: Dict[str, float], t0: float) -> Dict[str, Any]:
+    """The quantize pass's manifest details (see :func:`coupling_aware_int8`)."""
     return {
         "method": cfg.method, "engine": cfg.engine, "activation_type": cfg.activation_type, "weight_type": "int8",
         "symmetric": True, "per_channel": cfg.per_channel, "op_types": list(cfg.op_types),
