@@ -112,6 +112,84 @@ def _weight_axis(node) -> int:
     return 0
 
 
+class _QdqBuilder:
+    """The new Q/DQ nodes and initializers of one :func:`insert_qdq` call (shared pairs per tensor)."""
+
+    def __init__(self, inits: Dict[str, object], ranges: Dict[str, Range], act_type: str, per_channel: bool):
+        self.inits, self.ranges, self.act_type, self.per_channel = inits, ranges, act_type, per_channel
+        self.act_np = np.uint8 if act_type == "uint8" else np.int8
+        self.nodes: List[object] = []
+        self.new_inits: List[object] = []
+        self.dq_of: Dict[str, str] = {}          # activation tensor -> its DequantizeLinear output
+        self.scale_of: Dict[str, float] = {}
+        self.w_cache: Dict[str, Tuple[str, np.ndarray]] = {}
+
+    def _dq(self, base: str, arrays: Sequence[np.ndarray], **attrs) -> str:
+        """Initializers {base}_quantized / _scale / _zero_point and their DequantizeLinear; its output name."""
+        from onnx import helper, numpy_helper
+
+        names = [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"]
+        self.new_inits.extend(numpy_helper.from_array(a, n) for a, n in zip(arrays, names))
+        self.nodes.append(helper.make_node("DequantizeLinear", names, [f"{base}_dq"], name=f"{base}_DequantizeLinear",
+                                           **attrs))
+        return f"{base}_dq"
+
+    def act_pair(self, t: str) -> str:
+        """The dequantized copy of activation ``t`` (a Q/DQ pair with its calibrated range, made once)."""
+        from onnx import helper, numpy_helper
+
+        if t not in self.dq_of:
+            scale, zp = _act_params(self.ranges[t], self.act_type)
+            s, z = f"{t}_qscale", f"{t}_qzero"
+            self.new_inits.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
+                                   numpy_helper.from_array(np.array(zp, self.act_np), z)])
+            self.nodes.append(helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_q"], name=f"{t}_QuantizeLinear"))
+            self.nodes.append(helper.make_node("DequantizeLinear", [f"{t}_q", s, z], [f"{t}_dq"],
+                                               name=f"{t}_DequantizeLinear"))
+            self.dq_of[t], self.scale_of[t] = f"{t}_dq", scale
+        return self.dq_of[t]
+
+    def weight(self, name: str, axis: int) -> Tuple[str, np.ndarray]:
+        """(dequantized weight, its scales [out] or scalar): symmetric int8, per channel along ``axis``."""
+        from onnx import numpy_helper
+
+        if name not in self.w_cache:
+            w = numpy_helper.to_array(self.inits[name]).astype(np.float32)
+            red = tuple(i for i in range(w.ndim) if i != axis)
+            absmax = np.max(np.abs(w), axis=red) if self.per_channel else np.array(np.max(np.abs(w)))
+            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+            shape = [-1 if i == axis else 1 for i in range(w.ndim)] if self.per_channel else [1] * w.ndim
+            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+            attrs = {"axis": axis} if self.per_channel else {}
+            self.w_cache[name] = (self._dq(name, [q, scale, np.zeros_like(scale, dtype=np.int8)], **attrs), scale)
+        return self.w_cache[name]
+
+    def bias(self, name: str, node_name: str, x: str, w_scale: np.ndarray) -> str:
+        """The int32 bias of a conv reading activation ``x`` (scale = x's scale x the weight scales), dequantized."""
+        from onnx import numpy_helper
+
+        b = numpy_helper.to_array(self.inits[name]).astype(np.float64)
+        bscale = (self.scale_of[x] * w_scale.astype(np.float64)) * np.ones_like(b)
+        qb = np.clip(np.round(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+        return self._dq(f"{name}_{node_name}".replace("/", "_"), [qb, bscale.astype(np.float32), np.zeros_like(qb)],
+                        axis=0)
+
+    def quantize_node(self, node) -> bool:
+        """Rewire ``node``'s activation, weight and (conv) bias through Q/DQ; False if it cannot be (no constant
+        weight, an input without a range, or two activation inputs)."""
+        k = 2 if node.op_type == "MatMul" else 1
+        acts = [i for i in node.input[:k] if i not in self.inits]
+        w_name = node.input[1] if len(node.input) > 1 and node.input[1] in self.inits else None
+        if w_name is None or any(a not in self.ranges for a in acts) or len(acts) != 1:
+            return False
+        x = acts[0]
+        node.input[0] = self.act_pair(x)
+        node.input[1], w_scale = self.weight(w_name, _weight_axis(node))
+        if len(node.input) > 2 and node.input[2] in self.inits and node.op_type in ("Conv", "ConvTranspose"):
+            node.input[2] = self.bias(node.input[2], node.name, x, w_scale)
+        return True
+
+
 def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: str = "int8",
                per_channel: bool = True, quantize_outputs: bool = True,
                extra: Iterable[str] = ()) -> Tuple[object, List[str]]:
@@ -123,93 +201,35 @@ def insert_qdq(model, nodes: Iterable[str], ranges: Dict[str, Range], act_type: 
         (the QDQ model, names of the requested nodes left float for lack of a calibration range or
         of a constant weight).
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     m = copy.deepcopy(model)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     wanted = set(nodes)
-    act_np, act_tp = (np.uint8, TensorProto.UINT8) if act_type == "uint8" else (np.int8, TensorProto.INT8)
-    new_nodes: List[object] = []
-    new_inits: List[object] = []
-    dq_of: Dict[str, str] = {}          # activation tensor -> its DequantizeLinear output
-    scale_of: Dict[str, float] = {}
-    w_cache: Dict[str, Tuple[str, np.ndarray]] = {}
+    qb = _QdqBuilder(inits, ranges, act_type, per_channel)
     skipped: List[str] = []
     graph_outputs = {o.name for o in g.output}
-
-    def act_pair(t: str) -> str:
-        if t not in dq_of:
-            scale, zp = _act_params(ranges[t], act_type)
-            s, z = f"{t}_qscale", f"{t}_qzero"
-            new_inits.extend([numpy_helper.from_array(np.array(scale, np.float32), s),
-                              numpy_helper.from_array(np.array(zp, act_np), z)])
-            new_nodes.append(helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_q"], name=f"{t}_QuantizeLinear"))
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{t}_q", s, z], [f"{t}_dq"],
-                                              name=f"{t}_DequantizeLinear"))
-            dq_of[t], scale_of[t] = f"{t}_dq", scale
-        return dq_of[t]
-
-    def weight(name: str, axis: int) -> Tuple[str, np.ndarray]:
-        if name not in w_cache:
-            w = numpy_helper.to_array(inits[name]).astype(np.float32)
-            red = tuple(i for i in range(w.ndim) if i != axis)
-            absmax = np.max(np.abs(w), axis=red) if per_channel else np.array(np.max(np.abs(w)))
-            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-            shape = [-1 if i == axis else 1 for i in range(w.ndim)] if per_channel else [1] * w.ndim
-            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            zp = np.zeros_like(scale, dtype=np.int8)
-            new_inits.extend([numpy_helper.from_array(q, f"{name}_quantized"),
-                              numpy_helper.from_array(scale, f"{name}_scale"),
-                              numpy_helper.from_array(zp, f"{name}_zero_point")])
-            attrs = {"axis": axis} if per_channel else {}
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale",
-                                              f"{name}_zero_point"], [f"{name}_dq"], name=f"{name}_DequantizeLinear",
-                                              **attrs))
-            w_cache[name] = (f"{name}_dq", scale)
-        return w_cache[name]
-
     done_out: Set[str] = set()
     for node in g.node:
         if node.name not in wanted:
             continue
-        k = 2 if node.op_type == "MatMul" else 1
-        acts = [i for i in node.input[:k] if i not in inits]
-        w_name = node.input[1] if len(node.input) > 1 and node.input[1] in inits else None
-        if w_name is None or any(a not in ranges for a in acts) or len(acts) != 1:
+        if not qb.quantize_node(node):
             skipped.append(node.name)
             continue
-        x = acts[0]
-        node.input[0] = act_pair(x)
-        axis = _weight_axis(node)
-        node.input[1], w_scale = weight(w_name, axis)
-        if len(node.input) > 2 and node.input[2] in inits and node.op_type in ("Conv", "ConvTranspose"):
-            b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
-            bscale = (scale_of[x] * w_scale.astype(np.float64)) * np.ones_like(b)
-            qb = np.clip(np.round(b / bscale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
-            bn = f"{node.input[2]}_{node.name}".replace("/", "_")
-            new_inits.extend([numpy_helper.from_array(qb, f"{bn}_quantized"),
-                              numpy_helper.from_array(bscale.astype(np.float32), f"{bn}_scale"),
-                              numpy_helper.from_array(np.zeros_like(qb), f"{bn}_zero_point")])
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bn}_quantized", f"{bn}_scale",
-                                              f"{bn}_zero_point"], [f"{bn}_dq"], name=f"{bn}_DequantizeLinear",
-                                              axis=0))
-            node.input[2] = f"{bn}_dq"
         y = node.output[0]
         if quantize_outputs and y in ranges and y not in graph_outputs:
             done_out.add(y)
     done_out |= {t for t in extra if t in ranges and t not in graph_outputs}
     # Output pairs last: every consumer of y (but its own Q) reads the dequantized value.
     if done_out:
-        pairs = {y: act_pair(y) for y in done_out}
+        pairs = {y: qb.act_pair(y) for y in done_out}
         for n in g.node:
             for i, name in enumerate(n.input):
                 if name in pairs:
                     n.input[i] = pairs[name]
     # Inputs already rewired to a pair stay; pairs on outputs made after them are shared.
-    g.initializer.extend(new_inits)
-    order = _toposort(list(g.node) + new_nodes, {i.name for i in g.input} | set(inits) |
-                      {t.name for t in new_inits})
+    g.initializer.extend(qb.new_inits)
+    order = _toposort(list(g.node) + qb.nodes, {i.name for i in g.input} | set(inits) |
+                      {t.name for t in qb.new_inits})
     del g.node[:]
     g.node.extend(order)
     used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
