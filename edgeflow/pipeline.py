@@ -140,11 +140,6 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
     Returns:
         the report dict (also written to ``OUT/report.json``).
     """
-    from edgeflow.passes.base import make_config
-    from edgeflow.targets import for_family, load_target, recipe_budget, recipe_passes
-    from edgeflow.validate.budget import parse_budget
-    from edgeflow.validate.evaluate import load_clips
-
     model_path, out = Path(model_path), Path(out_dir)
     from edgeflow.pipeline_fmtts import fmtts_route, optimize_fmtts
     from edgeflow.validate.tts_systems import checkpoint_family, family_task, task_of
@@ -161,7 +156,21 @@ def optimize(model_path: str | Path, out_dir: str | Path, target: str = "cpu", r
 
         return optimize_tts(model_path, out, target=target, recipe=recipe, budget=budget, n_eval=n_eval, seed=seed,
                             threads=threads, clean_work=clean_work, log=log)
-    n_eval = 4 if n_eval is None else n_eval
+    return _optimize_vocoder(model_path, out, target, recipe, budget, data, calib, 4 if n_eval is None else n_eval,
+                             seed, threads, progress, allow_skip, clean_work, log)
+
+
+def _optimize_vocoder(model_path: Path, out: Path, target: str, recipe: Optional[str], budget: Any,
+                      data: Optional[str | Path], calib: Optional[str | Path], n_eval: int, seed: int,
+                      threads: Optional[int], progress: bool, allow_skip: bool, clean_work: bool, log
+                      ) -> Dict[str, Any]:
+    """:func:`optimize` for a vocoder model.pt (same arguments): every input checked before anything is
+    written, then the passes (resumable run state under ``OUT/.work``), then the bundle and the report."""
+    from edgeflow.passes.base import make_config
+    from edgeflow.targets import for_family, load_target, recipe_budget, recipe_passes
+    from edgeflow.validate.budget import parse_budget
+    from edgeflow.validate.evaluate import load_clips
+
     # -- check every input before anything is written ------------------------------------------------------
     tgt = load_target(target)
     from edgeflow.models.checkpoint import load_model
