@@ -18,32 +18,35 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
 
-def score(source: str, texts) -> dict:
-    """{"summary": {source, sentences, wer (corpus-level), p808 (mean)}, "rows": per sentence} of the corpus
-    voice ``source`` on ``texts``, synthesized with the corpus builder's own command."""
-    from edgeflow.data.corpus import synthesise
-    from edgeflow.validate import perceptual
-    from edgeflow.validate.tts import normalize_transcript
+class CorpusVoice:
+    """The corpus builder's voice ``source`` as a voice :func:`edgeflow.validate.tts.evaluate_voice` can score:
+    ``speak_stream(text)`` synthesizes with the builder's own command and yields the whole sentence;
+    ``sample_rate`` is the voice's native rate (set by the first sentence)."""
 
-    rows, edits, words = [], 0, 0
+    def __init__(self, source: str, scratch: Path):
+        self.source, self.scratch, self.sample_rate = source, scratch, None
+
+    def speak_stream(self, text: str, **_):
+        from edgeflow.data.corpus import synthesise
+
+        wav = self.scratch / "sentence.wav"
+        synthesise(self.source, text, wav)
+        audio, self.sample_rate = sf.read(wav, dtype="float32")
+        yield audio
+
+
+def score(source: str, texts) -> dict:
+    """:func:`edgeflow.validate.tts.evaluate_voice` of the corpus voice ``source`` on ``texts`` (same scorers and
+    summary as any voice bundle: corpus-level ``wer``, mean ``p808``, ...), with ``source`` in the summary."""
+    from edgeflow.validate.tts import evaluate_voice
+
     with tempfile.TemporaryDirectory() as tmp:
-        for i, text in enumerate(texts):
-            wav = Path(tmp) / f"{i}.wav"
-            synthesise(source, text, wav)
-            audio, sr = sf.read(wav, dtype="float32")
-            ref = normalize_transcript(text).split()
-            hyp = perceptual.transcribe(audio, sr).split()
-            e = perceptual.edit_distance(ref, hyp)
-            edits, words = edits + e, words + len(ref)
-            rows.append({"text": text, "wer": e / max(len(ref), 1), "hypothesis": " ".join(hyp),
-                         "dnsmos": perceptual.dnsmos(audio, sr)})
-    summary = {"source": source, "sentences": len(rows), "wer": edits / max(words, 1),
-               "p808": float(np.mean([r["dnsmos"]["p808"] for r in rows]))}
-    return {"summary": summary, "rows": rows}
+        res = evaluate_voice(CorpusVoice(source, Path(tmp)), texts)
+    res["summary"] = {"source": source, **res["summary"]}
+    return res
 
 
 def main(argv=None) -> int:

@@ -43,8 +43,7 @@ def table(report, taus) -> str:
 
 def drop_seen(items, corpora, config):
     """``items`` without those whose phoneme ids equal those of a train / valid text of one of ``corpora``."""
-    import numpy as np
-
+    from edgeflow.data.fmtts import text_ids
     from edgeflow.data.ljspeech import load_split
     from edgeflow.text import phonemes_to_ids, phonemize
 
@@ -52,9 +51,10 @@ def drop_seen(items, corpora, config):
     for corpus in corpora:
         for split in ("train", "valid"):
             for utt in load_split(corpus, split):
-                phonemes = [p for sentence in phonemize(utt.text, config.espeak_voice) for p in sentence]
-                seen.add(tuple(phonemes_to_ids(phonemes, config.phoneme_id_map)))
-    return [it for it in items if tuple(np.asarray(it.ids).tolist()) not in seen]
+                ids = text_ids(utt.text, config, phonemize, phonemes_to_ids)
+                if ids is not None:
+                    seen.add(tuple(ids.tolist()))
+    return [it for it in items if tuple(it.ids.tolist()) not in seen]
 
 
 def main() -> None:
@@ -96,7 +96,8 @@ def main() -> None:
     if args.json:
         out = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit(),
                "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "model_step": step,
-               "split": args.split, "excluded_seen_in": [str(c) for c in seen], "utterances": len(items), "taus": taus, "report": report}
+               "split": args.split, "excluded_seen_in": [str(c) for c in seen], "utterances": len(items),
+               "taus": taus, "report": report}
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
 

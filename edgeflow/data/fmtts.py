@@ -67,14 +67,20 @@ def track_f0(audio: np.ndarray, sample_rate: int, hop: int, frames: int) -> Tupl
     return continuous_log_f0(f0, voiced), voiced.astype(np.float32)
 
 
+def text_ids(text: str, config, phonemize: Callable, to_ids: Callable) -> Optional[np.ndarray]:
+    """The phoneme ids int64 [N] of ``text`` as training sees them (espeak-ng voice and id map of ``config``),
+    or None if it has no phonemes."""
+    phonemes = [p for sentence in phonemize(text, config.espeak_voice) for p in sentence]
+    return np.asarray(to_ids(phonemes, config.phoneme_id_map), dtype=np.int64) if phonemes else None
+
+
 def utterance_item(text: str, audio: np.ndarray, config, phonemize: Callable, to_ids: Callable) -> Optional[Item]:
     """The features of one utterance, or None if it has no phonemes or fewer frames than ids (MAS)."""
     from edgeflow.audio.mel import log_mel
 
-    phonemes = [p for sentence in phonemize(text, config.espeak_voice) for p in sentence]
-    if not phonemes:
+    ids = text_ids(text, config, phonemize, to_ids)
+    if ids is None:
         return None
-    ids = np.asarray(to_ids(phonemes, config.phoneme_id_map), dtype=np.int64)
     hop = config.mel.hop_length
     frames = len(audio) // hop
     if frames < len(ids):
