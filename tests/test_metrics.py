@@ -181,6 +181,27 @@ def test_pocketsphinx_wer(tmp_path):
     assert P.asr_wer(noise, SR, "the quick brown fox")["wer"] >= 0.75
 
 
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+def test_transcript_does_not_depend_on_the_previous_utterance(tmp_path):
+    """Noisy clips (10 dB SNR) decode the same in forward and reverse order: pocketsphinx's
+    front-end state is reset per utterance (these clips decoded differently without it)."""
+    pytest.importorskip("pocketsphinx")
+    from edgeflow.audio.io import load_wav
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for i, text in enumerate(["the weather was fine and the sky was perfectly clear",
+                              "please bring your passport to the front desk",
+                              "we walked along the river until the sun went down"]):
+        subprocess.run(["flite", "-t", text, "-o", str(tmp_path / f"{i}.wav")], check=True)
+        a, sr = load_wav(tmp_path / f"{i}.wav")
+        noise = rng.standard_normal(len(a)).astype(np.float32) * np.sqrt(np.mean(a ** 2) / 10.0)
+        clips.append((a + noise) * (0.3 if i % 2 else 1.0))
+    forward = [P.transcribe(c, sr) for c in clips]
+    backward = [P.transcribe(c, sr) for c in clips[::-1]][::-1]
+    assert forward == backward
+
+
 def test_flops_waveflow_paper():
     from edgeflow.models.waveflow import WaveFlowConfig
 

@@ -95,10 +95,17 @@ def _get_decoder():
 
 def transcribe(audio: np.ndarray, sr: int = 22050) -> str:
     """Pocketsphinx transcript (default US-English acoustic model, language model and
-    dictionary) of the audio, fed as 16 kHz int16; normalised with :func:`normalize_text`."""
+    dictionary) of the audio, fed as 16 kHz int16; normalised with :func:`normalize_text`.
+
+    A pure function of the audio: the shared decoder's feature front end (its noise estimate
+    and cepstral mean) is reset before every utterance, so a transcript does not depend on
+    what was transcribed before it (without the reset, pocketsphinx 5 carries that state over
+    and the same clip can decode differently after a different predecessor).
+    """
     a = to_16k(audio, sr)
     pcm = (np.clip(a, -1.0, 1.0) * 32767.0).round().astype(np.int16)
     dec = _get_decoder()
+    dec.reinit_feat()
     dec.start_utt()
     dec.process_raw(pcm.tobytes(), full_utt=True)
     dec.end_utt()
