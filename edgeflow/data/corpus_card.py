@@ -42,6 +42,11 @@ def write_provenance(tmp: Path, sources: list[str], per_source: dict, clips: dic
     for p in dict.fromkeys(p for s in sources for p in SOURCES[s]["packages"]):
         if (Path("/usr/share/doc") / p / "copyright").is_file():
             shutil.copyfile(Path("/usr/share/doc") / p / "copyright", lic / f"{p}.copyright")
+    atomic_write_text(tmp / "README.md", _readme(info, clips, skipped, sr, seed, minutes, total_min))
+
+
+def _readme(info: dict, clips: dict, skipped: int, sr: int, seed: int, minutes: float, total_min: float) -> str:
+    """The corpus's README.md: where each clip came from, licences, text, processing, split."""
 
     def pkgs(v: dict) -> str:
         return ", ".join(f"{p} {ver or '?'}" for p, ver in v["packages"].items()) or "PyPI"
@@ -53,7 +58,7 @@ def write_provenance(tmp: Path, sources: list[str], per_source: dict, clips: dic
     table = "\n".join(
         f"| `{s}` | {v['speaker']} | {v['engine']} `{v['voice']}` | {pkgs(v)} | "
         f"{v['utterances']} | {v['minutes']:.2f} | {v['licence']} |" for s, v in info.items())
-    atomic_write_text(tmp / "README.md", f"""# edgeflow synthetic English speech corpus
+    return f"""# edgeflow synthetic English speech corpus
 
 {len(clips)} utterances, {total_min:.2f} minutes, {len(info)} voices, {sr} Hz mono 16-bit PCM,
 LJSpeech layout (`metadata.csv`: `id|text|normalized_text|speaker`, `wavs/ID.wav`).
@@ -86,4 +91,4 @@ longer than {MAX_SECONDS:g} s after trimming were skipped ({skipped} skipped).
 ## Split
 `splits.json` holds a fixed train/valid/test split by utterance (5 % valid, 5 % test, seed {seed}).
 Every tool reuses it; calibration must never read the test split.
-""")
+"""

@@ -18,7 +18,7 @@ sets too) checks the manifest, every file's sha256, emptiness, and the mel front
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -76,6 +76,36 @@ def _loudest_window(audio: np.ndarray, length: int, step: int) -> int:
     return int(starts[np.argmax(energy[starts + length] - energy[starts])])
 
 
+def _excerpts(utts: List[Any], mel_cfg: Any, n: int, seed: int, max_seconds: float, multiple: int
+              ) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+    """Up to ``n`` loudest-window excerpts (log-mels [n_mels, frames] and manifest rows) of ``utts``, in
+    :func:`select_utterances` order, each a multiple of ``multiple`` samples and at least four of them long."""
+    from edgeflow.audio.io import load_wav
+    from edgeflow.audio.mel import log_mel
+
+    sr, min_len = int(mel_cfg.sample_rate), 4 * multiple
+    durations = [_duration(u.wav) for u in utts]
+    usable = [i for i, d in enumerate(durations) if d * sr >= min_len]
+    order = select_utterances([utts[i] for i in usable], [durations[i] for i in usable], len(usable), seed)
+    noise_seeds = np.random.default_rng([int(seed), 1]).integers(0, 2 ** 31 - 1, size=n)
+    mels, rows = [], []
+    for k in order:
+        if len(mels) == n:
+            break
+        u = utts[usable[k]]
+        audio, _ = load_wav(u.wav, sr)
+        length = min(len(audio), int(max_seconds * sr)) // multiple * multiple
+        if length < min_len:
+            continue
+        start = _loudest_window(audio, length, multiple)
+        mel = log_mel(audio[start:start + length], mel_cfg).astype(np.float32)
+        rows.append({"id": u.id, "speaker": u.speaker, "source_seconds": round(len(audio) / sr, 3),
+                     "offset_seconds": round(start / sr, 3), "seconds": round(length / sr, 3),
+                     "frames": int(mel.shape[1]), "noise_seed": int(noise_seeds[len(mels)])})
+        mels.append(mel)
+    return mels, rows
+
+
 def build_calibration_set(corpus: str | Path, out_dir: str | Path, mel_cfg: Any, n: int = 16, seed: int = 0,
                           max_seconds: float = 1.0, multiple: int = 256, split: str = "train",
                           model_info: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> Dict[str, Any]:
@@ -100,8 +130,6 @@ def build_calibration_set(corpus: str | Path, out_dir: str | Path, mel_cfg: Any,
         ConfigError: bad n / max_seconds / split, or ``out_dir`` exists without ``overwrite``.
         CorpusError: an unreadable corpus. CalibrationError: no usable utterance.
     """
-    from edgeflow.audio.io import load_wav
-    from edgeflow.audio.mel import log_mel
     from edgeflow.data.ljspeech import load_split
 
     if split not in ALLOWED_SPLITS:
@@ -114,26 +142,8 @@ def build_calibration_set(corpus: str | Path, out_dir: str | Path, mel_cfg: Any,
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists (pass --overwrite to replace it)")
     utts = load_split(corpus, split)
-    sr, min_len = int(mel_cfg.sample_rate), 4 * int(multiple)
-    durations = [_duration(u.wav) for u in utts]
-    usable = [i for i, d in enumerate(durations) if d * sr >= min_len]
-    order = select_utterances([utts[i] for i in usable], [durations[i] for i in usable], len(usable), seed)
-    noise_seeds = np.random.default_rng([int(seed), 1]).integers(0, 2 ** 31 - 1, size=n)
-    mels, rows = [], []
-    for k in order:
-        if len(mels) == n:
-            break
-        u = utts[usable[k]]
-        audio, _ = load_wav(u.wav, sr)
-        length = min(len(audio), int(max_seconds * sr)) // multiple * multiple
-        if length < min_len:
-            continue
-        start = _loudest_window(audio, length, int(multiple))
-        mel = log_mel(audio[start:start + length], mel_cfg).astype(np.float32)
-        rows.append({"id": u.id, "speaker": u.speaker, "source_seconds": round(len(audio) / sr, 3),
-                     "offset_seconds": round(start / sr, 3), "seconds": round(length / sr, 3),
-                     "frames": int(mel.shape[1]), "noise_seed": int(noise_seeds[len(mels)])})
-        mels.append(mel)
+    min_len = 4 * int(multiple)
+    mels, rows = _excerpts(utts, mel_cfg, n, seed, max_seconds, int(multiple))
     if not mels:
         raise CalibrationError(f"{corpus}: no {split} utterance is long enough ({min_len} samples) to calibrate with")
     manifest = {

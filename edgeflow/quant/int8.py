@@ -162,8 +162,6 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     """
     import onnx
 
-    from edgeflow.quant.qdq import collect_ranges, insert_qdq, tensors_for
-
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model = with_shapes(onnx.load(str(src)))        # value_info: fast session loads for every trial
@@ -171,23 +169,7 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     onnx.save(model, str(src))
     roles = classify(model, cfg.op_types)
     float_keep, groups = _layer_groups(roles, cfg)
-    candidates = [n for names in groups.values() for n in names]
-    if cfg.engine == "edgeflow":
-        log(f"    calibrating ({cfg.method}) {len(candidates)} layers on {len(feeds)} utterances ...")
-        wanted = tensors_for(model, candidates, cfg.quantize_outputs)
-        if cfg.residual:
-            wanted |= residual_tensors(model, candidates)
-        ranges = collect_ranges(model, wanted, feeds, cfg.method, threads)
-    reader, cache = CalibReader(feeds), work / f"calibration-{cfg.method}.json"
-
-    def build(names: List[str], path: Path) -> Path:
-        if cfg.engine == "onnxruntime":
-            return quantize_nodes(src, path, names, cfg, reader, cache)
-        extra = residual_tensors(model, names) if cfg.residual else ()
-        q, _ = insert_qdq(model, names, ranges, cfg.activation_type, cfg.per_channel, cfg.quantize_outputs, extra)
-        onnx.save(q, str(path))
-        return path
-
+    build = _builder(model, src, [n for names in groups.values() for n in names], feeds, cfg, work, threads, log)
     ref = run_graph(src, feeds, threads)
     small = list(range(min(len(feeds), cfg.sensitivity_clips)))
     trials: List[Dict[str, Any]] = []
@@ -216,6 +198,34 @@ def coupling_aware_int8(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]
     searched = [{"group": g, "nodes": len(groups[g]), "reason": "sensitivity: among the most harmful groups when "
                  "quantized alone; kept float until the budget held", "quantized_alone": harm.get(g)} for g in kept]
     return _details(cfg, model, names, roles, groups, structural, searched, harm, trials, q, t0)
+
+
+def _builder(model: Any, src: Path, candidates: List[str], feeds: List[Dict[str, np.ndarray]], cfg: Any,
+             work: Path, threads: Optional[int], log: Callable[[str], None]) -> Callable[[List[str], Path], Path]:
+    """Calibrate ``candidates`` once (edgeflow engine) and return ``build(names, path)``, which writes the graph
+    with ``names`` in INT8 (edgeflow's Q/DQ insertion, or onnxruntime's quantize_static) and returns ``path``."""
+    import onnx
+
+    from edgeflow.quant.qdq import collect_ranges, insert_qdq, tensors_for
+
+    ranges = None
+    if cfg.engine == "edgeflow":
+        log(f"    calibrating ({cfg.method}) {len(candidates)} layers on {len(feeds)} utterances ...")
+        wanted = tensors_for(model, candidates, cfg.quantize_outputs)
+        if cfg.residual:
+            wanted |= residual_tensors(model, candidates)
+        ranges = collect_ranges(model, wanted, feeds, cfg.method, threads)
+    reader, cache = CalibReader(feeds), work / f"calibration-{cfg.method}.json"
+
+    def build(names: List[str], path: Path) -> Path:
+        if cfg.engine == "onnxruntime":
+            return quantize_nodes(src, path, names, cfg, reader, cache)
+        extra = residual_tensors(model, names) if cfg.residual else ()
+        q, _ = insert_qdq(model, names, ranges, cfg.activation_type, cfg.per_channel, cfg.quantize_outputs, extra)
+        onnx.save(q, str(path))
+        return path
+
+    return build
 
 
 def _layer_groups(roles: List[Any], cfg: Any) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
