@@ -35,14 +35,15 @@ WER_GOAL, DNSMOS_GOAL = 0.10, -0.3
 
 
 def parse_setting(text: str) -> Dict[str, Any]:
-    """``"solver:nfe:sway[:noise_scale[:length_scale]]"`` -> synthesis options, e.g. ``"midpoint:32:0"`` ->
-    ``{"solver": "midpoint", "nfe": 32, "sway": 0.0}`` (the bundle's defaults for what is left out)."""
+    """``"solver:nfe:sway[:noise_scale[:length_scale[:noise_w]]]"`` -> synthesis options: bench_fm_tts's
+    ``solver:nfe:sway`` parse plus the optional scales (the bundle's defaults for what is left out)."""
+    from bench_fm_tts import parse_setting as ode_setting
+
     parts = text.split(":")
     if not 3 <= len(parts) <= 6:
         raise ValueError(f"setting {text!r}: expected solver:nfe:sway[:noise_scale[:length_scale[:noise_w]]]")
-    out: Dict[str, Any] = {"solver": parts[0], "nfe": int(parts[1]), "sway": float(parts[2])}
-    for name, value in zip(("noise_scale", "length_scale", "noise_w"), parts[3:]):
-        out[name] = float(value)
+    out = ode_setting(":".join(parts[:3]))
+    out.update(zip(("noise_scale", "length_scale", "noise_w"), map(float, parts[3:])))
     return out
 
 
@@ -96,15 +97,18 @@ def main(argv=None) -> int:
     pairs = [b.split("=", 1) for b in args.bundles]
     if any(len(p) != 2 for p in pairs):
         ap.error("each bundle is NAME=PATH")
+    settings = [s for s in args.settings.split(",") if s]
+    try:
+        for s in settings:
+            parse_setting(s)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.heldout is not None:
         texts = heldout_texts(args.heldout, args.exclude_seen_in)[:args.sentences]
         text_set = f"{args.heldout} test split, unseen in " + ", ".join(map(str, [args.heldout, *args.exclude_seen_in]))
     else:
         texts, text_set = sentences(args.texts)[:args.sentences], f"edgeflow.data.tts_text {args.texts}"
     print(f"{len(texts)} sentences: {text_set}")
-    settings = [s for s in args.settings.split(",") if s]
-    for s in settings:
-        parse_setting(s)
     from bench_corpus_voice import score
 
     out: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "sentences": len(texts),
