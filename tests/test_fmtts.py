@@ -166,14 +166,14 @@ def toy_items(n=3, seed=0):
     return items
 
 
-def make_trainer(out, steps, ckpt_every=0, init=""):
+def make_trainer(out, steps, ckpt_every=0, init="", ema=0.0):
     from edgeflow.train.fmtts import FmTtsTrainConfig
     from edgeflow.train.fmtts_trainer import FmTtsTrainer
     from edgeflow.train.recipe import Recipe
 
     recipe = Recipe("fmtts", FmTtsConfig(**TINY), FmTtsTrainConfig(
         steps=steps, batch_size=3, lr=3e-3, valid_every=0, ckpt_every=ckpt_every, ckpt_minutes=0.0, log_every=1,
-        init=init))
+        init=init, ema=ema))
     return FmTtsTrainer(recipe, None, out, progress=False, items=toy_items(), valid_items=toy_items(2, 1),
                         log=lambda m: None)
 
@@ -234,6 +234,34 @@ def test_warm_start_takes_the_weights_and_refuses_another_architecture(tmp_path)
     save_model(tmp_path / "wide.pt", FmTts(FmTtsConfig(**dict(TINY, dec_channels=2 * TINY["dec_channels"]))))
     with pytest.raises(CheckpointError, match="architecture differs"):
         cold.train(steps=1, init=tmp_path / "wide.pt")
+
+
+def test_weight_average_is_what_model_pt_holds_and_validation_scores(tmp_path):
+    from edgeflow.models.checkpoint import load_model
+
+    torch.set_num_threads(1)
+    first = make_trainer(tmp_path / "a", 2)
+    first.train()
+    run = make_trainer(tmp_path / "b", 4, ckpt_every=2, init=str(tmp_path / "a" / "model.pt"), ema=0.6)
+    run.train()
+    loop = run.loop
+    assert loop.ema_updates == 4
+    saved, _ = load_model(tmp_path / "b" / "model.pt", family="fmtts")
+    for n, p in run.model.named_parameters():
+        assert torch.equal(dict(saved.named_parameters())[n], loop.ema[n]), n
+    assert not torch.equal(saved.decoder.out.weight, run.model.decoder.out.weight)   # not the trained weights
+    with torch.no_grad(), loop.averaged():
+        averaged = run.objective.terms(run.model.eval(), run._valid_batch)
+    run.model.train()
+    assert run.validate() == pytest.approx(float(averaged["cfm"] + averaged["prior"]), abs=0)
+    resumed = make_trainer(tmp_path / "c", 4, ckpt_every=2, init=str(tmp_path / "a" / "model.pt"), ema=0.6)
+    resumed.train(steps=2)
+    resumed = make_trainer(tmp_path / "c", 4, ema=0.6)
+    resumed.train(resume=True)
+    for n in loop.ema:
+        assert torch.equal(resumed.loop.ema[n], loop.ema[n]), n
+    with pytest.raises(ValueError, match="ema"):
+        make_trainer(tmp_path / "d", 1, ema=1.0)
 
 
 def test_objective_terms_are_finite_and_durations_cover_frames():

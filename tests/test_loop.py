@@ -223,3 +223,44 @@ def test_interleaved_best_keeps_each_runs_fastest_round_and_warms_up(monkeypatch
     assert best == {"a": 1.0, "b": 4.0}                      # each run's fastest timed round; the 9 s warm-ups not counted
     costs["x"] = [7.0, 5.0]
     assert cost.interleaved_best({"x": run("x")}, rounds=2) == {"x": 5.0}     # no warm-up: every call is timed
+
+
+def test_parameter_average_follows_the_updates_and_swaps_in_and_out():
+    model, loop = _loop(Hooks(), steps=5, ema=0.5)
+    expect = model.weight.detach().clone()
+    for _ in range(5):
+        loop.train_step()
+        expect = 0.5 * expect + 0.5 * model.weight.detach()          # the average of the updated weights
+    trained = model.weight.detach().clone()
+    assert loop.ema_updates == 5 and torch.allclose(loop.ema["weight"], expect)
+    assert not torch.allclose(expect, trained)
+    with loop.averaged() as m:
+        assert m is model and torch.allclose(model.weight, expect)
+    assert torch.equal(model.weight, trained)                          # the trained weights are back
+    loop.start_average()
+    assert torch.equal(loop.ema["weight"], trained) and loop.ema_updates == 0
+    _, plain = _loop(Hooks(), steps=2)
+    with plain.averaged():
+        pass
+    assert plain.ema is None and "ema" not in plain.state_dict()
+
+
+def test_parameter_average_resumes_bit_for_bit():
+    _, full = _loop(Hooks(), ema=0.9)
+    full.run()
+    model_a, part = _loop(Hooks(), steps=7, ema=0.9)
+    part.run()
+    state, weights = part.state_dict(), {k: v.clone() for k, v in model_a.state_dict().items()}
+    model_b, resumed = _loop(Hooks(), ema=0.9)
+    model_b.load_state_dict(weights)
+    resumed.load_state_dict(state)
+    resumed.run()
+    assert resumed.ema_updates == full.ema_updates == 20
+    assert torch.equal(resumed.ema["weight"], full.ema["weight"])
+    _, late = _loop(Hooks(), ema=0.9)                 # a state saved without an average starts one
+    model_c = late.model
+    _, plain = _loop(Hooks(), steps=7)
+    plain.run()
+    model_c.load_state_dict(plain.model.state_dict())
+    late.load_state_dict(plain.state_dict())
+    assert torch.equal(late.ema["weight"], plain.model.weight) and late.ema_updates == 0

@@ -41,7 +41,9 @@ class FmTtsTrainConfig(TrainConfig):
     ``segment_length`` / ``valid_segment`` unused) plus ``max_seconds`` (longer utterances are left out),
     ``ckpt_minutes`` (also checkpoint when this many minutes passed since the last one; 0: off) and ``init``
     (an fmtts model.pt of the same architecture to warm-start a new run from, e.g. on a larger corpus of the
-    same voice: ``--set init=MODEL.pt``; "" for none; ignored when resuming)."""
+    same voice: ``--set init=MODEL.pt``; "" for none; ignored when resuming) and ``ema`` (decay of an
+    exponential moving average of the weights, which validation scores and model.pt / best.pt hold; 0: none;
+    0.998 averages over about the last 500 steps)."""
 
     batch_size: int = 16
     lr: float = 1e-4
@@ -49,11 +51,13 @@ class FmTtsTrainConfig(TrainConfig):
     max_seconds: float = 12.0
     ckpt_minutes: float = 5.0
     init: str = ""
+    ema: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
-        if not (self.max_seconds > 0 and self.ckpt_minutes >= 0):
-            raise ValueError("need max_seconds > 0 and ckpt_minutes >= 0")
+        if not (self.max_seconds > 0 and self.ckpt_minutes >= 0 and 0 <= self.ema < 1):
+            raise ValueError(f"need max_seconds > 0, ckpt_minutes >= 0 and 0 <= ema < 1, got "
+                             f"max_seconds={self.max_seconds!r}, ckpt_minutes={self.ckpt_minutes!r}, ema={self.ema!r}")
 
 
 def gaussian_log_likelihood(y: Tensor, mu_x: Tensor) -> Tensor:

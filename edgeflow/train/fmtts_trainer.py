@@ -1,7 +1,8 @@
 """Flow-matching TTS training run: corpus features, deterministic batches, the loop's hooks, checkpoints.
 
-Run folder (as the other trainers): ``recipe.json``, ``train_state.pt`` (model, optimizer, loop counters),
-``model.pt``, ``best.pt`` (by the validation loss), ``log.csv``, ``features-*.npz`` (the feature cache).
+Run folder (as the other trainers): ``recipe.json``, ``train_state.pt`` (model, optimizer, loop counters, the
+parameter average), ``model.pt``, ``best.pt`` (by the validation loss; both hold the averaged weights when the
+recipe sets ``ema``), ``log.csv``, ``features-*.npz`` (the feature cache).
 Checkpoints every ``ckpt_every`` steps and, in addition, whenever ``ckpt_minutes`` of wall time have passed
 since the last one. Exact resume: the batch of step k (utterances, padding, t, z, decoder windows, guidance
 dropout, dropout masks) comes from ``(seed, k)`` alone.
@@ -101,7 +102,7 @@ class FmTtsTrainer(LoopHooks):
         c = self.cfg
         settings = LoopSettings(steps=c.steps, lr=c.lr, grad_clip=c.grad_clip, lr_decay_every=c.lr_decay_every,
                                 lr_decay=c.lr_decay, valid_every=c.valid_every, ckpt_every=c.ckpt_every,
-                                ckpt_at_end=True, desc="train fmtts")
+                                ckpt_at_end=True, ema=c.ema, desc="train fmtts")
         self.loop = TrainLoop(self.model, self.objective, self, settings, progress=progress, log=log)
         self._items, self._valid_items = items, valid_items
         self._last_save = time.time()
@@ -139,12 +140,13 @@ class FmTtsTrainer(LoopHooks):
 
     # -- validation, logging, checkpoints ------------------------------------------------------------------------
     def validate(self) -> Optional[float]:
-        """CFM + prior loss on the fixed validation batch (fixed t and z), or None without one."""
+        """CFM + prior loss on the fixed validation batch (fixed t and z), or None without one; of the averaged
+        weights when the recipe keeps an average (``ema``), as those are what model.pt and best.pt hold."""
         if self._valid_batch is None:
             return None
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.loop.averaged():
                 out = self.objective.terms(self.model, self._valid_batch)
         finally:
             self.model.train()
@@ -175,7 +177,8 @@ class FmTtsTrainer(LoopHooks):
     def _save_model(self, path: Path) -> None:
         from edgeflow.models.checkpoint import save_model
 
-        save_model(path, self.model, meta=self._meta())
+        with self.loop.averaged():                  # the weights to use: the average, when there is one
+            save_model(path, self.model, meta=self._meta())
 
     def state_path(self) -> Path:
         return self.out / "train_state.pt"
@@ -257,6 +260,7 @@ class FmTtsTrainer(LoopHooks):
             if init:
                 got = self.warm_start(init)
                 self.log(f"train fmtts: warm start from {init} (step {got['step']}; its feature statistics kept)")
+            self.loop.start_average()
             atomic_write_json(self.out / "recipe.json", self.recipe.to_dict())
         self._start_log()
         self._last_save = time.time()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Dict, Optional, Protocol, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional, Protocol, Tuple
 
 import torch
 
@@ -63,6 +64,10 @@ class LoopSettings:
         max_minutes: stop once this much training time has passed, counted across resumes (0: no cap).
         skip_nonfinite: skip the update of a step whose loss is NaN/Inf (not under DDP: ranks must agree).
         amp: float16 grad scaling (CUDA; the objective does its own autocast).
+        ema: decay of an exponential moving average of the parameters, updated after every optimizer step
+            (0: none; 0.998 averages over about the last 500 steps). It starts from the weights the model has
+            when the loop is made, or at :meth:`TrainLoop.start_average` (call it after loading a warm start);
+            :meth:`TrainLoop.averaged` swaps it in (for validation and the saved model).
         desc: the progress bar's label.
     """
 
@@ -78,6 +83,7 @@ class LoopSettings:
     max_minutes: float = 0.0
     skip_nonfinite: bool = False
     amp: bool = False
+    ema: float = 0.0
     desc: str = "train"
 
 
@@ -108,13 +114,18 @@ class TrainLoop:
         self.estimated_seconds: Optional[float] = None
         self.last_loss: Optional[float] = None
         self.context = ""          # printed before the cost estimate, e.g. "data X; 200 steps of 2 x 4096 samples; "
+        self.ema: Optional[Dict[str, torch.Tensor]] = None
+        self.ema_updates = 0
+        if settings.ema:
+            self.start_average()
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Everything the loop needs to continue exactly (tensors, numbers and strings only)."""
         return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
                 "best": self.best, "best_step": self.best_step, "since_best": self.since_best,
-                "elapsed": self.elapsed, "stopped": self.stopped}
+                "elapsed": self.elapsed, "stopped": self.stopped,
+                **({"ema": dict(self.ema), "ema_updates": self.ema_updates} if self.ema is not None else {})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (missing counters keep their defaults)."""
@@ -125,6 +136,44 @@ class TrainLoop:
         self.best = float(state.get("best", math.inf))
         self.best_step, self.since_best = int(state.get("best_step", 0)), int(state.get("since_best", 0))
         self.elapsed, self.stopped = float(state.get("elapsed", 0.0)), str(state.get("stopped", ""))
+        if self.ema is not None:
+            if "ema" in state:      # a state saved without an average starts one from the restored weights
+                self.ema = {n: state["ema"][n].detach().clone() for n in self.ema}
+                self.ema_updates = int(state.get("ema_updates", 0))
+            else:
+                self.start_average()
+
+    # -- parameter average ---------------------------------------------------------------------------------------
+    def start_average(self) -> None:
+        """(Re)start the parameter average from the model's current weights (no-op without ``ema``)."""
+        if self.s.ema:
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+            self.ema_updates = 0
+
+    def _update_ema(self) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                self.ema[n].lerp_(p.detach(), 1.0 - self.s.ema)
+        self.ema_updates += 1
+
+    @contextmanager
+    def averaged(self) -> Iterator[torch.nn.Module]:
+        """The model with its averaged parameters swapped in for the ``with`` block (the trained ones are put
+        back after it); the model as it is when the loop keeps no average."""
+        if self.ema is None:
+            yield self.model
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            saved = {n: p.detach().clone() for n, p in params.items()}
+            for n, p in params.items():
+                p.copy_(self.ema[n])
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(saved[n])
 
     # -- one step ------------------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -144,6 +193,8 @@ class TrainLoop:
             gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
             self.scaler.step(self.opt)
             self.scaler.update()
+            if self.ema is not None:
+                self._update_ema()
         self.step += 1
         self.last_loss = float(loss.detach())
         return self.last_loss, logs, gnorm
