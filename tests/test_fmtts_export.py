@@ -277,10 +277,10 @@ def test_shipped_demo_checkpoint_loads_and_matches_its_card():
 
     path = Path(__file__).resolve().parents[1] / "models" / "fm-tts-demo" / "model.pt"
     model, ckpt = load_model(path)
-    assert ckpt["family"] == "fmtts" and ckpt["meta"]["step"] == 3204
+    assert ckpt["family"] == "fmtts" and ckpt["meta"]["step"] == 4675 and ckpt["meta"]["init"]["step"] == 3204
     assert sum(p.numel() for p in model.parameters()) == 3_284_602
     card = (path.parent / "README.md").read_text()
-    assert "3,284,602 parameters" in card and "step-3204" in card
+    assert "3,284,602 parameters" in card and "step-4675" in card
     import torch
 
     with torch.no_grad():
