@@ -9,10 +9,18 @@ not make the target unreachable (a margin of the generator's receptive field mak
     pred = student(cond, g)[..., margin * hop : -margin * hop]
     loss = mel_weight * |logmel(pred) - logmel(audio)|_1 + stft_weight * MR-STFT(pred, audio)
 
-(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`). AdamW; the batch of
+(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`). With ``adv_weight``
+> 0 a multi-resolution spectrogram discriminator (:mod:`edgeflow.compress.discriminator`, trained from scratch
+beside the student from step ``adv_start`` on, the teacher's audio as "real") adds HiFi-GAN's least-squares
+adversarial term and, at ``fm_weight``, feature matching::
+
+    loss += adv_weight * E(1 - D(pred))^2 + fm_weight * |D_feats(audio) - D_feats(pred)|_1
+
+each step first updating the discriminator (its own AdamW at ``disc_lr``) on the detached prediction. AdamW; the batch of
 step k is a seeded draw of window indices depending only on (seed, k), so a run is deterministic on one machine.
-Validation: the same loss, no gradients, on held-out windows every ``valid_every`` steps (and before the first);
-the best student is kept. Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without
+Validation: the spectral loss (mel + STFT, never the adversarial terms), no gradients, on held-out windows every
+``valid_every`` steps (and before the first); the best student is kept (``keep`` "best"), or the last one
+(``keep`` "last": what the adversarial terms improve, the spectral distance does not measure). Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without
 improvement. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed
 after a timed first step). No resume: a run is meant to be short (minutes); a killed run starts over.
 
@@ -32,6 +40,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from edgeflow.compress.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
+                                             feature_matching_loss, generator_adv_loss)
 from edgeflow.compress.losses import log_mel_l1, mr_stft_loss
 from edgeflow.compress.window_loop import train_windows
 from edgeflow.core.config import ConfigBase
@@ -50,8 +60,14 @@ class GeneratorDistillSettings(ConfigBase):
         grad_clip: max gradient norm.
         valid_every: steps between validations (0: validate only before and after).
         patience: stop after this many validations without improvement (0: never).
-        seed: the window draws.
+        seed: the window draws (and the discriminator's initialization).
         threads: torch CPU threads during the run (0: leave as is).
+        adv_weight: weight of the least-squares adversarial term (0: no discriminator).
+        fm_weight: weight of the discriminator feature matching (needs adv_weight > 0).
+        adv_start: steps of spectral losses alone before the discriminator and its terms start.
+        disc_lr: the discriminator's AdamW learning rate (same betas).
+        disc_channels: hidden width of each sub-discriminator.
+        keep: "best" (lowest validation value) or "last" weights at the end.
     """
 
     steps: int = 600
@@ -67,6 +83,12 @@ class GeneratorDistillSettings(ConfigBase):
     patience: int = 0
     seed: int = 0
     threads: int = 0
+    adv_weight: float = 0.0
+    fm_weight: float = 0.0
+    adv_start: int = 0
+    disc_lr: float = 2e-4
+    disc_channels: int = 32
+    keep: str = "best"
 
     def __post_init__(self):
         if self.steps < 0 or self.batch < 1 or self.valid_every < 0 or self.patience < 0:
@@ -76,6 +98,13 @@ class GeneratorDistillSettings(ConfigBase):
         if self.mel_weight < 0 or self.stft_weight < 0 or self.mel_weight + self.stft_weight <= 0:
             raise ValueError("mel_weight and stft_weight must be >= 0, not both 0")
         self.betas = tuple(float(b) for b in self.betas)
+        if self.adv_weight < 0 or self.fm_weight < 0 or self.adv_start < 0 or not self.disc_lr > 0 \
+                or self.disc_channels < 1:
+            raise ValueError("adv_weight, fm_weight and adv_start must be >= 0, disc_lr > 0, disc_channels >= 1")
+        if self.fm_weight > 0 and self.adv_weight == 0:
+            raise ValueError("fm_weight needs a discriminator: set adv_weight > 0")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
 
 @dataclasses.dataclass
@@ -118,15 +147,46 @@ class GeneratorWindows:
         return self.take(idx[:-n_valid]), self.take(idx[-n_valid:])
 
 
+class _Adversary:
+    """The discriminator and its optimizer; :meth:`step` trains it once and returns the generator's terms."""
+
+    def __init__(self, s: GeneratorDistillSettings):
+        with torch.random.fork_rng():
+            torch.manual_seed(s.seed)
+            self.disc = MultiResolutionDiscriminator(channels=s.disc_channels)
+        self.opt = torch.optim.AdamW(self.disc.parameters(), lr=s.disc_lr, betas=s.betas)
+
+    def step(self, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One discriminator update on (target [B, T] real, pred [B, T] detached fake), then the generator's
+        terms {"adv", "fm"} (differentiable in ``pred``) and the discriminator's loss "disc" (before its update)."""
+        disc = self.disc.requires_grad_(True)
+        d_loss = discriminator_loss(disc(target), disc(pred.detach()))
+        if bool(torch.isfinite(d_loss)):
+            self.opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        disc.requires_grad_(False)
+        fake = disc(pred)
+        with torch.no_grad():
+            real = disc(target)
+        return {"disc": d_loss.detach(), "adv": generator_adv_loss(fake), "fm": feature_matching_loss(real, fake)}
+
+
 class _Objective:
     def __init__(self, logmel: nn.Module, s: GeneratorDistillSettings):
         self.logmel, self.s = logmel, s
+        self.adversary = _Adversary(s) if s.adv_weight > 0 else None
+        self.calls = 0
 
-    def terms(self, model: nn.Module, batch: GeneratorWindows) -> Dict[str, torch.Tensor]:
+    @staticmethod
+    def _pair(model: nn.Module, batch: GeneratorWindows) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(prediction [B, T], target [B, T]): the student's centre samples and the teacher's."""
         cut = batch.margin * batch.hop
         pred = model(batch.cond, batch.g)[:, 0].float()
-        pred = pred[:, cut:pred.shape[1] - cut]
-        t = batch.audio[:, 0].float()
+        return pred[:, cut:pred.shape[1] - cut], batch.audio[:, 0].float()
+
+    def _spectral(self, pred: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
         parts = {}
         total = pred.new_zeros(())
         if self.s.mel_weight > 0:
@@ -138,8 +198,17 @@ class _Objective:
         parts["total"] = total
         return parts
 
+    def terms(self, model: nn.Module, batch: GeneratorWindows) -> Dict[str, torch.Tensor]:
+        """The spectral terms and their weighted "total" (what validation measures)."""
+        return self._spectral(*self._pair(model, batch))
+
     def loss(self, model, batch, _u=None):
-        parts = self.terms(model, batch)
+        pred, t = self._pair(model, batch)
+        parts = self._spectral(pred, t)
+        step, self.calls = self.calls, self.calls + 1
+        if self.adversary is not None and step >= self.s.adv_start:
+            parts.update(self.adversary.step(pred, t))
+            parts["total"] = parts["total"] + self.s.adv_weight * parts["adv"] + self.s.fm_weight * parts["fm"]
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
     @torch.no_grad()
@@ -166,7 +235,8 @@ def window_distance(gen: nn.Module, windows: GeneratorWindows, logmel: nn.Module
 def distill_generator(student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, logmel: nn.Module,
                       settings: GeneratorDistillSettings, progress: bool = True,
                       log: Optional[Callable[[str], None]] = print, desc: str = "distill generator") -> Dict[str, Any]:
-    """Train ``student`` (in place, on CPU) towards the windows' audio; it ends holding the best weights.
+    """Train ``student`` (in place, on CPU) towards the windows' audio; it ends holding the best weights (or the
+    last, ``settings.keep``).
 
     Returns:
         {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
@@ -176,4 +246,4 @@ def distill_generator(student: nn.Module, train: GeneratorWindows, valid: Genera
     objective = _Objective(logmel, s)
     opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     return train_windows(student, objective.loss, train, lambda m: objective.distance(m, valid), len(valid), s,
-                         progress, log, desc, optimizer=opt, digits=5)
+                         progress, log, desc, optimizer=opt, digits=5, keep_best=s.keep == "best")

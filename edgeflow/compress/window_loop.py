@@ -74,9 +74,10 @@ def _mean(xs: List[float], digits: int) -> Optional[float]:
 def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Callable[[nn.Module], float],
                   n_valid: int, settings: Any, progress: bool = True, log: Optional[Callable[[str], None]] = print,
                   desc: str = "train", optimizer: Optional[torch.optim.Optimizer] = None,
-                  digits: int = 6) -> Dict[str, Any]:
+                  digits: int = 6, keep_best: bool = True) -> Dict[str, Any]:
     """Train ``student`` (in place, CPU) on ``train`` (``len`` and ``.take(idx)``); it ends holding the weights
-    with the lowest ``valid_fn(student)`` (no gradients; also measured before the first step and after the last).
+    with the lowest ``valid_fn(student)`` (no gradients; also measured before the first step and after the last),
+    or its last weights when ``keep_best`` is False.
 
     Args:
         optimizer: over ``student``'s parameters (default: Adam at ``settings.lr``).
@@ -105,7 +106,7 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
         summary = loop.run(valid_first=bool(s.valid_every))   # (with it, timed for the ETA)
         if not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
             loop.check_valid()                              # the last weights are a candidate too
-        if hooks.best_state is not None:
+        if keep_best and hooks.best_state is not None:
             student.load_state_dict(hooks.best_state)
         student.eval()
     finally:
@@ -113,6 +114,7 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
     return {"steps": loop.step, "stopped": loop.stopped or "steps done",
             "valid_before": round(hooks.valid_rows[0][1], digits) if hooks.valid_rows else None,
             "valid_best": None if math.isinf(loop.best) else round(loop.best, digits), "best_step": loop.best_step,
+            "kept": "best" if keep_best else "last",
             "valid_curve": [[int(a), round(b, digits)] for a, b in hooks.valid_rows],
             "loss_first": _mean(hooks.losses[:10], digits), "loss_last": _mean(hooks.losses[-10:], digits),
             "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}

@@ -12,7 +12,9 @@ Applies to a family that declares the generator's channel groups (``Family.chann
    the student learns the vocoder it replaces, including on speakers the corpus does not sound like;
 3. :func:`edgeflow.compress.generator.prune_generator` removes ``ratio`` of every channel group (importance from
    ``score_windows`` training windows), :func:`edgeflow.compress.generator_distill.distill_generator` trains the
-   pruned generator (``finetune``: GeneratorDistillSettings options), and the model keeps the best student.
+   pruned generator (``finetune``: GeneratorDistillSettings options, among them an adversarial term against a
+   discriminator trained beside it, ``adv_weight`` / ``fm_weight``), and the model keeps the best (or the last,
+   ``keep``) student.
 
 Run it before ``freeze`` / ``export`` (the polyphase export form has no channel groups to cut).
 """
