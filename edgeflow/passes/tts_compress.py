@@ -57,6 +57,10 @@ class TtsPruneConfig(PassConfig):
         mel_weight, stft_weight: loss weights.
         valid_every: steps between validations.
         threads: torch threads during the pass (0: as is).
+        adv_weight, fm_weight, adv_start, disc_channels, keep: the adversarial term of the distillation (a
+            spectrogram discriminator trained beside the decoder; 0: none) and which weights are kept ("best" by
+            the spectral validation distance, or "last"); see
+            :class:`edgeflow.compress.generator_distill.GeneratorDistillSettings`.
     """
 
     ratio: float = 0.25
@@ -76,6 +80,11 @@ class TtsPruneConfig(PassConfig):
     stft_weight: float = 1.0
     valid_every: int = 50
     threads: int = 0
+    adv_weight: float = 0.0
+    fm_weight: float = 0.0
+    adv_start: int = 0
+    disc_channels: int = 32
+    keep: str = "best"
 
     def __post_init__(self):
         from edgeflow.compress.prune import check_ratio
@@ -100,7 +109,9 @@ class TtsPruneConfig(PassConfig):
 
         return GeneratorDistillSettings(steps=self.steps, max_minutes=self.max_minutes, lr=self.lr, batch=self.batch,
                                         mel_weight=self.mel_weight, stft_weight=self.stft_weight,
-                                        valid_every=self.valid_every, threads=self.threads)
+                                        valid_every=self.valid_every, threads=self.threads,
+                                        adv_weight=self.adv_weight, fm_weight=self.fm_weight,
+                                        adv_start=self.adv_start, disc_channels=self.disc_channels, keep=self.keep)
 
     def refusal(self, family: Any) -> Optional[str]:
         if getattr(family, "name", None) != "vits":
