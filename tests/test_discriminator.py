@@ -102,6 +102,7 @@ def test_adversarial_distillation_is_deterministic_and_keeps_last_or_best():
     ra = distill_generator(a, train, valid, logmel, s, progress=False, log=None)
     rb = distill_generator(b, train, valid, logmel, s, progress=False, log=None)
     assert ra["valid_curve"] == rb["valid_curve"] and ra["kept"] == "last" and ra["steps"] == 4
+    assert set(ra["terms_last"]) == {"mel", "stft", "disc", "adv", "fm"} and ra["terms_last"] == rb["terms_last"]
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     # "last" holds the final weights: its validation value is the curve's last one, best or not
     last = _Objective(logmel, s).distance(a, valid)

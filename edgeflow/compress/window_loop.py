@@ -46,6 +46,7 @@ class _Hooks(LoopHooks):
         self.student, self.valid_fn, self.train, self.s = student, valid_fn, train, settings
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
         self.losses: List[float] = []
+        self.terms: List[Dict[str, float]] = []
         self.valid_rows: List[List[float]] = []
 
     def batch(self, step: int):
@@ -64,11 +65,18 @@ class _Hooks(LoopHooks):
 
     def on_step(self, step, loss, logs, grad_norm, valid) -> None:
         self.losses.append(loss)
+        self.terms.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
 
 
 def _mean(xs: List[float], digits: int) -> Optional[float]:
     xs = [x for x in xs if math.isfinite(x)]
     return round(sum(xs) / len(xs), digits) if xs else None
+
+
+def _term_means(rows: List[Dict[str, float]], digits: int) -> Dict[str, Optional[float]]:
+    """{term: mean over ``rows``} for every term logged in any of them (e.g. "mel", "stft", "adv", "disc")."""
+    names = sorted({k for r in rows for k in r})
+    return {k: _mean([r[k] for r in rows if k in r], digits) for k in names}
 
 
 def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Callable[[nn.Module], float],
@@ -84,8 +92,9 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
         n_valid: held-out windows (for the progress line). digits: rounding of the returned values.
 
     Returns:
-        {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
-         "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds"}.
+        {"steps", "stopped", "valid_before", "valid_best", "best_step", "kept", "valid_curve" [[step, value]],
+         "loss_first", "loss_last" (means of the first / last 10 steps), "terms_last" ({logged term: mean over
+         the last 100 steps}), "train_seconds", "first_step_seconds"}.
     """
     s = settings
     old = torch.get_num_threads()
@@ -117,4 +126,5 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
             "kept": "best" if keep_best else "last",
             "valid_curve": [[int(a), round(b, digits)] for a, b in hooks.valid_rows],
             "loss_first": _mean(hooks.losses[:10], digits), "loss_last": _mean(hooks.losses[-10:], digits),
+            "terms_last": _term_means(hooks.terms[-100:], digits),
             "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}
