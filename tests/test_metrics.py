@@ -168,6 +168,21 @@ def test_dnsmos_no_reference(clean):
     assert T.no_reference(add_noise(clean, 0), SR)["dnsmos_bak"] < out["dnsmos_bak"]
 
 
+def test_budget_dnsmos_metrics_read_their_own_model(clean, monkeypatch):
+    """``dnsmos`` is the P.835 overall score, ``dnsmos_p808`` the P.808 one (what the benchmarks report); both
+    budgetable, higher is better."""
+    from edgeflow.validate.budget import DIRECTION, budget_violations, parse_budget
+    from edgeflow.validate.evaluate import EvalClip, score
+    from edgeflow.audio.mel import MelConfig
+
+    monkeypatch.setattr(P, "dnsmos", lambda a, sr: {"ovrl": 3.0, "sig": 3.5, "bak": 4.0, "p808": 3.75})
+    clip = EvalClip("c", clean, None)
+    got = score([clean], [clip], MelConfig(), metrics=["dnsmos", "dnsmos_p808"])
+    assert got == {"dnsmos": 3.0, "dnsmos_p808": 3.75}
+    assert DIRECTION["dnsmos_p808"] is True and parse_budget("dnsmos_p808=0.3") == {"dnsmos_p808": 0.3}
+    assert set(budget_violations({"dnsmos_p808": 3.9}, {"dnsmos_p808": 3.5}, {"dnsmos_p808": 0.3})) == {"dnsmos_p808"}
+
+
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 def test_pocketsphinx_wer(tmp_path):
     pytest.importorskip("pocketsphinx")

@@ -90,7 +90,7 @@ def bundle_synthesizer(bundle_dir: str | Path, seed: int = 0, threads: Optional[
 #: metrics of :func:`score` when none are named (the per-pass gate's historical set)
 GATE_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft")
 #: metrics of the final report (every budgetable metric; wer only where clips have transcripts)
-REPORT_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft", "mcd", "lsd", "dnsmos", "wer")
+REPORT_METRICS = ("pesq", "stoi", "mel_l1", "mr_stft", "mcd", "lsd", "dnsmos", "dnsmos_p808", "wer")
 
 
 def evaluate(synth: Synth, clips: Sequence[EvalClip], mel_cfg: MelConfig,

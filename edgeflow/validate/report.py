@@ -129,7 +129,7 @@ def score_final(clips, ref_out, opt_out, mel_cfg, log) -> tuple:
     ref_full = score(ref_out, clips, mel_cfg, metrics=metrics, log=log, label="scoring the unoptimized model")
     opt_full = score(opt_out, clips, mel_cfg, reference=ref_out, metrics=metrics, log=log,
                      label="scoring the final bundle")
-    noref = [m for m in ("dnsmos", "wer") if m in metrics]
+    noref = [m for m in ("dnsmos", "dnsmos_p808", "wer") if m in metrics]
     truth = score([c.audio for c in clips], clips, mel_cfg, metrics=noref, log=log, label="scoring the ground truth")
     sanity = sanity_check([c.audio for c in clips], ref_out, mel_cfg.sample_rate, ref_full, truth)
     return ref_full, opt_full, sanity

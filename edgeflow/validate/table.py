@@ -79,6 +79,10 @@ TABLE: Dict[str, Metric] = {m.name: m for m in (
     Metric("dnsmos", "DNSMOS P.835 overall MOS of the output alone (speechmos), 1..5", True, "MOS",
            "no_reference", (("speechmos", "speechmos"), ("onnxruntime", "onnxruntime")),
            lambda t, o, sr, cfg, text: P.dnsmos(o, sr)["ovrl"]),
+    Metric("dnsmos_p808", "DNSMOS P.808 overall-quality MOS of the output alone (speechmos), 1..5: the figure the "
+           "benchmarks and the TTS reports give", True, "MOS", "no_reference",
+           (("speechmos", "speechmos"), ("onnxruntime", "onnxruntime")),
+           lambda t, o, sr, cfg, text: P.dnsmos(o, sr)["p808"]),
     Metric("wer", "word-error rate of pocketsphinx's US-English model on the output against the clip's "
            "transcript (clips without a transcript are not scored)", False, "", "transcript",
            (("pocketsphinx", "pocketsphinx"),), _wer),
