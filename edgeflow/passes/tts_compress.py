@@ -10,8 +10,9 @@ Runs on the torch model, so it goes BEFORE ``tts_export`` in a recipe. Steps:
 2. pruning (:func:`edgeflow.compress.generator.prune_generator`): ``ratio`` of every channel group removed
    (``widths`` overrides named groups, e.g. {"stage2": 16}), channels ranked on ``calib_windows`` training
    windows, the kept convs refitted by least squares on them (``refit``);
-3. distillation (:func:`edgeflow.compress.generator_distill.distill_generator`): log-mel L1 + MR-STFT, AdamW,
-   ``steps`` / ``max_minutes``, the best held-out weights kept.
+3. distillation (:func:`edgeflow.compress.generator_distill.distill_generator`): log-mel L1 + MR-STFT (plus an
+   adversarial term with ``adv_weight`` > 0), AdamW, ``steps`` / ``max_minutes``, the best held-out weights kept
+   (or the last, ``keep``).
 
 The artifact's model becomes a new Vits with the smaller decoder (its config carries the widths); the details
 report the parameters, the cost model's decoder and total GFLOP per second of audio before / after, the loss
