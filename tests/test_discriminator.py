@@ -91,6 +91,11 @@ def test_adversarial_terms_start_at_adv_start_and_train_the_discriminator():
     g_adv = torch.cat([p.grad.flatten() for p in student.parameters()])
     g_plain = torch.cat([p.grad.flatten() for p in plain.parameters()])
     assert not torch.allclose(g_adv, g_plain)
+    # without feature matching the teacher's maps are not computed and no "fm" term is logged
+    no_fm = _Objective(LogMel(MelConfig()), s.replace(fm_weight=0.0, adv_start=0))
+    loss2, logs2 = no_fm.loss(student, batch)
+    assert set(logs2) == {"mel", "stft", "disc", "adv"}
+    assert float(loss2.detach()) == pytest.approx(logs2["mel"] + logs2["stft"] + 0.5 * logs2["adv"], rel=1e-5)
 
 
 def test_adversarial_distillation_is_deterministic_and_keeps_last_or_best():

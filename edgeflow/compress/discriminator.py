@@ -8,8 +8,9 @@ distillation a discriminator trained from scratch beside the student, with the *
   convolution stack over one STFT magnitude [B, 1, frames, bins]; cheap on a CPU next to HiFi-GAN's
   multi-period discriminator, and it sees the harmonic / noise structure the buzz lives in.
 - :class:`MultiResolutionDiscriminator`: one of those per resolution (UnivNet's three by default).
-- HiFi-GAN's least-squares losses (arXiv 2010.05646, eqs. 1-2) and feature matching (eq. 3), each averaged
-  over the sub-discriminators (HiFi-GAN sums them; averaging keeps the weights independent of their number).
+- HiFi-GAN's least-squares losses (arXiv 2010.05646, eqs. 1-2) and feature matching (eq. 3): the VITS
+  trainer's (:mod:`edgeflow.train.vits`), averaged over the sub-discriminators instead of summed, so the
+  weights do not depend on their number.
 
 Example::
 
@@ -29,6 +30,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from edgeflow.compress.losses import stft_magnitude
+from edgeflow.train import vits as gan
 
 #: (n_fft, hop, win) of UnivNet's MRD.
 MRD_RESOLUTIONS: Tuple[Tuple[int, int, int], ...] = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
@@ -98,18 +100,17 @@ class MultiResolutionDiscriminator(nn.Module):
 
 
 def discriminator_loss(real: List[Output], fake: List[Output]) -> torch.Tensor:
-    """Least squares, real -> 1 and fake -> 0: mean over sub-discriminators of E(1 - D(r))^2 + E D(f)^2."""
-    terms = [((1 - r) ** 2).mean() + (f ** 2).mean() for (r, _), (f, _) in zip(real, fake)]
-    return torch.stack(terms).mean()
+    """Least squares, real -> 1 and fake -> 0: mean over sub-discriminators of E(1 - D(r))^2 + E D(f)^2
+    (:func:`edgeflow.train.vits.discriminator_loss`, which sums, divided by their number)."""
+    return gan.discriminator_loss([r for r, _ in real], [f for f, _ in fake]) / len(real)
 
 
 def generator_adv_loss(fake: List[Output]) -> torch.Tensor:
     """Least squares for the generator: mean over sub-discriminators of E(1 - D(G(s)))^2."""
-    return torch.stack([((1 - f) ** 2).mean() for f, _ in fake]).mean()
+    return gan.generator_loss([f for f, _ in fake]) / len(fake)
 
 
 def feature_matching_loss(real: List[Output], fake: List[Output]) -> torch.Tensor:
     """Mean over sub-discriminators and their layers of the L1 distance between the feature maps of the real
     (teacher) and the generated audio; the real maps are taken as constants."""
-    terms = [(fr.detach() - ff).abs().mean() for (_, rs), (_, fs) in zip(real, fake) for fr, ff in zip(rs, fs)]
-    return torch.stack(terms).mean()
+    return gan.feature_loss([rs for _, rs in real], [fs for _, fs in fake]) / sum(len(fs) for _, fs in fake)

@@ -156,9 +156,10 @@ class _Adversary:
             self.disc = MultiResolutionDiscriminator(channels=s.disc_channels)
         self.opt = torch.optim.AdamW(self.disc.parameters(), lr=s.disc_lr, betas=s.betas)
 
-    def step(self, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def step(self, pred: torch.Tensor, target: torch.Tensor, fm: bool) -> Dict[str, torch.Tensor]:
         """One discriminator update on (target [B, T] real, pred [B, T] detached fake), then the generator's
-        terms {"adv", "fm"} (differentiable in ``pred``) and the discriminator's loss "disc" (before its update)."""
+        terms "adv" and, with ``fm``, "fm" (differentiable in ``pred``) and the discriminator's loss "disc"
+        (before its update)."""
         disc = self.disc.requires_grad_(True)
         d_loss = discriminator_loss(disc(target), disc(pred.detach()))
         if bool(torch.isfinite(d_loss)):
@@ -168,9 +169,12 @@ class _Adversary:
             self.opt.zero_grad(set_to_none=True)
         disc.requires_grad_(False)
         fake = disc(pred)
-        with torch.no_grad():
-            real = disc(target)
-        return {"disc": d_loss.detach(), "adv": generator_adv_loss(fake), "fm": feature_matching_loss(real, fake)}
+        terms = {"disc": d_loss.detach(), "adv": generator_adv_loss(fake)}
+        if fm:
+            with torch.no_grad():
+                real = disc(target)                 # the updated discriminator's maps of the teacher's audio
+            terms["fm"] = feature_matching_loss(real, fake)
+        return terms
 
 
 class _Objective:
@@ -207,8 +211,10 @@ class _Objective:
         parts = self._spectral(pred, t)
         step, self.calls = self.calls, self.calls + 1
         if self.adversary is not None and step >= self.s.adv_start:
-            parts.update(self.adversary.step(pred, t))
-            parts["total"] = parts["total"] + self.s.adv_weight * parts["adv"] + self.s.fm_weight * parts["fm"]
+            parts.update(self.adversary.step(pred, t, fm=self.s.fm_weight > 0))
+            parts["total"] = parts["total"] + self.s.adv_weight * parts["adv"]
+            if "fm" in parts:
+                parts["total"] = parts["total"] + self.s.fm_weight * parts["fm"]
         return parts["total"], {k: float(v.detach()) for k, v in parts.items() if k != "total"}
 
     @torch.no_grad()
