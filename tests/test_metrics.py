@@ -175,10 +175,20 @@ def test_budget_dnsmos_metrics_read_their_own_model(clean, monkeypatch):
     from edgeflow.validate.evaluate import EvalClip, score
     from edgeflow.audio.mel import MelConfig
 
-    monkeypatch.setattr(P, "dnsmos", lambda a, sr: {"ovrl": 3.0, "sig": 3.5, "bak": 4.0, "p808": 3.75})
+    calls = []
+
+    def fake(a, sr):
+        calls.append(float(np.sum(a)))
+        return {"ovrl": 3.0 + len(calls), "sig": 3.5, "bak": 4.0, "p808": 3.75 + len(calls)}
+
+    monkeypatch.setattr(P, "dnsmos", fake)
     clip = EvalClip("c", clean, None)
     got = score([clean], [clip], MelConfig(), metrics=["dnsmos", "dnsmos_p808"])
-    assert got == {"dnsmos": 3.0, "dnsmos_p808": 3.75}
+    assert got == {"dnsmos": 4.0, "dnsmos_p808": 4.75}
+    assert len(calls) == 1                                  # one DNSMOS run serves both metrics of a clip
+    other = 0.5 * clean
+    assert score([other], [EvalClip("d", other, None)], MelConfig(), metrics=["dnsmos_p808"]) == {"dnsmos_p808": 5.75}
+    assert len(calls) == 2                                  # another clip is scored afresh
     assert DIRECTION["dnsmos_p808"] is True and parse_budget("dnsmos_p808=0.3") == {"dnsmos_p808": 0.3}
     assert set(budget_violations({"dnsmos_p808": 3.9}, {"dnsmos_p808": 3.5}, {"dnsmos_p808": 0.3})) == {"dnsmos_p808"}
 

@@ -12,6 +12,7 @@ alone) or ``"transcript"`` (against the clip's transcript; clips without one are
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
@@ -23,6 +24,20 @@ from edgeflow.validate import perceptual as P
 
 #: clip scorer: (ground truth [T], output [T], sample rate, MelConfig or None, transcript) -> value or None
 Scorer = Callable[[np.ndarray, np.ndarray, int, object, str], Optional[float]]
+
+
+_last_dnsmos: Optional[Tuple[tuple, Dict[str, float]]] = None
+
+
+def _dnsmos(audio: np.ndarray, sr: int) -> Dict[str, float]:
+    """:func:`edgeflow.validate.perceptual.dnsmos` of one clip, remembered for the last clip scored: ``dnsmos``
+    and ``dnsmos_p808`` read one speechmos run (it gives every score at once)."""
+    global _last_dnsmos
+    key = (P.dnsmos, sr, hashlib.blake2b(np.ascontiguousarray(audio).tobytes(), digest_size=16).digest())
+    last = _last_dnsmos
+    if last is None or last[0] != key:
+        last = _last_dnsmos = (key, P.dnsmos(audio, sr))
+    return last[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +93,11 @@ TABLE: Dict[str, Metric] = {m.name: m for m in (
            True, "dB", "reference", (), lambda t, o, sr, cfg, text: M.snr(t, o, sr), budget=False),
     Metric("dnsmos", "DNSMOS P.835 overall MOS of the output alone (speechmos), 1..5", True, "MOS",
            "no_reference", (("speechmos", "speechmos"), ("onnxruntime", "onnxruntime")),
-           lambda t, o, sr, cfg, text: P.dnsmos(o, sr)["ovrl"]),
+           lambda t, o, sr, cfg, text: _dnsmos(o, sr)["ovrl"]),
     Metric("dnsmos_p808", "DNSMOS P.808 overall-quality MOS of the output alone (speechmos), 1..5: the figure the "
            "benchmarks and the TTS reports give", True, "MOS", "no_reference",
            (("speechmos", "speechmos"), ("onnxruntime", "onnxruntime")),
-           lambda t, o, sr, cfg, text: P.dnsmos(o, sr)["p808"]),
+           lambda t, o, sr, cfg, text: _dnsmos(o, sr)["p808"]),
     Metric("wer", "word-error rate of pocketsphinx's US-English model on the output against the clip's "
            "transcript (clips without a transcript are not scored)", False, "", "transcript",
            (("pocketsphinx", "pocketsphinx"),), _wer),
