@@ -16,11 +16,12 @@ adversarial term and, at ``fm_weight``, feature matching::
 
     loss += adv_weight * E(1 - D(pred))^2 + fm_weight * |D_feats(audio) - D_feats(pred)|_1
 
-each step first updating the discriminator (its own AdamW at ``disc_lr``) on the detached prediction. AdamW; the batch of
-step k is a seeded draw of window indices depending only on (seed, k), so a run is deterministic on one machine.
-Validation: the spectral loss (mel + STFT, never the adversarial terms), no gradients, on held-out windows every
-``valid_every`` steps (and before the first); the best student is kept (``keep`` "best"), or the last one
-(``keep`` "last": what the adversarial terms improve, the spectral distance does not measure). Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without
+each step first updating the discriminator (its own AdamW at ``disc_lr``) on the detached prediction. AdamW;
+the batch of step k is a seeded draw of window indices depending only on (seed, k), so a run is deterministic on
+one machine. Validation: the spectral loss (mel + STFT, never the adversarial terms), no gradients, on held-out
+windows every ``valid_every`` steps (and before the first); the best student is kept (``keep`` "best"), or the
+last one (``keep`` "last": what the adversarial terms improve, the spectral distance does not measure). Stops
+at ``steps``, after ``max_minutes`` or after ``patience`` validations without
 improvement. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed
 after a timed first step). No resume: a run is meant to be short (minutes); a killed run starts over.
 
