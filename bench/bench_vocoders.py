@@ -134,16 +134,21 @@ def interleaved(systems: Dict[str, Callable], clips: List[dict], threads: List[i
 
 
 def quality(outs: Dict[str, List[np.ndarray]], clips: List[dict], sr: int, mel_cfg, hifigans) -> Dict[str, dict]:
-    """Mean PESQ-WB, DNSMOS P.808, log-mel L1 against the recordings; for the ``hifigans`` (bundles of the same
-    generator), SNR and max abs difference to the PyTorch eager output."""
+    """Mean PESQ-WB, DNSMOS P.808 and P.835 overall (one speechmos run gives both), log-mel L1 against the
+    recordings; for the ``hifigans`` (bundles of the same generator), SNR and max abs difference to the PyTorch
+    eager output."""
     from edgeflow.validate.metrics import log_mel_l1, snr
     from edgeflow.validate.perceptual import dnsmos, pesq_wb
 
-    res = {"recording": {"dnsmos_p808": float(np.mean([dnsmos(c["audio"], sr)["p808"] for c in clips]))}}
+    def mos(audios):
+        scores = [dnsmos(a, sr) for a in audios]
+        return {"dnsmos_p808": float(np.mean([d["p808"] for d in scores])),
+                "dnsmos_ovrl": float(np.mean([d["ovrl"] for d in scores]))}
+
+    res = {"recording": mos([c["audio"] for c in clips])}
     eager = outs["hifigan pytorch eager"]
     for s, ys in outs.items():
-        row = {"pesq_wb": float(np.mean([pesq_wb(c["audio"], y, sr) for c, y in zip(clips, ys)])),
-               "dnsmos_p808": float(np.mean([dnsmos(y, sr)["p808"] for y in ys])),
+        row = {"pesq_wb": float(np.mean([pesq_wb(c["audio"], y, sr) for c, y in zip(clips, ys)])), **mos(ys),
                "log_mel_l1": float(np.mean([log_mel_l1(c["audio"], y, sr, mel_cfg) for c, y in zip(clips, ys)]))}
         if s in hifigans:
             row["snr_vs_eager_db"] = float(np.mean([snr(e, y, sr) for e, y in zip(eager, ys)]))
@@ -168,12 +173,15 @@ def markdown(report: dict) -> str:
     """The results as a markdown table (speed-up: RTF of the ratio base / RTF of the system)."""
     th = [str(t) for t in report["threads"]]
     head = (["system", "size"] + [f"RTF {t} thr" for t in th] + [f"x vs {report['ratio_base']} ({t} thr)" for t in th]
-            + ["PESQ-WB", "DNSMOS P.808", "log-mel L1", "SNR vs eager"])
-    rows = [["recording", "", *[""] * 2 * len(th), "", f"{report['recording']['dnsmos_p808']:.3f}", "", ""]]
+            + ["PESQ-WB", "DNSMOS P.808", "DNSMOS P.835 OVRL", "log-mel L1", "SNR vs eager"])
+    rec = report["recording"]
+    rows = [["recording", "", *[""] * 2 * len(th), "", f"{rec['dnsmos_p808']:.3f}", f"{rec['dnsmos_ovrl']:.3f}",
+             "", ""]]
     for s, r in report["results"].items():
         rows.append([s, f"{r['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in r else ""]
                     + [f"{r['rtf'][t]:.3f}" for t in th] + [f"{r['speedup'][t]:.2f}x" for t in th]
-                    + [f"{r['pesq_wb']:.3f}", f"{r['dnsmos_p808']:.3f}", f"{r['log_mel_l1']:.3f}",
+                    + [f"{r['pesq_wb']:.3f}", f"{r['dnsmos_p808']:.3f}", f"{r['dnsmos_ovrl']:.3f}",
+                       f"{r['log_mel_l1']:.3f}",
                        f"{r['snr_vs_eager_db']:.1f} dB" if "snr_vs_eager_db" in r else ""])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
