@@ -191,3 +191,27 @@ def test_families_declare_their_channel_groups():
     assert "declares none" in generator_refusal(get_family("waveflow"))
     assert "tts_prune" in generator_refusal(get_family("vits"))
     assert generator_refusal(get_family("hifigan")) is None
+
+
+def test_sample_term_weights_the_teacher_waveform_difference():
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.audio.mel_torch import LogMel
+    from edgeflow.compress.generator_distill import window_distance
+
+    teacher = _gen("v3").float()
+    x = torch.randn(8, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = teacher(x)
+    train, valid = GeneratorWindows(x, y).split(0.25)
+    student, _ = prune_generator(teacher, 0.5, inputs=[train.cond])
+    only = GeneratorDistillSettings(mel_weight=0.0, stft_weight=0.0, wave_weight=2.0, batch=4)
+    with torch.no_grad():
+        want = 2.0 * float((student(valid.cond) - valid.audio).abs().mean())
+    assert window_distance(student, valid, LogMel(MelConfig()), only) == pytest.approx(want, rel=1e-5)
+    assert window_distance(teacher, valid, LogMel(MelConfig()), only) == 0.0
+    run = distill_generator(copy.deepcopy(student), train, valid, LogMel(MelConfig()),
+                            only.replace(steps=3, valid_every=3, lr=1e-3), progress=False, log=None)
+    assert set(run["terms_last"]) == {"wave"} and run["valid_best"] < run["valid_before"]
+    for bad in ({"wave_weight": -1.0}, {"mel_weight": 0.0, "stft_weight": 0.0}):
+        with pytest.raises(ValueError, match="not all 0|>= 0"):
+            GeneratorDistillSettings(**bad)

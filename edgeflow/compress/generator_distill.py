@@ -8,22 +8,26 @@ not make the target unreachable (a margin of the generator's receptive field mak
 
     pred = student(cond, g)[..., margin * hop : -margin * hop]
     loss = mel_weight * |logmel(pred) - logmel(audio)|_1 + stft_weight * MR-STFT(pred, audio)
+           + wave_weight * mean |pred - audio|
 
-(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`). With ``adv_weight``
-> 0 a multi-resolution spectrogram discriminator (:mod:`edgeflow.compress.discriminator`, trained from scratch
-beside the student from step ``adv_start`` on, the teacher's audio as "real") adds HiFi-GAN's least-squares
-adversarial term and, at ``fm_weight``, feature matching::
+(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`,
+:func:`edgeflow.compress.losses.waveform_l1`). The sample term (off by default) is possible here because the
+target is the teacher's own output for the same input, phase included: spectral losses alone leave the student
+free to drift in phase. With ``adv_weight`` > 0 a multi-resolution spectrogram discriminator
+(:mod:`edgeflow.compress.discriminator`, trained from scratch beside the student from step ``adv_start`` on, the
+teacher's audio as "real") adds HiFi-GAN's least-squares adversarial term and, at ``fm_weight``, feature
+matching::
 
     loss += adv_weight * E(1 - D(pred))^2 + fm_weight * |D_feats(audio) - D_feats(pred)|_1
 
 each step first updating the discriminator (its own AdamW at ``disc_lr``) on the detached prediction. AdamW;
 the batch of step k is a seeded draw of window indices depending only on (seed, k), so a run is deterministic on
-one machine. Validation: the spectral loss (mel + STFT, never the adversarial terms), no gradients, on held-out
-windows every ``valid_every`` steps (and before the first); the best student is kept (``keep`` "best"), or the
-last one (``keep`` "last": what the adversarial terms improve, the spectral distance does not measure). Stops
-at ``steps``, after ``max_minutes`` or after ``patience`` validations without
-improvement. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed
-after a timed first step). No resume: a run is meant to be short (minutes); a killed run starts over.
+one machine. Validation: the weighted mel + STFT (+ sample) loss, never the adversarial terms, no gradients, on
+held-out windows every ``valid_every`` steps (and before the first); the best student is kept (``keep``
+"best"), or the last one (``keep`` "last": what the adversarial terms improve, the spectral distance does not
+measure). Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without improvement. The
+loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed after a timed first
+step). No resume: a run is meant to be short (minutes); a killed run starts over.
 
 Example::
 
@@ -43,7 +47,7 @@ from torch import nn
 
 from edgeflow.compress.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
                                              feature_matching_loss, generator_adv_loss)
-from edgeflow.compress.losses import log_mel_l1, mr_stft_loss
+from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.window_loop import train_windows
 from edgeflow.core.config import ConfigBase
 from edgeflow.core.errors import ConfigError
@@ -57,7 +61,7 @@ class GeneratorDistillSettings(ConfigBase):
         steps, max_minutes: stop at this step or once this much training time passed (0: no cap).
         lr, weight_decay, betas: AdamW.
         batch: windows per step.
-        mel_weight, stft_weight: loss weights (log-mel L1, multi-resolution STFT).
+        mel_weight, stft_weight, wave_weight: loss weights (log-mel L1, multi-resolution STFT, sample L1).
         grad_clip: max gradient norm.
         valid_every: steps between validations (0: validate only before and after).
         patience: stop after this many validations without improvement (0: never).
@@ -79,6 +83,7 @@ class GeneratorDistillSettings(ConfigBase):
     batch: int = 8
     mel_weight: float = 1.0
     stft_weight: float = 1.0
+    wave_weight: float = 0.0
     grad_clip: float = 10.0
     valid_every: int = 50
     patience: int = 0
@@ -96,8 +101,9 @@ class GeneratorDistillSettings(ConfigBase):
             raise ValueError("steps, valid_every, patience must be >= 0 and batch >= 1")
         if not (self.lr > 0 and self.max_minutes >= 0 and self.grad_clip > 0 and self.weight_decay >= 0):
             raise ValueError("lr and grad_clip must be > 0, max_minutes and weight_decay >= 0")
-        if self.mel_weight < 0 or self.stft_weight < 0 or self.mel_weight + self.stft_weight <= 0:
-            raise ValueError("mel_weight and stft_weight must be >= 0, not both 0")
+        if min(self.mel_weight, self.stft_weight, self.wave_weight) < 0 \
+                or self.mel_weight + self.stft_weight + self.wave_weight <= 0:
+            raise ValueError("mel_weight, stft_weight and wave_weight must be >= 0, not all 0")
         self.betas = tuple(float(b) for b in self.betas)
         if self.adv_weight < 0 or self.fm_weight < 0 or self.adv_start < 0 or not self.disc_lr > 0 \
                 or self.disc_channels < 1:
@@ -191,7 +197,7 @@ class _Objective:
         pred = model(batch.cond, batch.g)[:, 0].float()
         return pred[:, cut:pred.shape[1] - cut], batch.audio[:, 0].float()
 
-    def _spectral(self, pred: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _matching(self, pred: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
         parts = {}
         total = pred.new_zeros(())
         if self.s.mel_weight > 0:
@@ -200,16 +206,19 @@ class _Objective:
         if self.s.stft_weight > 0:
             parts["stft"] = mr_stft_loss(pred, t)
             total = total + self.s.stft_weight * parts["stft"]
+        if self.s.wave_weight > 0:
+            parts["wave"] = waveform_l1(pred, t)
+            total = total + self.s.wave_weight * parts["wave"]
         parts["total"] = total
         return parts
 
     def terms(self, model: nn.Module, batch: GeneratorWindows) -> Dict[str, torch.Tensor]:
-        """The spectral terms and their weighted "total" (what validation measures)."""
-        return self._spectral(*self._pair(model, batch))
+        """The matching terms (mel, stft, wave) and their weighted "total" (what validation measures)."""
+        return self._matching(*self._pair(model, batch))
 
     def loss(self, model, batch, _u=None):
         pred, t = self._pair(model, batch)
-        parts = self._spectral(pred, t)
+        parts = self._matching(pred, t)
         step, self.calls = self.calls, self.calls + 1
         if self.adversary is not None and step >= self.s.adv_start:
             parts.update(self.adversary.step(pred, t, fm=self.s.fm_weight > 0))
