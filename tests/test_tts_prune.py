@@ -116,14 +116,16 @@ def test_distillation_texts_exclude_evaluation():
     assert texts[:20] == sentences("distillation") and not set(texts) & set(sentences("evaluation"))
 
 
-def test_adversarial_distillation_options_reach_the_decoder_distillation(tmp_path):
-    opts = dict(FAST, adv_weight=0.5, fm_weight=1.0, disc_channels=4, keep="last")
+def test_distillation_loss_options_reach_the_decoder_distillation(tmp_path):
+    opts = dict(FAST, adv_weight=0.5, fm_weight=1.0, disc_channels=4, keep="last", wave_weight=3.0)
     cfg = make_config("tts_prune", opts)
     s = cfg.settings()
-    assert (s.adv_weight, s.fm_weight, s.disc_channels, s.keep) == (0.5, 1.0, 4, "last")
+    assert (s.adv_weight, s.fm_weight, s.disc_channels, s.keep, s.wave_weight) == (0.5, 1.0, 4, "last", 3.0)
     model = _tiny()
     art = Artifact(model=model, reference=model)
     d = apply_pass(art, cfg, PassContext(work_dir=tmp_path, progress=False))["details"]
     assert d["distill"]["steps"] == 3 and d["distill"]["kept"] == "last"
     with pytest.raises(ConfigError, match="needs a discriminator"):
         make_config("tts_prune", dict(FAST, fm_weight=1.0))
+    with pytest.raises(ConfigError, match="wave_weight"):
+        make_config("tts_prune", dict(FAST, wave_weight=-1.0))

@@ -55,7 +55,8 @@ class TtsPruneConfig(PassConfig):
         refit: least-squares refit of the pruned decoder's convs before distilling
             (:func:`edgeflow.compress.generator.refit_readers`; joe-medium at ratio 0.5: validation distance
             5.69 -> 4.17 before any step).
-        mel_weight, stft_weight: loss weights.
+        mel_weight, stft_weight, wave_weight: loss weights (log-mel L1, multi-resolution STFT, sample L1
+            against the teacher's waveform: the same noise and durations make it phase-exact).
         valid_every: steps between validations.
         threads: torch threads during the pass (0: as is).
         adv_weight, fm_weight, adv_start, disc_channels, keep: the adversarial term of the distillation (a
@@ -79,6 +80,7 @@ class TtsPruneConfig(PassConfig):
     refit: bool = True
     mel_weight: float = 1.0
     stft_weight: float = 1.0
+    wave_weight: float = 0.0
     valid_every: int = 50
     threads: int = 0
     adv_weight: float = 0.0
@@ -110,7 +112,7 @@ class TtsPruneConfig(PassConfig):
 
         return GeneratorDistillSettings(steps=self.steps, max_minutes=self.max_minutes, lr=self.lr, batch=self.batch,
                                         mel_weight=self.mel_weight, stft_weight=self.stft_weight,
-                                        valid_every=self.valid_every, threads=self.threads,
+                                        wave_weight=self.wave_weight, valid_every=self.valid_every, threads=self.threads,
                                         adv_weight=self.adv_weight, fm_weight=self.fm_weight,
                                         adv_start=self.adv_start, disc_channels=self.disc_channels, keep=self.keep)
 
