@@ -93,6 +93,17 @@ def test_prunes_distills_and_keeps_the_output_shape(wavs, tmp_path):
     assert out.shape == (1, 11 * MEL.hop_length) and torch.isfinite(out).all()
 
 
+def test_refit_option_reaches_the_pruning(wavs, tmp_path):
+    """The least-squares refit (default on) changes the pruned start the distillation sees. Whether it lowers
+    the held-out distance is a property of a trained model (on this tiny random one, fitted on 8 windows of 16
+    frames, it does not); that it lowers the error on its own inputs is tested in test_generator_prune.py."""
+    opts = {"finetune": {**FINETUNE, "steps": 1}, "score_windows": 8}
+    fit = _run(_model(), wavs, tmp_path / "a", **opts)[1]["details"]
+    raw = _run(_model(), wavs, tmp_path / "b", refit=False, **opts)[1]["details"]
+    assert fit["refit"] is True and raw["refit"] is False
+    assert fit["training"]["valid_before"] != pytest.approx(raw["training"]["valid_before"], rel=1e-3)
+
+
 def test_pruned_model_saves_exports_and_matches_the_runtime(wavs, tmp_path):
     """The pruned model round-trips through model.pt and exports (phase-form upsamplers) with runtime parity."""
     from edgeflow.runtime import Synthesizer
@@ -135,7 +146,7 @@ def test_bad_options_and_no_data(tmp_path):
     from edgeflow.passes import Artifact, PassContext, apply_pass
     from edgeflow.passes.base import make_config
 
-    for bad in ({"ratio": 1.0}, {"windows": 0}, {"finetune": {"stepz": 3}}):
+    for bad in ({"ratio": 1.0}, {"windows": 0}, {"finetune": {"stepz": 3}}, {"score_windows": 0}):
         with pytest.raises(ConfigError):
             make_config("generator_prune", bad)
     model = _model()
