@@ -112,7 +112,8 @@ class TtsPruneConfig(PassConfig):
 
         return GeneratorDistillSettings(steps=self.steps, max_minutes=self.max_minutes, lr=self.lr, batch=self.batch,
                                         mel_weight=self.mel_weight, stft_weight=self.stft_weight,
-                                        wave_weight=self.wave_weight, valid_every=self.valid_every, threads=self.threads,
+                                        wave_weight=self.wave_weight, valid_every=self.valid_every,
+                                        threads=self.threads,
                                         adv_weight=self.adv_weight, fm_weight=self.fm_weight,
                                         adv_start=self.adv_start, disc_channels=self.disc_channels, keep=self.keep)
 
