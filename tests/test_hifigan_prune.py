@@ -99,9 +99,11 @@ def test_refit_option_reaches_the_pruning(wavs, tmp_path):
     frames, it does not); that it lowers the error on its own inputs is tested in test_generator_prune.py."""
     opts = {"finetune": {**FINETUNE, "steps": 1}, "score_windows": 8}
     fit = _run(_model(), wavs, tmp_path / "a", **opts)[1]["details"]
+    ind = _run(_model(), wavs, tmp_path / "c", refit_mode="independent", **opts)[1]["details"]
     raw = _run(_model(), wavs, tmp_path / "b", refit=False, **opts)[1]["details"]
-    assert fit["refit"] is True and raw["refit"] is False
-    assert fit["training"]["valid_before"] != pytest.approx(raw["training"]["valid_before"], rel=1e-3)
+    assert fit["refit"] == "sequential" and ind["refit"] == "independent" and raw["refit"] is False
+    starts = [d["training"]["valid_before"] for d in (fit, ind, raw)]
+    assert len({round(v, 4) for v in starts}) == 3, starts
 
 
 def test_pruned_model_saves_exports_and_matches_the_runtime(wavs, tmp_path):
@@ -146,7 +148,8 @@ def test_bad_options_and_no_data(tmp_path):
     from edgeflow.passes import Artifact, PassContext, apply_pass
     from edgeflow.passes.base import make_config
 
-    for bad in ({"ratio": 1.0}, {"windows": 0}, {"finetune": {"stepz": 3}}, {"score_windows": 0}):
+    for bad in ({"ratio": 1.0}, {"windows": 0}, {"finetune": {"stepz": 3}}, {"score_windows": 0},
+                {"refit_mode": "joint"}):
         with pytest.raises(ConfigError):
             make_config("generator_prune", bad)
     model = _model()

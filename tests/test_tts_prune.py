@@ -102,7 +102,8 @@ def test_refusals():
     assert "not VITS" in cfg.refusal(FAMILIES.get("waveflow"))
     with pytest.raises(ConfigError, match="needs a VITS model"):
         apply_pass(Artifact(model=torch.nn.Linear(2, 2)), cfg, PassContext(work_dir=Path(".")))
-    for bad in ({"ratio": 1.0}, {"ratio": -0.1}, {"sentences": 1}, {"window_frames": 0}, {"lr": 0}, {"nope": 1}):
+    for bad in ({"ratio": 1.0}, {"ratio": -0.1}, {"sentences": 1}, {"window_frames": 0}, {"lr": 0}, {"nope": 1},
+                {"refit_mode": "joint"}):
         with pytest.raises(ConfigError):
             make_config("tts_prune", bad)
 

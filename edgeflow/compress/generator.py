@@ -16,8 +16,9 @@ that is exactly zero everywhere scores 0 and goes first (and its removal leaves 
 calibration inputs the activation term is 1 (a weight-only score). Forward passes only, deterministic.
 
 Optionally (``refit``) the kept Conv1d readers are then refitted by least squares to reproduce the unpruned
-convs' outputs on the calibration inputs (:func:`refit_readers`); on joe-medium at ratio 0.5 this lowers the
-distance to the teacher before any distillation step from 5.69 to 4.17 (log-mel L1 + MR-STFT, 2026-12-02).
+convs' outputs on the calibration inputs (:mod:`edgeflow.compress.generator_refit`, sequentially on the pruned
+generator's own features by default); on joe-medium at ratio 0.5 the independent refit lowered the distance to
+the teacher before any distillation step from 5.69 to 4.17 (log-mel L1 + MR-STFT, 2026-12-02).
 
 The result is a dense, smaller ``Generator`` whose config carries the widths (``channels``, ``inner_channels``),
 so checkpoints, the cost model (``decoder_flops_per_frame``) and export see it as any generator.
@@ -32,13 +33,11 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
+from edgeflow.compress.generator_refit import REFIT_MODES, assign_weight, run_hooked, refit_readers
 from edgeflow.compress.prune import check_ratio, kept_channels
 from edgeflow.core.errors import ConfigError
-from edgeflow.flows.coupling import remove_weight_norm
 from edgeflow.models.hifigan import Generator, channel_groups
 
 SCORE = "E|reader input| x reader weight L2, summed over the group's readers"
@@ -66,22 +65,6 @@ def _readers(gen: Generator) -> Dict[str, nn.Module]:
     return {r: mods[r] for grp in channel_groups(gen.config) for r in grp["readers"]}
 
 
-@torch.no_grad()
-def _run_hooked(gen: Generator, inputs: Iterable[Any], handles: List[Any]) -> None:
-    """Run ``gen`` in eval mode over ``inputs`` (x, or (x, g) pairs) with hooks ``handles``, then remove them and
-    restore its training mode."""
-    was_training = gen.training
-    gen.eval()
-    try:
-        for item in inputs:
-            x, g = item if isinstance(item, (tuple, list)) else (item, None)
-            gen(x, g)
-    finally:
-        for h in handles:
-            h.remove()
-        gen.train(was_training)
-
-
 def input_magnitudes(gen: Generator, inputs: Iterable[Any]) -> Dict[str, torch.Tensor]:
     """Mean |input| per channel [C_in] (float64) of every reader conv over ``inputs``.
 
@@ -100,7 +83,7 @@ def input_magnitudes(gen: Generator, inputs: Iterable[Any]) -> Dict[str, torch.T
             counts[name] += x.shape[0] * x.shape[2]
         return fn
 
-    _run_hooked(gen, inputs, [m.register_forward_pre_hook(hook(n)) for n, m in readers.items()])
+    run_hooked(gen, inputs, [m.register_forward_pre_hook(hook(n)) for n, m in readers.items()])
     if any(c == 0 for c in counts.values()):
         raise ConfigError("generator pruning: no calibration inputs reached the generator")
     return {n: sums[n] / counts[n] for n in readers}
@@ -141,18 +124,6 @@ def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, i
     return out
 
 
-def _assign(dst: nn.Module, src: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    """Set dst's weight (through its weight norm when the source had one, else folded) and bias."""
-    if parametrize.is_parametrized(dst, "weight") and not parametrize.is_parametrized(src, "weight"):
-        remove_weight_norm(dst)
-    if parametrize.is_parametrized(dst, "weight"):
-        dst.weight = weight.clone()                              # right_inverse: g = ||v||, v = weight
-    else:
-        dst.weight.copy_(weight)
-    if bias is not None:
-        dst.bias.copy_(bias)
-
-
 @torch.no_grad()
 def slice_generator(gen: Generator, keep: Dict[str, torch.Tensor]) -> Generator:
     """A dense generator with the channels ``keep[group]`` (ascending indices) of every group."""
@@ -179,70 +150,9 @@ def slice_generator(gen: Generator, keep: Dict[str, torch.Tensor]) -> Generator:
             w, b = w.index_select(o_ax, idx), None if b is None else b.index_select(0, idx)
         if name in in_of:
             w = w.index_select(i_ax, keep[in_of[name]].to(w.device))
-        _assign(dst, src, w, b)
+        assign_weight(dst, src, w, b)
     new.train(gen.training)
     return new
-
-
-def _patches(x: torch.Tensor, conv: nn.Conv1d, rows: torch.Tensor) -> torch.Tensor:
-    """The conv's input patches at output positions ``rows``: [B * len(rows), C_in * k] (channel-major)."""
-    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    xp = F.pad(x, (p, p)).unfold(2, (k - 1) * d + 1, 1)[..., ::d]          # [B, C, T, k]
-    return xp[:, :, rows].permute(0, 2, 1, 3).reshape(x.shape[0] * len(rows), -1)
-
-
-def _collect(gen: Generator, keep: Dict[str, torch.Tensor], names: List[str], inputs: Iterable[Any],
-             rows_per_item: int) -> Dict[str, List[torch.Tensor]]:
-    """Normal equations [P^T P, P^T Y] (float64) of every conv in ``names``: P its kept-input patches (and a
-    ones column for the bias), Y its kept outputs in the unpruned generator, on up to ``rows_per_item``
-    evenly spaced output positions of each input."""
-    groups = channel_groups(gen.config)
-    out_of = {w: g["name"] for g in groups for w in g["writers"]}
-    in_of = {r: g["name"] for g in groups for r in g["readers"]}
-    mods, normal = dict(gen.named_modules()), {}
-
-    def hook(name):
-        def fn(mod, args, out):
-            rows = torch.linspace(0, out.shape[2] - 1, min(rows_per_item, out.shape[2])).long()
-            pt = _patches(args[0].double()[:, keep[in_of[name]]], mod, rows)
-            if mod.bias is not None:
-                pt = torch.cat([pt, torch.ones(pt.shape[0], 1, dtype=pt.dtype)], 1)
-            y = out.double()[:, :, rows]
-            y = y[:, keep[out_of[name]]] if name in out_of else y
-            ab = [pt.T @ pt, pt.T @ y.permute(0, 2, 1).reshape(pt.shape[0], -1)]
-            normal[name] = [u + v for u, v in zip(normal[name], ab)] if name in normal else ab
-        return fn
-
-    _run_hooked(gen, inputs, [mods[n].register_forward_hook(hook(n)) for n in names])
-    return normal
-
-
-@torch.no_grad()
-def refit_readers(new: Generator, gen: Generator, keep: Dict[str, torch.Tensor], inputs: Iterable[Any],
-                  rows_per_item: int = 2048, ridge: float = 1e-3) -> List[str]:
-    """Least-squares refit of the pruned generator's Conv1d readers (resblock convs, conv_post), in place.
-
-    For every such conv, the weights (and bias) over its kept inputs are solved so its kept outputs match the
-    unpruned conv's outputs on the calibration ``inputs`` (the unpruned generator's activations; ridge
-    ``ridge`` x the mean diagonal on the weights, none on the bias): what the removed input channels
-    contributed is moved, as far as a linear map of the kept ones can, onto them (the channel-pruning
-    reconstruction of He et al., 2017). Returns the refitted module names.
-    """
-    src_mods, dst_mods = dict(gen.named_modules()), dict(new.named_modules())
-    names = [r for grp in channel_groups(gen.config) for r in grp["readers"] if isinstance(src_mods[r], nn.Conv1d)]
-    normal = _collect(gen, keep, names, inputs, rows_per_item)
-    dtype = next(new.parameters()).dtype
-    for name in names:
-        a, b = normal[name]
-        has_bias = src_mods[name].bias is not None
-        n_w = a.shape[0] - int(has_bias)                              # ridge on the weights, not on the bias
-        reg = torch.cat([torch.full((n_w,), ridge * float(a.diagonal()[:n_w].mean()), dtype=a.dtype),
-                         a.new_zeros(a.shape[0] - n_w)])
-        sol = torch.linalg.solve(a + torch.diag(reg), b)              # [C_in * k (+ 1), C_out]
-        dst = dst_mods[name]
-        w = (sol[:n_w]).T.reshape(sol.shape[1], -1, dst.kernel_size[0])
-        _assign(dst, src_mods[name], w.to(dtype), sol[-1].to(dtype) if has_bias else None)
-    return names
 
 
 def parameter_count(gen: nn.Module) -> int:
@@ -251,7 +161,8 @@ def parameter_count(gen: nn.Module) -> int:
 
 
 def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, int]] = None,
-                    inputs: Optional[Iterable[Any]] = None, refit: bool = False) -> Tuple[Generator, Dict[str, Any]]:
+                    inputs: Optional[Iterable[Any]] = None, refit: bool = False,
+                    refit_mode: str = "sequential") -> Tuple[Generator, Dict[str, Any]]:
     """Prune a HiFi-GAN generator to a dense smaller one (the source is not changed).
 
     Args:
@@ -261,10 +172,16 @@ def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[st
         inputs: calibration inputs x [B, in_channels, F] (or (x, g) pairs) for the activation term;
             None: a weight-only score.
         refit: least-squares refit of the Conv1d readers on ``inputs`` (:func:`refit_readers`).
+        refit_mode: "sequential" (on the pruned generator's own features, in forward order) or "independent"
+            (on the unpruned generator's); see :mod:`edgeflow.compress.generator_refit`.
 
     Returns:
-        (new generator, info {"groups": {name: [from, to]}, "score", "params": [before, after]}).
+        (new generator, info {"groups": {name: [from, to]}, "score", "params": [before, after], "refit",
+        "refit_mode"}).
     """
+    if refit_mode not in REFIT_MODES:
+        raise ConfigError(f"generator pruning: refit_mode must be one of {', '.join(REFIT_MODES)}, "
+                          f"got {refit_mode!r}")
     want = plan_widths(gen, ratio, widths)
     inputs = list(inputs) if inputs is not None else None
     scores = channel_scores(gen, inputs)
@@ -273,10 +190,11 @@ def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[st
     if refit:
         if inputs is None:
             raise ConfigError("generator pruning: refit needs calibration inputs")
-        refit_readers(new, gen, keep, inputs)
+        refit_readers(new, gen, keep, inputs, mode=refit_mode)
     info = {"groups": {g["name"]: [int(g["width"]), want[g["name"]]] for g in channel_groups(gen.config)},
             "widths": new.config.widths(), "score": SCORE if inputs is not None else "reader weight L2",
-            "params": [parameter_count(gen), parameter_count(new)], "refit": bool(refit)}
+            "params": [parameter_count(gen), parameter_count(new)], "refit": bool(refit),
+            "refit_mode": refit_mode if refit else None}
     return new, info
 
 

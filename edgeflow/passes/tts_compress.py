@@ -53,8 +53,10 @@ class TtsPruneConfig(PassConfig):
         valid_fraction: sentences held out for validation.
         calib_windows: training windows the channel ranking (and the refit) runs on.
         refit: least-squares refit of the pruned decoder's convs before distilling
-            (:func:`edgeflow.compress.generator.refit_readers`; joe-medium at ratio 0.5: validation distance
-            5.69 -> 4.17 before any step).
+            (:func:`edgeflow.compress.generator_refit.refit_readers`; joe-medium at ratio 0.5: validation
+            distance 5.69 -> 4.17 before any step, independent mode).
+        refit_mode: "sequential" (each conv fitted on the pruned decoder's own features, in forward order) or
+            "independent" (on the unpruned decoder's).
         mel_weight, stft_weight, wave_weight: loss weights (log-mel L1, multi-resolution STFT, sample L1
             against the teacher's waveform: the same noise and durations make it phase-exact).
         valid_every: steps between validations.
@@ -78,6 +80,7 @@ class TtsPruneConfig(PassConfig):
     valid_fraction: float = 0.1
     calib_windows: int = 64
     refit: bool = True
+    refit_mode: str = "sequential"
     mel_weight: float = 1.0
     stft_weight: float = 1.0
     wave_weight: float = 0.0
@@ -104,6 +107,8 @@ class TtsPruneConfig(PassConfig):
             raise ValueError("window_frames, sentences, seeds_per_sentence and calib_windows must be >= 1")
         if not 0.0 < self.valid_fraction < 1.0 or self.sentences < 2:
             raise ValueError("valid_fraction must be in (0, 1) and sentences >= 2 (one is held out)")
+        if self.refit_mode not in ("sequential", "independent"):
+            raise ValueError("refit_mode must be one of sequential, independent")
         self.settings()                                     # the distillation options are checked here
 
     def settings(self):
@@ -172,7 +177,7 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
         n_cal = min(cfg.calib_windows, len(train))
         calib = [train.cond[a:a + 16] for a in range(0, n_cal, 16)]
         dec, info = prune_generator(model.dec, cfg.ratio, {k: int(v) for k, v in cfg.widths.items()} or None, calib,
-                                    refit=cfg.refit)
+                                    refit=cfg.refit, refit_mode=cfg.refit_mode)
         if log is not None:
             log("tts_prune: " + (", ".join(stage_summary(info)) or "nothing pruned") +
                 f"; decoder parameters {info['params'][0]:,} -> {info['params'][1]:,}")

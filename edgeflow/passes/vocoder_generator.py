@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 
 from edgeflow.compress.data import NoTrainingData
 from edgeflow.compress.generator_distill import GeneratorDistillSettings
+from edgeflow.compress.generator_refit import REFIT_MODES
 from edgeflow.compress.prune import check_ratio
 from edgeflow.core.errors import ConfigError
 from edgeflow.models.family import Family
@@ -57,9 +58,11 @@ class GeneratorPruneConfig(PassConfig):
         window_frames: mel frames per window.
         score_windows: training windows for the channel importance and the refit (0: weight-only score).
         refit: least-squares refit of the pruned generator's convs on the score windows before distilling
-            (:func:`edgeflow.compress.generator.refit_readers`; the universal V1 with its last stage halved and
-            its stage 1-2 inner widths halved: log-mel L1 to the unpruned model 2.38 -> 0.52 before any
-            distillation step, 8 recordings, 2026-12-04).
+            (:func:`edgeflow.compress.generator_refit.refit_readers`; the universal V1 with its last stage halved
+            and its stage 1-2 inner widths halved: log-mel L1 to the unpruned model 2.38 -> 0.52 before any
+            distillation step, 8 recordings, 2026-12-04, independent mode).
+        refit_mode: "sequential" (each conv fitted on the pruned generator's own features, in forward order)
+            or "independent" (on the unpruned generator's).
         seed: the window draws.
         finetune: GeneratorDistillSettings options (steps, max_minutes, batch, lr, ...).
     """
@@ -73,6 +76,7 @@ class GeneratorPruneConfig(PassConfig):
     window_frames: int = 32
     score_windows: int = 16
     refit: bool = True
+    refit_mode: str = "sequential"
     seed: int = 0
     finetune: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -85,6 +89,8 @@ class GeneratorPruneConfig(PassConfig):
                              "are required")
         if self.refit and self.score_windows < 1:
             raise ValueError("refit needs score_windows >= 1 (the windows it is fitted on)")
+        if self.refit_mode not in REFIT_MODES:
+            raise ValueError(f"refit_mode must be one of {', '.join(REFIT_MODES)}")
         GeneratorDistillSettings.from_dict(self.finetune)
 
     def inputs(self):
@@ -145,7 +151,7 @@ def _generator_prune(artifact: Artifact, cfg: GeneratorPruneConfig, ctx: PassCon
     with torch.no_grad():
         scored = [train_mels[a:a + 8] for a in range(0, min(cfg.score_windows, len(train_mels)), 8)]
         gen, info = prune_generator(model.generator, cfg.ratio, dict(cfg.widths) or None, scored or None,
-                                    refit=cfg.refit)
+                                    refit=cfg.refit, refit_mode=cfg.refit_mode)
     settings = GeneratorDistillSettings.from_dict(cfg.finetune)
     summary = distill_generator(gen, train, valid, LogMel(model.config.mel), settings, progress=ctx.progress,
                                 desc="generator_prune distill")
@@ -154,7 +160,8 @@ def _generator_prune(artifact: Artifact, cfg: GeneratorPruneConfig, ctx: PassCon
     student.generator = gen.eval()
     student.eval()
     artifact.model = student
-    return {"ratio": cfg.ratio, "groups": stage_summary(info), "score": info["score"], "refit": info["refit"],
+    return {"ratio": cfg.ratio, "groups": stage_summary(info), "score": info["score"],
+            "refit": info["refit_mode"] or False,
             "data": f"{source}: {len(train)} windows of {cfg.window_frames} frames, {len(valid)} for validation; "
                     f"targets: the teacher's audio", "before": size_facts(model), "after": size_facts(student),
             "training": summary}
