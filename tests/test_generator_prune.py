@@ -168,6 +168,25 @@ def test_default_widths_and_bad_configs():
         prune_generator(_gen("v3"), 0.0, widths={"stage0": 99})
 
 
+def test_width_selectors_and_fractions():
+    """Recipes name groups by stage and fraction so one recipe fits V1, V2 and V3 generators."""
+    from edgeflow.compress.generator import plan_widths
+
+    v1 = Generator(V1.replace(in_channels=8, upsample_initial_channel=64))          # widths 64, 32, 16, 8, 4
+    plan = plan_widths(v1, 0.0, {"stage-1": 0.75, "inner@stage-1": 0.25, "inner@stage1": 0.5, "pre": 60})
+    assert plan["stage3"] == 3 and plan["pre"] == 60 and plan["stage2"] == 8
+    assert {plan[f"inner{b}.{j}"] for b in (9, 10, 11) for j in range(3)} == {1}                # round(0.25 * 4)
+    assert {plan[f"inner{b}.{j}"] for b in (3, 4, 5) for j in range(3)} == {8}
+    assert {plan[f"inner{b}.{j}"] for b in (0, 1, 2, 6, 7, 8) for j in range(3)} == {32, 8}     # untouched
+    assert plan_widths(v1, 0.0, {"stage3": 3}) == plan_widths(v1, 0.0, {"stage-1": 3})
+    v3 = _gen("v3")                                           # resblock "2": the inner pattern changes nothing
+    assert plan_widths(v3, 0.0, {"inner@stage-1": 0.25, "stage-1": 0.5})["stage2"] == 2         # 3 stages
+    for bad, match in (({"stage-5": 0.5}, "unknown channel group stage-5"), ({"stage0": 1.5}, "keeps 1.5 of"),
+                       ({"stage0": 0.0}, "keeps 0.0 of"), ({"stage0": True}, "keeps True of")):
+        with pytest.raises(ConfigError, match=match):
+            plan_widths(v1, 0.0, bad)
+
+
 def test_pruned_vits_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = randomized(vits.Vits(tiny_config()))

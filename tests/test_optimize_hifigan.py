@@ -235,6 +235,27 @@ def test_optimize_quality_and_balanced_end_to_end(hg, tmp_path):
     _check_int8(fbundle, tmp_path / "b" / "bundle", hg)
 
 
+def test_cpu_fast_prunes_refits_and_quantizes(hg, tmp_path):
+    """cpu fast: generator_prune by stage selectors (this V3-layout generator has no inner widths: only the last
+    stage's stream goes, 4 -> 3), sequential refit on calibration windows and no training steps, then the
+    balanced INT8; its own budget (DNSMOS P.808 0.30) by default."""
+    from edgeflow.pipeline import optimize
+    from edgeflow.targets import for_family, load_target, recipe_budget
+
+    assert recipe_budget(for_family(load_target("cpu"), "hifigan"), "fast") == "dnsmos_p808=0.3,mel_l1=0.5"
+    logs = []
+    report = optimize(hg / "model.pt", tmp_path / "f", target="cpu", recipe="fast", budget="mel_l1=5",
+                      data=hg / "clips", calib=hg / "calib", n_eval=2, threads=1, progress=False, log=logs.append)
+    passes = {p["name"]: p for p in report["passes"]}
+    assert list(passes) == ["freeze", "generator_prune", "export", "quantize", "validate"]
+    assert passes["generator_prune"]["status"] == "applied", logs
+    details = passes["generator_prune"]["details"]
+    assert details["groups"] == ["stage2 4 -> 3"] and details["refit"] == "sequential"
+    assert details["training"]["steps"] == 0
+    man = json.loads((tmp_path / "f" / "bundle" / "manifest.json").read_text())
+    assert man["config"]["generator"]["channels"][-1] == 3
+
+
 def test_flow_recipes_refused_up_front(hg, tmp_path):
     """A target whose recipes cut flows (no hifigan section): one line naming the pass and the family, nothing
     written; a recipe the family's section lacks names the family."""
@@ -250,7 +271,7 @@ def test_flow_recipes_refused_up_front(hg, tmp_path):
         optimize(hg / "model.pt", out, target=str(target), recipe="balanced", data=hg / "clips", n_eval=2,
                  progress=False, log=lambda *_: None)
     assert not out.exists()
-    with pytest.raises(ConfigError, match=r"unknown recipe 'fast' for target cpu and the hifigan family"):
-        optimize(hg / "model.pt", out, target="cpu", recipe="fast", data=hg / "clips", n_eval=2,
+    with pytest.raises(ConfigError, match=r"unknown recipe 'turbo' for target cpu and the hifigan family"):
+        optimize(hg / "model.pt", out, target="cpu", recipe="turbo", data=hg / "clips", n_eval=2,
                  progress=False, log=lambda *_: None)
     assert not out.exists()

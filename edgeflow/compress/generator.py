@@ -108,19 +108,48 @@ def _top(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.argsort(-score, stable=True)[:k]).values
 
 
-def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, int]] = None) -> Dict[str, int]:
-    """Width kept per group: ``ratio`` of every group removed, or the explicit ``widths`` of named groups."""
+def _select(cfg, key: str, groups: Dict[str, int]) -> List[str]:
+    """Group names a ``widths`` key selects: a group name; ``stage{i}`` or ``inner@stage{i}`` (the inner groups of
+    stage i's resblocks), with i < 0 counted from the last stage (``stage-1``). A pattern that selects nothing
+    (``inner@...`` on resblock "2", which has no inner widths) selects nothing; an unknown name is an error."""
+    name, at, stage = key.rpartition("@") if "@" in key else (key, "", "")
+    n_stages, nk = len(cfg.upsample_rates), len(cfg.resblock_kernel_sizes)
+    if not at and key.startswith("stage") and key[5:].lstrip("-").isdigit():
+        i = int(key[5:])
+        return [f"stage{i % n_stages}"] if -n_stages <= i < n_stages else []
+    if at and name == "inner" and stage.startswith("stage") and stage[5:].lstrip("-").isdigit():
+        i = int(stage[5:])
+        if not -n_stages <= i < n_stages:
+            return []
+        blocks = range((i % n_stages) * nk, (i % n_stages + 1) * nk)
+        return [g for g in groups if g.startswith("inner") and int(g[5:].split(".")[0]) in blocks]
+    return [key] if key in groups else []
+
+
+def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, Any]] = None) -> Dict[str, int]:
+    """Width kept per group: ``ratio`` of every group removed, or the ``widths`` of selected groups.
+
+    ``widths`` keys: a group name (``stage3``, ``inner4.1``), ``stage-1`` (the last stage's residual stream) or
+    ``inner@stage{i}`` (every inner group of stage i's resblocks; i may be negative); values: channels kept (an
+    int) or a fraction of the group's width in (0, 1] (a float, rounded, at least 1). A pattern that matches no
+    group on this generator (``inner@...`` on resblock "2") changes nothing.
+    """
     check_ratio(ratio)
     groups = {g["name"]: int(g["width"]) for g in channel_groups(gen.config)}
-    unknown = sorted(set(widths or {}) - set(groups))
-    if unknown:
-        raise ConfigError(f"generator pruning: unknown channel group(s) {', '.join(unknown)} "
-                          f"(groups: {', '.join(groups)})")
     out = {name: kept_channels(ratio, w) for name, w in groups.items()}
-    for name, w in (widths or {}).items():
-        if not isinstance(w, int) or not 1 <= w <= groups[name]:
-            raise ConfigError(f"generator pruning: group {name} keeps {w!r} of {groups[name]} channels")
-        out[name] = w
+    for key, w in (widths or {}).items():
+        names = _select(gen.config, key, groups)
+        if not names and "@" not in key:
+            raise ConfigError(f"generator pruning: unknown channel group {key} (groups: {', '.join(groups)}; "
+                              f"or stage-1, inner@stage{{i}})")
+        for name in names:
+            if isinstance(w, float) and 0.0 < w <= 1.0:
+                out[name] = max(1, round(w * groups[name]))
+            elif isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= groups[name]:
+                out[name] = w
+            else:
+                raise ConfigError(f"generator pruning: group {name} keeps {w!r} of {groups[name]} channels "
+                                  f"(a count or a fraction in (0, 1])")
     return out
 
 

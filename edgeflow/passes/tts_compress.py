@@ -44,8 +44,9 @@ class TtsPruneConfig(PassConfig):
 
     Attributes:
         ratio: fraction of the channels of every decoder channel group removed, in [0, 1).
-        widths: {group: width kept} for named groups (``pre``, ``stage0`` ...; see
-            :func:`edgeflow.models.hifigan.channel_groups`), overriding ``ratio`` for them.
+        widths: {group: width kept, or a fraction in (0, 1] of its width} for named groups (``pre``, ``stage0``
+            ...; see :func:`edgeflow.models.hifigan.channel_groups`; also ``stage-1`` and ``inner@stage{i}``,
+            :func:`edgeflow.compress.generator.plan_widths`), overriding ``ratio`` for them.
         steps, max_minutes, lr, batch: distillation (AdamW) steps, time cap, learning rate, windows per step.
         window_frames: frames per training window (x hop samples of audio) the loss sees.
         margin_frames: context frames each side of a window (the decoder sees them, the loss does not).
@@ -68,7 +69,7 @@ class TtsPruneConfig(PassConfig):
     """
 
     ratio: float = 0.25
-    widths: Dict[str, int] = dataclasses.field(default_factory=dict)
+    widths: Dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: int = 600
     max_minutes: float = 10.0
     lr: float = 2e-4
@@ -176,7 +177,7 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
         logmel = _logmel(model.config)
         n_cal = min(cfg.calib_windows, len(train))
         calib = [train.cond[a:a + 16] for a in range(0, n_cal, 16)]
-        dec, info = prune_generator(model.dec, cfg.ratio, {k: int(v) for k, v in cfg.widths.items()} or None, calib,
+        dec, info = prune_generator(model.dec, cfg.ratio, dict(cfg.widths) or None, calib,
                                     refit=cfg.refit, refit_mode=cfg.refit_mode)
         if log is not None:
             log("tts_prune: " + (", ".join(stage_summary(info)) or "nothing pruned") +

@@ -51,7 +51,9 @@ class GeneratorPruneConfig(PassConfig):
 
     Attributes:
         ratio: fraction of every channel group removed, in [0, 1) (0: distillation only).
-        widths: {group name: channels kept} overriding ``ratio`` for those groups (names: ``channel_groups``).
+        widths: {group: channels kept, or a fraction in (0, 1] of the group's width} overriding ``ratio`` for
+            those groups: a name of ``channel_groups``, ``stage-1`` (the last stage) or ``inner@stage{i}`` (see
+            :func:`edgeflow.compress.generator.plan_widths`).
         teacher: "reference" (the unoptimized model), "current" (the model before this pass) or a model.pt.
         data: distillation data (corpus, calibration set or wav folder); "": the run's (see the module doc).
         windows, valid_windows: training and validation windows (the teacher's audio is computed once for each).
@@ -68,7 +70,7 @@ class GeneratorPruneConfig(PassConfig):
     """
 
     ratio: float = 0.5
-    widths: Dict[str, int] = dataclasses.field(default_factory=dict)
+    widths: Dict[str, Any] = dataclasses.field(default_factory=dict)
     teacher: str = "reference"
     data: str = ""
     windows: int = 128
