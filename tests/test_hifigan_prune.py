@@ -102,6 +102,7 @@ def test_refit_option_reaches_the_pruning(wavs, tmp_path):
     ind = _run(_model(), wavs, tmp_path / "c", refit_mode="independent", **opts)[1]["details"]
     raw = _run(_model(), wavs, tmp_path / "b", refit=False, **opts)[1]["details"]
     assert fit["refit"] == "sequential" and ind["refit"] == "independent" and raw["refit"] is False
+    assert "caution" not in fit                                  # recordings, not a calibration set's mels
     starts = [d["training"]["valid_before"] for d in (fit, ind, raw)]
     assert len({round(v, 4) for v in starts}) == 3, starts
 

@@ -252,6 +252,7 @@ def test_cpu_fast_prunes_refits_and_quantizes(hg, tmp_path):
     details = passes["generator_prune"]["details"]
     assert details["groups"] == ["stage2 4 -> 3"] and details["refit"] == "sequential"
     assert details["training"]["steps"] == 0
+    assert "pass --data CORPUS of recorded speech" in details["caution"]     # refitted on the calibration set
     man = json.loads((tmp_path / "f" / "bundle" / "manifest.json").read_text())
     assert man["config"]["generator"]["channels"][-1] == 3
 
