@@ -182,6 +182,8 @@ def test_width_selectors_and_fractions():
     v3 = _gen("v3")                                           # resblock "2": the inner pattern changes nothing
     assert plan_widths(v3, 0.0, {"inner@stage-1": 0.25, "stage-1": 0.5})["stage2"] == 2         # 3 stages
     for bad, match in (({"stage-5": 0.5}, "unknown channel group stage-5"), ({"stage0": 1.5}, "keeps 1.5 of"),
+                       ({"inner@stage7": 0.5}, "unknown channel group inner@stage7"),
+                       ({"inner@stem": 0.5}, "unknown channel group inner@stem"),
                        ({"stage0": 0.0}, "keeps 0.0 of"), ({"stage0": True}, "keeps True of")):
         with pytest.raises(ConfigError, match=match):
             plan_widths(v1, 0.0, bad)

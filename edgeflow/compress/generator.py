@@ -108,22 +108,22 @@ def _top(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(torch.argsort(-score, stable=True)[:k]).values
 
 
-def _select(cfg, key: str, groups: Dict[str, int]) -> List[str]:
+def _select(cfg, key: str, groups: Dict[str, int]) -> Optional[List[str]]:
     """Group names a ``widths`` key selects: a group name; ``stage{i}`` or ``inner@stage{i}`` (the inner groups of
-    stage i's resblocks), with i < 0 counted from the last stage (``stage-1``). A pattern that selects nothing
-    (``inner@...`` on resblock "2", which has no inner widths) selects nothing; an unknown name is an error."""
+    stage i's resblocks), with i < 0 counted from the last stage (``stage-1``). ``inner@stage{i}`` may select
+    nothing (resblock "2" has no inner widths); None: the key is not a group here nor a valid pattern."""
     name, at, stage = key.rpartition("@") if "@" in key else (key, "", "")
     n_stages, nk = len(cfg.upsample_rates), len(cfg.resblock_kernel_sizes)
     if not at and key.startswith("stage") and key[5:].lstrip("-").isdigit():
         i = int(key[5:])
-        return [f"stage{i % n_stages}"] if -n_stages <= i < n_stages else []
+        return [f"stage{i % n_stages}"] if -n_stages <= i < n_stages else None
     if at and name == "inner" and stage.startswith("stage") and stage[5:].lstrip("-").isdigit():
         i = int(stage[5:])
         if not -n_stages <= i < n_stages:
-            return []
+            return None
         blocks = range((i % n_stages) * nk, (i % n_stages + 1) * nk)
         return [g for g in groups if g.startswith("inner") and int(g[5:].split(".")[0]) in blocks]
-    return [key] if key in groups else []
+    return [key] if key in groups else None
 
 
 def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, Any]] = None) -> Dict[str, int]:
@@ -139,7 +139,7 @@ def plan_widths(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, A
     out = {name: kept_channels(ratio, w) for name, w in groups.items()}
     for key, w in (widths or {}).items():
         names = _select(gen.config, key, groups)
-        if not names and "@" not in key:
+        if names is None:
             raise ConfigError(f"generator pruning: unknown channel group {key} (groups: {', '.join(groups)}; "
                               f"or stage-1, inner@stage{{i}})")
         for name in names:
