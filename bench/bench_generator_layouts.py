@@ -111,11 +111,11 @@ def main() -> int:
     ref, flops0 = vocode(gen), decoder_flops_per_frame(gen.config)
     results = {"unpruned": {"flops": 1.0, **score(ref, ref, mel_cfg)}}
     print(f"{len(mels)} held-out clips; unpruned: {results['unpruned']}", flush=True)
-    for name, widths in layouts:
+    for spec, (name, widths) in zip(args.layouts, layouts):
         t0 = time.time()
         small, _ = prune_generator(gen, 0.0, widths, [fit[a:a + 8] for a in range(0, len(fit), 8)], refit=True,
                                    refit_mode=args.refit_mode)
-        results[name] = {"widths": args.layouts[[n for n, _ in layouts].index(name)].partition("=")[2],
+        results[name] = {"widths": spec.partition("=")[2],
                          "flops": round(decoder_flops_per_frame(small.config) / flops0, 3),
                          **score(vocode(small), ref, mel_cfg), "seconds": round(time.time() - t0, 1)}
         print(name, results[name], flush=True)

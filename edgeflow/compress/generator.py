@@ -189,7 +189,7 @@ def parameter_count(gen: nn.Module) -> int:
     return sum(t.numel() for k, t in gen.state_dict().items() if not k.endswith("original0"))
 
 
-def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, int]] = None,
+def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[str, Any]] = None,
                     inputs: Optional[Iterable[Any]] = None, refit: bool = False,
                     refit_mode: str = "sequential") -> Tuple[Generator, Dict[str, Any]]:
     """Prune a HiFi-GAN generator to a dense smaller one (the source is not changed).
@@ -197,7 +197,7 @@ def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[st
     Args:
         gen: the generator (weight norm present or folded; ConvTranspose upsamplers, not polyphase).
         ratio: fraction of the channels of every group removed, in [0, 1).
-        widths: {group name: width kept} overriding ``ratio`` for those groups (see ``channel_groups``).
+        widths: {group or selector: width kept, or a fraction} overriding ``ratio`` (see :func:`plan_widths`).
         inputs: calibration inputs x [B, in_channels, F] (or (x, g) pairs) for the activation term;
             None: a weight-only score.
         refit: least-squares refit of the Conv1d readers on ``inputs`` (:func:`refit_readers`).

@@ -166,11 +166,12 @@ def refit_readers(new: Generator, gen: Generator, keep: Dict[str, torch.Tensor],
             _solve(dst[name], src[name], normal[name], ridge)
         return names
     x, g = _batch(list(inputs))
-    targets = _targets(gen, keep, names, out_of, x, g, rows_per_item or 512)
+    per_item = rows_per_item or 512
+    targets = _targets(gen, keep, names, out_of, x, g, per_item)
 
     def pre_hook(name):
         def fn(mod, args):                              # fitted on what the pruned generator feeds it, then run
-            rows = _rows(args[0].shape[2], rows_per_item or 512)
+            rows = _rows(args[0].shape[2], per_item)
             _solve(mod, src[name], _normal(args[0], mod, rows, targets.pop(name)), ridge)
         return fn
 

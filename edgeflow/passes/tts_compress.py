@@ -108,8 +108,10 @@ class TtsPruneConfig(PassConfig):
             raise ValueError("window_frames, sentences, seeds_per_sentence and calib_windows must be >= 1")
         if not 0.0 < self.valid_fraction < 1.0 or self.sentences < 2:
             raise ValueError("valid_fraction must be in (0, 1) and sentences >= 2 (one is held out)")
-        if self.refit_mode not in ("sequential", "independent"):
-            raise ValueError("refit_mode must be one of sequential, independent")
+        from edgeflow.compress.generator_refit import REFIT_MODES
+
+        if self.refit_mode not in REFIT_MODES:
+            raise ValueError(f"refit_mode must be one of {', '.join(REFIT_MODES)}")
         self.settings()                                     # the distillation options are checked here
 
     def settings(self):

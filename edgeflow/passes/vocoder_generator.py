@@ -163,7 +163,7 @@ def _generator_prune(artifact: Artifact, cfg: GeneratorPruneConfig, ctx: PassCon
     student.generator = gen.eval()
     student.eval()
     artifact.model = student
-    caution = _caution(kind, cfg)
+    caution = _caution(kind, cfg, settings)
     if caution and ctx.progress:
         print(f"    caution: {caution['caution']}")
     return {"ratio": cfg.ratio, "groups": stage_summary(info), "score": info["score"],
@@ -179,9 +179,9 @@ CALIBRATION_CAUTION = ("the refit saw only the calibration set's mels; on the un
                        "DNSMOS P.808 where real recordings cost 0.15: pass --data CORPUS of recorded speech")
 
 
-def _caution(kind: str, cfg: GeneratorPruneConfig) -> Dict[str, str]:
+def _caution(kind: str, cfg: GeneratorPruneConfig, settings: GeneratorDistillSettings) -> Dict[str, str]:
     """{"caution": ...} when a refit without distillation ran on a calibration set, else {}."""
-    if kind == "calibration" and cfg.refit and GeneratorDistillSettings.from_dict(cfg.finetune).steps == 0:
+    if kind == "calibration" and cfg.refit and settings.steps == 0:
         return {"caution": CALIBRATION_CAUTION}
     return {}
 
