@@ -46,6 +46,13 @@ def parse_layout(spec: str, n_pairs: int = 3) -> tuple:
     return name, widths
 
 
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options this bench shares with ``bench_tts_layouts.py``: refit mode, torch threads, JSON output."""
+    ap.add_argument("--refit-mode", default="sequential", choices=["sequential", "independent"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write the results here")
+
+
 def fit_windows(folder: Path, mel_cfg, seed: int = 0) -> torch.Tensor:
     """FIT_WINDOWS log-mel windows [N, n_mels, FIT_FRAMES] from the wavs of ``folder`` (4 per file, seeded)."""
     from edgeflow.audio.io import load_wav
@@ -81,9 +88,7 @@ def main() -> int:
     ap.add_argument("--model", required=True, help="a HiFi-GAN model.pt (edgeflow import hifigan)")
     ap.add_argument("--fit-data", required=True, help="wavs the ranking and the refit see (not the held-out)")
     ap.add_argument("--data", required=True, help="held-out wavs (a folder with transcripts.txt)")
-    ap.add_argument("--refit-mode", default="sequential", choices=["sequential", "independent"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write the results here")
+    add_common_args(ap)
     args = ap.parse_args()
 
     from edgeflow.audio.io import load_wav

@@ -130,3 +130,17 @@ def test_distillation_loss_options_reach_the_decoder_distillation(tmp_path):
         make_config("tts_prune", dict(FAST, fm_weight=1.0))
     with pytest.raises(ConfigError, match="wave_weight"):
         make_config("tts_prune", dict(FAST, wave_weight=-1.0))
+
+
+def test_calibration_windows_are_drawn_across_the_training_set():
+    """The ranking / refit windows come from the whole set (not its first sentences), in order, reproducibly."""
+    from edgeflow.passes.tts_compress import calibration_batches
+
+    cond = torch.arange(200, dtype=torch.float32).reshape(200, 1, 1).expand(200, 2, 3)
+    batches = calibration_batches(cond, 64, seed=0)
+    picked = torch.cat([b[:, 0, 0] for b in batches])
+    assert [len(b) for b in batches] == [16] * 4 and len(set(picked.tolist())) == 64
+    assert bool((picked[1:] > picked[:-1]).all()) and picked.max() > 150 and picked.min() < 50
+    assert torch.equal(picked, torch.cat([b[:, 0, 0] for b in calibration_batches(cond, 64, seed=0)]))
+    assert not torch.equal(picked, torch.cat([b[:, 0, 0] for b in calibration_batches(cond, 64, seed=1)]))
+    assert sum(len(b) for b in calibration_batches(cond[:10], 64)) == 10

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -52,7 +52,8 @@ class TtsPruneConfig(PassConfig):
         margin_frames: context frames each side of a window (the decoder sees them, the loss does not).
         sentences, seeds_per_sentence: distillation text and noise draws per sentence.
         valid_fraction: sentences held out for validation.
-        calib_windows: training windows the channel ranking (and the refit) runs on.
+        calib_windows: training windows the channel ranking (and the refit) runs on, drawn (seeded) from the
+            whole training set.
         refit: least-squares refit of the pruned decoder's convs before distilling
             (:func:`edgeflow.compress.generator_refit.refit_readers`; joe-medium at ratio 0.5: validation
             distance 5.69 -> 4.17 before any step, independent mode).
@@ -148,6 +149,21 @@ def _cost(model) -> Dict[str, float]:
             "total_gflop_per_s": round(sum(parts.values()) / 1e9, 3), "params": model.inference_parameters()}
 
 
+def calibration_batches(cond: torch.Tensor, n: int, seed: int = 0, batch: int = 16) -> List[torch.Tensor]:
+    """``n`` windows spread over the whole training set (a seeded draw, kept in order), in batches.
+
+    Args:
+        cond: latent windows [K, C, F].
+        n: windows wanted (all K if fewer).
+
+    Returns:
+        tensors [<= batch, C, F], ceil(min(n, K) / batch) of them.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(cond.shape[0], generator=g)[:min(n, cond.shape[0])].sort().values
+    return [cond[pick[a:a + batch]] for a in range(0, len(pick), batch)]
+
+
 def _with_decoder(model, dec):
     """A copy of the Vits ``model`` whose decoder is ``dec`` (config updated)."""
     new = copy.deepcopy(model)
@@ -177,8 +193,7 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
                                        valid_fraction=cfg.valid_fraction, margin=cfg.margin_frames, log=log)
         t_data = time.time() - t0
         logmel = _logmel(model.config)
-        n_cal = min(cfg.calib_windows, len(train))
-        calib = [train.cond[a:a + 16] for a in range(0, n_cal, 16)]
+        calib = calibration_batches(train.cond, cfg.calib_windows, ctx.seed)
         dec, info = prune_generator(model.dec, cfg.ratio, dict(cfg.widths) or None, calib,
                                     refit=cfg.refit, refit_mode=cfg.refit_mode)
         if log is not None:
