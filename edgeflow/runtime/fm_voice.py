@@ -30,6 +30,7 @@ from edgeflow.core.noise import noise
 from edgeflow.core.ode import METHODS, SWAY_MAX, SWAY_MIN, solve, step_table
 from edgeflow.runtime.checks import check_seed, check_stream_options, chunk_windows
 from edgeflow.runtime.voice import BUNDLE_LOADERS, MAX_SENTENCE_SECONDS, Voice
+from edgeflow.runtime.conv_layout import check_layout
 from edgeflow.runtime.voice_io import open_session
 from edgeflow.runtime.voice_config import VoiceConfig, read_vits_manifest, resolve_scales
 
@@ -99,15 +100,16 @@ class FmVoice(Voice):
 
     @classmethod
     def load(cls, path: str | Path, threads: Optional[int] = None, providers: Any = None,
-             config: Optional[str | Path] = None) -> "FmVoice":
-        """Open an fmtts bundle directory (manifest, hashes and graphs checked; see :meth:`Voice.load`;
-        ``config`` is for Piper voices and unused here).
+             config: Optional[str | Path] = None, conv_layout: str = "auto") -> "FmVoice":
+        """Open an fmtts bundle directory (manifest, hashes and graphs checked; see :meth:`Voice.load`, also for
+        ``conv_layout``; ``config`` is for Piper voices and unused here).
 
         Raises:
             BundleError: not an fmtts bundle, or a missing, tampered or unloadable graph. InputError: bad threads.
         """
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
+        check_layout(conv_layout)
         path = Path(path)
         manifest = read_vits_manifest(path)
         if manifest.get("family") != "fmtts":
@@ -119,7 +121,7 @@ class FmVoice(Voice):
                 raise BundleError(f"{path}: manifest field graphs.{role} must name a file listed in files")
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
         sessions = {role: open_session(path / graphs[role], threads, providers, f"{role} graph",
-                                        spin=role != "encoder") for role in roles}
+                                        spin=role != "encoder", conv_layout=conv_layout) for role in roles}
         voice = cls(cfg, sessions, manifest, path)
         voice._probe()
         return voice

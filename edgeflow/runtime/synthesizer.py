@@ -18,6 +18,7 @@ from edgeflow.core.errors import BundleError, DependencyError, InputError, short
 from edgeflow.core.noise import noise
 from edgeflow.core.ort import LARGE_GRAPH_NODES, session_options  # noqa: F401  (the one place)
 from edgeflow.runtime.bundle import MODEL_FILE, read_manifest
+from edgeflow.runtime.conv_layout import check_layout, session_source
 from edgeflow.runtime.checks import check_mel, check_seed, check_sigma, resolve_engine  # noqa: F401  (check_mel: public here too)
 from edgeflow.runtime.streaming import stream
 
@@ -93,6 +94,8 @@ class Synthesizer:
         self.session = session
         #: "onnxruntime" or "native" (set by :meth:`load`).
         self.engine = "onnxruntime"
+        #: the layout onnxruntime runs the float 1-D convolutions in, "1d" or "2d" (set by :meth:`load`).
+        self.conv_layout = "1d"
         self.manifest = manifest
         self.bundle_dir = bundle_dir
         mel = manifest["mel"]
@@ -111,7 +114,8 @@ class Synthesizer:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: Optional[int] = None,
-             providers: Union[None, str, Sequence[str]] = None, engine: str = "auto") -> "Synthesizer":
+             providers: Union[None, str, Sequence[str]] = None, engine: str = "auto",
+             conv_layout: str = "auto") -> "Synthesizer":
         """Open a bundle (manifest and file hashes checked first).
 
         Args:
@@ -122,6 +126,8 @@ class Synthesizer:
                 kernels.npz, written by the ``kernels`` pass) or "auto": native where the bundle has kernels, the
                 ``kernels`` pass measured them faster and the C library loads; onnxruntime otherwise (and whenever
                 ``providers`` names more than the CPU).
+            conv_layout: "1d", "2d" or "auto": how onnxruntime runs the graph's float 1-D convolutions
+                (:mod:`edgeflow.runtime.conv_layout`; auto: 2-D for one thread on x86-64, 1-D otherwise).
 
         Raises:
             BundleError: missing/tampered/unknown-version bundle, a graph onnxruntime refuses, or no native
@@ -132,6 +138,7 @@ class Synthesizer:
         """
         if engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        check_layout(conv_layout)
         bundle_dir = Path(bundle_dir)
         manifest = read_manifest(bundle_dir)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -154,8 +161,9 @@ class Synthesizer:
             raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
         opts = session_options(threads, nodes)
         try:
-            session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=opts,
-                                           providers=resolve_providers(providers))
+            names = resolve_providers(providers)
+            source, synth.conv_layout = session_source(bundle_dir / MODEL_FILE, conv_layout, threads, names)
+            session = ort.InferenceSession(source, sess_options=opts, providers=names)
         except DependencyError:
             raise
         except Exception as exc:

@@ -31,6 +31,7 @@ from edgeflow.core.errors import BundleError, InputError, short_reason
 from edgeflow.core.noise import noise
 from edgeflow import text as frontend
 from edgeflow.runtime.checks import check_seed, check_stream_options, chunk_windows
+from edgeflow.runtime.conv_layout import check_layout
 from edgeflow.runtime.voice_io import open_session, write_wav_stream  # noqa: F401  (write_wav_stream: public here too)
 from edgeflow.runtime.voice_config import (VoiceConfig, choose_voice_engine, read_vits_manifest,
                                           resolve_scales, vits_native_section)
@@ -92,7 +93,7 @@ class Voice:
 
     @classmethod
     def load(cls, path: str | Path, threads: Optional[int] = None, providers: Any = None,
-             config: Optional[str | Path] = None, engine: str = "auto") -> "Voice":
+             config: Optional[str | Path] = None, engine: str = "auto", conv_layout: str = "auto") -> "Voice":
         """Open an edgeflow VITS bundle directory or a Piper ``VOICE.onnx`` (config ``VOICE.onnx.json``).
 
         Args:
@@ -103,6 +104,9 @@ class Voice:
             engine: the prior flow's engine: "onnxruntime" (the bundle's decoder.onnx), "native" (edgeflow's C
                 kernels, from the ``tts_kernels`` pass) or "auto" (native where that pass measured it faster,
                 the providers are the CPU's and the library loads; else onnxruntime).
+            conv_layout: "1d", "2d" or "auto": how onnxruntime runs the graphs' float 1-D convolutions
+                (:mod:`edgeflow.runtime.conv_layout`; auto: 2-D for one thread on x86-64, where it measured
+                faster, 1-D otherwise).
 
         Raises:
             BundleError: missing, tampered, truncated or foreign graph/bundle, or a phoneme map with ids
@@ -112,17 +116,19 @@ class Voice:
         """
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
+        check_layout(conv_layout)
         path = Path(path)
         loader = BUNDLE_LOADERS.get(_bundle_family(path)) if cls is Voice and path.is_dir() else None
         if loader is not None:                  # a family with its own runtime (fmtts: edgeflow.runtime.fm_voice)
             choose_voice_engine(None, engine, providers, path)
-            return loader(path, threads, providers)
+            return loader(path, threads, providers, conv_layout=conv_layout)
         if path.is_dir():
-            voice = cls._load_bundle(path, threads, providers, engine)
+            voice = cls._load_bundle(path, threads, providers, engine, conv_layout)
         elif path.is_file():
             choose_voice_engine(None, engine, providers, path)
             cfg = VoiceConfig.read(config if config is not None else Path(f"{path}.json"))
-            voice = cls(cfg, open_session(path, threads, providers, "Piper voice graph"), source=path)
+            voice = cls(cfg, open_session(path, threads, providers, "Piper voice graph", conv_layout=conv_layout),
+                        source=path)
             names = {i.name for i in voice.encoder.get_inputs()}
             if not {"input", "input_lengths", "scales"} <= names:
                 raise BundleError(f"{path}: not a Piper voice graph (inputs {sorted(names)}; expected "
@@ -133,7 +139,8 @@ class Voice:
         return voice
 
     @classmethod
-    def _load_bundle(cls, path: Path, threads: Optional[int], providers: Any, engine: str = "auto") -> "Voice":
+    def _load_bundle(cls, path: Path, threads: Optional[int], providers: Any, engine: str = "auto",
+                     conv_layout: str = "auto") -> "Voice":
         manifest = read_vits_manifest(path)
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
         graphs = dict(manifest["graphs"])
@@ -141,8 +148,8 @@ class Voice:
         section = vits_native_section(manifest, path) if native else None
         if section is not None:
             graphs["decoder"] = section["decoder"]
-        sessions = [open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder")
-                    for role in ("encoder", "decoder")]
+        sessions = [open_session(path / graphs[role], threads, providers, f"{role} graph", spin=role == "decoder",
+                                 conv_layout=conv_layout) for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
         if section is not None:
             from edgeflow.runtime.native.wn import NativeFlow

@@ -12,10 +12,12 @@ import numpy as np
 from edgeflow.core.errors import BundleError, DependencyError, short_reason
 
 
-def open_session(path: Path, threads: Optional[int], providers: Any, what: str, spin: bool = True):
+def open_session(path: Path, threads: Optional[int], providers: Any, what: str, spin: bool = True,
+                 conv_layout: str = "auto"):
     """An onnxruntime session; ``spin=False``: its idle pool threads sleep at once instead of spin-waiting (the
     short encoder run: its spinning pool would take cores from the decoder session that runs next; measured
-    on joe at 2 threads: RTF 0.194 -> 0.164)."""
+    on joe at 2 threads: RTF 0.194 -> 0.164); ``conv_layout``: the layout of its float 1-D convolutions
+    (:func:`edgeflow.runtime.conv_layout.choose_layout`)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -23,14 +25,17 @@ def open_session(path: Path, threads: Optional[int], providers: Any, what: str, 
     from edgeflow.core.ort import session_options
     from edgeflow.runtime.synthesizer import resolve_providers
 
+    from edgeflow.runtime.conv_layout import session_source
+
     if not path.is_file():
         raise BundleError(f"{what} not found: {path}")
     opts = session_options(threads)
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=resolve_providers(providers))
+        names = resolve_providers(providers)
+        return ort.InferenceSession(session_source(path, conv_layout, threads, names)[0], sess_options=opts,
+                                    providers=names)
     except DependencyError:
         raise
     except Exception as exc:

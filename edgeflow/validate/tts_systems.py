@@ -131,8 +131,10 @@ def checkpoint_family(path: str | Path) -> Optional[str]:
     return family if isinstance(family, str) else None
 
 
-def open_system(path: str | Path, threads: Optional[int] = None, what: str = "subject") -> System:
-    """The system at ``path`` (a VITS bundle, a VITS model.pt or a Piper .onnx).
+def open_system(path: str | Path, threads: Optional[int] = None, what: str = "subject",
+                conv_layout: str = "auto") -> System:
+    """The system at ``path`` (a VITS bundle, a VITS model.pt or a Piper .onnx); ``conv_layout``: a bundle's
+    run-time conv layout (:mod:`edgeflow.runtime.conv_layout`).
 
     Raises:
         BundleError / CheckpointError / ConfigError / InputError: not found, not a voice (a vocoder bundle
@@ -150,7 +152,8 @@ def open_system(path: str | Path, threads: Optional[int] = None, what: str = "su
         if m.get("task", "vocoder") != "tts":
             raise BundleError(f"{what} {p}: a {m.get('family')!r} vocoder bundle is not a text-to-speech voice "
                               "(bench a vocoder against a vocoder)")
-        return System("edgeflow bundle (onnxruntime)", "bundle", p, Voice.load(p, threads=threads), _bytes(p))
+        return System("edgeflow bundle (onnxruntime)", "bundle", p,
+                      Voice.load(p, threads=threads, conv_layout=conv_layout), _bytes(p))
     if p.suffix == ".onnx":
         from edgeflow.validate.tts import BarePiper
 
