@@ -111,16 +111,20 @@ def _timing(ort_voice, nat_voice, flow_ref: Callable, threads: int, seconds: flo
 
 
 def _flow_reference(decoder_path: Path, channels: int, threads: int) -> Callable:
-    """z_p [1, C, T] -> the flow's output by onnxruntime on ``decoder.onnx``'s flow subgraph."""
+    """z_p [1, C, T] -> the flow's output by onnxruntime on ``decoder.onnx``'s flow subgraph, its convs in the
+    layout a ``Voice`` session at ``threads`` gets (:mod:`edgeflow.runtime.conv_layout`)."""
     import onnx
     import onnxruntime as ort
 
     from edgeflow.core.ort import session_options
+    from edgeflow.runtime.conv_layout import choose_layout, to_2d
     from edgeflow.runtime.native.vits_graph import extract, flow_output
 
     model = onnx.load(str(decoder_path))
     z_p = next(n.output[0] for n in model.graph.node if n.op_type == "Add" and "m_p" in n.input)
     sub = extract(model, [z_p, "m_p"], [flow_output(model)], channels)
+    if choose_layout("auto", threads) == "2d":
+        to_2d(sub)
     sess = ort.InferenceSession(sub.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {z_p: x, "m_p": x})[0]
