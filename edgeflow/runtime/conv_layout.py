@@ -11,8 +11,8 @@ kernels) and keeps 1-D otherwise; ``Voice.load`` / ``Synthesizer.load`` take ``c
 
 Only float convolutions are rewritten (their weight a plain initializer) whose channel counts suit the NCHWc
 kernels (:func:`_blocked`); INT8 (QDQ) convs keep their ``DequantizeLinear -> Conv`` pattern, which onnxruntime
-fuses into ``QLinearConv``. Each rewritten conv becomes
-``Unsqueeze -> Conv(1 x k) -> Squeeze``: the same arithmetic, float rounding aside.
+fuses into ``QLinearConv``. Each rewritten conv becomes ``Unsqueeze -> Conv(1 x k) -> Squeeze``: the same
+arithmetic, float rounding aside.
 """
 
 from __future__ import annotations
