@@ -235,6 +235,12 @@ def test_cli_synth_bundle_vs_model(models, tmp_path, capsys):
             outs.append(sf.read(str(out))[0])
         assert outs[0].shape == outs[1].shape and np.max(np.abs(outs[0] - outs[1])) <= 2 / 32768
     assert "onnxruntime" in capsys.readouterr().out
+    out = tmp_path / "l.wav"
+    assert main(["synth", str(bundle), "--mel", str(tmp_path / "m.npy"), "-o", str(out), "--seed", "5",
+                 "--conv-layout", "1d"]) == 0 and out.exists()
+    assert main(["synth", str(pt), "--mel", str(tmp_path / "m.npy"), "-o", str(tmp_path / "p.wav"),
+                 "--conv-layout", "2d"]) == 2                 # a model.pt runs in PyTorch: the option is refused
+    assert "--conv-layout applies to bundles" in capsys.readouterr().err and not (tmp_path / "p.wav").exists()
 
 
 def test_malformed_manifest_and_large_graph_options(models, tmp_path):

@@ -136,3 +136,15 @@ def test_say_emoji_and_other_scripts_are_read_by_espeak(bundle, tmp_path, text):
     # documented behaviour: espeak-ng's English voice reads emoji names and letter names of other scripts
     assert main(["say", str(bundle), "--text", text, "-o", str(tmp_path / "o.wav")]) == 0
     assert sf.info(str(tmp_path / "o.wav")).duration > 0.1
+
+
+def test_say_conv_layout_option(bundle, tmp_path, capsys):
+    """``--conv-layout 1d`` and ``2d`` give the same audio (the layout is arithmetic-neutral); a bad value exits 2."""
+    for layout in ("1d", "2d"):
+        assert main(["say", str(bundle), "--text", "Hello there.", "--threads", "1", "--conv-layout", layout,
+                     "-o", str(tmp_path / f"{layout}.wav")]) == 0
+    a, _ = sf.read(str(tmp_path / "1d.wav"), dtype="float32")
+    b, _ = sf.read(str(tmp_path / "2d.wav"), dtype="float32")
+    assert a.shape == b.shape and np.max(np.abs(a - b)) <= 2 / 32768
+    assert main(["say", str(bundle), "--text", "hi", "--conv-layout", "3d", "-o", str(tmp_path / "x.wav")]) == 2
+    assert not (tmp_path / "x.wav").exists() and "--conv-layout" in capsys.readouterr().err

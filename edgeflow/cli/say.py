@@ -41,6 +41,9 @@ def add_arguments(sub) -> None:
     p.add_argument("--engine", choices=("auto", "onnxruntime", "native"), default="auto",
                    help="VITS bundles: the prior flow's engine (native: edgeflow's C kernels from the tts_kernels pass; "
                         "auto: native where that pass measured it faster; default auto)")
+    p.add_argument("--conv-layout", choices=("auto", "1d", "2d"), default="auto",
+                   help="bundles and Piper voices: how onnxruntime runs the float 1-D convolutions (2d: its NCHWc "
+                        "kernels; auto: 2d for one thread on x86-64, else 1d; default auto)")
     p.add_argument("--nfe", type=int, default=None,
                    help="flow-matching (fmtts) bundles: ODE function evaluations (default: the bundle's)")
     p.add_argument("--solver", choices=("euler", "midpoint"), default=None,
@@ -136,14 +139,15 @@ def run(args) -> int:
 
     ode = {k: getattr(args, k) for k in ("nfe", "solver", "sway", "guidance") if getattr(args, k, None) is not None}
     if src.is_file() and src.suffix == ".pt":
-        if getattr(args, "engine", "auto") != "auto":
-            raise InputError("--engine applies to bundles (a model.pt runs in PyTorch)")
+        if getattr(args, "engine", "auto") != "auto" or getattr(args, "conv_layout", "auto") != "auto":
+            raise InputError("--engine and --conv-layout apply to bundles (a model.pt runs in PyTorch)")
         if ode:
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks, sr = _torch_stream(args, text, scales)
         backend = "PyTorch"
     else:
-        voice = Voice.load(src, threads=args.threads, config=args.config, engine=getattr(args, "engine", "auto"))
+        voice = Voice.load(src, threads=args.threads, config=args.config, engine=getattr(args, "engine", "auto"),
+                           conv_layout=getattr(args, "conv_layout", "auto"))
         if ode and voice.kind != "fmtts":
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),

@@ -30,6 +30,9 @@ def add_arguments(sub) -> None:
     p.add_argument("--engine", choices=("auto", "onnxruntime", "native"), default="auto",
                    help="bundle only: onnxruntime, edgeflow's native C kernels, or auto (what the kernels pass "
                         "measured faster)")
+    p.add_argument("--conv-layout", choices=("auto", "1d", "2d"), default="auto",
+                   help="bundle only: how onnxruntime runs the float 1-D convolutions (2d: its NCHWc kernels; "
+                        "auto: 2d for one thread on x86-64, else 1d; default auto)")
     p.set_defaults(func=run)
 
 
@@ -83,7 +86,8 @@ def _with_bundle(args):
         if isinstance(n_mels, int):
             mel = _single(mel, n_mels)[0]
     providers = args.providers.split(",") if args.providers and "," in args.providers else args.providers
-    synth = Synthesizer.load(args.model, threads=args.threads, providers=providers, engine=args.engine)
+    synth = Synthesizer.load(args.model, threads=args.threads, providers=providers, engine=args.engine,
+                             conv_layout=args.conv_layout)
     if args.wav:
         audio = synth.vocode(args.wav, sigma=args.sigma, seed=args.seed)
     else:
@@ -100,6 +104,8 @@ def _with_torch(args):
     from edgeflow.models.family import get_family
     from edgeflow.runtime.synthesizer import check_seed, check_sigma
 
+    if getattr(args, "conv_layout", "auto") != "auto":
+        raise InputError("--conv-layout applies to bundles (a model.pt runs in PyTorch)")
     model, _ = load_model(args.model)
     _check_sigma_used(args, len(getattr(get_family(model).export, "input_names", "xyz")) != 1, model.family)
     sigma = None if args.sigma is None else check_sigma(args.sigma)
