@@ -110,7 +110,8 @@ def to_2d(model: Any) -> int:
                   conv, helper.make_node("Squeeze", [y4, axes], [y], name=tag + "_squeeze_h")]
         count += 1
     if count:
-        graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+        if axes not in inits:                                   # a graph rewritten before already has it
+            graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
         used = {i for n in nodes for i in n.input}
         keep = [t for t in graph.initializer if t.name in used or t.name not in done]
         del graph.initializer[:]
