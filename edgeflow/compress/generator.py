@@ -15,10 +15,11 @@ channel c (all its outputs and taps). A conv's response to channel c is bounded 
 that is exactly zero everywhere scores 0 and goes first (and its removal leaves the output unchanged). Without
 calibration inputs the activation term is 1 (a weight-only score). Forward passes only, deterministic.
 
-Optionally (``refit``) the kept Conv1d readers are then refitted by least squares to reproduce the unpruned
-convs' outputs on the calibration inputs (:mod:`edgeflow.compress.generator_refit`, sequentially on the pruned
-generator's own features by default); on joe-medium at ratio 0.5 the independent refit lowered the distance to
-the teacher before any distillation step from 5.69 to 4.17 (log-mel L1 + MR-STFT, 2026-12-02).
+Optionally (``refit``) the kept readers (Conv1d; a ConvTranspose1d upsampler whose input group is pruned) are
+then refitted by least squares to reproduce the unpruned convs' outputs on the calibration inputs
+(:mod:`edgeflow.compress.generator_refit`, sequentially on the pruned generator's own features by default); on
+joe-medium at ratio 0.5 the independent refit lowered the distance to the teacher before any distillation step
+from 5.69 to 4.17 (log-mel L1 + MR-STFT, 2026-12-02).
 
 The result is a dense, smaller ``Generator`` whose config carries the widths (``channels``, ``inner_channels``),
 so checkpoints, the cost model (``decoder_flops_per_frame``) and export see it as any generator.
@@ -200,7 +201,8 @@ def prune_generator(gen: Generator, ratio: float = 0.0, widths: Optional[Dict[st
         widths: {group or selector: width kept, or a fraction} overriding ``ratio`` (see :func:`plan_widths`).
         inputs: calibration inputs x [B, in_channels, F] (or (x, g) pairs) for the activation term;
             None: a weight-only score.
-        refit: least-squares refit of the Conv1d readers on ``inputs`` (:func:`refit_readers`).
+        refit: least-squares refit of the readers on ``inputs`` (:func:`refit_readers`: the Conv1d ones, and the
+            ConvTranspose1d upsamplers whose input group is pruned).
         refit_mode: "sequential" (on the pruned generator's own features, in forward order) or "independent"
             (on the unpruned generator's); see :mod:`edgeflow.compress.generator_refit`.
 

@@ -117,14 +117,13 @@ def _flow_reference(decoder_path: Path, channels: int, threads: int) -> Callable
     import onnxruntime as ort
 
     from edgeflow.core.ort import session_options
-    from edgeflow.runtime.conv_layout import choose_layout, to_2d
+    from edgeflow.runtime.conv_layout import apply_layout
     from edgeflow.runtime.native.vits_graph import extract, flow_output
 
     model = onnx.load(str(decoder_path))
     z_p = next(n.output[0] for n in model.graph.node if n.op_type == "Add" and "m_p" in n.input)
     sub = extract(model, [z_p, "m_p"], [flow_output(model)], channels)
-    if choose_layout("auto", threads) == "2d":
-        to_2d(sub)
+    apply_layout(sub, "auto", threads)
     sess = ort.InferenceSession(sub.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {z_p: x, "m_p": x})[0]

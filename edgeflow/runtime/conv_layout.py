@@ -121,26 +121,38 @@ def to_2d(model: Any) -> int:
     return count
 
 
-def session_source(path: Any, conv_layout: str, threads: Optional[int], providers: Sequence[str]) -> Tuple[Any, str]:
-    """What to hand ``onnxruntime.InferenceSession`` for the graph at ``path``, and the layout it has.
+def apply_layout(model: Any, conv_layout: str, threads: Optional[int],
+                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> str:
+    """Give an onnx ModelProto the layout a session with ``threads`` and ``providers`` gets, in place.
 
     Args:
         conv_layout: "auto", "1d" or "2d" (see :func:`choose_layout`); anything but the CPU provider alone gets
-            "1d" (other providers choose their own layouts).
+            "1d" (other providers choose their own layouts), and so does a graph below opset 13 (Unsqueeze /
+            Squeeze take their axes as inputs from 13 on) or with external data.
         threads: the session's intra-op threads (None: onnxruntime's default).
         providers: the resolved provider list.
 
     Returns:
-        (str path: the file as it is, or serialized bytes of the rewritten graph; "1d" or "2d").
+        "2d" if any conv was rewritten, else "1d" (the model untouched).
     """
-    layout = choose_layout(conv_layout, threads)
-    if layout == "1d" or list(providers) != ["CPUExecutionProvider"]:
-        return str(path), "1d"
-    import onnx
     from onnx.external_data_helper import uses_external_data
 
-    model = onnx.load(str(path), load_external_data=False)
+    if choose_layout(conv_layout, threads) == "1d" or list(providers) != ["CPUExecutionProvider"]:
+        return "1d"
     opset = min((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 13 or any(uses_external_data(t) for t in model.graph.initializer):
-        return str(path), "1d"                # Unsqueeze / Squeeze take axes as inputs from opset 13
-    return (model.SerializeToString(), "2d") if to_2d(model) else (str(path), "1d")
+        return "1d"
+    return "2d" if to_2d(model) else "1d"
+
+
+def session_source(path: Any, conv_layout: str, threads: Optional[int], providers: Sequence[str]) -> Tuple[Any, str]:
+    """What to hand ``onnxruntime.InferenceSession`` for the graph at ``path``, and the layout it has
+    (:func:`apply_layout`): the path itself when nothing changes (the file is not parsed for "1d"), else the
+    rewritten graph's bytes."""
+    if choose_layout(conv_layout, threads) == "1d" or list(providers) != ["CPUExecutionProvider"]:
+        return str(path), "1d"
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    layout = apply_layout(model, conv_layout, threads, providers)
+    return (model.SerializeToString(), layout) if layout == "2d" else (str(path), layout)

@@ -23,9 +23,8 @@ def open_session(path: Path, threads: Optional[int], providers: Any, what: str, 
     except ImportError:
         raise DependencyError("onnxruntime is not installed (pip install onnxruntime)") from None
     from edgeflow.core.ort import session_options
-    from edgeflow.runtime.synthesizer import resolve_providers
-
     from edgeflow.runtime.conv_layout import session_source
+    from edgeflow.runtime.synthesizer import resolve_providers
 
     if not path.is_file():
         raise BundleError(f"{what} not found: {path}")
