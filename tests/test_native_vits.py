@@ -220,14 +220,21 @@ def test_engine_errors_and_choice(tiny, monkeypatch):
         Voice.load(root / "b", engine="native")
     assert Voice.load(root / "b").engine == "onnxruntime"
     timing = dict(manifest["native"]["timing"])
-    for faster, providers, want in (("native", None, "native"), ("onnxruntime", None, "onnxruntime"),
-                                    ("native", "auto", "onnxruntime")):
-        m = dict(manifest, native=dict(manifest["native"], timing=dict(timing, faster=faster)))
-        assert choose_voice_engine(m, "auto", providers, "x") == want
+    assert timing["conv_layout"] in ("1d", "2d")                     # the layout the pass timed onnxruntime in
+    for faster, providers, layout, want in (("native", None, "1d", "native"), ("onnxruntime", None, "1d", "onnxruntime"),
+                                            ("native", "auto", "1d", "onnxruntime"),
+                                            ("native", None, "2d", "onnxruntime")):   # timed in another layout
+        m = dict(manifest, native=dict(manifest["native"], timing=dict(timing, faster=faster, conv_layout="1d")))
+        assert choose_voice_engine(m, "auto", providers, "x", layout) == want
+    old = {k: v for k, v in timing.items() if k != "conv_layout"}    # bundles from before: timed in 1-D
+    m = dict(manifest, native=dict(manifest["native"], timing=dict(old, faster="native")))
+    assert choose_voice_engine(m, "auto", None, "x", "1d") == "native"
+    assert choose_voice_engine(m, "auto", None, "x", "2d") == "onnxruntime"
     assert choose_voice_engine(manifest, "onnxruntime", None, "x") == "onnxruntime"
     m = dict(manifest, native=dict(manifest["native"], timing=dict(timing, faster="native")))
+    assert choose_voice_engine(m, "auto", None, "x", timing["conv_layout"]) == "native"
     monkeypatch.setattr(wn, "library", lambda: (_ for _ in ()).throw(DependencyError("no library")))
-    assert choose_voice_engine(m, "auto", None, "x") == "onnxruntime"   # no library: auto falls back
+    assert choose_voice_engine(m, "auto", None, "x", timing["conv_layout"]) == "onnxruntime"   # no library
     with pytest.raises(DependencyError):
         choose_voice_engine(m, "native", None, "x")
 

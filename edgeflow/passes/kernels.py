@@ -185,6 +185,7 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
     """
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir
+    from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.runtime.bundle import read_manifest
     from edgeflow.runtime.native.format import KERNELS_FILE, int8_parts
     from edgeflow.runtime.native.waveglow import WAVEGLOW_FILE
@@ -215,7 +216,8 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
         parity = _checked_parity(ort_synth, nat_synth, manifest, cfg)
         timing = None
         if cfg.time_seconds > 0:
-            timing = {"threads": threads, "seconds": cfg.time_seconds, "native_rtf": _rtf(nat_synth, cfg.time_seconds),
+            timing = {"threads": threads, "conv_layout": choose_layout("auto", threads), "seconds": cfg.time_seconds,
+                      "native_rtf": _rtf(nat_synth, cfg.time_seconds),
                       "onnxruntime_rtf": _rtf(ort_synth, cfg.time_seconds)}
             timing["faster"] = "native" if timing["native_rtf"] < timing["onnxruntime_rtf"] else "onnxruntime"
         from edgeflow.runtime.native import info

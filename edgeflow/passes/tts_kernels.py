@@ -94,6 +94,7 @@ def _parity(ort_voice, nat_voice, flow_ref: Callable, quantized: bool, cfg: TtsK
 
 
 def _timing(ort_voice, nat_voice, flow_ref: Callable, threads: int, seconds: float) -> Dict[str, Any]:
+    from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.validate.cost import interleaved_best
 
     frames = max(1, int(round(seconds * ort_voice.sample_rate / ort_voice.hop_length)))
@@ -103,7 +104,8 @@ def _timing(ort_voice, nat_voice, flow_ref: Callable, threads: int, seconds: flo
                           "decoder_native": lambda: _decode(nat_voice, f),
                           "decoder_onnxruntime": lambda: _decode(ort_voice, f)}, rounds=5, warmup=True)
     audio = frames * ort_voice.hop_length / ort_voice.sample_rate
-    out = {"threads": threads, "seconds": round(audio, 3), **{f"{k}_s": round(v, 5) for k, v in t.items()},
+    out = {"threads": threads, "conv_layout": choose_layout("auto", threads), "seconds": round(audio, 3),
+           **{f"{k}_s": round(v, 5) for k, v in t.items()},
            "flow_speedup": round(t["flow_onnxruntime"] / t["flow_native"], 3),
            "native_rtf": round(t["decoder_native"] / audio, 4), "onnxruntime_rtf": round(t["decoder_onnxruntime"] / audio, 4)}
     out["faster"] = "native" if out["native_rtf"] < out["onnxruntime_rtf"] else "onnxruntime"

@@ -81,7 +81,8 @@ def check_stream_options(text: Any, chunk_frames: Any, first_chunk_frames: Any, 
     return np.zeros(int(round(max(0.0, float(sentence_silence)) * sample_rate)), dtype=np.float32)
 
 
-def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing: str, load: Any) -> str:
+def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing: str, load: Any,
+                   layout: str = "1d") -> str:
     """"native" or "onnxruntime" for an engine request, given the bundle's checked ``native`` manifest section.
 
     Args:
@@ -91,10 +92,13 @@ def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing
         where: the bundle, for messages.
         missing: the message's end when "native" is asked of a bundle without kernels.
         load: a callable that loads the C library (raises DependencyError, one line, when it cannot).
+        layout: the conv layout the onnxruntime session would run ("1d" or "2d",
+            :func:`edgeflow.runtime.conv_layout.choose_layout`): the pass's timing counts only if it timed
+            onnxruntime in that layout (bundles whose timing names none were timed in 1-D).
 
     Returns:
         "onnxruntime" as asked; "native" as asked; for "auto", "native" only where the bundle's pass measured
-        it faster, the providers are the CPU and the library loads.
+        it faster than onnxruntime in ``layout``, the providers are the CPU and the library loads.
 
     Raises:
         BundleError: "native" asked of a bundle without kernels. DependencyError: "native" asked, no library.
@@ -110,7 +114,8 @@ def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing
         return engine
     cpu_only = providers is None or (isinstance(providers, str) and providers.lower() == "cpu")
     timing = native.get("timing") if native else None
-    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native":
+    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native" or \
+            timing.get("conv_layout", "1d") != layout:
         return "onnxruntime"
     try:
         load()

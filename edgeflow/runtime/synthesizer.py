@@ -18,7 +18,7 @@ from edgeflow.core.errors import BundleError, DependencyError, InputError, short
 from edgeflow.core.noise import noise
 from edgeflow.core.ort import LARGE_GRAPH_NODES, session_options  # noqa: F401  (the one place)
 from edgeflow.runtime.bundle import MODEL_FILE, read_manifest
-from edgeflow.runtime.conv_layout import check_layout, session_source
+from edgeflow.runtime.conv_layout import check_layout, choose_layout, session_source
 from edgeflow.runtime.checks import check_mel, check_seed, check_sigma, resolve_engine  # noqa: F401  (check_mel: public here too)
 from edgeflow.runtime.streaming import stream
 
@@ -74,12 +74,13 @@ def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, A
     return native
 
 
-def choose_engine(manifest: Dict[str, Any], engine: str, providers: Any, where: Any) -> str:
-    """"native" or "onnxruntime" for a requested ``engine`` (see :meth:`Synthesizer.load`)."""
+def choose_engine(manifest: Dict[str, Any], engine: str, providers: Any, where: Any, layout: str = "1d") -> str:
+    """"native" or "onnxruntime" for a requested ``engine`` (see :meth:`Synthesizer.load`); ``layout``: the conv
+    layout an onnxruntime session would run (:func:`edgeflow.runtime.checks.resolve_engine`)."""
     from edgeflow.runtime.native import library
 
     return resolve_engine(engine, native_section(manifest, where), providers, where,
-                          "the bundle has no native kernels (add them with the kernels pass)", library)
+                          "the bundle has no native kernels (add them with the kernels pass)", library, layout)
 
 
 class Synthesizer:
@@ -148,7 +149,7 @@ class Synthesizer:
             nodes = int(manifest.get("export", {}).get("graph", {}).get("nodes", 0) or 0)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BundleError(f"{bundle_dir}: malformed manifest ({type(exc).__name__}: {exc})") from None
-        if choose_engine(manifest, engine, providers, bundle_dir) == "native":
+        if choose_engine(manifest, engine, providers, bundle_dir, choose_layout(conv_layout, threads)) == "native":
             from edgeflow.runtime.native import open_session
 
             synth.session = open_session(manifest["native"], bundle_dir, synth.input_names, synth.hop_length,

@@ -31,7 +31,7 @@ from edgeflow.core.errors import BundleError, InputError, short_reason
 from edgeflow.core.noise import noise
 from edgeflow import text as frontend
 from edgeflow.runtime.checks import check_seed, check_stream_options, chunk_windows
-from edgeflow.runtime.conv_layout import check_layout
+from edgeflow.runtime.conv_layout import check_layout, choose_layout
 from edgeflow.runtime.voice_io import open_session, write_wav_stream  # noqa: F401  (write_wav_stream: public here too)
 from edgeflow.runtime.voice_config import (VoiceConfig, choose_voice_engine, read_vits_manifest,
                                           resolve_scales, vits_native_section)
@@ -144,7 +144,7 @@ class Voice:
         manifest = read_vits_manifest(path)
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
         graphs = dict(manifest["graphs"])
-        native = choose_voice_engine(manifest, engine, providers, path) == "native"
+        native = choose_voice_engine(manifest, engine, providers, path, choose_layout(conv_layout, threads)) == "native"
         section = vits_native_section(manifest, path) if native else None
         if section is not None:
             graphs["decoder"] = section["decoder"]

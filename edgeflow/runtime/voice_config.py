@@ -180,10 +180,12 @@ def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[s
     return native
 
 
-def choose_voice_engine(manifest: Optional[Dict[str, Any]], engine: Any, providers: Any, where: Any) -> str:
+def choose_voice_engine(manifest: Optional[Dict[str, Any]], engine: Any, providers: Any, where: Any,
+                        layout: str = "1d") -> str:
     """"native" or "onnxruntime" for the prior flow of a voice: "onnxruntime" as asked; "native" as asked
     (BundleError without native kernels, DependencyError without the library); "auto": native only where the
-    bundle's ``tts_kernels`` pass measured it faster, the providers are the CPU and the library loads.
+    bundle's ``tts_kernels`` pass measured it faster than onnxruntime in ``layout`` (the conv layout the voice's
+    sessions would run), the providers are the CPU and the library loads.
 
     Raises:
         InputError: an unknown engine name.
@@ -195,4 +197,4 @@ def choose_voice_engine(manifest: Optional[Dict[str, Any]], engine: Any, provide
         raise InputError(f"engine must be one of {', '.join(VOICE_ENGINES)}, got {engine!r}")
     native = vits_native_section(manifest, where) if manifest is not None else None
     return resolve_engine(engine, native, providers, where,
-                          "the voice has no native flow kernels (add them with the tts_kernels pass)", library)
+                          "the voice has no native flow kernels (add them with the tts_kernels pass)", library, layout)
