@@ -150,6 +150,7 @@ def _export(art, vocoder, work: Path, step: str, log) -> Dict[str, Any]:
     t0, dest = time.time(), work / "bundle-00-export"
     manifest = export_fmtts_bundle(art.model, vocoder, dest, history=art.history, overwrite=True)
     art.bundle_dir = dest
+    art.info["vocoder"] = str(vocoder)                         # fm_vocoder's prune step reloads a model.pt
     seconds = round(time.time() - t0, 2)
     art.history.append({"name": "export", "status": "applied", "version": __version__, "seconds": seconds,
                         "config": {"family": "fmtts", "vocoder": str(vocoder)}})

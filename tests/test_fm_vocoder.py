@@ -95,3 +95,59 @@ def test_quantize_options_come_from_the_targets_hifigan_recipe():
     assert quantize_options(cfg, cpu) == step and step["residual"] is True
     assert quantize_options(cfg, {"families": {}}) == FALLBACK_QUANTIZE
     assert quantize_options(make_config("fm_vocoder", {"quantize": QUANT}), cpu) == QUANT
+
+
+def test_prune_narrows_the_vocoder_refitted_on_the_voices_mels(bundle, tmp_path):
+    """With ``prune`` and the HiFi-GAN model.pt the pipeline exported, the quantized graph is the narrower one;
+    it vocodes the voice's mels close to the unpruned float vocoder (refit on those mels, no training)."""
+    import onnx
+
+    from edgeflow.models.checkpoint import save_model
+
+    path = tmp_path / "hifigan.pt"
+    save_model(path, tiny_vocoder())
+    widths = {"stage-1": 0.5}
+    art = Artifact(bundle_dir=bundle, info={"vocoder": str(path)})
+    rec = apply_pass(art, make_config("fm_vocoder", dict(OPTS, prune=widths, max_mcd=50.0, require_speedup=False)),
+                     PassContext(work_dir=tmp_path, progress=False))
+    d = rec["details"]
+    assert d["applied"] is True and d["prune"]["widths"] == widths and d["prune"]["params"][1] < d["prune"]["params"][0]
+    assert "stage2 4 -> 2" in d["prune"]["groups"]                            # the last stage's stream
+    new = json.loads((art.bundle_dir / "manifest.json").read_text())
+    assert new["vocoder"]["pruned"] == d["prune"]["groups"]
+    q = onnx.load(str(art.bundle_dir / "vocoder.onnx"))
+    last = [i for i in q.graph.initializer if "resblocks.4" in i.name and len(i.dims) == 3]   # last stage's
+    assert last and all(i.dims[0] == i.dims[1] == 2 for i in last)
+    f, v = Voice.load(bundle, threads=1), Voice.load(art.bundle_dir, threads=1)
+    mel = f.mel_ids(calibration_ids(f, 1)[0], seed=0)
+    a, b = f.vocode(mel), v.vocode(mel)
+    # half of a random 4-channel stream, refitted, then INT8: 0.45 here; a lost refit (or weights) is near 0
+    assert a.shape == b.shape and np.isfinite(b).all() and np.corrcoef(a, b)[0, 1] > 0.3
+
+
+def test_prune_is_skipped_for_a_vocoder_bundle_and_checked(bundle, tmp_path):
+    art = Artifact(bundle_dir=bundle, info={"vocoder": str(bundle)})          # a directory: no channel groups
+    rec = apply_pass(art, make_config("fm_vocoder", dict(OPTS, prune="recipe", max_mcd=50.0, require_speedup=False)),
+                     PassContext(work_dir=tmp_path, progress=False, target={"families": {"hifigan": {"recipes": {
+                         "fast": [{"pass": "generator_prune", "widths": {"stage-1": 0.5}}]}}}}))
+    assert rec["details"]["applied"] is True and "model.pt" in rec["details"]["prune"]["skipped"]
+    with pytest.raises(ConfigError, match="prune must be"):
+        make_config("fm_vocoder", {"prune": "half"})
+    from edgeflow.passes.fm_vocoder_prune import prune_widths
+    from edgeflow.targets import load_target
+
+    assert prune_widths("recipe", load_target("cpu")) == next(
+        p["widths"] for p in load_target("cpu")["families"]["hifigan"]["recipes"]["fast"] if p["pass"] == "generator_prune")
+    with pytest.raises(ConfigError, match="recipe"):
+        prune_widths("recipe", {"families": {}})
+    assert prune_widths(None, None) is None and prune_widths({}, None) is None
+
+
+def test_refit_inputs_keep_one_window_length():
+    """The sequential refit needs one length: a short sentence's whole mel is left out, full windows batched."""
+    from edgeflow.passes.fm_vocoder_prune import refit_inputs
+
+    feeds = [{"mel": np.full((1, 4, 8), k, np.float32)} for k in range(10)] + [{"mel": np.zeros((1, 4, 5), np.float32)}]
+    batches = refit_inputs(feeds, batch=4)
+    assert [tuple(b.shape) for b in batches] == [(4, 4, 8), (4, 4, 8), (2, 4, 8)]
+    assert [float(b[0, 0, 0]) for b in batches] == [0.0, 4.0, 8.0]

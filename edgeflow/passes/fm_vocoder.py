@@ -6,6 +6,11 @@ int8 convs, the HiFi-GAN residual stream, the sensitivity search; options ``quan
 ``quantize`` step of the target's own ``hifigan`` ``balanced`` recipe), calibrated on the mels the voice itself makes for the first ``calib_sentences``
 calibration sentences (the vocoder's real input), cut into ``window``-frame windows.
 
+With ``prune`` (a widths dict, or "recipe": the ``generator_prune`` widths of the target's hifigan ``fast`` recipe)
+the vocoder is first narrowed and refitted on those same mel windows (:mod:`edgeflow.passes.fm_vocoder_prune`; it
+needs the HiFi-GAN model.pt as ``--vocoder``, and is skipped, with the reason in the details, for a vocoder
+bundle), and the pruned graph is what gets quantized.
+
 Gate: the audio of the voice with the INT8 vocoder against the same voice with the float one, same mels (the
 next ``sentences`` calibration sentences at the bundle's default sampling, seeds ``seed + k``): mean mel-cepstral
 distance <= ``max_mcd`` dB, and (``require_speedup``) vocoding faster (interleaved, fastest of ``rounds``);
@@ -42,6 +47,9 @@ class FmVocoderConfig(PassConfig):
         max_mcd: largest mean mel-cepstral distance (dB) of the INT8-vocoded audio to the float-vocoded audio.
         rounds: timing rounds (float and INT8 vocoder interleaved; the fastest kept).
         require_speedup: keep the INT8 vocoder only when it vocodes faster.
+        prune: None (no pruning), a dict of generator widths (:func:`edgeflow.compress.generator.plan_widths`
+            selectors) or "recipe" (the target's hifigan ``fast`` ``generator_prune`` widths): prune and refit
+            the vocoder on the voice's mel windows before quantizing it.
     """
 
     quantize: Optional[Dict[str, Any]] = None
@@ -51,12 +59,15 @@ class FmVocoderConfig(PassConfig):
     max_mcd: float = 1.0
     rounds: int = 3
     require_speedup: bool = True
+    prune: Any = None
 
     def __post_init__(self):
         from edgeflow.passes.quantize import QuantizeConfig
 
         if not self.max_mcd > 0 or min(self.calib_sentences, self.sentences, self.rounds, self.window) < 1:
             raise ValueError("fm_vocoder: max_mcd > 0, calib_sentences, sentences, rounds and window >= 1")
+        if self.prune not in (None, "recipe") and not isinstance(self.prune, dict):
+            raise ValueError(f"fm_vocoder: prune must be a widths dict, \"recipe\" or null, got {self.prune!r}")
         if self.quantize is None:
             return
         if self.quantize.get("precision", "int8") != "int8":
@@ -127,22 +138,43 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
     log = print if ctx.progress else (lambda *_: None)
     name = manifest["graphs"]["vocoder"]
     with tempfile.TemporaryDirectory(prefix="edgeflow-fmv-") as tmp:
+        graph, pruned = _maybe_prune(artifact, cfg, ctx, feeds, Path(tmp), src / name, log)
         try:
-            details = coupling_aware_int8(src / name, Path(tmp) / name, feeds, MelConfig.from_dict(manifest["mel"]),
+            details = coupling_aware_int8(graph, Path(tmp) / name, feeds, MelConfig.from_dict(manifest["mel"]),
                                           QuantizeConfig(**quantize_options(cfg, ctx.target)), Path(tmp) / "work",
                                           threads=1, log=log)
         except QuantizationError as exc:
             return settle(artifact, out, {}, str(exc), "fm_vocoder", "vocoder kept float", ctx.progress)
         section = {k: details[k] for k in SUMMARY if k in details}
-        section.update(calibration_windows=len(feeds), calib_sentences=len(calib),
+        section.update(prune=pruned, calibration_windows=len(feeds), calib_sentences=len(calib),
                        kept_float=[g["group"] for g in details["kept_float"]["sensitivity"]])
         voc.update(precision="int8", sha256=sha256_file(Path(tmp) / name))
+        if pruned.get("widths"):
+            voc.update(pruned=pruned["groups"])
         copy_bundle(src, out, {"vocoder": Path(tmp) / name}, {"vocoder": voc, "vocoder_quantization": section},
                     overwrite=True)
     scores = compare_vocoders(voice, Voice.load(out, threads=1), held, cfg.rounds, ctx.seed)
     section.update(scores, max_mcd=cfg.max_mcd, sentences=len(held))
     why = gate_reason(scores, cfg.max_mcd, cfg.require_speedup, "audio MCD")
     return settle(artifact, out, section, why, "fm_vocoder", "vocoder kept float", ctx.progress)
+
+
+def _maybe_prune(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext, feeds, tmp: Path, graph: Path, log):
+    """(the float graph to quantize, the prune section): the bundle's own vocoder graph when ``cfg.prune`` is off
+    or cannot apply (the reason recorded), else the pruned and refitted one (:mod:`fm_vocoder_prune`)."""
+    from edgeflow.passes.fm_vocoder_prune import pruned_graph, prune_widths, vocoder_model
+
+    widths = prune_widths(cfg.prune, ctx.target)
+    if widths is None:
+        return graph, {}
+    model = vocoder_model(artifact.info)
+    if isinstance(model, str):
+        log(f"    prune skipped: {model}")
+        return graph, {"skipped": model}
+    log(f"    pruning the vocoder to {widths}, refit on {len(feeds)} windows of the voice's mels ...")
+    section = pruned_graph(model, widths, feeds, tmp / "pruned")
+    log(f"    pruned: {', '.join(section['groups'])}; parameters {section['params'][0]} -> {section['params'][1]}")
+    return tmp / "pruned" / "model.onnx", section
 
 
 register_pass("fm_vocoder", FmVocoderConfig, _fm_vocoder)
