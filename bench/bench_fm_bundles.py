@@ -6,9 +6,9 @@ count, the bundles interleaved sentence by sentence and round by round (:func:`e
 interleaved_rtf`, fastest of ``--rounds`` per sentence, after one warm-up sentence), so other jobs on a shared
 CPU slow them alike; RTF = total wall / total audio, acoustic model and vocoder together, each sentence
 vocoded whole (as ``optimize``'s report and bench_fm_tts.py time it) or, with ``--stream``, in
-``speak_stream``'s default chunks (128 frames after a first 32, each with the vocoder's context: more work). Quality, at 1 thread
-(``--quality``): pocketsphinx corpus WER and mean DNSMOS P.808 of each bundle and of the corpus voice the model
-was trained on, on the same sentences (:mod:`bench_fm_speaks`), with the "demo speaks" differences.
+``speak_stream``'s default chunks (128 frames after a first 32, each with the vocoder's context: more work).
+Quality, at 1 thread (``--quality``): pocketsphinx corpus WER and mean DNSMOS P.808 of each bundle and of the
+corpus voice the model was trained on, on the same sentences (:mod:`bench_fm_speaks`).
 ``NAME=BUNDLE@1d`` / ``@2d`` forces a run-time conv layout (:mod:`edgeflow.runtime.conv_layout`).
 
     PYTHONPATH=. python bench/bench_fm_bundles.py quality=OUT1/bundle fast=OUT2/bundle --threads 1,2 \\
