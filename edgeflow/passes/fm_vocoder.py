@@ -81,10 +81,12 @@ class FmVocoderConfig(PassConfig):
 def quantize_options(cfg: FmVocoderConfig, target: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The quantize options: the pass's own, else the int8 ``quantize`` step of ``target``'s hifigan
     ``balanced`` recipe (the vocoder optimized as in its own family's recipe), else :data:`FALLBACK_QUANTIZE`."""
+    from edgeflow.passes.fm_vocoder_prune import hifigan_step
+
     if cfg.quantize is not None:
         return dict(cfg.quantize)
-    recipe = (((target or {}).get("families") or {}).get("hifigan") or {}).get("recipes", {}).get("balanced", [])
-    step = next((p for p in recipe if p.get("pass") == "quantize" and p.get("precision", "int8") == "int8"), None)
+    step = hifigan_step(target, "balanced",
+                        lambda p: p.get("pass") == "quantize" and p.get("precision", "int8") == "int8")
     return {k: v for k, v in step.items() if k != "pass"} if step else dict(FALLBACK_QUANTIZE)
 
 

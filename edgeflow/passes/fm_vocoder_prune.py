@@ -11,11 +11,18 @@ pruned float graph is then quantized by ``fm_vocoder`` as usual and gated agains
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from edgeflow.core.errors import ConfigError
+
+
+def hifigan_step(target: Optional[Dict[str, Any]], recipe: str, wanted: Callable[[Dict[str, Any]], bool]):
+    """The first step of ``target``'s hifigan ``recipe`` for which ``wanted`` holds, or None: the vocoder family's
+    own recipe, which ``fm_vocoder`` follows for the vocoder inside a voice."""
+    steps = (((target or {}).get("families") or {}).get("hifigan") or {}).get("recipes", {}).get(recipe, [])
+    return next((p for p in steps if wanted(p)), None)
 
 
 def prune_widths(option: Any, target: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -31,8 +38,7 @@ def prune_widths(option: Any, target: Optional[Dict[str, Any]]) -> Optional[Dict
     if isinstance(option, dict):
         return dict(option)
     if option == "recipe":
-        recipe = (((target or {}).get("families") or {}).get("hifigan") or {}).get("recipes", {}).get("fast", [])
-        step = next((p for p in recipe if p.get("pass") == "generator_prune" and p.get("widths")), None)
+        step = hifigan_step(target, "fast", lambda p: p.get("pass") == "generator_prune" and bool(p.get("widths")))
         if step is None:
             raise ConfigError("fm_vocoder: prune \"recipe\" needs a generator_prune step with widths in the "
                               "target's hifigan fast recipe")
