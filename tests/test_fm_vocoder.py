@@ -151,3 +151,26 @@ def test_refit_inputs_keep_one_window_length():
     batches = refit_inputs(feeds, batch=4)
     assert [tuple(b.shape) for b in batches] == [(4, 4, 8), (4, 4, 8), (2, 4, 8)]
     assert [float(b[0, 0, 0]) for b in batches] == [0.0, 4.0, 8.0]
+
+
+def test_equalize_rebuilds_the_same_vocoder_with_balanced_channels(bundle, tmp_path):
+    """``equalize`` alone: the graph is rebuilt from the model.pt with equalized channels (the float function kept,
+    checked by the pass), then quantized; the details carry each stage's channel spread before and after."""
+    from edgeflow.models.checkpoint import save_model
+
+    path = tmp_path / "hifigan.pt"
+    save_model(path, tiny_vocoder())
+    art = Artifact(bundle_dir=bundle, info={"vocoder": str(path)})
+    rec = apply_pass(art, make_config("fm_vocoder", dict(OPTS, equalize=1.0, max_mcd=50.0, require_speedup=False)),
+                     PassContext(work_dir=tmp_path, progress=False))
+    d = rec["details"]
+    eq = d["prune"]["equalize"]
+    assert d["applied"] is True and "widths" not in d["prune"] and eq["max_rel_error"] < 1e-3
+    assert eq["stages"] and all(after <= before for before, after in eq["stages"].values())
+    assert any(after < 0.9 * before for before, after in eq["stages"].values())
+    f, v = Voice.load(bundle, threads=1), Voice.load(art.bundle_dir, threads=1)
+    mel = f.mel_ids(calibration_ids(f, 1)[0], seed=0)
+    a, b = f.vocode(mel), v.vocode(mel)
+    assert a.shape == b.shape and np.corrcoef(a, b)[0, 1] > 0.5
+    with pytest.raises(ConfigError, match="equalize"):
+        make_config("fm_vocoder", {"equalize": 2.0})

@@ -230,8 +230,9 @@ def test_optimize_quality_and_balanced_end_to_end(hg, tmp_path):
     assert "ConvTranspose" not in ops and ops.count("Conv") >= len(GEN.upsample_rates) + 2
 
     report, logs = _optimize(hg, tmp_path / "b", "balanced")
-    assert [p["name"] for p in report["passes"]] == ["freeze", "export", "quantize", "validate"]
-    assert {p["name"]: p["status"] for p in report["passes"]}["quantize"] == "applied", logs
+    assert [p["name"] for p in report["passes"]] == ["freeze", "equalize", "export", "quantize", "validate"]
+    status = {p["name"]: p["status"] for p in report["passes"]}
+    assert status["quantize"] == "applied" and status["equalize"] == "applied", logs
     _check_int8(fbundle, tmp_path / "b" / "bundle", hg)
 
 

@@ -50,6 +50,9 @@ class FmVocoderConfig(PassConfig):
         prune: None (no pruning), a dict of generator widths (:func:`edgeflow.compress.generator.plan_widths`
             selectors) or "recipe" (the target's hifigan ``fast`` ``generator_prune`` widths): prune and refit
             the vocoder on the voice's mel windows before quantizing it.
+        equalize: None, or the alpha of a cross-layer equalization of the vocoder's channels on the voice's mel
+            windows before quantizing it (:mod:`edgeflow.compress.generator_equalize`; exact in float). Needs the
+            HiFi-GAN model.pt, like ``prune``.
     """
 
     quantize: Optional[Dict[str, Any]] = None
@@ -60,6 +63,7 @@ class FmVocoderConfig(PassConfig):
     rounds: int = 3
     require_speedup: bool = True
     prune: Any = None
+    equalize: Optional[float] = None
 
     def __post_init__(self):
         from edgeflow.passes.quantize import QuantizeConfig
@@ -68,6 +72,8 @@ class FmVocoderConfig(PassConfig):
             raise ValueError("fm_vocoder: max_mcd > 0, calib_sentences, sentences, rounds and window >= 1")
         if self.prune not in (None, "recipe") and not isinstance(self.prune, dict):
             raise ValueError(f"fm_vocoder: prune must be a widths dict, \"recipe\" or null, got {self.prune!r}")
+        if self.equalize is not None and not 0.0 <= self.equalize <= 1.0:
+            raise ValueError(f"fm_vocoder: equalize must be null or an alpha in [0, 1], got {self.equalize!r}")
         if self.quantize is None:
             return
         if self.quantize.get("precision", "int8") != "int8":
@@ -162,20 +168,25 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
 
 
 def _maybe_prune(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext, feeds, tmp: Path, graph: Path, log):
-    """(the float graph to quantize, the prune section): the bundle's own vocoder graph when ``cfg.prune`` is off
-    or cannot apply (the reason recorded), else the pruned and refitted one (:mod:`fm_vocoder_prune`)."""
+    """(the float graph to quantize, the prune section): the bundle's own vocoder graph when neither ``cfg.prune``
+    nor ``cfg.equalize`` is set or they cannot apply (the reason recorded), else the graph rebuilt from the
+    HiFi-GAN model.pt, pruned and refitted and/or equalized (:mod:`fm_vocoder_prune`)."""
     from edgeflow.passes.fm_vocoder_prune import pruned_graph, prune_widths, vocoder_model
 
     widths = prune_widths(cfg.prune, ctx.target)
-    if widths is None:
+    if widths is None and cfg.equalize is None:
         return graph, {}
     model = vocoder_model(artifact.info)
     if isinstance(model, str):
-        log(f"    prune skipped: {model}")
+        log(f"    prune / equalize skipped: {model}")
         return graph, {"skipped": model}
-    log(f"    pruning the vocoder to {widths}, refit on {len(feeds)} windows of the voice's mels ...")
-    section = pruned_graph(model, widths, feeds, tmp / "pruned")
-    log(f"    pruned: {', '.join(section['groups'])}; parameters {section['params'][0]} -> {section['params'][1]}")
+    what = (f"pruning the vocoder to {widths}" if widths else "") + \
+        (" and " if widths and cfg.equalize is not None else "") + \
+        (f"equalizing its channels (alpha {cfg.equalize})" if cfg.equalize is not None else "")
+    log(f"    {what}, on {len(feeds)} windows of the voice's mels ...")
+    section = pruned_graph(model, widths, feeds, tmp / "pruned", cfg.equalize)
+    if widths:
+        log(f"    pruned: {', '.join(section['groups'])}; parameters {section['params'][0]} -> {section['params'][1]}")
     return tmp / "pruned" / "model.onnx", section
 
 

@@ -53,7 +53,7 @@ def vocoder_model(info: Dict[str, Any]) -> Any:
 
     path = info.get("vocoder")
     if not path or not Path(path).is_file():
-        return (f"pruning needs the HiFi-GAN model.pt as --vocoder (got {path or 'no path'}: a vocoder bundle has no "
+        return (f"pruning or equalizing needs the HiFi-GAN model.pt as --vocoder (got {path or 'no path'}: a vocoder bundle has no "
                 "channel groups to cut)")
     model, _ = load_model(path)
     if not hasattr(model, "generator"):
@@ -73,22 +73,35 @@ def refit_inputs(feeds: List[Dict[str, np.ndarray]], batch: int = 8) -> List[Any
     return [torch.from_numpy(np.stack(mels[a:a + batch])) for a in range(0, len(mels), batch)]
 
 
-def pruned_graph(model: Any, widths: Dict[str, Any], feeds: List[Dict[str, np.ndarray]], dest: Path) -> Dict[str, Any]:
-    """Prune ``model``'s generator to ``widths``, refit it on ``feeds`` (sequentially), export the float graph to
-    ``dest`` (a vocoder bundle directory; its graph is ``dest/model.onnx``). Returns the prune summary."""
+def pruned_graph(model: Any, widths: Optional[Dict[str, Any]], feeds: List[Dict[str, np.ndarray]], dest: Path,
+                 equalize: Optional[float] = None) -> Dict[str, Any]:
+    """Prune ``model``'s generator to ``widths`` (None: keep every channel) and refit it on ``feeds`` (sequentially),
+    then, with ``equalize`` (an alpha), equalize its channels on the same windows
+    (:func:`edgeflow.compress.generator_equalize.equalize_generator`); export the float graph to ``dest`` (a vocoder
+    bundle directory; its graph is ``dest/model.onnx``). Returns the prune summary (with ``equalize`` details)."""
+    import copy
+
     import torch
 
     from edgeflow.compress.generator import prune_generator, stage_summary
+    from edgeflow.compress.generator_equalize import equalize_generator
     from edgeflow.export.onnx_export import export_bundle
     from edgeflow.models.base import build_model
 
     inputs = refit_inputs(feeds)
-    with torch.no_grad():
-        gen, info = prune_generator(model.generator, 0.0, widths, inputs, refit=True, refit_mode="sequential")
+    out: Dict[str, Any] = {}
+    if widths:
+        with torch.no_grad():
+            gen, info = prune_generator(model.generator, 0.0, widths, inputs, refit=True, refit_mode="sequential")
+        out = {"widths": widths, "groups": stage_summary(info), "params": info["params"],
+               "refit": f"sequential, on {sum(len(x) for x in inputs)} windows of the voice's own mels"}
+    else:
+        gen = copy.deepcopy(model.generator)
+    if equalize is not None:
+        out["equalize"] = equalize_generator(gen.eval(), inputs, equalize)
     with torch.random.fork_rng():
         student = build_model(model.family, model.config.replace(generator=gen.config))
     student.generator = gen.eval()
     student.eval()
     export_bundle(student, dest)
-    return {"widths": widths, "groups": stage_summary(info), "params": info["params"],
-            "refit": f"sequential, on {sum(len(x) for x in inputs)} windows of the voice's own mels"}
+    return out
