@@ -248,8 +248,10 @@ def test_cpu_fast_prunes_refits_and_quantizes(hg, tmp_path):
     report = optimize(hg / "model.pt", tmp_path / "f", target="cpu", recipe="fast", budget="mel_l1=5",
                       data=hg / "clips", calib=hg / "calib", n_eval=2, threads=1, progress=False, log=logs.append)
     passes = {p["name"]: p for p in report["passes"]}
-    assert list(passes) == ["freeze", "generator_prune", "export", "quantize", "validate"]
+    assert list(passes) == ["freeze", "generator_prune", "equalize", "export", "quantize", "validate"]
     assert passes["generator_prune"]["status"] == "applied", logs
+    assert passes["equalize"]["status"] == "applied" and set(passes["equalize"]["details"]["stages"]) == \
+        {"stage0", "stage1", "stage2"}                       # the pruned generator's stages
     details = passes["generator_prune"]["details"]
     assert details["groups"] == ["stage2 4 -> 3"] and details["refit"] == "sequential"
     assert details["training"]["steps"] == 0
