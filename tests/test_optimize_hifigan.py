@@ -238,7 +238,7 @@ def test_optimize_quality_and_balanced_end_to_end(hg, tmp_path):
 
 def test_cpu_fast_prunes_refits_and_quantizes(hg, tmp_path):
     """cpu fast: generator_prune by stage selectors (this V3-layout generator has no inner widths: only the last
-    stage's stream goes, 4 -> 3), sequential refit on calibration windows and no training steps, then the
+    stage's stream goes, 4 -> 2), sequential refit on calibration windows and no training steps, then the
     balanced INT8; its own budget (DNSMOS P.808 0.30) by default."""
     from edgeflow.pipeline import optimize
     from edgeflow.targets import for_family, load_target, recipe_budget
@@ -253,11 +253,11 @@ def test_cpu_fast_prunes_refits_and_quantizes(hg, tmp_path):
     assert passes["equalize"]["status"] == "applied" and set(passes["equalize"]["details"]["stages"]) == \
         {"stage0", "stage1", "stage2"}                       # the pruned generator's stages
     details = passes["generator_prune"]["details"]
-    assert details["groups"] == ["stage2 4 -> 3"] and details["refit"] == "sequential"
+    assert details["groups"] == ["stage2 4 -> 2"] and details["refit"] == "sequential"
     assert details["training"]["steps"] == 0
     assert "pass --data CORPUS of recorded speech" in details["caution"]     # refitted on the calibration set
     man = json.loads((tmp_path / "f" / "bundle" / "manifest.json").read_text())
-    assert man["config"]["generator"]["channels"][-1] == 3
+    assert man["config"]["generator"]["channels"][-1] == 2
 
 
 def test_flow_recipes_refused_up_front(hg, tmp_path):
