@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeflow.compress.generator_equalize import _stage, equalize_generator
+from edgeflow.compress.generator_equalize import _apply, _stage, equalize_generator
 from edgeflow.core.errors import ConfigError
 from edgeflow.flows.coupling import remove_weight_norm
 from tests.test_generator_prune import CASES, _inputs, _scaled_gen
@@ -27,16 +27,7 @@ def _unbalance(gen, seed: int = 3, spread: float = 100.0) -> None:
             writers, readers, _ = _stage(gen, i)
             c = gen.ups[i].weight.shape[1]
             k = torch.randperm(c, generator=g).to(gen.ups[i].weight.dtype)
-            s = spread ** (k / (c - 1))
-            for w in writers:
-                shape = [1, -1, 1] if isinstance(w, nn.ConvTranspose1d) else [-1, 1, 1]
-                if w in readers:
-                    w.weight.div_(s.view(1, -1, 1))
-                w.weight.mul_(s.view(shape))
-                w.bias.mul_(s)
-            for r in readers:
-                if r not in writers:
-                    r.weight.div_(s.view(-1, 1, 1) if isinstance(r, nn.ConvTranspose1d) else s.view(1, -1, 1))
+            _apply(writers, readers, spread ** (k / (c - 1)))
 
 
 def _fake_int8_error(gen, inputs) -> float:

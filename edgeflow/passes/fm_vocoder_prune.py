@@ -53,8 +53,8 @@ def vocoder_model(info: Dict[str, Any]) -> Any:
 
     path = info.get("vocoder")
     if not path or not Path(path).is_file():
-        return (f"pruning or equalizing needs the HiFi-GAN model.pt as --vocoder (got {path or 'no path'}: a vocoder bundle has no "
-                "channel groups to cut)")
+        return (f"pruning or equalizing needs the HiFi-GAN model.pt as --vocoder (got {path or 'no path'}: a vocoder "
+                "bundle has no channel groups to cut)")
     model, _ = load_model(path)
     if not hasattr(model, "generator"):
         return f"{path} is a {model.family} model, not a HiFi-GAN generator"
