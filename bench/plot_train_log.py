@@ -3,7 +3,7 @@
     python bench/plot_train_log.py RUN1/log.csv [RUN2/log.csv ...] --columns cfm,prior,flow_nll,l2 [--ylim 0,2] -o curves.png
 
 Later files continue the earlier ones: their steps are offset by the last step of the file before (a warm-started
-run counts from 1 again). Validation values (the ``valid`` column, where present) are drawn as points on their
+run counts from 1 again). Validation values (the ``valid`` column, or ``valid_nll`` of the vocoder trainer, where present) are drawn as points on their
 own axis. A vertical line marks where each later run starts.
 """
 
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
         if i:
             ax.axvline(off, color="grey", ls=":", lw=1)
             axv.axvline(off, color="grey", ls=":", lw=1)
-        pts = [(off + r["step"], r["valid"]) for r in rows if "valid" in r]
+        pts = [(off + r["step"], r.get("valid", r.get("valid_nll"))) for r in rows
+               if "valid" in r or "valid_nll" in r]
         if pts:
             axv.plot(*zip(*pts), "o-", ms=3, label=f"valid (run {i + 1})")
     ax.set_ylabel("training loss terms")

@@ -250,7 +250,7 @@ SETTINGS = dict(steps=24, segment=512, batch_size=2, lr=1e-3, valid_every=8, pat
 
 
 def test_stft_loss_matches_the_metric():
-    from edgeflow.compress.losses import RESOLUTIONS, mr_stft_loss
+    from edgeflow.audio.losses import RESOLUTIONS, mr_stft_loss
     from edgeflow.validate import metrics
 
     assert RESOLUTIONS == metrics.RESOLUTIONS

@@ -114,7 +114,7 @@ def test_finetune_bad_input_is_one_line_exit_2(tmp_path, capsys, bad):
 
 
 def test_log_magnitude_only_stft_loss():
-    from edgeflow.compress.losses import mr_stft_loss
+    from edgeflow.audio.losses import mr_stft_loss
 
     a = torch.randn(1, 8192, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert float(mr_stft_loss(0.5 * a, a, sc=False)) == pytest.approx(np.log(2), rel=1e-6)

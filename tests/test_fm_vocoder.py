@@ -174,3 +174,31 @@ def test_equalize_rebuilds_the_same_vocoder_with_balanced_channels(bundle, tmp_p
     assert a.shape == b.shape and np.corrcoef(a, b)[0, 1] > 0.5
     with pytest.raises(ConfigError, match="equalize"):
         make_config("fm_vocoder", {"equalize": 2.0})
+
+
+def test_a_vocos_vocoder_is_kept_float_with_the_reason(tmp_path):
+    """fm_vocoder quantizes HiFi-GAN generators; a voice bundle whose vocoder is another family keeps it as is."""
+    import torch
+
+    from edgeflow.models.vocos import Vocos, VocosConfig, VocosNetConfig
+    from test_fmtts_export import MEL
+
+    torch.manual_seed(0)
+    vocos = Vocos(VocosConfig(mel=MEL, net=VocosNetConfig(channels=16, hidden=32, layers=2))).eval()
+    out = tmp_path / "voice"
+    export_fmtts_bundle(tiny_fmtts(), vocos, out)
+    art, d = run_pass(out, tmp_path / "work", max_mcd=50.0, require_speedup=False)
+    assert d["applied"] is False and "vocos" in d["reason"] and "HiFi-GAN" in d["reason"]
+    manifest = json.loads((art.bundle_dir / "manifest.json").read_text())
+    assert manifest["vocoder"]["family"] == "vocos" and manifest["vocoder"]["precision"] == "float32"
+    voice = Voice.load(art.bundle_dir, threads=1)
+    audio = voice.speak_ids([1, 2, 3, 4, 5, 6, 7, 8])
+    assert audio.ndim == 1 and audio.size > 0 and np.isfinite(audio).all()
+    mel = voice.mel_ids([1, 2, 3, 4, 5, 6, 7, 8])
+    whole = voice.vocode(mel)
+    ctx = max(voice.context_frames)                  # the vocoder's receptive field, from its export declaration
+    hop = voice.hop_length
+    cut = mel.shape[1] // 2
+    left = voice.vocode(mel[:, :min(cut + ctx, mel.shape[1])])[:cut * hop]
+    right = voice.vocode(mel[:, max(cut - ctx, 0):])[(cut - max(cut - ctx, 0)) * hop:]
+    np.testing.assert_allclose(np.concatenate([left, right]), whole, atol=1e-4)

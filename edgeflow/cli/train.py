@@ -1,4 +1,5 @@
-"""``edgeflow train RECIPE --data DIR --out RUN``: maximum-likelihood training (torchrun for DDP)."""
+"""``edgeflow train RECIPE --data DIR --out RUN``: maximum-likelihood training of the flow vocoders, the VITS and
+flow-matching TTS objectives, or an iSTFT vocoder's reconstruction objective (torchrun for DDP)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from __future__ import annotations
 def add_arguments(sub) -> None:
     from edgeflow.cli.args import device_name, positive_int
 
-    p = sub.add_parser("train", help="train a flow vocoder by maximum likelihood, or a VITS voice",
+    p = sub.add_parser("train", help="train a flow vocoder, a VITS or flow-matching voice, or an iSTFT vocoder",
                        description="Train RECIPE (a shipped recipe name, see `edgeflow models`, or a JSON path) "
                                    "on a corpus in LJSpeech layout. Multi-GPU / multi-node: launch with torchrun.")
     p.add_argument("recipe", help="shipped recipe name (edgeflow/recipes/NAME.json) or a recipe JSON path")

@@ -2,7 +2,8 @@
 
 Library code only (torch, no ONNX); the passes in :mod:`edgeflow.passes` wrap it.
 
-* :mod:`~edgeflow.compress.losses`: waveform L1 and multi-resolution STFT loss (torch).
+* the spectral losses (waveform L1, log-mel L1, multi-resolution STFT) live in :mod:`edgeflow.audio.losses`
+  (torch), below the training layer, which uses them too.
 * :mod:`~edgeflow.compress.data`: distillation data (corpus segments or calibration mels), by (seed, step).
 * :mod:`~edgeflow.compress.settings` + :mod:`~edgeflow.compress.distill`: teacher -> student training with
   checkpoints and exact resume.

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from edgeflow.compress.losses import stft_magnitude
+from edgeflow.audio.losses import stft_magnitude
 from edgeflow.train import vits as gan
 
 #: (n_fft, hop, win) of UnivNet's MRD.

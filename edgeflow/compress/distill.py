@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
+from edgeflow.audio.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.settings import DistillSettings, resolve_device, segment_length  # noqa: F401 (re-exported)
 from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
 from edgeflow.core.io import atomic_path

@@ -10,8 +10,8 @@ not make the target unreachable (a margin of the generator's receptive field mak
     loss = mel_weight * |logmel(pred) - logmel(audio)|_1 + stft_weight * MR-STFT(pred, audio)
            + wave_weight * mean |pred - audio|
 
-(:func:`edgeflow.compress.losses.log_mel_l1`, :func:`edgeflow.compress.losses.mr_stft_loss`,
-:func:`edgeflow.compress.losses.waveform_l1`). The sample term (off by default) is possible here because the
+(:func:`edgeflow.audio.losses.log_mel_l1`, :func:`edgeflow.audio.losses.mr_stft_loss`,
+:func:`edgeflow.audio.losses.waveform_l1`). The sample term (off by default) is possible here because the
 target is the teacher's own output for the same input, phase included: spectral losses alone leave the student
 free to drift in phase. With ``adv_weight`` > 0 a multi-resolution spectrogram discriminator
 (:mod:`edgeflow.compress.discriminator`, trained from scratch beside the student from step ``adv_start`` on, the
@@ -47,7 +47,7 @@ from torch import nn
 
 from edgeflow.compress.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
                                              feature_matching_loss, generator_adv_loss)
-from edgeflow.compress.losses import log_mel_l1, mr_stft_loss, waveform_l1
+from edgeflow.audio.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.window_loop import train_windows
 from edgeflow.core.config import ConfigBase
 from edgeflow.core.errors import ConfigError

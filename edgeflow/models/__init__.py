@@ -7,3 +7,4 @@ from edgeflow.models import waveflow_family as _waveflow  # noqa: F401  (registe
 from edgeflow.models import waveglow_family as _waveglow  # noqa: F401  (registers "waveglow")
 from edgeflow.models import vits as _vits  # noqa: F401  (registers "vits" and "hifigan")
 from edgeflow.models import fmtts as _fmtts  # noqa: F401  (registers "fmtts")
+from edgeflow.models import vocos as _vocos  # noqa: F401  (registers "vocos")

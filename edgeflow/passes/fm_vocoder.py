@@ -139,6 +139,9 @@ def _fm_vocoder(artifact: Artifact, cfg: FmVocoderConfig, ctx: PassContext) -> D
     if voc.get("precision", "float32") != "float32":
         return settle(artifact, out, {}, f"the vocoder is already {voc['precision']}", "fm_vocoder", "vocoder kept",
                       ctx.progress)
+    if voc.get("family", "hifigan") != "hifigan":
+        return settle(artifact, out, {}, f"the vocoder is a {voc['family']} model; fm_vocoder optimizes HiFi-GAN "
+                      "generators", "fm_vocoder", "vocoder kept", ctx.progress)
     voice = Voice.load(src, threads=1)
     ids = calibration_ids(voice, cfg.calib_sentences + cfg.sentences)
     calib, held = ids[:cfg.calib_sentences], ids[cfg.calib_sentences:] or ids[-1:]

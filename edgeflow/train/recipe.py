@@ -83,7 +83,8 @@ class TrainConfig(ConfigBase):
 
 #: families whose recipes carry more training settings: family -> "module:class" (imported on use).
 TRAIN_CONFIGS: Dict[str, str] = {"vits": "edgeflow.train.vits:VitsTrainConfig",
-                                  "fmtts": "edgeflow.train.fmtts:FmTtsTrainConfig"}
+                                  "fmtts": "edgeflow.train.fmtts:FmTtsTrainConfig",
+                                  "vocos": "edgeflow.train.vocos:VocosTrainConfig"}
 
 
 def train_config_cls(family: str) -> type:

@@ -60,6 +60,20 @@ class LikelihoodObjective:
             z, logdet = model(audio, mel)
         return latent_nll_per_dim(z.float(), logdet.float(), self.sigma), {}
 
+    def valid(self, model: torch.nn.Module, audio: torch.Tensor) -> torch.Tensor:
+        """Validation NLL (nats/dim) of an audio batch [B, T]."""
+        return model.nll_per_dim(audio, self.mel(audio))
+
+
+def make_objective(recipe: Recipe, mel: torch.nn.Module, amp: bool):
+    """The recipe family's objective: reconstruction for the "vocos" family (:mod:`edgeflow.train.vocos`),
+    maximum likelihood for the flow vocoders."""
+    if recipe.family == "vocos":
+        from edgeflow.train.vocos import ReconstructionObjective
+
+        return ReconstructionObjective(mel, recipe.train)
+    return LikelihoodObjective(mel, recipe.model.sigma_train, amp)
+
 
 class Trainer(LoopHooks):
     """Trains ``recipe`` on a corpus folder into ``out_dir``. See the module docstring."""
@@ -95,7 +109,8 @@ class Trainer(LoopHooks):
         settings = LoopSettings(steps=c.steps, lr=c.lr, grad_clip=c.grad_clip, lr_decay_every=c.lr_decay_every,
                                 lr_decay=c.lr_decay, valid_every=c.valid_every, ckpt_every=c.ckpt_every,
                                 ckpt_at_end=True, amp=use_amp, desc="train")
-        self.loop = TrainLoop(self.model, LikelihoodObjective(self.mel, recipe.model.sigma_train, use_amp), self,
+        self.objective = make_objective(recipe, self.mel, use_amp)
+        self.loop = TrainLoop(self.model, self.objective, self,
                               settings, net=self.ddp, is_main=self.rank == 0, progress=self.progress)
         self.opt, self.scaler = self.loop.opt, self.loop.scaler
 
@@ -159,14 +174,15 @@ class Trainer(LoopHooks):
         return torch.from_numpy(self._sampler.batch(step, per_rank, self.rank)).to(self.device)
 
     def validate(self, segments: Optional[np.ndarray] = None) -> float:
-        """Mean validation NLL (nats/dim) of ``segments`` (default: the run's fixed validation segments)."""
+        """Mean validation loss of ``segments`` (default: the run's fixed validation segments): the NLL (nats/dim)
+        for the flow vocoders, the reconstruction loss for "vocos"."""
         segments = self._valid if segments is None else segments
         self.model.eval()
         total = 0.0
         with torch.no_grad():
             for i in range(0, len(segments), 4):
                 audio = torch.from_numpy(segments[i:i + 4]).to(self.device)
-                total += self.model.nll_per_dim(audio, self.mel(audio)).item() * len(audio)
+                total += self.objective.valid(self.model, audio).item() * len(audio)
         self.model.train()
         return total / len(segments)
 

@@ -1,4 +1,5 @@
-"""Distillation losses in torch: waveform L1, log-mel L1 and a differentiable multi-resolution STFT distance.
+"""Spectral losses in torch (distillation and vocoder training): waveform L1, log-mel L1 and a differentiable
+multi-resolution STFT distance.
 
 The STFT distance follows :func:`edgeflow.validate.metrics.mr_stft_distance` (same resolutions,
 centred frames with reflect padding, periodic Hann window, spectral convergence + mean |log-magnitude
