@@ -1,6 +1,8 @@
 """Maximum-likelihood trainer: the loop of :mod:`edgeflow.train.loop` (Adam, gradient clipping, AMP on
 GPU, exact resume, DDP under ``torchrun``: gloo on CPU, nccl on CUDA) with the likelihood objective,
-plus a CSV log, atomic checkpoints and the best weights by validation NLL.
+plus a CSV log, atomic checkpoints and the best weights by validation NLL. The "vocos" family (an iSTFT vocoder,
+not a flow) trains on the same loop with a reconstruction objective instead (:func:`make_objective`); its
+``valid_nll`` column then holds that validation loss.
 
 Run directory::
 
