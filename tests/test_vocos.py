@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeflow.audio.mel import MelConfig, log_mel
+from edgeflow.audio.mel import MelConfig, hann_window, log_mel
 from edgeflow.models import get_family
 from edgeflow.models.base import build_model
 from edgeflow.models.vocos import ISTFT, Vocos, VocosConfig, flops_per_frame, receptive_field
@@ -26,7 +26,7 @@ def _frames(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """Windowed frames [n_fft, F] of x in the log-mel framing (reflect pad (n_fft - hop) / 2, no centring)."""
     pad = (n_fft - hop) // 2
     xp = np.pad(x, pad, mode="reflect")
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    window = hann_window(n_fft)
     count = len(x) // hop
     return np.stack([xp[t * hop:t * hop + n_fft] * window for t in range(count)], axis=1)
 

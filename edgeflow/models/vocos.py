@@ -16,7 +16,6 @@ Shapes: mel [B, n_mels, F] -> audio [B, F * hop].
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Dict
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeflow.audio.mel import MelConfig
+from edgeflow.audio.mel import MelConfig, hann_window
 from edgeflow.core.config import ConfigBase
 from edgeflow.models.base import MelConditioned
 
@@ -75,7 +74,7 @@ class ISTFT(nn.Module):
         k = np.arange(n_fft // 2 + 1)
         n = np.arange(n_fft)[:, None]
         scale = np.where((k == 0) | (k == n_fft // 2), 1.0, 2.0) / n_fft
-        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+        window = hann_window(n_fft)
         ang = 2 * np.pi * n * k / n_fft
         basis = np.concatenate([np.cos(ang) * scale, -np.sin(ang) * scale], axis=1) * window[:, None]
         self.register_buffer("basis", torch.from_numpy(basis.astype(np.float32)), persistent=False)
