@@ -9,7 +9,7 @@ import torch
 
 from edgeflow.audio.mel import MelConfig
 from edgeflow.audio.mel_torch import LogMel
-from edgeflow.compress.discriminator import (MRD_RESOLUTIONS, MultiResolutionDiscriminator, discriminator_loss,
+from edgeflow.train.discriminator import (MRD_RESOLUTIONS, MultiResolutionDiscriminator, discriminator_loss,
                                              feature_matching_loss, generator_adv_loss)
 from edgeflow.compress.generator import prune_generator
 from edgeflow.compress.generator_distill import (GeneratorDistillSettings, GeneratorWindows, _Objective,

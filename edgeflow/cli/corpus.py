@@ -1,4 +1,5 @@
-"""``edgeflow corpus build|info``: build the offline synthetic corpus, or describe a corpus."""
+"""``edgeflow corpus build|info|pairs``: build the offline synthetic corpus, describe a corpus, or write vocoder
+training pairs from a voice's own mels (:mod:`edgeflow.pipeline_pairs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
         "corpus", help="build or inspect an LJSpeech-layout speech corpus",
         description="Build a synthetic English corpus offline from Debian voices, or describe "
                     "an LJSpeech-layout corpus.")
-    sub = parser.add_subparsers(dest="corpus_command", metavar="{build,info}", required=True)
+    sub = parser.add_subparsers(dest="corpus_command", metavar="{build,info,pairs}", required=True)
     build = sub.add_parser("build", help="synthesise a corpus with transcripts (offline)")
     build.add_argument("--out", required=True, help="output folder (absent, empty or a corpus)")
     build.add_argument("--minutes", required=True, type=positive_float, help="minutes of speech")
@@ -25,6 +26,18 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     info = sub.add_parser("info", help="utterances, minutes, speakers and split of a corpus")
     info.add_argument("dir", help="corpus folder (metadata.csv + wavs/)")
+    pairs = sub.add_parser("pairs", help="vocoder training pairs: a voice's log-mels and a teacher vocoder's audio",
+                           description="Voice every sentence of a corpus split with flow-matching voice bundles "
+                                       "and write (log-mel, teacher vocoder audio) pairs for `edgeflow train "
+                                       "vocos-small --set pairs=OUT`.")
+    pairs.add_argument("--voice", action="append", required=True, help="fmtts voice bundle (repeatable)")
+    pairs.add_argument("--teacher", required=True, help="mel vocoder model.pt (e.g. an imported HiFi-GAN)")
+    pairs.add_argument("--data", required=True, help="corpus folder whose transcripts are voiced")
+    pairs.add_argument("--split", default="train", help="corpus split (default train)")
+    pairs.add_argument("--seeds", default="0", help="comma-separated noise seeds (default 0)")
+    pairs.add_argument("--threads", type=int_range(1, 256), default=None, help="PyTorch threads")
+    pairs.add_argument("--out", required=True, help="output folder (absent or empty)")
+    pairs.add_argument("--no-progress", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
 
 
@@ -73,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``corpus build`` or ``corpus info``. Returns the exit code."""
     if args.corpus_command == "info":
         return _info(args.dir)
+    if args.corpus_command == "pairs":
+        return _pairs(args)
     from edgeflow.cli.args import check_out_dir
     from edgeflow.data.corpus import DEFAULT_SOURCES, build_corpus
     from edgeflow.data.ljspeech import load_corpus
@@ -84,4 +99,25 @@ def run(args: argparse.Namespace) -> int:
                        sample_rate=args.sample_rate, seed=args.seed,
                        progress=not args.no_progress)
     print(f"wrote {out}: {len(load_corpus(out))} utterances")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from edgeflow.core.errors import InputError
+    from edgeflow.pipeline_pairs import corpus_texts, write_vocoder_pairs
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise InputError(f"--seeds must name at least one seed >= 0, got {args.seeds!r}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    texts = corpus_texts(args.data, args.split)
+    info = write_vocoder_pairs(args.voice, args.teacher, texts, args.out, seeds, progress=not args.no_progress,
+                               meta={"corpus": str(args.data), "split": args.split})
+    print(f"wrote {args.out}: {info['pairs']} pairs, {info['seconds'] / 60:.1f} minutes")
     return 0

@@ -14,7 +14,7 @@ not make the target unreachable (a margin of the generator's receptive field mak
 :func:`edgeflow.audio.losses.waveform_l1`). The sample term (off by default) is possible here because the
 target is the teacher's own output for the same input, phase included: spectral losses alone leave the student
 free to drift in phase. With ``adv_weight`` > 0 a multi-resolution spectrogram discriminator
-(:mod:`edgeflow.compress.discriminator`, trained from scratch beside the student from step ``adv_start`` on, the
+(:mod:`edgeflow.train.discriminator`, trained from scratch beside the student from step ``adv_start`` on, the
 teacher's audio as "real") adds HiFi-GAN's least-squares adversarial term and, at ``fm_weight``, feature
 matching::
 
@@ -45,7 +45,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from edgeflow.compress.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
+from edgeflow.train.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
                                              feature_matching_loss, generator_adv_loss)
 from edgeflow.audio.losses import log_mel_l1, mr_stft_loss, waveform_l1
 from edgeflow.compress.window_loop import train_windows

@@ -31,7 +31,7 @@ from edgeflow.core.errors import CheckpointError, ConfigError, short_reason
 from edgeflow.core.io import atomic_path, atomic_write_json
 from edgeflow.models.base import build_model, latent_nll_per_dim
 from edgeflow.models.checkpoint import checkpoint_dict, model_from_checkpoint, save_model
-from edgeflow.train.data import SegmentSampler, center_segments, split_wavs
+from edgeflow.train.data import MixedSampler, PairSampler, SegmentSampler, center_segments, split_wavs
 from edgeflow.train.loop import LoopHooks, LoopSettings, TrainLoop
 from edgeflow.train.recipe import Recipe
 
@@ -133,6 +133,8 @@ class Trainer(LoopHooks):
         state = {"model": checkpoint_dict(self.model, meta=self._meta()), "optimizer": loop["optimizer"],
                  "step": loop["step"], "best_valid": loop["best"], "best_step": loop["best_step"],
                  "torch_rng": torch.get_rng_state(), "scaler": loop["scaler"], "recipe_family": self.recipe.family}
+        if hasattr(self.objective, "state_dict"):
+            state["objective"] = self.objective.state_dict()
         with atomic_path(self.state_path()) as tmp:
             torch.save(state, tmp)
         save_model(self.out / "model.pt", self.model, meta=self._meta())
@@ -153,6 +155,8 @@ class Trainer(LoopHooks):
                                    "step": state["step"], "best": state.get("best_valid", math.inf),
                                    "best_step": state.get("best_step", 0)})
         torch.set_rng_state(state["torch_rng"])
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state.get("objective") or {})
 
     def _trim_log(self, log_path: Path) -> None:
         """Start log.csv, or on resume drop the rows after the resumed step (they are about to be redone)."""
@@ -171,9 +175,13 @@ class Trainer(LoopHooks):
                 "data": str(self.data_dir)}
 
     # -- loop hooks --------------------------------------------------------------------------------------------
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int):
+        """audio [B, T]; with training pairs (vocos) (audio [B, T], the pair rows' mels [P, n_mels, T / hop])."""
         per_rank = self.cfg.batch_size // self.world
-        return torch.from_numpy(self._sampler.batch(step, per_rank, self.rank)).to(self.device)
+        out = self._sampler.batch(step, per_rank, self.rank)
+        if isinstance(out, tuple):
+            return tuple(torch.from_numpy(a).to(self.device) for a in out)
+        return torch.from_numpy(out).to(self.device)
 
     def validate(self, segments: Optional[np.ndarray] = None) -> float:
         """Mean validation loss of ``segments`` (default: the run's fixed validation segments): the NLL (nats/dim)
@@ -218,6 +226,11 @@ class Trainer(LoopHooks):
         sr = self.recipe.model.mel.sample_rate
         self._sampler = SegmentSampler.from_paths(split_wavs(self.data_dir, "train"), sr, cfg.segment_length,
                                                   cfg.seed)
+        if getattr(cfg, "pairs", ""):
+            mel_cfg = self.recipe.model.mel
+            pairs = PairSampler.from_dir(cfg.pairs, sr, cfg.segment_length, mel_cfg.hop_length, cfg.seed,
+                                         math.log(mel_cfg.log_clamp))
+            self._sampler = MixedSampler(self._sampler, pairs, cfg.pairs_fraction)
         valid_wavs = split_wavs(self.data_dir, "valid")[:cfg.valid_clips]
         self._valid = center_segments([load_wav(p, sr)[0] for p in valid_wavs], cfg.valid_segment)
         if self.rank == 0:
