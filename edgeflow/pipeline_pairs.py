@@ -82,6 +82,8 @@ def write_vocoder_pairs(voices: Sequence[str | Path], teacher: str | Path, texts
     vocode, n_mels, hop = _teacher(teacher)
     loaded = [Voice.load(v) for v in voices]
     for path, voice in zip(voices, loaded):
+        if not hasattr(voice, "mel_ids"):
+            raise InputError(f"{path}: not a flow-matching voice bundle (it makes no mels)")
         if (getattr(voice, "n_mels", None), voice.hop_length) != (n_mels, hop):
             raise InputError(f"{path}: its mels ({getattr(voice, 'n_mels', None)} bands, hop {voice.hop_length}) "
                              f"are not the teacher's ({n_mels} bands, hop {hop})")

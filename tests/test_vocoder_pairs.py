@@ -195,3 +195,14 @@ def test_a_resumed_gan_run_restores_its_discriminator(tmp_path):
     second.load_state()
     assert all(torch.equal(v, second.objective.disc.state_dict()[k]) for k, v in saved.items())
     assert second.train(steps=3, resume=True)["steps"] == 3
+
+
+def test_pairs_refuse_a_bundle_that_is_not_a_voice(pairs_setup, tmp_path):
+    from edgeflow.core.errors import BundleError
+    from edgeflow.export.onnx_export import export_bundle
+
+    root, corpus, _ = pairs_setup
+    export_bundle(tiny_vocoder(), tmp_path / "vocoder")
+    with pytest.raises(BundleError, match="not a text-to-speech voice"):
+        write_vocoder_pairs([tmp_path / "vocoder"], root / "teacher.pt", ["Hi."], tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()

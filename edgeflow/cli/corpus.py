@@ -83,7 +83,7 @@ def _info(corpus_dir: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``corpus build`` or ``corpus info``. Returns the exit code."""
+    """Run ``corpus build``, ``corpus info`` or ``corpus pairs``. Returns the exit code."""
     if args.corpus_command == "info":
         return _info(args.dir)
     if args.corpus_command == "pairs":

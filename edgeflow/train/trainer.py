@@ -92,6 +92,8 @@ class Trainer(LoopHooks):
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         self.device = torch.device(device)
         self.progress = progress and self.rank == 0
+        if self.world > 1 and getattr(self.cfg, "adv_weight", 0) > 0:
+            raise ConfigError("the vocos discriminator (adv_weight > 0) is not distributed: train it in one process")
         if self.cfg.batch_size % self.world:
             raise ConfigError(f"batch_size {self.cfg.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(self.cfg.seed)
