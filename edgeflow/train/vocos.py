@@ -27,7 +27,10 @@ from edgeflow.train.recipe import TrainConfig
 
 @dataclasses.dataclass
 class VocosTrainConfig(TrainConfig):
-    """:class:`TrainConfig` plus the loss weights (log-mel L1, multi-resolution STFT)."""
+    """:class:`TrainConfig` plus the loss weights (log-mel L1, multi-resolution STFT), the training pairs
+    (``pairs``: a folder from ``edgeflow corpus pairs``, "" for none; ``pairs_fraction`` of each batch) and the
+    optional discriminator (``adv_weight`` 0 = none; ``fm_weight``, ``disc_channels``, ``disc_rows``,
+    ``disc_segment``, ``disc_lr``: see :class:`ReconstructionObjective`)."""
 
     mel_weight: float = 15.0
     stft_weight: float = 1.0
