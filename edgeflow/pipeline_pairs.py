@@ -19,9 +19,6 @@ The vocos trainer mixes these into its batches (``pairs`` / ``pairs_fraction`` i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -29,6 +26,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from edgeflow.core.errors import InputError
+from edgeflow.core.io import atomic_dir
 
 
 def corpus_texts(data_dir: str | Path, split: str) -> List[str]:
@@ -66,7 +64,8 @@ def write_vocoder_pairs(voices: Sequence[str | Path], teacher: str | Path, texts
         voices: flow-matching voice bundles (their mels; their own vocoders are not used).
         teacher: a mel vocoder model.pt (HiFi-GAN), run in PyTorch on each mel.
         texts: sentences (each text's sentences are voiced one by one).
-        out_dir: absent or empty folder; written whole into a temporary sibling, then renamed.
+        out_dir: absent or empty folder; written whole into a temporary sibling, then renamed
+            (:func:`edgeflow.core.io.atomic_dir`).
         seeds: noise seeds per sentence.
         progress: print a progress line with an ETA.
         meta: extra provenance for pairs.json.
@@ -87,22 +86,11 @@ def write_vocoder_pairs(voices: Sequence[str | Path], teacher: str | Path, texts
         if (getattr(voice, "n_mels", None), voice.hop_length) != (n_mels, hop):
             raise InputError(f"{path}: its mels ({getattr(voice, 'n_mels', None)} bands, hop {voice.hop_length}) "
                              f"are not the teacher's ({n_mels} bands, hop {hop})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:          # an existing ``out`` is empty (checked above)
         info = _write_all(loaded, vocode, texts, tmp, seeds, progress)
         info.update({"voices": [str(v) for v in voices], "teacher": str(teacher), "seeds": list(seeds),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(meta or {})})
         (tmp / "pairs.json").write_text(json.dumps(info, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

@@ -106,6 +106,9 @@ def test_pairs_are_the_voices_mels_and_the_teachers_audio(pairs_setup):
     root, corpus, info = pairs_setup
     out = root / "out"
     meta = json.loads((out / "pairs.json").read_text())
+    from edgeflow.core.io import current_umask
+
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~current_umask()          # the folder keeps the user's umask
     assert meta["pairs"] == info["pairs"] == 6 and meta["seeds"] == [0, 1] and meta["hop_length"] == MEL.hop_length
     mels = sorted(out.glob("*.mel.npy"))
     assert len(mels) == 6 and len(list(out.glob("*.wav"))) == 6
