@@ -87,7 +87,7 @@ def receptive_field(cfg) -> Dict[str, int]:
         per = 2 if dec.resblock == "1" else 1
         reach += max(sum((k_r - 1) // 2 * (d + (per - 1)) for d in d_r)
                      for k_r, d_r in zip(dec.resblock_kernel_sizes, dec.resblock_dilation_sizes)) / rate
-    reach += 3 / rate
+    reach += (3 + dec.istft_n_fft / max(1, dec.istft_hop)) / rate
     f = flow + int(math.ceil(reach))
     return {"left": f, "right": f}
 

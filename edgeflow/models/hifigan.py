@@ -26,6 +26,8 @@ from edgeflow.models.base import MelConditioned
 from edgeflow.models.hifigan_shape import channel_groups, decoder_flops_per_frame  # noqa: F401 (API)
 
 LRELU_SLOPE = 0.1
+#: The inverse-STFT head's log-magnitude clamp (exp(4.6) = 100: far above a full-scale bin at n_fft <= 64).
+ISTFT_MAX_LOG_MAGNITUDE = 4.6
 
 
 @dataclasses.dataclass
@@ -47,6 +49,11 @@ class GeneratorConfig(ConfigBase):
             A structurally pruned generator (:mod:`edgeflow.compress.generator`) sets it.
         inner_channels: resblock "1" only: per residual block (stage-major order) the inner width of each
             (dilated conv, conv) pair; None: the stage's width.
+        istft_hop: 0: conv_post writes the waveform (one channel, tanh). > 0: an inverse-STFT head
+            (iSTFTNet, Kaneko et al. 2022): conv_post writes each step's log-magnitude and phase of
+            ``istft_n_fft // 2 + 1`` bins and an inverse STFT of hop ``istft_hop`` makes the audio, so the
+            generator's hop is ``prod(upsample_rates) * istft_hop`` and the waveform-rate stages are gone.
+        istft_n_fft: the head's FFT size (a multiple of istft_hop, at least twice it; 0: 4 x istft_hop).
     """
 
     in_channels: int = 80
@@ -62,6 +69,8 @@ class GeneratorConfig(ConfigBase):
     post_bias: bool = True
     channels: Optional[List[int]] = None
     inner_channels: Optional[List[List[int]]] = None
+    istft_hop: int = 0
+    istft_n_fft: int = 0
 
     def __post_init__(self):
         if self.resblock not in ("1", "2"):
@@ -87,6 +96,13 @@ class GeneratorConfig(ConfigBase):
                     len(b) != len(self.resblock_dilation_sizes[i % len(self.resblock_kernel_sizes)]) or min(b) < 1
                     for i, b in enumerate(self.inner_channels)):
                 raise ValueError(f"inner_channels must hold {nb} blocks of one width >= 1 per dilation")
+        self.istft_hop, self.istft_n_fft = int(self.istft_hop), int(self.istft_n_fft)
+        if self.istft_hop < 0 or (self.istft_hop == 0 and self.istft_n_fft):
+            raise ValueError("istft_hop must be >= 0 (istft_n_fft needs istft_hop > 0)")
+        if self.istft_hop and not self.istft_n_fft:
+            self.istft_n_fft = 4 * self.istft_hop
+        if self.istft_hop and (self.istft_n_fft % self.istft_hop or self.istft_n_fft < 2 * self.istft_hop):
+            raise ValueError("istft_n_fft must be a multiple of istft_hop, at least twice it")
 
     def widths(self) -> List[int]:
         """Residual stream widths: [after conv_pre, after stage 0, ..., after the last stage]."""
@@ -103,10 +119,15 @@ class GeneratorConfig(ConfigBase):
 
     @property
     def hop_length(self) -> int:
-        n = 1
+        n = max(1, self.istft_hop)
         for r in self.upsample_rates:
             n *= r
         return n
+
+    @property
+    def post_channels(self) -> int:
+        """conv_post's output channels: 1 (the waveform) or the head's log-magnitude and phase per bin."""
+        return self.istft_n_fft + 2 if self.istft_hop else 1
 
 
 def _preset(**kw) -> GeneratorConfig:
@@ -177,7 +198,12 @@ class Generator(nn.Module):
             for k_r, d_r in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
                 inner = cfg.inner_widths(len(self.resblocks)) if cfg.resblock == "1" else None
                 self.resblocks.append(block(ch[i + 1], k_r, list(d_r), inner))
-        self.conv_post = wn(nn.Conv1d(ch[-1], 1, 7, 1, padding=3, bias=cfg.post_bias))
+        self.conv_post = wn(nn.Conv1d(ch[-1], cfg.post_channels, 7, 1, padding=3, bias=cfg.post_bias or
+                                      bool(cfg.istft_hop)))
+        if cfg.istft_hop:
+            from edgeflow.models.vocos import ISTFT
+
+            self.istft = ISTFT(cfg.istft_n_fft, cfg.istft_hop)
         if cfg.gin_channels:
             self.cond = nn.Conv1d(cfg.gin_channels, ch[0], 1)
 
@@ -192,7 +218,12 @@ class Generator(nn.Module):
             for b in blocks[1:]:
                 xs = xs + b(x)
             x = xs / self.num_kernels
-        return torch.tanh(self.conv_post(F.leaky_relu(x)))
+        x = self.conv_post(F.leaky_relu(x))
+        if not self.config.istft_hop:
+            return torch.tanh(x)
+        log_mag, phase = x.chunk(2, dim=1)
+        mag = torch.exp(log_mag.clamp(max=ISTFT_MAX_LOG_MAGNITUDE))
+        return self.istft(mag * torch.cos(phase), mag * torch.sin(phase)).clamp(-1.0, 1.0)[:, None]
 
 
 @dataclasses.dataclass
@@ -242,6 +273,7 @@ def receptive_field(config: HiFiGANConfig) -> Dict[str, int]:
         radius += (k / u + 1) / scale
         scale *= u
         radius += res / scale
+    radius += g.istft_n_fft / max(1, g.istft_hop) / scale
     n = int(math.ceil(radius + 3 / scale)) + 1
     return {"left": n, "right": n, "net_left": n, "net_right": n}
 

@@ -7,7 +7,8 @@ from typing import Dict, List
 
 
 def decoder_flops_per_frame(dec) -> float:
-    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig; per-stage and inner widths counted)."""
+    """HiFi-GAN generator FLOPs per input frame (``dec`` a GeneratorConfig; per-stage and inner widths counted;
+    an inverse-STFT head: its conv_post and inverse-DFT matmul)."""
     ch, nk = dec.widths(), len(dec.resblock_kernel_sizes)
     total, rate = 2.0 * dec.in_channels * ch[0] * 7, 1
     for i, (u, k) in enumerate(zip(dec.upsample_rates, dec.upsample_kernel_sizes)):
@@ -19,7 +20,10 @@ def decoder_flops_per_frame(dec) -> float:
                 total += sum(2.0 * rate * 2 * c_out * c * k_r for c in dec.inner_widths(i * nk + j))
             else:
                 total += 2.0 * rate * len(d_r) * c_out * c_out * k_r
-    return total + 2.0 * rate * ch[-1] * 7
+    post = 2.0 * rate * ch[-1] * 7 * dec.post_channels
+    if dec.istft_hop:                                   # the inverse-DFT matmul: n_fft x (n_fft + 2) per step
+        post += 2.0 * rate * dec.istft_n_fft * (dec.istft_n_fft + 2)
+    return total + post
 
 
 def channel_groups(dec) -> List[Dict[str, object]]:

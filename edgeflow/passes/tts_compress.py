@@ -172,25 +172,39 @@ def _with_decoder(model, dec):
     return new
 
 
-def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
-    from edgeflow.compress.generator import prune_generator, stage_summary
-    from edgeflow.compress.generator_distill import distill_generator, window_distance
+def distillation_windows(model, teacher, cfg: TtsPruneConfig, ctx: PassContext, log):
+    """(train, valid) decoder windows of ``cfg``'s distillation sentences: the teacher's durations and audio,
+    ``model``'s latent z (:func:`edgeflow.compress.vits_decoder_data.decoder_windows`)."""
     from edgeflow.compress.vits_decoder_data import decoder_windows, distillation_texts
+
+    return decoder_windows(teacher, model, distillation_texts(cfg.sentences, ctx.seed), cfg.seeds_per_sentence,
+                           cfg.window_frames, seed=ctx.seed, valid_fraction=cfg.valid_fraction,
+                           margin=cfg.margin_frames, log=log)
+
+
+def vits_and_teacher(artifact: Artifact, pass_name: str):
+    """(the artifact's Vits model, its teacher: the reference when that is a Vits, else the model itself)."""
     from edgeflow.models.vits.model import Vits
 
     model = artifact.model
     if not isinstance(model, Vits):
-        raise ConfigError(f"tts_prune: needs a VITS model, got {type(model).__name__ if model is not None else 'none'}")
-    teacher = artifact.reference if isinstance(artifact.reference, Vits) else model
+        raise ConfigError(f"{pass_name}: needs a VITS model, got "
+                          f"{type(model).__name__ if model is not None else 'none'}")
+    return model, artifact.reference if isinstance(artifact.reference, Vits) else model
+
+
+def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
+    from edgeflow.compress.generator import prune_generator, stage_summary
+    from edgeflow.compress.generator_distill import distill_generator, window_distance
+
+    model, teacher = vits_and_teacher(artifact, "tts_prune")
     log = print if ctx.progress else None
     t0, settings = time.time(), cfg.settings()
     old_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        train, valid = decoder_windows(teacher, model, distillation_texts(cfg.sentences, ctx.seed),
-                                       cfg.seeds_per_sentence, cfg.window_frames, seed=ctx.seed,
-                                       valid_fraction=cfg.valid_fraction, margin=cfg.margin_frames, log=log)
+        train, valid = distillation_windows(model, teacher, cfg, ctx, log)
         t_data = time.time() - t0
         logmel = _logmel(model.config)
         calib = calibration_batches(train.cond, cfg.calib_windows, ctx.seed)
