@@ -54,7 +54,7 @@ def sentence_ids(model: Vits, text: str) -> List[List[int]]:
 
     c = model.config
     if not c.phoneme_id_map:
-        raise ConfigError("tts_prune: the model has no phoneme_id_map to turn text into ids")
+        raise ConfigError("decoder distillation: the model has no phoneme_id_map to turn text into ids")
     if c.phoneme_type == "text":
         cleaned = unicodedata.normalize("NFD", frontend.clean_text(text).casefold())
         sents = [list(cleaned)] if cleaned.strip() else []
@@ -107,10 +107,10 @@ def decoder_windows(teacher: Vits, current: Vits, texts: Sequence[str], seeds_pe
         ConfigError: a multi-speaker model, mismatched hop / latent channels, or no window at all.
     """
     if teacher.config.n_speakers > 1 or current.config.n_speakers > 1:
-        raise ConfigError("tts_prune: multi-speaker VITS models are not supported yet")
+        raise ConfigError("decoder distillation: multi-speaker VITS models are not supported yet")
     if (teacher.config.hop_length, teacher.config.inter_channels) != \
             (current.config.hop_length, current.config.inter_channels):
-        raise ConfigError("tts_prune: the teacher and the current model differ in hop or latent channels")
+        raise ConfigError("decoder distillation: the teacher and the current model differ in hop or latent channels")
     teacher, current = teacher.eval(), current.eval()
     hop, n_valid = current.config.hop_length, max(1, int(round(len(texts) * valid_fraction)))
     parts = {"train": ([], []), "valid": ([], [])}
@@ -132,7 +132,7 @@ def decoder_windows(teacher: Vits, current: Vits, texts: Sequence[str], seeds_pe
         zs, ys = parts[name]
         z, y = (torch.cat(zs), torch.cat(ys)) if zs else (None, None)
         if z is None or z.shape[0] == 0:
-            raise ConfigError(f"tts_prune: no {name} window of {window_frames} frames (sentences too short or "
+            raise ConfigError(f"decoder distillation: no {name} window of {window_frames} frames (sentences too short or "
                               "too few)")
         out.append(GeneratorWindows(z.contiguous(), y.contiguous(), margin=margin))
     return out[0], out[1]

@@ -132,7 +132,8 @@ class TtsPruneConfig(PassConfig):
         return None
 
 
-def _logmel(cfg):
+def voice_logmel(cfg):
+    """The log-mel front end of a VitsConfig ``cfg`` (the distillation's mel term)."""
     from edgeflow.audio.mel import MelConfig
     from edgeflow.audio.mel_torch import LogMel
 
@@ -141,7 +142,8 @@ def _logmel(cfg):
                             fmax=cfg.mel_fmax or cfg.sample_rate / 2))
 
 
-def _cost(model) -> Dict[str, float]:
+def decoder_cost(model) -> Dict[str, float]:
+    """A Vits model's decoder and total GFLOP per second of audio (cost model) and its inference parameters."""
     from edgeflow.models.family import get_family
 
     parts = get_family(model).flops_breakdown(model.config)
@@ -164,7 +166,7 @@ def calibration_batches(cond: torch.Tensor, n: int, seed: int = 0, batch: int = 
     return [cond[pick[a:a + batch]] for a in range(0, len(pick), batch)]
 
 
-def _with_decoder(model, dec):
+def with_decoder(model, dec):
     """A copy of the Vits ``model`` whose decoder is ``dec`` (config updated)."""
     new = copy.deepcopy(model)
     new.dec = dec
@@ -206,7 +208,7 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
     try:
         train, valid = distillation_windows(model, teacher, cfg, ctx, log)
         t_data = time.time() - t0
-        logmel = _logmel(model.config)
+        logmel = voice_logmel(model.config)
         calib = calibration_batches(train.cond, cfg.calib_windows, ctx.seed)
         dec, info = prune_generator(model.dec, cfg.ratio, dict(cfg.widths) or None, calib,
                                     refit=cfg.refit, refit_mode=cfg.refit_mode)
@@ -218,8 +220,8 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
                                     desc="tts_prune distill")
     finally:
         torch.set_num_threads(old_threads)
-    new = _with_decoder(model, dec)
-    before, after = _cost(model), _cost(new)
+    new = with_decoder(model, dec)
+    before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new
     return {"ratio": cfg.ratio, "groups": {k: v for k, v in info["groups"].items() if v[0] != v[1]},
             "decoder_widths": [model.dec.config.widths(), info["widths"]],

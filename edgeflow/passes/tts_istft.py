@@ -23,8 +23,8 @@ from typing import Any, Optional
 import torch
 
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.tts_compress import (TtsPruneConfig, _cost, _logmel, _with_decoder, distillation_windows,
-                                          vits_and_teacher)
+from edgeflow.passes.tts_compress import (TtsPruneConfig, decoder_cost, distillation_windows, vits_and_teacher,
+                                          voice_logmel, with_decoder)
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ def _apply(artifact: Artifact, cfg: TtsIstftConfig, ctx: PassContext):
     try:
         train, valid = distillation_windows(model, teacher, cfg, ctx, log)
         t_data = time.time() - t0
-        logmel = _logmel(model.config)
+        logmel = voice_logmel(model.config)
         floor = window_distance(model.dec, valid, logmel, settings)
         if log is not None:
             log(f"tts_istft: upsampling {info['upsample_rates'][0]} -> {info['upsample_rates'][1]} + inverse STFT "
@@ -85,8 +85,8 @@ def _apply(artifact: Artifact, cfg: TtsIstftConfig, ctx: PassContext):
                                     desc="tts_istft distill")
     finally:
         torch.set_num_threads(old_threads)
-    new = _with_decoder(model, dec)
-    before, after = _cost(model), _cost(new)
+    new = with_decoder(model, dec)
+    before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new
     return {"stages": cfg.stages, "upsample_rates": info["upsample_rates"], "istft": info["istft"],
             "params": [before["params"], after["params"]],
