@@ -27,6 +27,7 @@ the stock voice with the INT8 decoder. The pass needs a longer distillation budg
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -184,6 +185,18 @@ def distillation_windows(model, teacher, cfg: TtsPruneConfig, ctx: PassContext, 
                            margin=cfg.margin_frames, log=log)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's CPU threads set to ``n`` inside the block (0: left as is), restored after."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def vits_and_teacher(artifact: Artifact, pass_name: str):
     """(the artifact's Vits model, its teacher: the reference when that is a Vits, else the model itself)."""
     from edgeflow.models.vits.model import Vits
@@ -202,10 +215,7 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
     model, teacher = vits_and_teacher(artifact, "tts_prune")
     log = print if ctx.progress else None
     t0, settings = time.time(), cfg.settings()
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         train, valid = distillation_windows(model, teacher, cfg, ctx, log)
         t_data = time.time() - t0
         logmel = voice_logmel(model.config)
@@ -218,8 +228,6 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
         floor = window_distance(model.dec, valid, logmel, settings)
         summary = distill_generator(dec, train, valid, logmel, settings, progress=ctx.progress, log=log,
                                     desc="tts_prune distill")
-    finally:
-        torch.set_num_threads(old_threads)
     new = with_decoder(model, dec)
     before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new

@@ -20,11 +20,9 @@ import dataclasses
 import time
 from typing import Any, Optional
 
-import torch
-
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.tts_compress import (TtsPruneConfig, decoder_cost, distillation_windows, vits_and_teacher,
-                                          voice_logmel, with_decoder)
+from edgeflow.passes.tts_compress import (TtsPruneConfig, decoder_cost, distillation_windows, torch_threads,
+                                          vits_and_teacher, voice_logmel, with_decoder)
 
 
 @dataclasses.dataclass
@@ -70,10 +68,7 @@ def _apply(artifact: Artifact, cfg: TtsIstftConfig, ctx: PassContext):
     dec, info = istft_generator(model.dec, cfg.stages, cfg.n_fft_ratio)     # checks the stages first
     log = print if ctx.progress else None
     t0, settings = time.time(), cfg.settings()
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         train, valid = distillation_windows(model, teacher, cfg, ctx, log)
         t_data = time.time() - t0
         logmel = voice_logmel(model.config)
@@ -83,8 +78,6 @@ def _apply(artifact: Artifact, cfg: TtsIstftConfig, ctx: PassContext):
                 f"(hop {info['istft']['hop']}, n_fft {info['istft']['n_fft']})")
         summary = distill_generator(dec, train, valid, logmel, settings, progress=ctx.progress, log=log,
                                     desc="tts_istft distill")
-    finally:
-        torch.set_num_threads(old_threads)
     new = with_decoder(model, dec)
     before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new
