@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.tts_compress import torch_threads
 
 
 def _log(message: str) -> None:
@@ -53,20 +54,6 @@ def _utterances(teacher, cfg, ctx: PassContext, prior: bool):
     with _bar(ctx, len(ids), "teacher") as tick:
         utts = teacher_utterances(teacher, ids, seed=cfg.seed + 100000, prior=prior, progress=tick)
     return split(utts, cfg.held_out, cfg.seed)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run with ``n`` torch threads (0: unchanged), restored after."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -164,7 +151,7 @@ def _reduce_flows(artifact: Artifact, cfg: TtsReduceFlowsConfig, ctx: PassContex
 
 
 def _reduce_flows_pass(artifact: Artifact, cfg: TtsReduceFlowsConfig, ctx: PassContext):
-    with _torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         return _reduce_flows(artifact, cfg, ctx)
 
 
@@ -237,7 +224,7 @@ def _duration(artifact: Artifact, cfg: TtsDurationConfig, ctx: PassContext):
 
 
 def _duration_pass(artifact: Artifact, cfg: TtsDurationConfig, ctx: PassContext):
-    with _torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         return _duration(artifact, cfg, ctx)
 
 
