@@ -42,9 +42,7 @@ class TtsIstftConfig(TtsPruneConfig):
     max_minutes: float = 40.0
     lr: float = 5e-4
     sentences: int = 120
-    wave_weight: float = 0.0
     valid_every: int = 250
-    keep: str = "best"
 
     def __post_init__(self):
         super().__post_init__()
