@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -48,7 +49,7 @@ from torch import nn
 from edgeflow.train.discriminator import (MultiResolutionDiscriminator, discriminator_loss,
                                              feature_matching_loss, generator_adv_loss)
 from edgeflow.audio.losses import log_mel_l1, mr_stft_loss, waveform_l1
-from edgeflow.compress.window_loop import train_windows
+from edgeflow.compress.window_loop import WindowState, train_windows
 from edgeflow.core.config import ConfigBase
 from edgeflow.core.errors import ConfigError
 
@@ -163,6 +164,13 @@ class _Adversary:
             self.disc = MultiResolutionDiscriminator(channels=s.disc_channels)
         self.opt = torch.optim.AdamW(self.disc.parameters(), lr=s.disc_lr, betas=s.betas)
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"disc": self.disc.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.opt.load_state_dict(state["opt"])
+
     def step(self, pred: torch.Tensor, target: torch.Tensor, fm: bool) -> Dict[str, torch.Tensor]:
         """One discriminator update on (target [B, T] real, pred [B, T] detached fake), then the generator's
         terms "adv" and, with ``fm``, "fm" (differentiable in ``pred``) and the discriminator's loss "disc"
@@ -189,6 +197,15 @@ class _Objective:
         self.logmel, self.s = logmel, s
         self.adversary = _Adversary(s) if s.adv_weight > 0 else None
         self.calls = 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The resume state: the step counter and, with a discriminator, its weights and optimizer."""
+        return {"calls": self.calls, **({"adversary": self.adversary.state_dict()} if self.adversary else {})}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"])
 
     @staticmethod
     def _pair(model: nn.Module, batch: GeneratorWindows) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -250,16 +267,25 @@ def window_distance(gen: nn.Module, windows: GeneratorWindows, logmel: nn.Module
 
 def distill_generator(student: nn.Module, train: GeneratorWindows, valid: GeneratorWindows, logmel: nn.Module,
                       settings: GeneratorDistillSettings, progress: bool = True,
-                      log: Optional[Callable[[str], None]] = print, desc: str = "distill generator") -> Dict[str, Any]:
+                      log: Optional[Callable[[str], None]] = print, desc: str = "distill generator",
+                      state_path: Optional[Path] = None, state_key: str = "") -> Dict[str, Any]:
     """Train ``student`` (in place, on CPU) towards the windows' audio; it ends holding the best weights (or the
     last, ``settings.keep``).
 
+    Args:
+        state_path, state_key: keep resume state in this file, and resume it when its key is ``state_key``
+            (None: no state; the key should name the settings that shape the run and the starting model).
+
     Returns:
         {"steps", "stopped", "valid_before", "valid_best", "best_step", "valid_curve" [[step, value]],
-         "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds"}.
+         "loss_first", "loss_last" (means of the first / last 10 steps), "train_seconds", "first_step_seconds",
+         "resumed_at"}.
     """
     s = settings
     objective = _Objective(logmel, s)
     opt = torch.optim.AdamW(student.parameters(), lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    state = None if state_path is None else WindowState(Path(state_path), state_key,
+                                                        get_extra=objective.state_dict,
+                                                        set_extra=objective.load_state_dict)
     return train_windows(student, objective.loss, train, lambda m: objective.distance(m, valid), len(valid), s,
-                         progress, log, desc, optimizer=opt, digits=5, keep_best=s.keep == "best")
+                         progress, log, desc, optimizer=opt, digits=5, keep_best=s.keep == "best", state=state)

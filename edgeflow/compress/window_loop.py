@@ -7,7 +7,14 @@ flow-matching field's pruning distillation and reflow (:mod:`edgeflow.compress.f
 (used by the field objectives, ignored by the generator's), from a generator seeded with (seed, k) only, so a run
 is deterministic on one machine. The loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA,
 the cost printed after a timed first step; stops at ``steps``, after ``max_minutes`` or ``patience``
-validations without improvement). No resume: these runs last minutes.
+validations without improvement).
+
+Resume (``state`` a :class:`WindowState`): every ``every_minutes`` of training, and when the loop ends, the
+student, its optimizer, the loop's counters (step, best, time spent), the best weights so far, the validation
+curve and the caller's own state (e.g. a discriminator) are written to one file (temporary file, then rename).
+A later call with the same ``key`` continues from it exactly (the batches depend on the step only), and
+``max_minutes`` counts the time of every call: raise it, or ``steps``, to train on. A file with another key
+(other settings, another model) is ignored and overwritten. Loaded with ``torch.load(weights_only=True)``.
 
 Settings are any object with ``steps``, ``max_minutes``, ``lr``, ``batch``, ``grad_clip``, ``valid_every``,
 ``seed``, ``threads`` (0: leave torch's) and optionally ``patience``.
@@ -15,7 +22,9 @@ Settings are any object with ``steps``, ``max_minutes``, ``lr``, ``batch``, ``gr
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -30,6 +39,25 @@ LossFn = Callable[[nn.Module, Any, torch.Tensor], Tuple[torch.Tensor, Dict[str, 
 def logged(value: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
     """(loss, logs) of a plain loss tensor (a :data:`LossFn`'s return)."""
     return value, {"mse": float(value.detach())}
+
+
+@dataclasses.dataclass
+class WindowState:
+    """Where and when :func:`train_windows` keeps its resume state.
+
+    Attributes:
+        path: the state file.
+        key: what the state belongs to (settings and starting model); a file with another key is not resumed.
+        every_minutes: training minutes between saves (the end of the loop is always saved).
+        get_extra, set_extra: the caller's own state (tensors, numbers, strings, lists and dicts only) and how to
+            restore it.
+    """
+
+    path: Path
+    key: str
+    every_minutes: float = 5.0
+    get_extra: Optional[Callable[[], Dict[str, Any]]] = None
+    set_extra: Optional[Callable[[Dict[str, Any]], None]] = None
 
 
 class _Objective:
@@ -48,6 +76,48 @@ class _Hooks(LoopHooks):
         self.losses: List[float] = []
         self.terms: List[Dict[str, float]] = []
         self.valid_rows: List[List[float]] = []
+        self.loop: Optional[TrainLoop] = None
+        self.state: Optional[WindowState] = None
+        self.saved_at = 0.0
+
+    # -- resume state --------------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        from edgeflow.core.io import atomic_path
+
+        st = self.state
+        blob = {"key": st.key, "loop": self.loop.state_dict(), "model": self.student.state_dict(),
+                "best_state": self.best_state, "valid_rows": self.valid_rows, "losses": self.losses,
+                "terms": self.terms[-100:], "extra": st.get_extra() if st.get_extra else {}}
+        with atomic_path(st.path) as tmp:
+            torch.save(blob, tmp)
+        self.saved_at = self.loop.elapsed
+
+    def load_state(self, log: Optional[Callable[[str], None]]) -> bool:
+        """Restore the state file if it is there and has this key. Returns whether it did."""
+        st = self.state
+        if not Path(st.path).is_file():
+            return False
+        try:
+            blob = torch.load(st.path, map_location="cpu", weights_only=True)
+        except Exception:                                   # not a state file (or one from another version)
+            blob = None
+        if not isinstance(blob, dict) or blob.get("key") != st.key:
+            if log is not None:
+                log(f"{st.path}: not a resume state of these settings and this model; starting over")
+            return False
+        self.student.load_state_dict(blob["model"])
+        self.loop.load_state_dict(blob["loop"])
+        cap = self.loop.s.max_minutes
+        over = cap and self.loop.elapsed > 60 * cap           # else a cap raised since: go on
+        self.loop.stopped = f"time cap of {cap:g} min" if over else ""
+        self.best_state, self.valid_rows = blob["best_state"], [list(r) for r in blob["valid_rows"]]
+        self.losses, self.terms = list(blob["losses"]), list(blob["terms"])
+        if st.set_extra is not None:
+            st.set_extra(blob["extra"])
+        self.saved_at = self.loop.elapsed
+        if log is not None:
+            log(f"{st.path}: resumed at step {self.loop.step} ({self.loop.elapsed / 60:.1f} min trained)")
+        return True
 
     def batch(self, step: int):
         gen = torch.Generator().manual_seed(int(self.s.seed) * 1_000_003 + int(step))
@@ -66,6 +136,8 @@ class _Hooks(LoopHooks):
     def on_step(self, step, loss, logs, grad_norm, valid) -> None:
         self.losses.append(loss)
         self.terms.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        if self.state is not None and self.loop.elapsed - self.saved_at >= 60 * self.state.every_minutes:
+            self.save_state()
 
 
 def _mean(xs: List[float], digits: int) -> Optional[float]:
@@ -82,7 +154,7 @@ def _term_means(rows: List[Dict[str, float]], digits: int) -> Dict[str, Optional
 def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Callable[[nn.Module], float],
                   n_valid: int, settings: Any, progress: bool = True, log: Optional[Callable[[str], None]] = print,
                   desc: str = "train", optimizer: Optional[torch.optim.Optimizer] = None,
-                  digits: int = 6, keep_best: bool = True) -> Dict[str, Any]:
+                  digits: int = 6, keep_best: bool = True, state: Optional[WindowState] = None) -> Dict[str, Any]:
     """Train ``student`` (in place, CPU) on ``train`` (``len`` and ``.take(idx)``); it ends holding the weights
     with the lowest ``valid_fn(student)`` (no gradients; also measured before the first step and after the last),
     or its last weights when ``keep_best`` is False.
@@ -90,11 +162,13 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
     Args:
         optimizer: over ``student``'s parameters (default: Adam at ``settings.lr``).
         n_valid: held-out windows (for the progress line). digits: rounding of the returned values.
+        state: where to keep resume state (None: none; see the module docstring).
 
     Returns:
         {"steps", "stopped", "valid_before", "valid_best", "best_step", "kept", "valid_curve" [[step, value]],
          "loss_first", "loss_last" (means of the first / last 10 steps), "terms_last" ({logged term: mean over
-         the last 100 steps}), "train_seconds", "first_step_seconds"}.
+         the last 100 steps}), "train_seconds", "first_step_seconds", "resumed_at" (the step a resume started
+         from; 0 for a fresh run)}.
     """
     s = settings
     old = torch.get_num_threads()
@@ -110,11 +184,15 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
         if optimizer is not None:
             loop.opt = optimizer
         loop.context = f"{len(train)} windows ({n_valid} held out), batch {s.batch}; "
-        if not s.valid_every:
+        hooks.loop, hooks.state = loop, state
+        resumed = state is not None and hooks.load_state(log)
+        if not s.valid_every and not resumed:
             loop.check_valid()                              # the distance before training
-        summary = loop.run(valid_first=bool(s.valid_every))   # (with it, timed for the ETA)
+        summary = loop.run(valid_first=bool(s.valid_every) and not resumed)   # (with it, timed for the ETA)
         if not hooks.valid_rows or hooks.valid_rows[-1][0] != loop.step:
             loop.check_valid()                              # the last weights are a candidate too
+        if state is not None:
+            hooks.save_state()
         if keep_best and hooks.best_state is not None:
             student.load_state_dict(hooks.best_state)
         student.eval()
@@ -127,4 +205,5 @@ def train_windows(student: nn.Module, loss_fn: LossFn, train: Any, valid_fn: Cal
             "valid_curve": [[int(a), round(b, digits)] for a, b in hooks.valid_rows],
             "loss_first": _mean(hooks.losses[:10], digits), "loss_last": _mean(hooks.losses[-10:], digits),
             "terms_last": _term_means(hooks.terms[-100:], digits),
-            "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"]}
+            "train_seconds": round(loop.elapsed, 1), "first_step_seconds": summary["first_step_seconds"],
+            "resumed_at": summary["steps"] - summary["steps_this_run"] if resumed else 0}

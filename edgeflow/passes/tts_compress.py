@@ -12,7 +12,9 @@ Runs on the torch model, so it goes BEFORE ``tts_export`` in a recipe. Steps:
    windows, the kept convs refitted by least squares on them (``refit``);
 3. distillation (:func:`edgeflow.compress.generator_distill.distill_generator`): log-mel L1 + MR-STFT (plus an
    adversarial term with ``adv_weight`` > 0), AdamW, ``steps`` / ``max_minutes``, the best held-out weights kept
-   (or the last, ``keep``).
+   (or the last, ``keep``). Its state is kept in the run's work folder (:func:`distill_state`): rerunning a
+   stopped ``edgeflow optimize`` resumes the distillation where it was, and a rerun with a larger ``max_minutes``
+   or ``steps`` trains on from where the last run ended.
 
 The artifact's model becomes a new Vits with the smaller decoder (its config carries the widths); the details
 report the parameters, the cost model's decoder and total GFLOP per second of audio before / after, the loss
@@ -31,6 +33,7 @@ import contextlib
 import copy
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -185,6 +188,27 @@ def distillation_windows(model, teacher, cfg: TtsPruneConfig, ctx: PassContext, 
                            margin=cfg.margin_frames, log=log)
 
 
+#: Options that do not change what a distillation step computes: a run resumes across changes of them.
+RESUMABLE_OPTIONS = ("steps", "max_minutes", "threads", "keep", "valid_every")
+
+
+def distill_state(ctx: PassContext, pass_name: str, cfg: PassConfig, student: torch.nn.Module):
+    """(state file, key) of a pass's distillation in the run's work folder
+    (:func:`edgeflow.compress.generator_distill.distill_generator`): the key hashes the pass options (those in
+    :data:`RESUMABLE_OPTIONS` aside, so a rerun with a longer ``max_minutes`` trains on), the seed and the
+    student's starting weights, so a state of other settings or of another model is not resumed."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    opts = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_OPTIONS}
+    h.update(json.dumps([pass_name, opts, ctx.seed], sort_keys=True, default=str).encode())
+    for name, t in sorted(student.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return Path(ctx.work_dir) / f"{pass_name}-distill-state.pt", h.hexdigest()
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """torch's CPU threads set to ``n`` inside the block (0: left as is), restored after."""
@@ -226,8 +250,9 @@ def _apply(artifact: Artifact, cfg: TtsPruneConfig, ctx: PassContext):
             log("tts_prune: " + (", ".join(stage_summary(info)) or "nothing pruned") +
                 f"; decoder parameters {info['params'][0]:,} -> {info['params'][1]:,}")
         floor = window_distance(model.dec, valid, logmel, settings)
+        path, key = distill_state(ctx, "tts_prune", cfg, dec)
         summary = distill_generator(dec, train, valid, logmel, settings, progress=ctx.progress, log=log,
-                                    desc="tts_prune distill")
+                                    desc="tts_prune distill", state_path=path, state_key=key)
     new = with_decoder(model, dec)
     before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new

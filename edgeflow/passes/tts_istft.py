@@ -21,8 +21,8 @@ import time
 from typing import Any, Optional
 
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.tts_compress import (TtsPruneConfig, decoder_cost, distillation_windows, torch_threads,
-                                          vits_and_teacher, voice_logmel, with_decoder)
+from edgeflow.passes.tts_compress import (TtsPruneConfig, decoder_cost, distill_state, distillation_windows,
+                                          torch_threads, vits_and_teacher, voice_logmel, with_decoder)
 
 
 @dataclasses.dataclass
@@ -74,8 +74,9 @@ def _apply(artifact: Artifact, cfg: TtsIstftConfig, ctx: PassContext):
         if log is not None:
             log(f"tts_istft: upsampling {info['upsample_rates'][0]} -> {info['upsample_rates'][1]} + inverse STFT "
                 f"(hop {info['istft']['hop']}, n_fft {info['istft']['n_fft']})")
+        path, key = distill_state(ctx, "tts_istft", cfg, dec)
         summary = distill_generator(dec, train, valid, logmel, settings, progress=ctx.progress, log=log,
-                                    desc="tts_istft distill")
+                                    desc="tts_istft distill", state_path=path, state_key=key)
     new = with_decoder(model, dec)
     before, after = decoder_cost(model), decoder_cost(new)
     artifact.model = new

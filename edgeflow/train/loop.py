@@ -259,7 +259,8 @@ class TrainLoop:
         est = first * left + (t_valid * (left // self.s.valid_every) if self.s.valid_every else 0.0)
         self.first_step_seconds, self.estimated_seconds = first, est
         if self.log is not None and self.is_main:
-            cap = f", capped at {self.s.max_minutes:g} min" if self.s.max_minutes else ""
+            done = f", {self.elapsed / 60:.1f} of them spent before" if self.elapsed > 0 else ""
+            cap = f", capped at {self.s.max_minutes:g} min{done}" if self.s.max_minutes else ""
             self.log(f"{self.s.desc}: {self.context}first step {first:.2f} s -> about {est / 60:.1f} min more on "
                      f"this machine{cap}")
 
