@@ -3,7 +3,9 @@
 Every system speaks the first ``--n`` evaluation sentences of :mod:`edgeflow.data.tts_text` sentence by
 sentence, whole sentences (as Piper runs), the systems interleaved sentence by sentence and round by round
 (:func:`edgeflow.validate.tts_optimize.interleaved_rtf`, fastest of ``--rounds`` per sentence), so other jobs
-on a shared CPU slow all of them alike. Per thread count: RTF, ratio to the stock voice, and time to first
+on a shared CPU slow all of them alike; each timed sentence waits ``--settle`` seconds first (since 2026-12-05:
+timed back to back, 2-thread runs were 22-37% slower than alone, likely the previous system's spin-waiting
+onnxruntime threads). Per thread count: RTF, ratio to the stock voice, and time to first
 audio of a 10-sentence paragraph (bundles stream decoder chunks; the stock voice yields whole sentences).
 ``--ort dynamic static`` adds the stock voice after onnxruntime's ``quantize_dynamic`` / ``quantize_static``
 (INT8; static: QDQ, calibrated on 8 calibration sentences), the baselines of the "INT8 alone" goal.
@@ -34,6 +36,7 @@ import numpy as np
 from edgeflow.cli.args import model_source
 from edgeflow.core.io import atomic_write_json
 from edgeflow.data.tts_text import sentences
+from edgeflow.validate.cost import SETTLE_SECONDS
 from edgeflow.validate.tts import evaluate_voice, timed_speak
 from edgeflow.validate.tts_optimize import interleaved_rtf
 from edgeflow.validate.tts_systems import open_system
@@ -77,7 +80,7 @@ def first_audio(systems, paragraph: str, rounds: int) -> dict:
             for name, s in systems.items()}
 
 
-def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> dict:
+def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool, settle: float = SETTLE_SECONDS) -> dict:
     """Per system (``paths``: name -> bundle or .onnx, "stock" among them): RTF, ratio to stock, time to
     first audio, size (and WER, DNSMOS P.808 if ``quality``), at ``threads`` onnxruntime threads."""
     systems = {name: open_system(p.partition("@")[0], threads, name, p.partition("@")[2] or "auto")
@@ -86,7 +89,7 @@ def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool) -> d
     for s in systems.values():
         list(s.speak_stream(warm))
         list(s.speak_stream(warm, streaming=True))
-    rtf = interleaved_rtf(systems, texts, 0, {}, rounds=rounds)
+    rtf = interleaved_rtf(systems, texts, 0, {}, rounds=rounds, settle=settle)
     ttfa = first_audio(systems, " ".join(texts[:10]), rounds)
     out = {name: {"rtf": rtf[name], "speedup_vs_stock": rtf["stock"] / rtf[name],
                   "first_audio_10_sentences_s": ttfa[name], "size_bytes": s.size_bytes, "path": str(s.path)}
@@ -106,6 +109,9 @@ def main() -> int:
                     help="the stock Piper voice (VOICE.onnx or pkg:NAME)")
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts, comma-separated")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per sentence and system (fastest kept)")
+    ap.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                    help="seconds waited (untimed) before each timed sentence, so one system's spinning onnxruntime "
+                         "threads do not slow the next (0: back to back, as before 2026-12-05)")
     ap.add_argument("--n", type=int, default=20, help="evaluation sentences (at most 20)")
     ap.add_argument("--ort", nargs="*", default=[], choices=["dynamic", "static", "static_per_channel"],
                     help="add the stock voice after onnxruntime's quantize_dynamic / quantize_static")
@@ -122,7 +128,7 @@ def main() -> int:
         results = {}
         for i, th in enumerate(int(t) for t in args.threads.split(",")):
             t0 = time.time()
-            results[str(th)] = run(paths, th, texts, args.rounds, args.quality and i == 0)
+            results[str(th)] = run(paths, th, texts, args.rounds, args.quality and i == 0, args.settle)
             load.append(os.getloadavg()[0])
             print(f"{th} thread(s) ({time.time() - t0:.0f} s, load {load[-1]:.1f}):")
             for name, r in results[str(th)].items():
@@ -132,7 +138,8 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"date": str(date.today()), "commit": commit, "machine": f"{os.cpu_count()} cores, "
               f"{platform.machine()}", "load_average_1min": load, "sentences": len(texts), "rounds": args.rounds,
-              "interleaved": "sentence by sentence, round by round", "results": results}
+              "interleaved": "sentence by sentence, round by round", "settle_seconds": args.settle,
+              "results": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     print(f"wrote {args.json}")

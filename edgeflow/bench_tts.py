@@ -84,14 +84,18 @@ def measure(systems: Sequence[System], texts: Sequence[str], seed: int = 0, repe
 
 
 def _time_once(s: System, row: Dict[str, Any], text: str, seed: int) -> None:
-    """One more timed run of ``text`` (and, for a bundle, one streaming run): keep the fastest figures."""
+    """One more timed run of ``text`` (and, for a bundle, one streaming run): keep the fastest figures. Each run
+    waits :data:`edgeflow.validate.cost.SETTLE_SECONDS` first (another system's spinning threads)."""
+    from edgeflow.validate.cost import SETTLE_SECONDS
     from edgeflow.validate.tts import timed_speak
 
+    time.sleep(SETTLE_SECONDS)
     t = timed_speak(s, text, seed=seed)
     row["wall"] = min(row["wall"], t["wall"])
     if s.kind != "bundle":
         row["time_to_first_audio"] = min(row["time_to_first_audio"], t["time_to_first_audio"])
         return
+    time.sleep(SETTLE_SECONDS)
     st = timed_speak(s, text, streaming=True, seed=seed)
     first = "wall_streaming" not in row
     row["wall_streaming"] = st["wall"] if first else min(row["wall_streaming"], st["wall"])

@@ -208,8 +208,14 @@ def test_interleaved_best_keeps_each_runs_fastest_round_and_warms_up(monkeypatch
     only the runs advance (no wall-clock timing in a test)."""
     from edgeflow.validate import cost
 
-    clock = [0.0]
+    clock, sleeps = [0.0], []
     monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+
+    def sleep(seconds):                                       # the settle pause passes on the clock too
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(cost.time, "sleep", sleep)
     calls, costs = [], {"a": [9.0, 3.0, 1.0, 2.0], "b": [9.0, 5.0, 4.0, 6.0]}
 
     def run(name):
@@ -221,6 +227,7 @@ def test_interleaved_best_keeps_each_runs_fastest_round_and_warms_up(monkeypatch
     best = cost.interleaved_best({"a": run("a"), "b": run("b")}, rounds=3, warmup=True)
     assert calls == ["a", "b"] + ["a", "b"] * 3              # interleaved round by round, after one warm-up each
     assert best == {"a": 1.0, "b": 4.0}                      # each run's fastest timed round; the 9 s warm-ups not counted
+    assert sleeps == [cost.SETTLE_SECONDS] * 6                # a settle pause before each timed call, not timed
     costs["x"] = [7.0, 5.0]
     assert cost.interleaved_best({"x": run("x")}, rounds=2) == {"x": 5.0}     # no warm-up: every call is timed
 

@@ -45,15 +45,25 @@ def measure_rtf(fn: Callable[[], Any], audio_seconds: float, warmup: int = 1, re
             "audio_seconds": float(audio_seconds), "warmup": int(warmup)}
 
 
-def interleaved_best(runs: Dict[str, Callable[[], Any]], rounds: int, warmup: bool = False) -> Dict[str, float]:
+#: Seconds the interleaved timers wait before each timed call. Measured 2026-12-05 on this project's 2-core CPU
+#: (onnxruntime 1.32, 2 threads, joe-medium's stock graph and its `balanced` bundle, 8 sentences): timed back to
+#: back, each ran 22-37% slower than alone; a 0.05 s pause left that unchanged, 0.15 s and 0.3 s removed it; one
+#: thread showed no such effect. The likely cause: the previous session's pool threads still spin-waiting.
+SETTLE_SECONDS = 0.2
+
+
+def interleaved_best(runs: Dict[str, Callable[[], Any]], rounds: int, warmup: bool = False,
+                     settle: float = SETTLE_SECONDS) -> Dict[str, float]:
     """Wall seconds of each of ``runs``, called in turn round by round (a busy machine slows them alike), the
-    fastest of ``rounds``; ``warmup``: one untimed call of each first."""
+    fastest of ``rounds``; ``warmup``: one untimed call of each first; ``settle``: seconds waited (untimed)
+    before each timed call (:data:`SETTLE_SECONDS`)."""
     if warmup:
         for run in runs.values():
             run()
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(rounds):
         for name, run in runs.items():
+            time.sleep(settle)
             t0 = time.perf_counter()
             run()
             best[name] = min(best[name], time.perf_counter() - t0)

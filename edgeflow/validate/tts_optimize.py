@@ -59,15 +59,21 @@ def score_voice(voice: Any, texts: Sequence[str], teacher: Sequence[np.ndarray] 
 
 
 def interleaved_rtf(voices: Dict[str, Any], texts: Sequence[str], seed: int, bundle_speak: Dict[str, Any],
-                    rounds: int = 2) -> Dict[str, float]:
+                    rounds: int = 2, settle: Optional[float] = None) -> Dict[str, float]:
     """Whole-sentence RTF of each voice, timed sentence by sentence in turn (fastest of ``rounds`` per
-    sentence), so a busy machine slows all of them alike. ``bundle_speak``: speak options of runtime Voices."""
+    sentence), so a busy machine slows all of them alike. ``bundle_speak``: speak options of runtime Voices;
+    ``settle``: seconds waited, untimed, before each timed sentence, so one voice's spinning onnxruntime threads
+    do not slow the next (default :data:`edgeflow.validate.cost.SETTLE_SECONDS`)."""
+    from edgeflow.validate.cost import SETTLE_SECONDS
+
+    settle = SETTLE_SECONDS if settle is None else settle
     best = {name: [float("inf")] * len(texts) for name in voices}
     seconds = dict.fromkeys(voices, 0.0)
     for r in range(rounds):
         for i, text in enumerate(texts):
             for name, voice in voices.items():
                 kw = bundle_speak if hasattr(voice, "manifest") else {}
+                time.sleep(settle)
                 t0 = time.perf_counter()
                 audio = np.concatenate(list(voice.speak_stream(text, seed=seed, **kw)))
                 best[name][i] = min(best[name][i], time.perf_counter() - t0)
