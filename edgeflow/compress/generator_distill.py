@@ -27,7 +27,9 @@ held-out windows every ``valid_every`` steps (and before the first); the best st
 "best"), or the last one (``keep`` "last": what the adversarial terms improve, the spectral distance does not
 measure). Stops at ``steps``, after ``max_minutes`` or after ``patience`` validations without improvement. The
 loop is :class:`edgeflow.train.loop.TrainLoop` (progress bar with an ETA, the cost printed after a timed first
-step). No resume: a run is meant to be short (minutes); a killed run starts over.
+step). With ``state_path`` a run keeps its state there (student, optimizers, discriminator, counters; every 5
+minutes and at the end) and a later call with the same ``state_key`` resumes it
+(:class:`edgeflow.compress.window_loop.WindowState`): a long adversarial distillation can run in several parts.
 
 Example::
 
