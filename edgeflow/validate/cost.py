@@ -48,7 +48,7 @@ def measure_rtf(fn: Callable[[], Any], audio_seconds: float, warmup: int = 1, re
 #: Seconds the interleaved timers wait before each timed call. Measured 2026-12-05 on this project's 2-core CPU
 #: (onnxruntime 1.32, 2 threads, joe-medium's stock graph and its `balanced` bundle, 8 sentences): timed back to
 #: back, each ran 22-37% slower than alone; a 0.05 s pause left that unchanged, 0.15 s and 0.3 s removed it; one
-#: thread showed no such effect. The likely cause: the previous session's pool threads still spin-waiting.
+#: thread showed no such effect. The likely cause: the previous onnxruntime session's pool threads still spinning.
 SETTLE_SECONDS = 0.2
 
 
