@@ -9,18 +9,12 @@ import torch
 
 from edgeflow.audio.mel import MelConfig
 from edgeflow.audio.mel_torch import LogMel
-from edgeflow.compress.generator import prune_generator
-from edgeflow.compress.generator_distill import GeneratorDistillSettings, GeneratorWindows, distill_generator
-from tests.test_generator_prune import _gen
+from edgeflow.compress.generator_distill import GeneratorDistillSettings, distill_generator
+from tests.test_discriminator import _setup as _windows_and_student
 
 
 def _setup():
-    teacher = _gen("v3").float()
-    x = torch.randn(12, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        y = teacher(x)
-    train, valid = GeneratorWindows(x, y).split(0.25)
-    student, _ = prune_generator(teacher, 0.5, inputs=[train.cond])
+    train, valid, student = _windows_and_student()          # a pruned V3 student, 9 + 3 teacher windows
     return student, train, valid
 
 

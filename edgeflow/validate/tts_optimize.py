@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgeflow.core.io import atomic_write_json, atomic_write_text
+from edgeflow.validate.cost import SETTLE_SECONDS
 
 #: The gate's budget when neither the target nor --max-drop gives one for a voice.
 DEFAULT_TTS_BUDGET = {"wer": 0.03, "dnsmos": 0.1, "mcd": 2.5}
@@ -59,14 +60,11 @@ def score_voice(voice: Any, texts: Sequence[str], teacher: Sequence[np.ndarray] 
 
 
 def interleaved_rtf(voices: Dict[str, Any], texts: Sequence[str], seed: int, bundle_speak: Dict[str, Any],
-                    rounds: int = 2, settle: Optional[float] = None) -> Dict[str, float]:
+                    rounds: int = 2, settle: float = SETTLE_SECONDS) -> Dict[str, float]:
     """Whole-sentence RTF of each voice, timed sentence by sentence in turn (fastest of ``rounds`` per
     sentence), so a busy machine slows all of them alike. ``bundle_speak``: speak options of runtime Voices;
     ``settle``: seconds waited, untimed, before each timed sentence, so one voice's spinning onnxruntime threads
-    do not slow the next (default :data:`edgeflow.validate.cost.SETTLE_SECONDS`)."""
-    from edgeflow.validate.cost import SETTLE_SECONDS
-
-    settle = SETTLE_SECONDS if settle is None else settle
+    do not slow the next (:data:`edgeflow.validate.cost.SETTLE_SECONDS`)."""
     best = {name: [float("inf")] * len(texts) for name in voices}
     seconds = dict.fromkeys(voices, 0.0)
     for r in range(rounds):
