@@ -9,13 +9,17 @@
   (the native engine's upsampler and 1x1 convs) is limited to the same thread count when threadpoolctl is
   installed. Also the share of the native time spent in the numpy conditioning (upsampler + squeeze).
 
+``--int8`` also quantizes the bundle (the ``quantize`` pass, calibrated on ``calibration/waveflow-demo``'s mels,
+which share this mel front-end; no sensitivity search: random weights) and runs the ``kernels`` pass on the INT8
+bundle, then times both engines on it too (native INT8 against onnxruntime's INT8 graph), in the same run.
+
 Times are wall clock (a shared machine's load hits both engines alike; the load average is printed); at 1 thread
 also the calling thread's CPU time (both engines compute on it), which other jobs inflate less.
 
 Usage::
 
     PYTHONPATH=. nice -n 10 python bench/bench_native_waveglow.py [--seconds 2] [--repeats 5] [--wn-channels 64]
-        [--out FILE.json]
+        [--int8] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -69,6 +73,24 @@ def build(args, root: Path):
     return model, root / "kernels", manifest
 
 
+def build_int8(model, root: Path, calib: Path):
+    """The float bundle of :func:`build` quantized (the ``quantize`` pass) and through the ``kernels`` pass: (bundle
+    with INT8 kernels, its manifest)."""
+    from edgeflow.passes import Artifact, PassContext, apply_pass
+    from edgeflow.passes.base import make_config
+    from edgeflow.passes.kernels import KernelsConfig, add_kernels
+
+    t0 = time.perf_counter()
+    art = Artifact(model=model, bundle_dir=root / "plain")
+    ctx = PassContext(work_dir=root / "work", calib_dir=calib, target={"threads": 1}, progress=False)
+    apply_pass(art, make_config("quantize", {"sensitivity": False}), ctx)
+    manifest = add_kernels(model, art.bundle_dir, root / "kernels-int8", KernelsConfig(threads=1, time_seconds=0))
+    parity = [(r["clip"], r["mel_l1"], r["snr_db"]) for r in manifest["native"]["parity"]["lengths"]]
+    print(f"quantize + kernels pass: {time.perf_counter() - t0:.1f} s; INT8 parity against onnxruntime INT8 "
+          f"(clip, log-mel L1, SNR dB): {parity}", flush=True)
+    return root / "kernels-int8", manifest
+
+
 def time_engines(bundle: Path, threads: int, seconds: float, repeats: int):
     from edgeflow.core.noise import noise
     from edgeflow.runtime import Synthesizer
@@ -105,17 +127,26 @@ def main(argv=None):
     ap.add_argument("--wn-layers", type=int, default=8)
     ap.add_argument("--wn-channels", type=int, default=64)
     ap.add_argument("--lu", action="store_true", help="LU-parametrised 1x1 convs")
+    ap.add_argument("--int8", action="store_true", help="also quantize the bundle and time both engines in INT8")
+    ap.add_argument("--calibration", type=Path, default=Path("calibration/waveflow-demo"))
     ap.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = ap.parse_args(argv)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
               platform.machine(), "cpus": os.cpu_count(), "library": info(), "load_average_start": os.getloadavg(),
-              "config": {k: v for k, v in vars(args).items() if k not in ("out", "threads")}, "rows": []}
+              "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                         if k not in ("out", "threads")}, "rows": []}
     with tempfile.TemporaryDirectory(prefix="waveglow-native-") as tmp:
-        _, bundle, manifest = build(args, Path(tmp))
+        model, bundle, manifest = build(args, Path(tmp))
         result["parity"] = manifest["native"]["parity"]
+        bundles = {"float32": bundle}
+        if args.int8:
+            bundles["int8"], manifest8 = build_int8(model, Path(tmp), args.calibration)
+            result["parity_int8"], result["int8"] = manifest8["native"]["parity"], manifest8["native"]["int8"]
         for threads in args.threads:
-            result["rows"].append(time_engines(bundle, threads, args.seconds, args.repeats))
-            print(json.dumps(result["rows"][-1]), flush=True)
+            for precision, b in bundles.items():
+                result["rows"].append(dict(precision=precision, **time_engines(b, threads, args.seconds,
+                                                                                args.repeats)))
+                print(json.dumps(result["rows"][-1]), flush=True)
     finish(result, args.out)
 
 

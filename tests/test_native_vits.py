@@ -47,8 +47,10 @@ def random_flow(c=6, h=5, k=3, dil=(1, 2, 4), n_cond=3, mean_only=1, flip=1, n_f
     return arrays
 
 
-def reference_inverse(a, x, cond=None):
-    """numpy float64 inverse of the flow arrays ``a`` on x [C, T] (cond [M, T]): the format's definition."""
+def reference_inverse(a, x, cond=None, quantize=None):
+    """numpy float64 inverse of the flow arrays ``a`` on x [C, T] (cond [M, T]): the format's definition.
+    ``quantize(layer prefix)``: a function applied to that layer's input and conditioning, or None (INT8
+    simulation, tests/test_native_wn_int8.py)."""
     n_flows, n_layers, c, h, k, _, mean_only, flip = (int(v) for v in a["config"])
     half, x = c // 2, x.astype(np.float64).copy()
     for f in reversed(range(n_flows)):
@@ -58,12 +60,12 @@ def reference_inverse(a, x, cond=None):
         stats = 0.0
         for lay in range(n_layers):
             p, d = f"flow.{f}.layer.{lay}.", int(a["dilations"][lay])
-            pad = d * (k - 1) // 2
-            hp = np.pad(hid, ((0, 0), (pad, pad)))
+            pad, q = d * (k - 1) // 2, (quantize and quantize(p[:-1])) or (lambda v: v)
+            hp = np.pad(q(hid), ((0, 0), (pad, pad)))
             acts = a[p + "in.bias"][:, None] + sum(a[p + "in.weight"][:, :, j] @ hp[:, j * d:j * d + x.shape[1]]
                                                    for j in range(k))
             if cond is not None:
-                acts = acts + a[p + "cond.weight"] @ cond
+                acts = acts + a[p + "cond.weight"] @ q(cond)
             g = np.tanh(acts[:h]) / (1 + np.exp(-acts[h:]))
             rs = a[p + "rs.weight"] @ g + a[p + "rs.bias"][:, None]
             nres = h if lay < n_layers - 1 else 0

@@ -1,7 +1,7 @@
 """WaveGlow through the native engine (edgeflow/runtime/native/waveglow.py): the packed couplings against the
 PyTorch inverse (plain and LU 1x1 convs, early outputs, threads), the numpy upsampler against ConvTranspose1d,
-the weight file's checks, the ``kernels`` pass on WaveGlow bundles (parity against onnxruntime, timing, the
-``native`` section, refusals) and ``Synthesizer`` with the native engine (whole, streamed, engine choice,
+the weight file's checks, the ``kernels`` pass on float WaveGlow bundles (parity against onnxruntime, timing, the
+``native`` section, refusals; INT8 bundles: tests/test_native_waveglow_int8.py) and ``Synthesizer`` with the native engine (whole, streamed, engine choice,
 torch-free). Tiny random WaveGlows only (6 flows, an early output every 4 of 2 channels, 3 WN layers of 32)."""
 
 from __future__ import annotations
@@ -198,9 +198,10 @@ def test_kernels_pass_records_refusals(bundles, tmp_path):
         assert Synthesizer.load(q).engine == "onnxruntime"
         with pytest.raises(BundleError, match="no native kernels"):
             Synthesizer.load(q, engine="native")
-        art_q = Artifact(model=model, bundle_dir=q)
-        rec = apply_pass(art_q, make_config("kernels", {}), PassContext(work_dir=tmp_path, progress=False))
-        assert rec["details"]["native"] is False and precision in rec["details"]["reason"] and art_q.bundle_dir == q
+    art_q = Artifact(model=model, bundle_dir=tmp_path / "float16")     # INT8: tests/test_native_waveglow_int8.py
+    rec = apply_pass(art_q, make_config("kernels", {}), PassContext(work_dir=tmp_path, progress=False))
+    assert rec["details"]["native"] is False and "float16" in rec["details"]["reason"]
+    assert art_q.bundle_dir == tmp_path / "float16"
     with pytest.raises(BundleError, match="parity failed"):
         add_kernels(_model(False, seed=3), plain, tmp_path / "wrong", KernelsConfig(time_seconds=0))
     assert not (tmp_path / "wrong").exists()

@@ -4,11 +4,11 @@ Runs after ``export`` on a float32 WaveFlow bundle, or after ``quantize`` on an 
 FP16 bundle or where the C library is not built it records why and leaves the bundle as it is, so a recipe can
 name it for every family). A float32 WaveGlow bundle gets ``waveglow.npz`` instead
 (:mod:`edgeflow.runtime.native.waveglow`, packed by :mod:`edgeflow.passes.kernels_waveglow`), checked and timed
-the same way (INT8 / FP16 WaveGlow bundles: recorded as not applicable). INT8: the convs the quantized graph runs
+the same way, float32 or INT8 (FP16 bundles: recorded as not applicable). INT8: the convs the quantized graph runs
 in INT8 (its DequantizeLinear weights: the dilated and conditioning convs of the ``fast`` / ``balanced`` recipes)
 run in INT8 in the engine too, with the graph's own int8 weights and per-channel scales (checked against the
-model's folded float weights); activations are quantized dynamically per row (u8, scale and zero point per cached
-row), everything else stays float. Parity against the onnxruntime INT8 graph is then a quality budget (log-mel
+model's folded float weights); activations are quantized dynamically (u8, scale and zero point per cached row for
+WaveFlow, per layer input and conditioning for WaveGlow), everything else stays float. Parity against the onnxruntime INT8 graph is then a quality budget (log-mel
 L1, ``int8_max_mel_l1``; SNR recorded), not bit-closeness. Writes a NEW bundle directory in the work dir (the
 current one is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
 (:mod:`edgeflow.runtime.native.format`, packed by :mod:`edgeflow.passes.kernels_waveflow`: weight norm folded,
@@ -134,23 +134,43 @@ def _packed(model: Any, bundle_dir: str | Path, family: str, precision: str
     """(arrays, file name, checked writer) of the native weights of ``model`` for its bundle.
 
     Raises:
-        ConfigError: not a float32 / INT8 WaveFlow or float32 WaveGlow bundle. BundleError: INT8 weights that do
-            not match the model.
+        ConfigError: not a float32 / INT8 WaveFlow or WaveGlow bundle. BundleError: INT8 weights that do not
+            match the model.
     """
     from edgeflow.runtime.native import format as fmt
     from edgeflow.runtime.native import waveglow
 
-    if (family, precision) not in (("waveflow", "float32"), ("waveflow", "int8"), ("waveglow", "float32")):
-        raise ConfigError(f"kernels: needs a float32 / INT8 WaveFlow or a float32 WaveGlow bundle, got {precision} "
-                          f"{family}")
+    if family not in ("waveflow", "waveglow") or precision not in ("float32", "int8"):
+        raise ConfigError(f"kernels: needs a float32 / INT8 WaveFlow or WaveGlow bundle, got {precision} {family}")
     if family == "waveglow":
-        from edgeflow.passes.kernels_waveglow import pack_waveglow
+        from edgeflow.passes.kernels_waveglow import int8_from_graph as waveglow_int8, pack_waveglow
 
-        return pack_waveglow(model), waveglow.WAVEGLOW_FILE, waveglow.save
+        arrays = pack_waveglow(model)
+        if precision == "int8":
+            arrays = waveglow_int8(Path(bundle_dir) / "model.onnx", model, arrays)
+        return arrays, waveglow.WAVEGLOW_FILE, waveglow.save
     arrays = pack_waveflow(model)
     if precision == "int8":
         arrays = int8_from_graph(Path(bundle_dir) / "model.onnx", arrays)
     return arrays, fmt.KERNELS_FILE, fmt.save
+
+
+def _int8_section(family: str, arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """The manifest's account of which convs the native engine runs in INT8."""
+    from edgeflow.runtime.native.format import int8_parts
+
+    weights = "the quantized graph's int8 initializers and per-output-channel scales (symmetric)"
+    if family == "waveglow":
+        n = sum(name.endswith(".in.qweight") for name in arrays)
+        total = sum(name.endswith(".in.weight") for name in arrays)
+        return {"dilated_convs": n, "cond_convs": n, "float_layers": total - n, "weights": weights,
+                "activations": "u8, scale and zero point per layer input and for the conditioning, per call "
+                               "(dynamic), int32 accumulation",
+                "float": "upsampler, 1x1 invertible convs, start, res and skip convs, gate, exp, affine update"}
+    parts = int8_parts(arrays)
+    return {"dilated_convs": sum(p[2] == 0 for p in parts), "cond_convs": sum(p[2] == 1 for p in parts),
+            "weights": weights, "activations": "u8, scale and zero point per cached row (dynamic), int32 accumulation",
+            "float": "upsampler, start, res and skip convs, gate, exp, affine update, log-det"}
 
 
 def _checked_parity(ort_synth, nat_synth, manifest: Dict[str, Any], cfg: KernelsConfig) -> Dict[str, Any]:
@@ -175,7 +195,7 @@ def _checked_parity(ort_synth, nat_synth, manifest: Dict[str, Any], cfg: Kernels
 
 def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[KernelsConfig] = None,
                 overwrite: bool = False) -> Dict[str, Any]:
-    """Copy the float32 or INT8 WaveFlow bundle (or float32 WaveGlow bundle) ``bundle_dir`` to ``out_dir`` with the
+    """Copy the float32 or INT8 WaveFlow or WaveGlow bundle ``bundle_dir`` to ``out_dir`` with the
     native weights of ``model`` (the model the bundle was exported from), checked against onnxruntime and timed.
     Returns the manifest written.
 
@@ -187,7 +207,7 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
     from edgeflow.core.io import atomic_dir
     from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.runtime.bundle import read_manifest
-    from edgeflow.runtime.native.format import KERNELS_FILE, int8_parts
+    from edgeflow.runtime.native.format import KERNELS_FILE
     from edgeflow.runtime.native.waveglow import WAVEGLOW_FILE
     from edgeflow.runtime.synthesizer import Synthesizer
 
@@ -204,12 +224,7 @@ def add_kernels(model: Any, bundle_dir: str | Path, out_dir: str | Path, cfg: Op
         draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
         draft["native"] = {"file": file, "engine": f"{family}-{precision}", "precision": precision}
         if precision == "int8":
-            parts = int8_parts(arrays)
-            draft["native"]["int8"] = {
-                "dilated_convs": sum(p[2] == 0 for p in parts), "cond_convs": sum(p[2] == 1 for p in parts),
-                "weights": "the quantized graph's int8 initializers and per-output-channel scales (symmetric)",
-                "activations": "u8, scale and zero point per cached row (dynamic), int32 accumulation",
-                "float": "upsampler, start, res and skip convs, gate, exp, affine update, log-det"}
+            draft["native"]["int8"] = _int8_section(family, arrays)
         write_manifest(tmp, draft)
         ort_synth = Synthesizer.load(tmp, threads=threads, engine="onnxruntime")
         nat_synth = Synthesizer.load(tmp, threads=threads, engine="native")
@@ -242,8 +257,6 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
         return f"the native engine has kernels for WaveFlow and WaveGlow only, not {manifest['family']}"
     if manifest["precision"] not in ("float32", "int8"):
         return f"the native engine has float32 and INT8 kernels; the bundle is {manifest['precision']}"
-    if manifest["family"] == "waveglow" and manifest["precision"] != "float32":
-        return f"the native engine has float32 WaveGlow kernels; the bundle is {manifest['precision']}"
     return load_error()
 
 

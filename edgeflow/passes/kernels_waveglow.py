@@ -5,17 +5,20 @@ in float32: the weights the exported graph holds). Each coupling's WN becomes a 
 (:func:`edgeflow.runtime.native.wn_pack.fold_coupling`): the shared conditioning conv split per layer (its bias
 added to the layer's in-conv bias), and the end conv's rows reordered from WaveGlow's [log s; t] to the engine's
 statistic order [t; log s] (the engine's inverse is x_b = (z_b - m) * exp(-logs), WaveGlow's
-x_b = (z_b - t) * exp(-log s)). A helper of :mod:`edgeflow.passes.kernels` (no pass of its own).
+x_b = (z_b - t) * exp(-log s)). An INT8 bundle's WN layers get the quantized graph's own int8 weights and
+per-output-channel scales (:func:`int8_from_graph`). A helper of :mod:`edgeflow.passes.kernels` (no pass of its
+own).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from edgeflow.core.errors import ConfigError
+from edgeflow.core.errors import BundleError, ConfigError
 
 
 def _wn_arrays(coupling: Any, n_cond: int, prefix: str) -> Dict[str, np.ndarray]:
@@ -81,4 +84,75 @@ def pack_waveglow(model: Any) -> Dict[str, np.ndarray]:
     for k, (conv, coupling) in enumerate(pairs):
         out[f"flow.{k}.inv"] = f32(conv.weight_inv)
         out.update(_wn_arrays(coupling, c.mel.n_mels * c.n_group, f"coupling.{k}."))
+    return out
+
+
+def _graph_weights(onnx_path: str | Path) -> Dict[str, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """Float weight name (``model.`` prefix dropped) -> (int8 weight, per-output-channel scale) of every weight the
+    quantized graph dequantizes; None for one that is not int8 symmetric per output channel (the upsampler's
+    ConvTranspose, per input channel, say)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    out = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith(".weight_quantized") \
+                or any(i not in inits for i in node.input[:3]):
+            continue
+        name = node.input[0]
+        q, scale, zp = (numpy_helper.to_array(inits[i]) for i in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        ok = q.dtype == np.int8 and not np.any(zp != 0) and scale.shape == (q.shape[0],) and axis == 0
+        base = name[:-len("_quantized")]
+        out[base[len("model."):] if base.startswith("model.") else base] = (q, scale.astype(np.float32)) if ok \
+            else None
+    return out
+
+
+def _matched(pair: Optional[Tuple[np.ndarray, np.ndarray]], ref: np.ndarray, name: str) -> np.ndarray:
+    """The int8 weight of ``pair`` (:func:`_graph_weights`'s), checked to be symmetric per output channel and to
+    dequantize to the model's folded float weight ``ref`` (same shape)."""
+    if pair is None:
+        raise BundleError(f"kernels: {name} is not an int8 weight symmetric per output channel")
+    q, scale = pair[0].reshape(ref.shape), pair[1]
+    tol = scale.reshape((-1,) + (1,) * (ref.ndim - 1)) * 0.501 + 1e-6 * float(np.max(np.abs(ref)))
+    if np.any(np.abs(q * scale.reshape(tol.shape) - ref) > tol):
+        raise BundleError(f"kernels: the graph's INT8 weight {name} does not match the model's (was the bundle "
+                          f"exported from this model?)")
+    return np.ascontiguousarray(q, dtype=np.int8)
+
+
+def int8_from_graph(onnx_path: str | Path, model: Any, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """``arrays`` (:func:`pack_waveglow`'s) plus the INT8 pairs of every WN layer whose dilated conv and
+    conditioning rows the quantized graph ``onnx_path`` both runs in INT8 (the graph's own int8 weights and
+    scales; the shared conditioning conv split per layer). The other layers stay float.
+
+    Raises:
+        BundleError: a quantized weight that is not symmetric per output channel or does not match the model.
+    """
+    import torch
+
+    from edgeflow.models.family import get_family
+    from edgeflow.models.waveglow_family import flow_pairs
+
+    fam = get_family(model)
+    frozen = fam.fuse(fam.freeze(copy.deepcopy(model).cpu().float()))
+    names = {id(m): n for n, m in frozen.named_modules()}
+    graph, out = _graph_weights(onnx_path), dict(arrays)
+    a = lambda t: t.detach().to(torch.float64).numpy()  # noqa: E731
+    for k, (_, coupling) in enumerate(flow_pairs(frozen)):
+        net, h = coupling.net, coupling.net.channels
+        path = names[id(net)]
+        cname = f"{path}.cond_layer.weight"
+        for lay, conv in enumerate(net.in_layers):
+            name = f"{path}.in_layers.{lay}.weight"
+            if name not in graph or cname not in graph:
+                continue
+            p, rows = f"coupling.{k}.flow.0.layer.{lay}.", slice(lay * 2 * h, (lay + 1) * 2 * h)
+            out[p + "in.qweight"], out[p + "in.qscale"] = _matched(graph[name], a(conv.weight), name), graph[name][1]
+            cq, cond = _matched(graph[cname], a(net.cond_layer.weight), cname), graph[cname]
+            out[p + "cond.qweight"] = np.ascontiguousarray(cq[rows, :, 0])
+            out[p + "cond.qscale"] = np.ascontiguousarray(cond[1][rows])
     return out

@@ -63,7 +63,8 @@ def native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, A
     """The manifest's ``native`` section (the kernels pass's), checked: its file is one the manifest hashes.
     None when the bundle has no native kernels, or has them for another precision (``waveflow-float32`` or
     ``waveglow-float32`` kernels in a bundle quantized after the kernels pass: the section is inherited without
-    the file; a kernels pass run after quantize writes ``waveflow-int8`` kernels, which are used)."""
+    the file; a kernels pass run after quantize writes ``waveflow-int8`` or ``waveglow-int8`` kernels, which are
+    used)."""
     native = manifest.get("native")
     if native is None or (isinstance(native, dict) and str(native.get("engine", "")).endswith("-float32")
                           and manifest.get("precision") != "float32"):

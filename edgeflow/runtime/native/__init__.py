@@ -147,9 +147,9 @@ def _ptr(a: np.ndarray, kind=ctypes.c_float):
 def open_session(section: Dict[str, Any], bundle_dir: Path, input_names: List[str], hop_length: int,
                  threads: Optional[int] = None) -> Any:
     """The session of a bundle's checked ``native`` manifest section: :class:`NativeSession` (WaveFlow kernels) or
-    :class:`edgeflow.runtime.native.waveglow.WaveGlowSession` (engine ``waveglow-float32``)."""
+    :class:`edgeflow.runtime.native.waveglow.WaveGlowSession` (engines ``waveglow-float32``, ``waveglow-int8``)."""
     path = Path(bundle_dir) / section["file"]
-    if section.get("engine") == "waveglow-float32":
+    if str(section.get("engine", "")).startswith("waveglow-"):
         from edgeflow.runtime.native.waveglow import WaveGlowSession
 
         return WaveGlowSession(path, input_names, hop_length, threads)

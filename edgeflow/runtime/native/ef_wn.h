@@ -18,6 +18,7 @@ typedef struct {
     float **rs_w, **rs_b;               /* [F*L]: residual rows (H; none in the last layer), then S stat rows */
     float **wg;                         /* [F*L]: Winograd F(4,5) weights (8 packed [Mab/MR][H][MR]) or NULL */
     float wg_at[4 * 8], wg_bt[8 * 8];   /* its output and input transforms */
+    ef_q8 **in_q, **cond_q;             /* [F*L]: INT8 dilated / conditioning conv (ef_wn_q8.c), or NULL */
 } ef_wn;
 
 typedef struct {                        /* one thread's scratch */
@@ -35,6 +36,21 @@ typedef struct {
     void (*wg_in)(const ef_wn *, int, const float *, int, int, float *, float *);
     void (*wg_gemm)(const ef_wn *, int, int, int, int, const float *, int, int, float *, ef_wn_scratch *);
 } ef_wn_fns;
+
+typedef struct {                        /* one run's INT8 state (ef_wn_q8.c) */
+    uint8_t *hq, *cq;                   /* quantized layer input [Hq][RS][4], conditioning [Mq][RS][4] */
+    const uint8_t **xh, **xc;           /* quad row pointers: the layer's k taps x Hq, the Mq conditioning quads */
+    float *fh, *fc, *qb, *mm;           /* [Mab] factors w_scale x x_scale, bias with zero points; [nblk][2] */
+    float sh, sc;                       /* activation scales (layer input, conditioning) */
+    int zh, zc;                         /* and zero points */
+    ef_qtile_fn tile;
+} ef_wn_q8run;
+
+int ef_wn_q8_on(const ef_wn *m, int i);
+int ef_wn_q8_make(const ef_wn *m, const float *cond, int RS, int nblk, ef_wn_q8run *q);
+void ef_wn_q8_free(ef_wn_q8run *q);
+void ef_wn_q8_prepare(const ef_wn *m, int i, int l, const float *hc, int RS, int nblk, int T, ef_wn_q8run *q);
+void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *a);
 
 /* The kernels of instruction set isa. */
 const ef_wn_fns *ef_wn_for(int isa);

@@ -1,12 +1,13 @@
 /* A command-line driver of the WaveNet-coupling kernels (the VITS prior flow, WaveGlow's couplings), for running
  * them where Python is not (an aarch64 build under qemu-user in tests/test_native_cross.py). Link it with
- * ef_kernels.c, ef_int8.c, ef_run.c, ef_wn.c and ef_wn_run.c:
+ * ef_kernels.c, ef_int8.c, ef_run.c, ef_wn.c, ef_wn_run.c and ef_wn_q8.c:
  *
  *     ef_wn_driver IN OUT [ISA]
  *
  * IN (little-endian): int32 n_cfg, int32 cfg[n_cfg], int64 n_w, float32 w[n_w] (wn.blob's order), int32 n_wg,
  * n_wg times (int32 flow, layer; float32 u[8 * 2H * H], at[4 * 8], bt[8 * 8]: the Winograd F(4,5) weights and
- * transforms, as wn.NativeFlow sets them), int32 B, int32 T, int32 M, float32 x[B * C * T], float32
+ * transforms, as wn.NativeFlow sets them), int32 n_q8, n_q8 times (int32 flow, layer, part, n; int8 q[n]; float32
+ * scale[2H]: an INT8 conv, as ef_wn_set_q8 takes it), int32 B, int32 T, int32 M, float32 x[B * C * T], float32
  * cond[B * M * T] (M = 0: none). OUT: float32 out[B * C * T], the flow's inverse of each item. ISA: 0 portable
  * (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
  */
@@ -18,6 +19,7 @@
 typedef struct ef_wn ef_wn;
 ef_wn *ef_wn_create(const int *cfg, int n_cfg, const float *w, long long n_w);
 int ef_wn_set_winograd(ef_wn *m, int f, int l, const float *u, const float *at, const float *bt);
+int ef_wn_set_q8(ef_wn *m, int f, int l, int part, const int8_t *q, const float *scale);
 int ef_wn_run(const ef_wn *m, const float *x, int T, const float *cond, float *out, int threads);
 void ef_wn_free(ef_wn *m);
 int ef_set_isa(int isa);
@@ -47,6 +49,13 @@ int main(int argc, char **argv)
         int32_t *id = readn(f, 4, 2);
         float *u = readn(f, 4, (size_t)8 * 2 * H * H), *at = readn(f, 4, 32), *bt = readn(f, 4, 64);
         if (ef_wn_set_winograd(m, id[0], id[1], u, at, bt) != 0) { fprintf(stderr, "ef_wn_driver: Winograd refused\n"); return 1; }
+    }
+    int32_t n_q8 = *(int32_t *)readn(f, 4, 1);
+    for (int i = 0; i < n_q8; i++) {
+        int32_t *id = readn(f, 4, 4);
+        int8_t *q = readn(f, 1, id[3]);
+        float *scale = readn(f, 4, (size_t)2 * H);
+        if (ef_wn_set_q8(m, id[0], id[1], id[2], q, scale) != 0) { fprintf(stderr, "ef_wn_driver: INT8 refused\n"); return 1; }
     }
     int32_t B = *(int32_t *)readn(f, 4, 1), T = *(int32_t *)readn(f, 4, 1), M = *(int32_t *)readn(f, 4, 1);
     float *x = readn(f, 4, (size_t)B * C * T), *cond = M ? readn(f, 4, (size_t)B * M * T) : NULL;

@@ -8,12 +8,14 @@ typedef struct {                        /* the buffers of one run */
     float **xr;                         /* row pointers of x (flips reverse them) */
     float *V, *a_full;                  /* Winograd: transformed inputs [8][H][NTp], pre-activations [nblk][Mab][NB] */
     int nblk, RS, SS, T, ntiles, NTp;
+    ef_wn_q8run q8;                     /* INT8 layers' state */
 } ef_wn_bufs;
 
 static void ef_wn_bufs_free(ef_wn_bufs *b)
 {
     free(b->x); free(b->hid[0]); free(b->hid[1]); free(b->cond); free(b->st); free(b->xr); free(b->V);
     free(b->a_full);
+    ef_wn_q8_free(&b->q8);
 }
 
 static int ef_wn_bufs_make(const ef_wn *m, const float *x, const float *cond, int T, ef_wn_bufs *b)
@@ -44,7 +46,7 @@ static int ef_wn_bufs_make(const ef_wn *m, const float *x, const float *cond, in
     }
     for (int c = 0; c < m->n_cond; c++) memcpy(b->cond + (size_t)c * b->RS + m->pad, cond + (size_t)c * T,
                                               T * sizeof(float));
-    return 0;
+    return ef_wn_q8_make(m, b->cond, b->RS, b->nblk, &b->q8);
 }
 
 /* Layer i's dilated conv by Winograd F(4,5) into b->a_full: the input transform (threads split the channels),
@@ -74,9 +76,19 @@ static void ef_wn_coupling(const ef_wn *m, const ef_wn_fns *fn, int f, ef_wn_buf
                 b->hid[0], b->RS, w);
     for (int l = 0; l < m->n_layers; l++) {
         const float *hc = b->hid[l % 2];
-        const int wg = m->wg && m->wg[f * m->n_layers + l];
+        const int i = f * m->n_layers + l, wg = m->wg && m->wg[i];
+        if (ef_wn_q8_on(m, i)) {
+            ef_wn_q8_prepare(m, i, l, hc, b->RS, b->nblk, T, &b->q8);
+            #pragma omp for schedule(static)
+            for (int j = 0; j < b->nblk; j++) {
+                ef_wn_q8_block(m, i, &b->q8, j * EF_NB, w->a);
+                fn->layer(m, f, l, NULL, j * EF_NB, T - j * EF_NB < EF_NB ? T - j * EF_NB : EF_NB, hc,
+                          b->hid[(l + 1) % 2], b->st, b->RS, b->SS, w->a, w);
+            }
+            continue;
+        }
         if (wg) {
-            ef_wn_winograd(m, fn, f * m->n_layers + l, hc, b, w);
+            ef_wn_winograd(m, fn, i, hc, b, w);
             #pragma omp for schedule(static)
             for (int j = 0; j < b->nblk; j++)
                 fn->layer(m, f, l, NULL, j * EF_NB, T - j * EF_NB < EF_NB ? T - j * EF_NB : EF_NB, hc,

@@ -102,7 +102,7 @@ def check(arrays: Dict[str, np.ndarray], where: str = "kernels") -> Dict[str, np
             or min(out["dilations_h"].min(), out["dilations_w"].min()) < 1:
         raise BundleError(f"{where}: native weight file has bad row orders, factors or dilations")
     shapes = expected_shapes(cfg, out["up_factors"])
-    qnames = _check_int8(arrays, shapes, version, where, out)
+    qnames = check_int8(arrays, shapes, version, where, out)
     extra = sorted(set(arrays) - set(shapes) - set(out) - qnames)
     if extra:
         raise BundleError(f"{where}: native weight file has unknown fields {', '.join(extra[:3])}")
@@ -141,16 +141,17 @@ def float_fields(arrays: Dict[str, np.ndarray], shapes: Dict[str, tuple], out: D
     return out
 
 
-def _check_int8(arrays: Dict[str, np.ndarray], shapes: Dict[str, Tuple[int, ...]], version: int, where: str,
-                out: Dict[str, np.ndarray]) -> set:
-    """Check the INT8 pairs into ``out``; returns the names seen."""
+def check_int8(arrays: Dict[str, np.ndarray], shapes: Dict[str, Tuple[int, ...]], version: int, where: str,
+               out: Dict[str, np.ndarray], kinds: Sequence[str] = _Q8) -> set:
+    """Check the INT8 pairs ``BASE.qweight`` (int8, the shape of ``BASE.weight``) / ``BASE.qscale`` (float, >= 0,
+    one per output channel) into ``out``, BASE ending in one of ``kinds``; returns the names seen."""
     seen = {n for n in arrays if n.endswith((".qweight", ".qscale"))}
     if seen and version < 2:
         raise BundleError(f"{where}: native weight file format {version} cannot hold INT8 layers")
     for name in sorted(seen):
         base = name.rsplit(".", 1)[0]
         fshape = shapes.get(base + ".weight")
-        if fshape is None or base.rsplit(".", 1)[1] not in _Q8:
+        if fshape is None or base.rsplit(".", 1)[1] not in kinds:
             raise BundleError(f"{where}: native weight file has unknown fields {name}")
         q, s = np.asarray(arrays.get(base + ".qweight", np.zeros(0))), np.asarray(arrays.get(base + ".qscale",
                                                                                           np.zeros(0)))
@@ -162,11 +163,13 @@ def _check_int8(arrays: Dict[str, np.ndarray], shapes: Dict[str, Tuple[int, ...]
     return seen
 
 
-def int8_parts(arrays: Dict[str, np.ndarray]) -> List[Tuple[int, int, int, np.ndarray, np.ndarray]]:
-    """The INT8 convs of checked arrays: (flow, layer, part 0 dilated / 1 conditioning, qweight, qscale)."""
+def int8_parts(arrays: Dict[str, np.ndarray], kinds: Sequence[str] = _Q8
+               ) -> List[Tuple[int, int, int, np.ndarray, np.ndarray]]:
+    """The INT8 convs of checked arrays: (flow, layer, part 0 dilated / 1 conditioning, qweight, qscale); ``kinds``:
+    the two convs' names in a layer (WaveFlow's ``conv`` / ``cond``, the WaveNet flows' ``in`` / ``cond``)."""
     n_flows, n_layers = int(arrays["config"][0]), int(arrays["config"][1])
     return [(f, lay, part, arrays[p + ".qweight"], arrays[p + ".qscale"])
-            for f in range(n_flows) for lay in range(n_layers) for part, name in enumerate(_Q8)
+            for f in range(n_flows) for lay in range(n_layers) for part, name in enumerate(kinds)
             for p in [f"flow.{f}.layer.{lay}.{name}"] if p + ".qweight" in arrays]
 
 

@@ -39,7 +39,8 @@ from edgeflow.runtime.native.format import file_version, float_fields, int_field
 FORMAT = 1
 #: The weight file's name inside a bundle.
 WAVEGLOW_FILE = "waveglow.npz"
-#: The ``native`` manifest section's engine name for these kernels.
+#: The ``native`` manifest section's engine name for these kernels (float32; INT8 bundles: ``waveglow-int8``,
+#: couplings whose flow files hold INT8 pairs, :mod:`edgeflow.runtime.native.wn`).
 ENGINE = "waveglow-float32"
 _CONFIG = ("n_flows", "n_group", "n_early_every", "n_early_size", "n_mels", "hop_length")
 _PREFIX = "coupling."

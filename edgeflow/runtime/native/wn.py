@@ -13,6 +13,11 @@ R_l = H + S for l < L-1, S for the last layer):
 * ``flow.{f}.layer.{l}.in.weight`` [2H, H, k], ``.cond.weight`` [2H, M], ``.in.bias`` [2H] (tanh rows first),
   ``.rs.weight`` [R_l, H], ``.rs.bias`` [R_l] (residual rows first, then the statistics m [, logs])
 
+* INT8 (format 2, optional, per layer): ``flow.{f}.layer.{l}.in.qweight`` int8 [2H, H, k] with ``.in.qscale``
+  float32 [2H], and (when M > 0, then required with it) ``.cond.qweight`` int8 [2H, M] with ``.cond.qscale`` [2H]:
+  the layer's dilated and conditioning convs in INT8 (weights symmetric per output channel, w ~= qweight *
+  qscale; activations quantized at run time, ``ef_wn_q8.c``). The float weights stay in the file.
+
 ``flip``: each coupling is followed by a channel flip (forward direction), as VITS's ``Flip``.
 """
 
@@ -25,10 +30,17 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from edgeflow.core.errors import BundleError, DependencyError, InputError
-from edgeflow.runtime.native.format import file_version, float_fields, int_field, read_npz, write_npz
+from edgeflow.runtime.native.format import (check_int8, file_version, float_fields, int8_parts, int_field, read_npz,
+                                             write_npz)
 
-#: Version of the file layout and of the C library's cfg vector (``ef_wn_version``).
-FORMAT = 1
+#: Version of the file layout. 2: optional INT8 layers (format 1 files still load).
+FORMAT = 2
+#: File versions this edgeflow reads.
+READS = (1, 2)
+#: Version of the C library's cfg vector (``ef_wn_version``).
+CFG_VERSION = 1
+#: The two INT8 convs of a layer (:func:`edgeflow.runtime.native.format.int8_parts`'s kinds).
+Q8_KINDS = ("in", "cond")
 #: The weight file's name inside a voice bundle.
 FLOW_FILE = "vits_flow.npz"
 _CONFIG = ("n_flows", "n_layers", "channels", "hidden", "kernel", "n_cond", "mean_only", "flip")
@@ -56,7 +68,7 @@ def check(arrays: Dict[str, np.ndarray], where: str = "flow") -> Dict[str, np.nd
     """
     what = f"{where}: native flow file"
     ints = lambda name, shape: int_field(arrays, name, shape, what)  # noqa: E731
-    file_version(arrays, (FORMAT,), what, "tts_kernels")
+    version = file_version(arrays, READS, what, "tts_kernels")
     cfg = ints("config", (len(_CONFIG),))
     n_flows, n_layers, c, h, k, m = (int(v) for v in cfg[:6])
     if min(n_flows, n_layers, c, h, k) < 1 or m < 0 or c % 2 or k % 2 == 0:
@@ -66,9 +78,17 @@ def check(arrays: Dict[str, np.ndarray], where: str = "flow") -> Dict[str, np.nd
     if out["dilations"].min() < 1:
         raise BundleError(f"{where}: native flow file has bad dilations {out['dilations'].tolist()}")
     shapes = expected_shapes(cfg)
-    extra = sorted(set(arrays) - set(shapes) - set(out))
+    qnames = check_int8(arrays, shapes, version, where, out, Q8_KINDS)
+    extra = sorted(set(arrays) - set(shapes) - set(out) - qnames)
     if extra:
         raise BundleError(f"{where}: native flow file has unknown fields {', '.join(extra[:3])}")
+    for f in range(n_flows):
+        for lay in range(n_layers):
+            p = f"flow.{f}.layer.{lay}."
+            has_in, has_cond = p + "in.qweight" in out, p + "cond.qweight" in out
+            if (has_cond and m == 0) or (m > 0 and has_in != has_cond):
+                raise BundleError(f"{where}: native flow file layer {p[:-1]} needs INT8 in and cond convs together "
+                                  f"(and no cond conv without conditioning)")
     return float_fields(arrays, shapes, out, f"{where}: native flow file")
 
 
@@ -84,7 +104,7 @@ def load(path: str | Path) -> Dict[str, np.ndarray]:
 
 def blob(arrays: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     """The C library's (cfg int32 vector, float32 weight blob) of checked arrays (``ef_wn_create``'s order)."""
-    cfg = np.concatenate([[FORMAT], arrays["config"], arrays["dilations"]]).astype(np.int32)
+    cfg = np.concatenate([[CFG_VERSION], arrays["config"], arrays["dilations"]]).astype(np.int32)
     n_flows, n_layers = int(arrays["config"][0]), int(arrays["config"][1])
     names = []
     for f in range(n_flows):
@@ -142,16 +162,18 @@ def library() -> ctypes.CDLL:
                                      ctypes.c_void_p),
                     "ef_wn_free": ([ctypes.c_void_p], None),
                     "ef_wn_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, f32, ctypes.c_int], ctypes.c_int),
-                    "ef_wn_set_winograd": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, f32, f32, f32], ctypes.c_int)}
+                    "ef_wn_set_winograd": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, f32, f32, f32], ctypes.c_int),
+                    "ef_wn_set_q8": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                      ctypes.POINTER(ctypes.c_int8), f32], ctypes.c_int)}
             for name, (args, res) in sigs.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, res
         except AttributeError:
             raise DependencyError("the native engine's library has no WaveNet-coupling kernels (rebuild it: "
                                   "pip install .)") from None
-        if lib.ef_wn_version() != FORMAT:
+        if lib.ef_wn_version() != CFG_VERSION:
             raise DependencyError(f"the native engine's WaveNet-coupling kernels are version {lib.ef_wn_version()}, "
-                                  f"this edgeflow needs {FORMAT}")
+                                  f"this edgeflow needs {CFG_VERSION}")
         lib._ef_wn_bound = True
     return lib
 
@@ -172,6 +194,8 @@ class NativeFlow:
 
     Attributes:
         winograd_layers: how many layers run as Winograd.
+        int8_layers: how many layers run their dilated (and conditioning) conv in INT8 (the file's INT8 pairs;
+            they take precedence over Winograd).
     """
 
     def __init__(self, path: Optional[str | Path] = None, threads: Optional[int] = None,
@@ -186,7 +210,18 @@ class NativeFlow:
         self._handle = handle
         self.channels, self.n_cond = int(arrays["config"][2]), int(arrays["config"][5])
         self.threads = int(threads or 0)
+        self.int8_layers = self._set_int8(arrays, path)
         self.winograd_layers = self._set_winograd(arrays) if winograd else 0
+
+    def _set_int8(self, arrays: Dict[str, np.ndarray], path) -> int:
+        parts = int8_parts(arrays, Q8_KINDS)
+        for f, lay, part, q, scale in parts:
+            q = np.ascontiguousarray(q, dtype=np.int8)
+            scale = np.ascontiguousarray(scale, dtype=np.float32)
+            if self._lib.ef_wn_set_q8(self._handle, f, lay, part, q.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+                                      _ptr(scale)) != 0:
+                raise BundleError(f"{path}: the native engine refused the INT8 weights of coupling {f} layer {lay}")
+        return sum(part == 0 for _, _, part, _, _ in parts)
 
     def _set_winograd(self, arrays: Dict[str, np.ndarray]) -> int:
         jobs = winograd_weights(arrays)

@@ -1,0 +1,166 @@
+/* INT8 layers of the WaveNet-coupling engine (WaveGlow's couplings; see ef_wn.c): a layer's dilated conv and its
+ * conditioning 1x1 conv as u8 x s8 dot products with int32 sums, by the INT8 tiles of the WaveFlow engine
+ * (ef_int8.c: AVX-512 VNNI, AVX2, NEON dot product, portable).
+ *
+ * Weights: s8, symmetric per output channel (the quantized ONNX graph's own int8 weights and scales, set with
+ * ef_wn_set_q8). Activations: u8 with a dynamic scale and zero point per tensor: a layer's input (the hidden rows
+ * of the whole chunk, quantized once the previous layer has written them) and the conditioning (quantized once per
+ * run). The int32 sums of each part are scaled into the float pre-activation by w_scale x x_scale; the zero points
+ * are folded into the bias (sum w (x - zp) = sum w x - zp sum w). The gate, the res / skip conv, exp and the affine
+ * update stay float (the layer kernel of ef_wn_impl.h on the INT8 pre-activations).
+ */
+
+#include "ef_wn.h"
+
+/* Pack natural s8 weights nat [M][nq][4] (reduction index 4 qi + byte) into the tile layout [Mp/MR][nq][MR][4],
+ * one activation chunk (wsum [Mp]: each row's weight sum). */
+static ef_q8 *ef_wn_q8_pack(int M, int Mp, int nq, const int8_t *nat, const float *scale)
+{
+    ef_q8 *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->nq = nq; p->nchunk = 1; p->chunk = nq;
+    p->w = calloc((size_t)Mp * nq * 4, 1);
+    p->wsum = calloc(Mp, sizeof(int32_t));
+    p->scale = calloc(Mp, sizeof(float));
+    if (!p->w || !p->wsum || !p->scale) { ef_q8_free(p); return NULL; }
+    for (int o = 0; o < M; o++) {
+        p->scale[o] = scale[o];
+        for (int qi = 0; qi < nq; qi++)
+            for (int i = 0; i < 4; i++) {
+                const int8_t v = nat[((size_t)o * nq + qi) * 4 + i];
+                p->w[(((size_t)(o / EF_MR) * nq + qi) * EF_MR + o % EF_MR) * 4 + i] = v;
+                p->wsum[o] += v;
+            }
+    }
+    return p;
+}
+
+/* Make layer l of coupling f's dilated conv (part 0: q [2H][H][k]) or conditioning conv (part 1: q [2H][n_cond])
+ * INT8, with per-output-channel scales scale [2H]. A layer runs in INT8 once its dilated conv is set and, when the
+ * flow has conditioning, its conditioning conv too. Returns 0, or -1 (bad arguments, memory). */
+EF_API int ef_wn_set_q8(ef_wn *m, int f, int l, int part, const int8_t *q, const float *scale)
+{
+    if (!m || !q || !scale || f < 0 || f >= m->n_flows || l < 0 || l >= m->n_layers || part < 0 || part > 1 ||
+        (part == 1 && m->n_cond == 0))
+        return -1;
+    const int H = m->H, k = m->k, nl = m->n_flows * m->n_layers, i = f * m->n_layers + l;
+    for (int o = 0; o < 2 * H; o++)
+        if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
+    ef_q8 ***slot = part == 0 ? &m->in_q : &m->cond_q;
+    if (!*slot && !(*slot = calloc(nl, sizeof(ef_q8 *)))) return -1;
+    const int hq = (H + 3) / 4, nq = part == 0 ? k * hq : (m->n_cond + 3) / 4;
+    int8_t *nat = calloc((size_t)2 * H * nq * 4, 1);
+    if (!nat) return -1;
+    for (int o = 0; o < 2 * H; o++)
+        for (int qi = 0; qi < nq; qi++)
+            for (int b = 0; b < 4; b++) {
+                int8_t v = 0;
+                if (part == 0) {                            /* qi = kk * hq + quad: tap kk, channel 4 quad + b */
+                    const int c = (qi % hq) * 4 + b, kk = qi / hq;
+                    if (c < H) v = q[((size_t)o * H + c) * k + kk];
+                } else if (qi * 4 + b < m->n_cond) {
+                    v = q[(size_t)o * m->n_cond + qi * 4 + b];
+                }
+                nat[((size_t)o * nq + qi) * 4 + b] = v;
+            }
+    ef_q8 *p = ef_wn_q8_pack(2 * H, m->Mab, nq, nat, scale);
+    free(nat);
+    if (!p) return -1;
+    ef_q8_free((*slot)[i]);
+    (*slot)[i] = p;
+    return 0;
+}
+
+/* Whether layer i (coupling f * L + l) runs in INT8. */
+int ef_wn_q8_on(const ef_wn *m, int i)
+{
+    return m->in_q && m->in_q[i] && (m->n_cond == 0 || (m->cond_q && m->cond_q[i]));
+}
+
+void ef_wn_q8_free(ef_wn_q8run *q)
+{
+    free(q->hq); free(q->cq); free(q->xh); free(q->xc); free(q->fh); free(q->fc); free(q->qb); free(q->mm);
+    memset(q, 0, sizeof *q);
+}
+
+/* The run's INT8 buffers (none when no layer is INT8), and the conditioning cond [n_cond][RS] (zero-padded rows)
+ * quantized. Returns 0, or -3 out of memory. */
+int ef_wn_q8_make(const ef_wn *m, const float *cond, int RS, int nblk, ef_wn_q8run *q)
+{
+    memset(q, 0, sizeof *q);
+    int any = 0;
+    for (int i = 0; i < m->n_flows * m->n_layers; i++) any |= ef_wn_q8_on(m, i);
+    if (!any) return 0;
+    const int hq = (m->H + 3) / 4, mq = (m->n_cond + 3) / 4;
+    q->tile = ef_qtile_for(ef_get_isa());
+    q->hq = malloc((size_t)hq * RS * 4);
+    q->xh = malloc((size_t)m->k * hq * sizeof *q->xh);
+    q->fh = malloc(m->Mab * sizeof(float)); q->fc = malloc(m->Mab * sizeof(float));
+    q->qb = malloc(m->Mab * sizeof(float));
+    q->mm = malloc((size_t)2 * nblk * sizeof(float));
+    if (!q->hq || !q->xh || !q->fh || !q->fc || !q->qb || !q->mm) return -3;
+    if (m->n_cond) {
+        q->cq = malloc((size_t)mq * RS * 4);
+        q->xc = malloc(mq * sizeof *q->xc);
+        if (!q->cq || !q->xc) return -3;
+        float lo = 0.0f, hi = 0.0f;
+        ef_minmax_rows(cond, RS, m->n_cond, RS, &lo, &hi);
+        ef_qparams(lo, hi, &q->sc, &q->zc);
+        ef_quant_rows(cond, RS, m->n_cond, RS, q->sc, q->zc, q->cq, RS);
+        for (int c = 0; c < mq; c++) q->xc[c] = q->cq + ((size_t)c * RS + m->pad) * 4;
+    }
+    return 0;
+}
+
+/* Quantize layer i's input hc [H][RS] (rows at padded column 0; T frames) and fold the layer's factors and
+ * bias. Called by every thread of the parallel region (work-shared loops; ends with a barrier). */
+void ef_wn_q8_prepare(const ef_wn *m, int i, int l, const float *hc, int RS, int nblk, int T, ef_wn_q8run *q)
+{
+    const int H = m->H, hq = (H + 3) / 4, k = m->k;
+    #pragma omp for schedule(static)
+    for (int j = 0; j < nblk; j++) {
+        float lo = 0.0f, hi = 0.0f;
+        const int valid = T - j * EF_NB < EF_NB ? T - j * EF_NB : EF_NB;
+        ef_minmax_rows(hc + m->pad + (size_t)j * EF_NB, RS, H, valid, &lo, &hi);
+        q->mm[2 * j] = lo; q->mm[2 * j + 1] = hi;
+    }
+    #pragma omp single
+    {
+        float lo = 0.0f, hi = 0.0f, sh;
+        int zh;
+        for (int j = 0; j < nblk; j++) {
+            lo = q->mm[2 * j] < lo ? q->mm[2 * j] : lo;
+            hi = q->mm[2 * j + 1] > hi ? q->mm[2 * j + 1] : hi;
+        }
+        ef_qparams(lo, hi, &sh, &zh);
+        const ef_q8 *wi = m->in_q[i], *wc = m->n_cond ? m->cond_q[i] : NULL;
+        for (int r = 0; r < m->Mab; r++) {
+            q->fh[r] = wi->scale[r] * sh;
+            q->qb[r] = m->in_b[i][r] - q->fh[r] * (float)zh * (float)wi->wsum[r];
+            q->fc[r] = wc ? wc->scale[r] * q->sc : 0.0f;
+            if (wc) q->qb[r] -= q->fc[r] * (float)q->zc * (float)wc->wsum[r];
+        }
+        for (int kk = 0; kk < k; kk++)
+            for (int c = 0; c < hq; c++)
+                q->xh[kk * hq + c] = q->hq + ((size_t)c * RS + m->pad + (kk - (k - 1) / 2) * m->dil[l]) * 4;
+        q->sh = sh; q->zh = zh;
+    }
+    #pragma omp for schedule(static)
+    for (int c = 0; c < hq; c++) {
+        const int n = H - 4 * c < 4 ? H - 4 * c : 4;
+        ef_quant_rows(hc + (size_t)4 * c * RS, RS, n, RS, q->sh, q->zh, q->hq + (size_t)c * RS * 4, RS);
+    }
+}
+
+/* Layer i's pre-activations a [Mab][EF_NB] of the block at frame j0, from the quantized input (prepare first). */
+void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *a)
+{
+    const ef_q8 *wi = m->in_q[i], *wc = m->n_cond ? m->cond_q[i] : NULL;
+    for (int mt = 0; mt < m->Mab; mt += EF_MR) {
+        float *o = a + (size_t)mt * EF_NB;
+        for (int r = 0; r < EF_MR; r++)
+            for (int n = 0; n < EF_NB; n++) o[(size_t)r * EF_NB + n] = q->qb[mt + r];
+        q->tile(wi->nq, wi->w + (size_t)mt * wi->nq * 4, q->xh, j0, q->fh + mt, o, EF_NB);
+        if (wc) q->tile(wc->nq, wc->w + (size_t)mt * wc->nq * 4, q->xc, j0, q->fc + mt, o, EF_NB);
+    }
+}

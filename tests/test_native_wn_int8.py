@@ -1,0 +1,128 @@
+"""INT8 layers of the native WaveNet-coupling engine (edgeflow/runtime/native/ef_wn_q8.c): the kernel against a
+numpy simulation of its quantization (every instruction set, 1 and 2 threads, conditioning or none, affine and
+mean-only, partial blocks), INT8 taking precedence over Winograd, and the weight file's INT8 checks. Random flows
+only; WaveGlow bundles through the ``kernels`` pass are in tests/test_native_waveglow.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeflow.core.errors import BundleError
+from edgeflow.passes.kernels import compare
+from edgeflow.runtime import native
+from edgeflow.runtime.native import wn
+from tests.test_native_vits import random_flow, reference_inverse
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=str(native.load_error()))
+
+
+@pytest.fixture
+def isa():
+    """Restores the best instruction set after a test that forces one."""
+    yield
+    native.set_isa(native.supported_isas()[-1])
+
+
+def with_int8(arrays, layers=None):
+    """``arrays`` plus INT8 pairs (symmetric per output channel, as onnxruntime quantizes weights) for the layers
+    ``(flow, layer)`` (None: all); the in and cond convs together where the flow has conditioning."""
+    out = dict(arrays, format=np.array([wn.FORMAT], np.int32))
+    n_flows, n_layers, n_cond = int(arrays["config"][0]), int(arrays["config"][1]), int(arrays["config"][5])
+    for f in range(n_flows):
+        for lay in range(n_layers):
+            if layers is not None and (f, lay) not in layers:
+                continue
+            for kind in ("in", "cond") if n_cond else ("in",):
+                w = arrays[f"flow.{f}.layer.{lay}.{kind}.weight"]
+                scale = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / 127.0
+                q = np.clip(np.round(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127)
+                out[f"flow.{f}.layer.{lay}.{kind}.qweight"] = q.astype(np.int8)
+                out[f"flow.{f}.layer.{lay}.{kind}.qscale"] = scale.astype(np.float32)
+    return out
+
+
+def _u8(x: np.ndarray):
+    """(dequantized x, as the engine sees it) for u8 with a dynamic scale / zero point over all of x (float32 math
+    of ef_qparams / ef_quant_rows: range widened to hold 0, round half up, clamp)."""
+    lo, hi = np.float32(min(float(x.min()), 0.0)), np.float32(max(float(x.max()), 0.0))
+    s = np.float32((hi - lo) / np.float32(255.0))
+    if not s > 0:
+        s = np.float32(1.0)
+    zp = int(np.clip(int(-lo / s + np.float32(0.5)), 0, 255))
+    t = np.clip(x.astype(np.float32) * (np.float32(1.0) / s) + np.float32(zp), 0, 255)
+    return (np.floor(t + np.float32(0.5)) - zp).astype(np.float64) * float(s)
+
+
+def simulated(a, x, cond=None):
+    """The INT8 flow's inverse as the engine computes it (numpy): each INT8 layer's input and the conditioning
+    quantized to u8 per tensor, the weights dequantized; everything else :func:`reference_inverse`'s float64."""
+    sim = dict(a)
+    layers = {}
+    for name in a:
+        if name.endswith(".qweight"):
+            base = name[:-len(".qweight")]
+            w = a[name].astype(np.float64) * a[base + ".qscale"].astype(np.float64).reshape(
+                (-1,) + (1,) * (a[name].ndim - 1))
+            sim[base + ".weight"] = w
+            layers[base.rsplit(".", 1)[0]] = True
+    return reference_inverse(sim, x, cond, quantize=lambda p: _u8 if p in layers else None)
+
+
+@pytest.mark.parametrize("mean_only,n_cond,k,dil", [(0, 3, 3, (1, 2, 4)), (1, 0, 3, (1, 2, 4)),
+                                                    (0, 5, 5, (1, 1, 2)), (1, 0, 5, (1, 1))])
+def test_int8_kernel_matches_its_simulation(mean_only, n_cond, k, dil, isa):
+    """The engine rounds float32 values, the simulation float64 ones: a value on a rounding boundary may land one
+    step apart (about 50 dB on a short chunk), so most runs must match at 80 dB and every run at 40 dB; a wrong
+    kernel (scales, zero points, taps) is 20-35 dB off everywhere, as far as the float flow is."""
+    arrays = with_int8(random_flow(c=8, h=13, k=k, dil=dil, n_cond=n_cond, mean_only=mean_only, flip=1))
+    rng = np.random.default_rng(3)
+    sims, floats = [], []
+    for name in native.supported_isas():
+        native.set_isa(name)
+        for threads in (1, 2):
+            flow = wn.NativeFlow(arrays=arrays, threads=threads)
+            assert flow.int8_layers == 2 * len(dil) and flow.winograd_layers == (4 if (k, n_cond) == (5, 0) else 0)
+            for t in (1, 37, 150):
+                x = rng.standard_normal((1, 8, t)).astype(np.float32)
+                cond = rng.standard_normal((1, n_cond, t)).astype(np.float32) if n_cond else None
+                out = flow.run(x, cond)[0]
+                c0 = None if cond is None else cond[0]
+                sims.append(compare(out, simulated(arrays, x[0], c0))["snr_db"])
+                floats.append(compare(out, reference_inverse(arrays, x[0], c0))["snr_db"])
+    assert min(sims) >= 40 and np.median(sims) >= 80, sims
+    assert max(floats) < 60 and np.median(floats) < 50, floats          # INT8 really ran
+
+
+def test_int8_on_some_layers_only():
+    arrays = random_flow(c=8, h=16, k=3, dil=(1, 2, 4), n_cond=4, mean_only=0, n_flows=2)
+    part = with_int8(arrays, layers={(0, 1), (1, 2)})
+    flow = wn.NativeFlow(arrays=part, threads=2)
+    assert flow.int8_layers == 2
+    rng = np.random.default_rng(0)
+    x, cond = rng.standard_normal((1, 8, 90)).astype(np.float32), rng.standard_normal((1, 4, 90)).astype(np.float32)
+    out = flow.run(x, cond)[0]
+    assert compare(out, simulated(part, x[0], cond[0]))["snr_db"] >= 60
+
+
+def test_int8_file_checks(tmp_path):
+    arrays = with_int8(random_flow(n_cond=3))
+    wn.save(tmp_path / "q.npz", arrays)
+    back = wn.load(tmp_path / "q.npz")
+    assert back["flow.0.layer.1.in.qweight"].dtype == np.int8 and set(back) == set(arrays)
+    old = dict(random_flow(n_cond=3), format=np.array([1], np.int32))
+    assert wn.NativeFlow(arrays=old).int8_layers == 0                        # format 1 (float) still loads
+    with pytest.raises(BundleError, match="cannot hold INT8"):
+        wn.check(dict(arrays, format=np.array([1], np.int32)))
+    lone = {n: a for n, a in arrays.items() if not n.startswith("flow.0.layer.0.cond.q")}
+    with pytest.raises(BundleError, match="together"):
+        wn.check(lone)
+    no_cond = with_int8(random_flow(n_cond=0))
+    bad = dict(no_cond, **{"flow.0.layer.0.cond.qweight": np.zeros((10, 0), np.int8),
+                           "flow.0.layer.0.cond.qscale": np.zeros(10, np.float32)})
+    with pytest.raises(BundleError, match="together"):
+        wn.check(bad)
+    with pytest.raises(BundleError, match="in.qweight"):
+        wn.check(dict(arrays, **{"flow.1.layer.2.in.qweight": np.zeros((10, 5, 2), np.int8)}))
+    with pytest.raises(BundleError, match="in.qweight"):
+        wn.check(dict(arrays, **{"flow.1.layer.2.in.qscale": -np.ones(10, np.float32)}))
