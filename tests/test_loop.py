@@ -177,7 +177,7 @@ def test_docs_date_their_figures():
 
 def test_progress_total_follows_the_time_cap():
     """Under a time cap far short of ``steps`` the bar's total (hence its ETA) is where the cap will stop the
-    run, not ``steps``."""
+    run, not ``steps``; so is the estimate logged after the first step."""
     import time as _time
 
     class Slow(Hooks):
@@ -199,6 +199,7 @@ def test_progress_total_follows_the_time_cap():
     loop._bar_total = spy
     out = loop.run()
     assert out["stopped"].startswith("time cap")
+    assert out["estimated_seconds"] <= 0.6                # the first step's estimate: the cap's time, too
     assert totals and totals[-1] < 1000                   # about 0.6 s / 0.02 s steps, not 100000
     assert abs(totals[-1] - out["steps"]) <= max(3, out["steps"] // 3)
 

@@ -253,10 +253,13 @@ class TrainLoop:
                 "wall_seconds_this_run": round(time.time() - t_run, 2)}
 
     def _estimate(self, first: float) -> None:
-        """Time of the first step of this run -> estimated time of the rest (validations included)."""
+        """Time of the first step of this run -> estimated time of the rest (validations included; under a time
+        cap, at most the cap's time left)."""
         left = self.s.steps - self.step
         t_valid = getattr(self, "_t_valid", 0.0)
         est = first * left + (t_valid * (left // self.s.valid_every) if self.s.valid_every else 0.0)
+        if self.s.max_minutes:
+            est = min(est, max(0.0, 60 * self.s.max_minutes - self.elapsed))
         self.first_step_seconds, self.estimated_seconds = first, est
         if self.log is not None and self.is_main:
             done = f", {self.elapsed / 60:.1f} of them spent before" if self.elapsed > 0 else ""
