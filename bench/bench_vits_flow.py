@@ -8,12 +8,20 @@ from a Piper voice), side by side in one run:
 * the whole voice: real-time factor (compute s / audio s) of ``Voice.speak`` (whole sentences) and of
   ``speak_stream`` (default chunks) with ``engine="native"`` and ``engine="onnxruntime"``, interleaved.
 
-Times are wall clock (a shared machine's load hits both engines alike; the load average is printed); the flow
-stage at 1 thread also by the calling thread's CPU time (both engines run on it), which other jobs inflate less.
+``--int8-probe N`` also times the native flow with INT8 layers (weights quantized from the flow's own float
+weights, :func:`edgeflow.runtime.native.wn.quantize_weights`; activations per layer input, dynamic) in the flow
+stage, and measures what it does to the voice: log-mel L1 and mel-cepstral distance of ``Voice.speak`` with the
+INT8 flow against the float flow, same sentences and seeds (the first N calibration sentences). An experiment: no
+recipe quantizes the VITS flow.
+
+Times are wall clock (a shared machine's load hits both engines alike; the load average is printed), each timed
+call after an untimed pause of ``edgeflow.validate.cost.SETTLE_SECONDS`` (since 2026-12-05; before, back-to-back
+2-thread timings slowed each other); the flow stage at 1 thread also by the calling thread's CPU time (both engines run on it), which other jobs inflate less.
 
 Usage::
 
-    PYTHONPATH=. nice -n 10 python bench/bench_vits_flow.py --bundle DIR [--repeats 7] [--out FILE.json]
+    PYTHONPATH=. nice -n 10 python bench/bench_vits_flow.py --bundle DIR [--repeats 7] [--int8-probe 6]
+        [--out FILE.json]
 
 A bundle without the native flow is given it first by the ``tts_kernels`` pass (into a temporary directory).
 """
@@ -34,13 +42,19 @@ TEXT = ("The weather was cold, but the sky was perfectly clear. Could you speak 
         "We walked along the river until the sun went down behind the hills.")
 
 
-def interleaved(fns, repeats, clock=time.perf_counter):
-    """Best time of each function by ``clock``, run round by round after one warm-up each."""
+def interleaved(fns, repeats, clock=time.perf_counter, settle=None):
+    """Best time of each function by ``clock``, run round by round after one warm-up each; ``settle``: seconds
+    waited (untimed) before each timed call, :data:`edgeflow.validate.cost.SETTLE_SECONDS` by default (at 2
+    threads a run slows the one right after it)."""
+    from edgeflow.validate.cost import SETTLE_SECONDS
+
+    settle = SETTLE_SECONDS if settle is None else settle
     for fn in fns.values():
         fn()
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for k, fn in fns.items():
+            time.sleep(settle)
             t0 = clock()
             fn()
             best[k] = min(best[k], clock() - t0)
@@ -55,7 +69,38 @@ def finish(result: dict, out) -> None:
     print(f"load average {result['load_average_start']} -> {result['load_average_end']}")
 
 
-def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int):
+def int8_flow(nat_voice, threads: int):
+    """The voice's native flow with every layer INT8 (weights from its float weights)."""
+    from edgeflow.runtime.native import wn
+
+    arrays = wn.load(Path(nat_voice.source) / nat_voice.manifest["native"]["file"])
+    return wn.NativeFlow(arrays=wn.quantize_weights(arrays), threads=threads)
+
+
+def int8_probe(nat_voice, n: int):
+    """Per calibration sentence, the INT8 flow's voice against the float flow's: log-mel L1 and MCD (dB)."""
+    from edgeflow.audio.mel import MelConfig
+    from edgeflow.audio.snr import log_mel_l1
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.validate.metrics import mcd
+
+    float_flow, q_flow, rows = nat_voice.flow, int8_flow(nat_voice, 1), []
+    mel_cfg = MelConfig(sample_rate=nat_voice.sample_rate)
+    try:
+        for i, text in enumerate(sentences("calibration")[:n]):
+            nat_voice.flow = float_flow
+            a = nat_voice.speak(text, seed=i)[0]
+            nat_voice.flow = q_flow
+            b = nat_voice.speak(text, seed=i)[0]
+            rows.append({"sentence": i, "log_mel_l1": round(log_mel_l1(a, b, mel_cfg), 4),
+                         "mcd_db": round(mcd(a, b, nat_voice.sample_rate), 3)})
+    finally:
+        nat_voice.flow = float_flow
+    return {"sentences": rows, "mean_log_mel_l1": round(float(np.mean([r["log_mel_l1"] for r in rows])), 4),
+            "mean_mcd_db": round(float(np.mean([r["mcd_db"] for r in rows])), 3)}
+
+
+def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int, int8: bool = False):
     from edgeflow.passes.tts_kernels import _flow_reference
 
     ref = _flow_reference(bundle / nat_voice.manifest["graphs"]["decoder"], nat_voice.channels, threads)
@@ -65,10 +110,16 @@ def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int):
                           ("sentence 4 s", int(4 * nat_voice.sample_rate / nat_voice.hop_length))):
         z_p = np.random.default_rng(frames).standard_normal((1, nat_voice.channels, frames)).astype(np.float32)
         fns = {"native": lambda: nat_voice.flow.run(z_p), "onnxruntime": lambda: ref(z_p)}
+        if int8:
+            q = int8_flow(nat_voice, threads)
+            fns["native_int8"] = lambda q=q: q.run(z_p)
         t = interleaved(fns, repeats)
         rows.append({"chunk": label, "frames": frames, "native_ms": round(1e3 * t["native"], 2),
                      "onnxruntime_ms": round(1e3 * t["onnxruntime"], 2),
                      "speedup": round(t["onnxruntime"] / t["native"], 2)})
+        if int8:
+            rows[-1].update(native_int8_ms=round(1e3 * t["native_int8"], 2),
+                            int8_speedup=round(t["onnxruntime"] / t["native_int8"], 2))
         if threads == 1:            # both run on the calling thread: its CPU time leaves out other jobs' time
             c = interleaved(fns, repeats, time.thread_time)
             rows[-1].update(native_cpu_ms=round(1e3 * c["native"], 2), onnxruntime_cpu_ms=round(
@@ -96,6 +147,8 @@ def main(argv=None):
     ap.add_argument("--bundle", required=True, type=Path)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--int8-probe", type=int, default=0, metavar="N",
+                    help="also time an INT8 native flow and score its voice against the float flow on N sentences")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     bundle = args.bundle
@@ -108,9 +161,13 @@ def main(argv=None):
               "precision": manifest["precision"], "threads": {}}
     for threads in args.threads:
         voices = {name: Voice.load(bundle, threads=threads, engine=name) for name in ("native", "onnxruntime")}
-        result["threads"][threads] = {"flow_stage": flow_stage(bundle, voices["native"], threads, args.repeats),
+        result["threads"][threads] = {"flow_stage": flow_stage(bundle, voices["native"], threads, args.repeats,
+                                                               bool(args.int8_probe)),
                                       "voice_rtf": voice_rtf(voices, max(2, args.repeats // 2))}
         print(json.dumps({threads: result["threads"][threads]}, indent=1), flush=True)
+    if args.int8_probe:
+        result["int8_probe"] = int8_probe(Voice.load(bundle, threads=1, engine="native"), args.int8_probe)
+        print(json.dumps({"int8_probe": result["int8_probe"]}), flush=True)
     finish(result, args.out)
 
 

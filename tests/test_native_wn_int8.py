@@ -25,20 +25,12 @@ def isa():
 
 
 def with_int8(arrays, layers=None):
-    """``arrays`` plus INT8 pairs (symmetric per output channel, as onnxruntime quantizes weights) for the layers
-    ``(flow, layer)`` (None: all); the in and cond convs together where the flow has conditioning."""
-    out = dict(arrays, format=np.array([wn.FORMAT], np.int32))
-    n_flows, n_layers, n_cond = int(arrays["config"][0]), int(arrays["config"][1]), int(arrays["config"][5])
-    for f in range(n_flows):
-        for lay in range(n_layers):
-            if layers is not None and (f, lay) not in layers:
-                continue
-            for kind in ("in", "cond") if n_cond else ("in",):
-                w = arrays[f"flow.{f}.layer.{lay}.{kind}.weight"]
-                scale = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / 127.0
-                q = np.clip(np.round(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127)
-                out[f"flow.{f}.layer.{lay}.{kind}.qweight"] = q.astype(np.int8)
-                out[f"flow.{f}.layer.{lay}.{kind}.qscale"] = scale.astype(np.float32)
+    """``arrays`` plus INT8 pairs for the layers ``(flow, layer)`` (None: all): :func:`wn.quantize_weights`."""
+    out = wn.quantize_weights(arrays, layers)
+    for name in (n for n in out if n.endswith(".qweight")):          # the pairs are the weights, within a step
+        base, q = name[:-len(".qweight")], out[name]
+        s = out[base + ".qscale"].reshape((-1,) + (1,) * (q.ndim - 1))
+        assert np.all(np.abs(q * s - out[base + ".weight"]) <= s * 0.501)
     return out
 
 

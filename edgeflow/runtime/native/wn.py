@@ -102,6 +102,25 @@ def load(path: str | Path) -> Dict[str, np.ndarray]:
     return check(read_npz(path, "native flow file"), str(path))
 
 
+def quantize_weights(arrays: Dict[str, np.ndarray], layers: Optional[set] = None) -> Dict[str, np.ndarray]:
+    """``arrays`` plus INT8 pairs made from their own float weights (symmetric per output channel, max |w| / 127:
+    onnxruntime's weight scheme) for the layers ``{(flow, layer)}`` (None: every layer), the in and cond convs
+    together where the flow has conditioning. For flows whose graph keeps them float (the VITS prior flow)."""
+    out = dict(arrays, format=np.array([FORMAT], np.int32))
+    n_flows, n_layers, n_cond = int(arrays["config"][0]), int(arrays["config"][1]), int(arrays["config"][5])
+    for f in range(n_flows):
+        for lay in range(n_layers):
+            if layers is not None and (f, lay) not in layers:
+                continue
+            for kind in Q8_KINDS if n_cond else Q8_KINDS[:1]:
+                w = np.asarray(arrays[f"flow.{f}.layer.{lay}.{kind}.weight"], np.float32)
+                scale = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / np.float32(127.0)
+                safe = np.where(scale > 0, scale, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
+                out[f"flow.{f}.layer.{lay}.{kind}.qweight"] = np.clip(np.round(w / safe), -127, 127).astype(np.int8)
+                out[f"flow.{f}.layer.{lay}.{kind}.qscale"] = scale.astype(np.float32)
+    return out
+
+
 def blob(arrays: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     """The C library's (cfg int32 vector, float32 weight blob) of checked arrays (``ef_wn_create``'s order)."""
     cfg = np.concatenate([[CFG_VERSION], arrays["config"], arrays["dilations"]]).astype(np.int32)
