@@ -14,9 +14,10 @@ stage, and measures what it does to the voice: log-mel L1 and mel-cepstral dista
 INT8 flow against the float flow, same sentences and seeds (the first N calibration sentences). An experiment: no
 recipe quantizes the VITS flow.
 
-Times are wall clock (a shared machine's load hits both engines alike; the load average is printed), each timed
-call after an untimed pause of ``edgeflow.validate.cost.SETTLE_SECONDS`` (since 2026-12-05; before, back-to-back
-2-thread timings slowed each other); the flow stage at 1 thread also by the calling thread's CPU time (both engines run on it), which other jobs inflate less.
+Times are wall clock (a shared machine's load hits both engines alike; the load average is printed), each timed call
+after an untimed pause of ``edgeflow.validate.cost.SETTLE_SECONDS`` (since 2026-12-05; before, back-to-back 2-thread
+timings slowed each other); the flow stage at 1 thread also by the calling thread's CPU time (both engines run on
+it), which other jobs inflate less.
 
 Usage::
 

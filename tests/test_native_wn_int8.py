@@ -74,7 +74,7 @@ def test_int8_kernel_matches_its_simulation(mean_only, n_cond, k, dil, isa):
         native.set_isa(name)
         for threads in (1, 2):
             flow = wn.NativeFlow(arrays=arrays, threads=threads)
-            assert flow.int8_layers == 2 * len(dil) and flow.winograd_layers == (4 if (k, n_cond) == (5, 0) else 0)
+            assert flow.int8_layers == 2 * len(dil) and flow.winograd_layers == 0      # INT8 before Winograd
             for t in (1, 37, 150):
                 x = rng.standard_normal((1, 8, t)).astype(np.float32)
                 cond = rng.standard_normal((1, n_cond, t)).astype(np.float32) if n_cond else None

@@ -8,8 +8,9 @@ the same way, float32 or INT8 (FP16 bundles: recorded as not applicable). INT8: 
 in INT8 (its DequantizeLinear weights: the dilated and conditioning convs of the ``fast`` / ``balanced`` recipes)
 run in INT8 in the engine too, with the graph's own int8 weights and per-channel scales (checked against the
 model's folded float weights); activations are quantized dynamically (u8, scale and zero point per cached row for
-WaveFlow, per layer input and conditioning for WaveGlow), everything else stays float. Parity against the onnxruntime INT8 graph is then a quality budget (log-mel
-L1, ``int8_max_mel_l1``; SNR recorded), not bit-closeness. Writes a NEW bundle directory in the work dir (the
+WaveFlow, per layer input and conditioning for WaveGlow), everything else stays float. Parity against the
+onnxruntime INT8 graph is then a quality budget (log-mel L1, ``int8_max_mel_l1``; SNR recorded), not
+bit-closeness. Writes a NEW bundle directory in the work dir (the
 current one is left as it is, so the pipeline can roll back) holding the same files plus ``kernels.npz``
 (:mod:`edgeflow.runtime.native.format`, packed by :mod:`edgeflow.passes.kernels_waveflow`: weight norm folded,
 the end convs folded into the skip convs, the upsampler in phase form, exactly as the exported graph computes),

@@ -243,7 +243,7 @@ class NativeFlow:
         return sum(part == 0 for _, _, part, _, _ in parts)
 
     def _set_winograd(self, arrays: Dict[str, np.ndarray]) -> int:
-        jobs = winograd_weights(arrays)
+        jobs = [j for j in winograd_weights(arrays) if f"flow.{j[0]}.layer.{j[1]}.in.qweight" not in arrays]
         for f, lay, u, at, bt in jobs:
             if self._lib.ef_wn_set_winograd(self._handle, f, lay, _ptr(u), _ptr(at), _ptr(bt)) != 0:
                 raise BundleError("the native engine refused the Winograd weights (out of memory)")
