@@ -253,6 +253,16 @@ void ef_qparams(float lo, float hi, float *s, int *zp)
     *zp = z < 0 ? 0 : z > 255 ? 255 : z;
 }
 
+void ef_qparams_blocks(const float *mm, int nblk, float *s, int *zp)
+{
+    float lo = 0.0f, hi = 0.0f;
+    for (int b = 0; b < nblk; b++) {
+        lo = mm[2 * b] < lo ? mm[2 * b] : lo;
+        hi = mm[2 * b + 1] > hi ? mm[2 * b + 1] : hi;
+    }
+    ef_qparams(lo, hi, s, zp);
+}
+
 static inline uint8_t ef_q(float v, float inv, float zp)
 {
     float t = v * inv + zp;

@@ -91,5 +91,7 @@ void ef_quant_rows(const float *src, size_t cstride, int C, int n, float s, int 
 void ef_minmax_rows(const float *src, size_t cstride, int C, int n, float *lo, float *hi);
 /* (scale, zero point) of u8 asymmetric quantization of [lo, hi] (widened to hold 0 exactly). */
 void ef_qparams(float lo, float hi, float *s, int *zp);
+/* ef_qparams of the range of nblk per-block [lo, hi] pairs mm [nblk][2]. */
+void ef_qparams_blocks(const float *mm, int nblk, float *s, int *zp);
 
 #endif

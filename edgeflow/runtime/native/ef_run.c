@@ -104,13 +104,9 @@ static void ef_quantize_slot(const ef_run *R, int l, int step, int tid, int nblk
             R->mm[2 * b] = lo; R->mm[2 * b + 1] = hi;
         }
     }
-    float lo = 0.0f, hi = 0.0f, sc;
+    float sc;
     int zp;
-    for (int b = 0; b < nblk; b++) {
-        lo = R->mm[2 * b] < lo ? R->mm[2 * b] : lo;
-        hi = R->mm[2 * b + 1] > hi ? R->mm[2 * b + 1] : hi;
-    }
-    ef_qparams(lo, hi, &sc, &zp);
+    ef_qparams_blocks(R->mm, nblk, &sc, &zp);
     if (tid == 0) { R->hq_s[l * R->rmax + slot] = sc; R->hq_z[l * R->rmax + slot] = zp; }
     #pragma omp for schedule(static)
     for (int b = 0; b < nblk; b++) {

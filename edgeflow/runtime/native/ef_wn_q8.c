@@ -126,13 +126,9 @@ void ef_wn_q8_prepare(const ef_wn *m, int i, int l, const float *hc, int RS, int
     }
     #pragma omp single
     {
-        float lo = 0.0f, hi = 0.0f, sh;
+        float sh;
         int zh;
-        for (int j = 0; j < nblk; j++) {
-            lo = q->mm[2 * j] < lo ? q->mm[2 * j] : lo;
-            hi = q->mm[2 * j + 1] > hi ? q->mm[2 * j + 1] : hi;
-        }
-        ef_qparams(lo, hi, &sh, &zh);
+        ef_qparams_blocks(q->mm, nblk, &sh, &zh);
         const ef_q8 *wi = m->in_q[i], *wc = m->n_cond ? m->cond_q[i] : NULL;
         for (int r = 0; r < m->Mab; r++) {
             q->fh[r] = wi->scale[r] * sh;
