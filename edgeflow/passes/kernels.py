@@ -2,7 +2,7 @@
 
 Runs after ``export`` on a float32 WaveFlow bundle, or after ``quantize`` on an INT8 one (on another family, an
 FP16 bundle or where the C library is not built it records why and leaves the bundle as it is, so a recipe can
-name it for every family). A float32 WaveGlow bundle gets ``waveglow.npz`` instead
+name it for every family). A WaveGlow bundle gets ``waveglow.npz`` instead
 (:mod:`edgeflow.runtime.native.waveglow`, packed by :mod:`edgeflow.passes.kernels_waveglow`), checked and timed
 the same way, float32 or INT8 (FP16 bundles: recorded as not applicable). INT8: the convs the quantized graph runs
 in INT8 (its DequantizeLinear weights: the dilated and conditioning convs of the ``fast`` / ``balanced`` recipes)
