@@ -177,10 +177,19 @@ def test_pass_writes_hashed_files_and_a_native_section(tiny):
         vits_native_section(dict(manifest, native=dict(native_sec, file="../x.npz")), "x")
 
 
+def _spinning(session) -> bool:
+    """Whether an onnxruntime session's idle pool threads spin (its option, default on)."""
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:                                    # not set: onnxruntime's default
+        return True
+
+
 def test_voice_native_matches_onnxruntime_whole_and_streamed(tiny):
     _, root, _ = tiny
     nat, ref = Voice.load(root / "k", engine="native", threads=2), Voice.load(root / "k", engine="onnxruntime")
     assert nat.engine == "native" and ref.engine == "onnxruntime" and nat.flow is not None
+    assert _spinning(nat.decoder) is False and _spinning(ref.decoder)   # no spinning pool beside the native flow
     a, b = nat.speak(TEXT, seed=4)[0], ref.speak(TEXT, seed=4)[0]
     got = compare(a, b)
     assert a.shape == b.shape and got["max_rel_err"] < 1e-4 and got["snr_db"] > 80, got
@@ -235,10 +244,30 @@ def test_engine_errors_and_choice(tiny, monkeypatch):
     assert choose_voice_engine(manifest, "onnxruntime", None, "x") == "onnxruntime"
     m = dict(manifest, native=dict(manifest["native"], timing=dict(timing, faster="native")))
     assert choose_voice_engine(m, "auto", None, "x", timing["conv_layout"]) == "native"
+    for first, other in (("native", "onnxruntime"), ("onnxruntime", "native")):   # a timing per layout
+        m = dict(manifest, native=dict(manifest["native"], timing=dict(timing, faster=first, conv_layout="1d"),
+                                       timings_other=[dict(timing, threads=1, faster=other, conv_layout="2d")]))
+        assert [choose_voice_engine(m, "auto", None, "x", lay) for lay in ("1d", "2d")] == [first, other]
     monkeypatch.setattr(wn, "library", lambda: (_ for _ in ()).throw(DependencyError("no library")))
-    assert choose_voice_engine(m, "auto", None, "x", timing["conv_layout"]) == "onnxruntime"   # no library
+    assert choose_voice_engine(m, "auto", None, "x", "2d") == "onnxruntime"   # no library
     with pytest.raises(DependencyError):
         choose_voice_engine(m, "native", None, "x")
+
+
+def test_pass_times_a_single_thread_too(tiny, tmp_path):
+    from edgeflow.runtime.conv_layout import choose_layout
+
+    _, root, _ = tiny
+    sec = add_tts_kernels(root / "b", tmp_path / "k2", TtsKernelsConfig(threads=2, time_seconds=0.2))["native"]
+    assert sec["timing"]["threads"] == 2 and sec["timing"]["conv_layout"] == choose_layout("auto", 2)
+    if choose_layout("auto", 1) == sec["timing"]["conv_layout"]:
+        assert "timings_other" not in sec                           # one layout: the target's timing says it
+    else:
+        (one,) = sec["timings_other"]
+        assert one["threads"] == 1 and one["conv_layout"] == choose_layout("auto", 1)
+        assert one["faster"] in ("native", "onnxruntime") and one["native_rtf"] > 0
+        assert Voice.load(tmp_path / "k2", threads=1).engine == one["faster"]
+    assert Voice.load(tmp_path / "k2", threads=2).engine == sec["timing"]["faster"]
 
 
 def test_native_voice_is_torch_free(tiny):

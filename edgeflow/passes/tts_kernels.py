@@ -48,6 +48,9 @@ class TtsKernelsConfig(PassConfig):
         min_snr_db: parity of float32 audio (SNR against onnxruntime's), per length.
         quantized_min_snr_db: audio SNR of an INT8 / FP16 decoder (the flow's last-bit differences can move a
             quantized activation by one step), per length.
+        time_one_thread: when the target's threads run another conv layout than a single-threaded session (1-D
+            at 2 threads, 2-D at 1 on x86-64), also time both paths at 1 thread (``timings_other``), so that
+            ``engine="auto"`` can choose for a single-threaded voice too.
     """
 
     threads: int = 0
@@ -55,6 +58,7 @@ class TtsKernelsConfig(PassConfig):
     max_rel_err: float = 1e-4
     min_snr_db: float = 80.0
     quantized_min_snr_db: float = 30.0
+    time_one_thread: bool = True
 
     def __post_init__(self):
         if self.threads < 0 or self.time_seconds < 0 or self.max_rel_err <= 0:
@@ -141,6 +145,7 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
     """
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir, sha256_file
+    from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.runtime.native import info
     from edgeflow.runtime.native.vits_graph import cut_decoder, pack_vits_flow
     from edgeflow.runtime.native.wn import FLOW_FILE, save
@@ -176,7 +181,20 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
         timing = _timing(ort_voice, nat_voice, flow_ref, threads, cfg.time_seconds) if cfg.time_seconds > 0 else None
         draft["native"]["flow"]["winograd_layers"] = nat_voice.flow.winograd_layers
         draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=info()["isa"])
+        if timing is not None and cfg.time_one_thread and threads != 1 \
+                and choose_layout("auto", 1) != timing["conv_layout"]:
+            draft["native"]["timings_other"] = [_timing_at(tmp, manifest, 1, cfg.time_seconds)]
         return write_manifest(tmp, draft)
+
+
+def _timing_at(bundle: Path, manifest: Dict[str, Any], threads: int, seconds: float) -> Dict[str, Any]:
+    """:func:`_timing` of the bundle's voices opened at ``threads`` (another conv layout than the target's)."""
+    from edgeflow.runtime import Voice
+
+    ort_voice = Voice.load(bundle, threads=threads, engine="onnxruntime")
+    nat_voice = Voice.load(bundle, threads=threads, engine="native")
+    flow_ref = _flow_reference(bundle / manifest["graphs"]["decoder"], nat_voice.channels, threads)
+    return _timing(ort_voice, nat_voice, flow_ref, threads, seconds)
 
 
 def not_applicable(artifact: Artifact) -> Optional[str]:

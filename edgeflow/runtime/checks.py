@@ -87,7 +87,9 @@ def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing
 
     Args:
         engine: "onnxruntime" | "native" | "auto" (already checked to be one of them).
-        native: the section (a dict with the pass's ``timing``), or None when the bundle has no usable kernels.
+        native: the section (a dict with the pass's ``timing`` and, from the ``tts_kernels`` pass since
+            2026-12-05, ``timings_other``: the same at 1 thread, in that layout), or None when the bundle has no
+            usable kernels.
         providers: the onnxruntime providers asked for (None or "cpu": the CPU).
         where: the bundle, for messages.
         missing: the message's end when "native" is asked of a bundle without kernels.
@@ -113,9 +115,9 @@ def resolve_engine(engine: str, native: Any, providers: Any, where: Any, missing
         load()
         return engine
     cpu_only = providers is None or (isinstance(providers, str) and providers.lower() == "cpu")
-    timing = native.get("timing") if native else None
-    if not cpu_only or not isinstance(timing, dict) or timing.get("faster") != "native" or \
-            timing.get("conv_layout", "1d") != layout:
+    timings = [native.get("timing"), *(native.get("timings_other") or [])] if native else []
+    timing = next((t for t in timings if isinstance(t, dict) and t.get("conv_layout", "1d") == layout), None)
+    if not cpu_only or timing is None or timing.get("faster") != "native":
         return "onnxruntime"
     try:
         load()

@@ -152,8 +152,9 @@ def open_system(path: str | Path, threads: Optional[int] = None, what: str = "su
         if m.get("task", "vocoder") != "tts":
             raise BundleError(f"{what} {p}: a {m.get('family')!r} vocoder bundle is not a text-to-speech voice "
                               "(bench a vocoder against a vocoder)")
-        return System("edgeflow bundle (onnxruntime)", "bundle", p,
-                      Voice.load(p, threads=threads, conv_layout=conv_layout), _bytes(p))
+        voice = Voice.load(p, threads=threads, conv_layout=conv_layout)
+        engine = "native flow + onnxruntime" if voice.engine == "native" else "onnxruntime"
+        return System(f"edgeflow bundle ({engine})", "bundle", p, voice, _bytes(p))
     if p.suffix == ".onnx":
         from edgeflow.validate.tts import BarePiper
 
