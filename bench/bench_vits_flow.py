@@ -43,23 +43,12 @@ TEXT = ("The weather was cold, but the sky was perfectly clear. Could you speak 
         "We walked along the river until the sun went down behind the hills.")
 
 
-def interleaved(fns, repeats, clock=time.perf_counter, settle=None):
-    """Best time of each function by ``clock``, run round by round after one warm-up each; ``settle``: seconds
-    waited (untimed) before each timed call, :data:`edgeflow.validate.cost.SETTLE_SECONDS` by default (at 2
-    threads a run slows the one right after it)."""
-    from edgeflow.validate.cost import SETTLE_SECONDS
+def interleaved(fns, repeats, clock=None):
+    """Best time of each function by ``clock`` after one warm-up each, the settle pause before each timed call:
+    :func:`edgeflow.validate.cost.interleaved_best`."""
+    from edgeflow.validate.cost import interleaved_best
 
-    settle = SETTLE_SECONDS if settle is None else settle
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            time.sleep(settle)
-            t0 = clock()
-            fn()
-            best[k] = min(best[k], clock() - t0)
-    return best
+    return interleaved_best(fns, repeats, warmup=True, clock=clock)
 
 
 def finish(result: dict, out) -> None:

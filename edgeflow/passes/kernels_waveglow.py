@@ -146,13 +146,15 @@ def int8_from_graph(onnx_path: str | Path, model: Any, arrays: Dict[str, np.ndar
         net, h = coupling.net, coupling.net.channels
         path = names[id(net)]
         cname = f"{path}.cond_layer.weight"
+        if cname not in graph:                                      # no INT8 conditioning: the coupling stays float
+            continue
+        cq, cscale = _matched(graph[cname], a(net.cond_layer.weight), cname), graph[cname][1]
         for lay, conv in enumerate(net.in_layers):
             name = f"{path}.in_layers.{lay}.weight"
-            if name not in graph or cname not in graph:
+            if name not in graph:
                 continue
             p, rows = f"coupling.{k}.flow.0.layer.{lay}.", slice(lay * 2 * h, (lay + 1) * 2 * h)
             out[p + "in.qweight"], out[p + "in.qscale"] = _matched(graph[name], a(conv.weight), name), graph[name][1]
-            cq, cond = _matched(graph[cname], a(net.cond_layer.weight), cname), graph[cname]
             out[p + "cond.qweight"] = np.ascontiguousarray(cq[rows, :, 0])
-            out[p + "cond.qscale"] = np.ascontiguousarray(cond[1][rows])
+            out[p + "cond.qscale"] = np.ascontiguousarray(cscale[rows])
     return out
