@@ -153,9 +153,12 @@ class _Run:
     def evaluate(self, bundle: Path) -> Dict[str, Any]:
         """The gate's metrics of a bundle (plus rtf and size)."""
         from edgeflow.runtime import Voice
+        from edgeflow.runtime.bundle import read_manifest
         from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
 
-        voice = Voice.load(bundle, threads=self.threads)
+        # A native INT8 waveform stage (tts_wave) changes the audio of the native engine only: score that one.
+        native = (read_manifest(bundle, task=None).get("native") or {}).get("wave_stage")
+        voice = Voice.load(bundle, threads=self.threads, engine="native" if native else "auto")
         metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed,
                                     progress=self._progress("scoring the bundle"), **BUNDLE_SPEAK)
         return dict(metrics, size_mb=bundle_bytes(bundle) / 1e6)

@@ -13,6 +13,7 @@ def publish(artifact, dest: Path, target: Dict[str, Any]) -> None:
     target also ``tensorrt.json`` (graph checks, profiles, trtexec commands) and ``build_engine.sh``."""
     from edgeflow.core.bundle_format import write_manifest
     from edgeflow.core.io import atomic_dir
+    from edgeflow.runtime.voice_config import native_files
 
     src = artifact.bundle_dir
     manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
@@ -22,10 +23,9 @@ def publish(artifact, dest: Path, target: Dict[str, Any]) -> None:
     with atomic_dir(dest, overwrite=True) as tmp:
         for name in manifest["graphs"].values():
             shutil.copyfile(src / name, tmp / name)
-        native = manifest.get("native") or {}
-        for key in ("file", "decoder"):             # the tts_kernels pass's flow weights and cut decoder
-            if isinstance(native.get(key), str) and (src / native[key]).is_file():
-                shutil.copyfile(src / native[key], tmp / native[key])
+        for name in native_files(manifest.get("native")):   # tts_kernels' / tts_wave's weights and cut decoder
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
         manifest["target"] = target["name"]
         if target.get("tensorrt"):
             _tensorrt_files(tmp, manifest)

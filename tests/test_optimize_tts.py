@@ -172,8 +172,12 @@ def test_optimize_balanced_times_both_upsampler_forms(tmp_path, tiny_pt, fake_sc
     assert set(q["details"]["decoder_seconds"]) == {"float_convtranspose", "int8_convtranspose", "float_polyphase",
                                                     "int8_polyphase"}
     from edgeflow.runtime import native
-    k = rep["passes"][2]
+    k, w = rep["passes"][2], rep["passes"][3]
     assert k["name"] == "tts_kernels" and k["details"]["native"] is native.available(), k
+    assert w["name"] == "tts_wave" and w["details"]["native"] is native.available(), w
+    if native.available():                          # every conv with two planes: the default
+        stage = w["details"]["wave_stage"]
+        assert stage["two_planes"] == list(range(stage["convs"])) and stage["calibration"]["snr_db"] > 20
     voice = Voice.load(tmp_path / "b" / "bundle")
     assert voice.manifest["precision"] == "int8" and voice.manifest["quantization"]["upsampler"] in (
         "polyphase", "convtranspose")
@@ -191,7 +195,8 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
 
     _, path = tiny_pt
     target = load_target("cpu")        # the shipped fast recipe's bundle passes, on 2 calibration sentences
-    fast = [p for p in target["recipes_tts"]["fast"] if p["pass"] not in ("tts_reduce_flows", "tts_kernels")]
+    fast = [p for p in target["recipes_tts"]["fast"] if p["pass"] not in ("tts_reduce_flows", "tts_kernels",
+                                                                               "tts_wave")]
     assert [p["pass"] for p in fast] == ["tts_export", "tts_quantize", "tts_validate"]
     fast[1]["calib_sentences"] = 2
     target["recipes_tts"]["fast"] = fast
@@ -208,14 +213,15 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
 def test_shipped_voice_recipes_and_budgets():
     """fast = tts_reduce_flows (4 -> 2 couplings, distilled) + the bundle passes, gated on its own, looser budget
     (issue 15's fast goal: WER +0.05, DNSMOS -0.30); balanced and quality change no weights; the cpu target's
-    balanced and fast end with the native flow (tts_kernels), before tts_validate."""
+    balanced and fast end with the native flow (tts_kernels) and the native INT8 waveform stage (tts_wave), before
+    tts_validate."""
     from edgeflow.targets import list_targets, load_target, recipe_budget
     from edgeflow.validate.budget import parse_budget
 
     for name in list_targets():
         t = load_target(name)
         fast = t["recipes_tts"]["fast"]
-        kernels = ["tts_kernels"] if name == "cpu" else []
+        kernels = ["tts_kernels", "tts_wave"] if name == "cpu" else []
         assert fast[0]["pass"] == "tts_reduce_flows" and fast[0]["n_flows"] == 2, name
         assert [p["pass"] for p in fast[1:]] == ["tts_export", "tts_quantize", *kernels, "tts_validate"], name
         assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *kernels,

@@ -82,10 +82,14 @@ class Voice:
         ctx = ((manifest or {}).get("streaming") or {}).get("context_frames") or {}
         self.context_frames = (int(ctx.get("left", 0)), int(ctx.get("right", 0)))
         #: "onnxruntime", or "native": the prior flow in the native engine (:attr:`flow`), the rest of the
-        #: decoder in onnxruntime (the bundle's cut decoder graph, input :attr:`flow_output`).
+        #: decoder in onnxruntime (the bundle's cut decoder graph, input :attr:`flow_output`) and, where the
+        #: bundle has it, the waveform-rate stage in the native engine too (:attr:`wave`).
         self.engine = "onnxruntime"
         self.flow: Any = None
         self.flow_output: Optional[str] = None
+        #: the decoder's waveform-rate stage in the native engine (INT8, block-scaled; the ``tts_wave`` pass), or
+        #: None: the cut decoder graph then ends before that stage.
+        self.wave: Any = None
 
     @property
     def sample_rate(self) -> int:
@@ -162,6 +166,10 @@ class Voice:
                 raise BundleError(f"{path}: the native flow weights do not fit the voice ({voice.flow.channels} "
                                   f"channels, expected {voice.channels})")
             voice.engine, voice.flow_output = "native", section["decoder_input"]
+            if section.get("wave_stage"):
+                from edgeflow.runtime.native.wave_stage import WaveStage, load_arrays
+
+                voice.wave = WaveStage(load_arrays(path / section["wave_stage"]["file"]), threads=threads)
         return voice
 
     def _probe(self) -> None:
@@ -238,7 +246,10 @@ class Voice:
                      "logs_p": np.ascontiguousarray(logs_p[:, :, start:stop]),
                      "noise_z": self._noise(seed, start, stop),
                      "scales": np.array([noise_scale, 1.0, 0.0], dtype=np.float32)}
-        return self._run(self.decoder, feeds)[0].reshape(-1)[:n * self.hop_length].astype(np.float32, copy=False)
+        out = self._run(self.decoder, feeds)[0]
+        if self.wave is not None:
+            out = self.wave.run(out[0])
+        return out.reshape(-1)[:n * self.hop_length].astype(np.float32, copy=False)
 
     def _sentence_chunks(self, ids: Sequence[int], scales: Dict[str, float], seed: int,
                          chunk_frames: Optional[int], first_chunk_frames: Optional[int]) -> Iterator[np.ndarray]:

@@ -155,6 +155,15 @@ def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
 VOICE_ENGINES = ("auto", "onnxruntime", "native")
 
 
+def native_files(native: Any) -> List[str]:
+    """The file names a VITS bundle's ``native`` section names (flow weights, cut decoder, waveform stage), unchecked:
+    the strings found."""
+    if not isinstance(native, dict):
+        return []
+    wave = native.get("wave_stage") if isinstance(native.get("wave_stage"), dict) else {}
+    return [v for v in (native.get("file"), native.get("decoder"), wave.get("file")) if isinstance(v, str) and v]
+
+
 def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
     """A VITS bundle's ``native`` section (the ``tts_kernels`` pass's), checked. None when the bundle has none,
     when its flow weights or cut decoder are not among the files the manifest hashes (a copy that kept the graphs
@@ -174,6 +183,12 @@ def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[s
             or not isinstance(native.get("decoder_input"), str) or native.get("engine") != "vits-flow-float32":
         raise BundleError(f"{where}: manifest field native must name the flow weights, the cut decoder and its "
                           "input")
+    wave = native.get("wave_stage")
+    if wave is not None:
+        if not isinstance(wave, dict) or not isinstance(wave.get("file"), str) or "/" in wave["file"] or \
+                "\\" in wave["file"] or wave.get("engine") != "hifigan-stage-int8-blocks":
+            raise BundleError(f"{where}: manifest field native.wave_stage must name the stage weights")
+        names.append(wave["file"])
     if any(n not in files for n in names) or native.get("source_decoder_sha256") != \
             files.get(manifest["graphs"]["decoder"]):
         return None                 # files not carried over (a copy of the graphs only), or decoder.onnx replaced
@@ -191,10 +206,12 @@ def choose_voice_engine(manifest: Optional[Dict[str, Any]], engine: Any, provide
         InputError: an unknown engine name.
     """
     from edgeflow.runtime.checks import resolve_engine
+    from edgeflow.runtime.native.wave_stage import tile_samples
     from edgeflow.runtime.native.wn import library
 
     if engine not in VOICE_ENGINES:
         raise InputError(f"engine must be one of {', '.join(VOICE_ENGINES)}, got {engine!r}")
     native = vits_native_section(manifest, where) if manifest is not None else None
+    load = (lambda: (library(), tile_samples())) if native and native.get("wave_stage") else library
     return resolve_engine(engine, native, providers, where,
-                          "the voice has no native flow kernels (add them with the tts_kernels pass)", library, layout)
+                          "the voice has no native flow kernels (add them with the tts_kernels pass)", load, layout)

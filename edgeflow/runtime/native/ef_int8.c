@@ -271,30 +271,59 @@ static inline uint8_t ef_q(float v, float inv, float zp)
     return (uint8_t)(int)(t + 0.5f);
 }
 
-EF_CLONES void ef_quant_rows(const float *src, size_t cstride, int C, int n, float s, int zp, uint8_t *dst,
-                             size_t qstride)
+/* Rows of src (leaky ReLU of slope `slope` applied first when lrelu) to u8 in the quad-interleaved layout; with
+ * dst2, the rounding error of each value quantized again (scale s2, zero point zp2) into dst2. */
+static inline __attribute__((always_inline)) void ef_quant_body(const float *src, size_t cstride, int C, int n, int lrelu, float slope, float s,
+                                 int zp, uint8_t *dst, size_t qstride, float s2, int zp2, uint8_t *dst2)
 {
-    const float inv = 1.0f / s, z = (float)zp;
+    const float inv = 1.0f / s, z = (float)zp, inv2 = dst2 ? 1.0f / s2 : 0.0f, z2 = (float)zp2;
     for (int c0 = 0; c0 < C; c0 += 4) {
         const float *r[4];
         for (int i = 0; i < 4; i++) r[i] = c0 + i < C ? src + (size_t)(c0 + i) * cstride : NULL;
-        uint8_t *d = dst + (size_t)(c0 / 4) * qstride * 4;
+        uint8_t *d = dst + (size_t)(c0 / 4) * qstride * 4, *d2 = dst2 ? dst2 + (size_t)(c0 / 4) * qstride * 4 : NULL;
         int j = 0;
         for (; j + 16 <= n; j += 16) {                 /* 16 columns: one 32-bit quad each, channel i in byte i */
-            ef_i16 word = {0};
+            ef_i16 word = {0}, word2 = {0};
             for (int i = 0; i < 4; i++) {
-                ef_v16 t = {0};
-                if (r[i]) t = *(const ef_uv16 *)(r[i] + j);
-                t = t * inv + z;
+                ef_v16 v = {0};
+                if (r[i]) v = *(const ef_uv16 *)(r[i] + j);
+                if (lrelu) v = ef_vsel(v < 0.0f, v * slope, v);
+                ef_v16 t = v * inv + z;
                 t = ef_vsel(t > 0.0f, t, (ef_v16){0});
                 t = ef_vsel(t < 255.0f, t, (ef_v16){0} + 255.0f);
-                word |= __builtin_convertvector(t + 0.5f, ef_i16) << (8 * i);
+                const ef_i16 q = __builtin_convertvector(t + 0.5f, ef_i16);
+                word |= q << (8 * i);
+                if (d2) {
+                    ef_v16 e = (v - (__builtin_convertvector(q, ef_v16) - z) * s) * inv2 + z2;
+                    e = ef_vsel(e > 0.0f, e, (ef_v16){0});
+                    e = ef_vsel(e < 255.0f, e, (ef_v16){0} + 255.0f);
+                    word2 |= __builtin_convertvector(e + 0.5f, ef_i16) << (8 * i);
+                }
             }
             *(ef_ui16 *)(d + 4 * (size_t)j) = word;
+            if (d2) *(ef_ui16 *)(d2 + 4 * (size_t)j) = word2;
         }
         for (; j < n; j++)
-            for (int i = 0; i < 4; i++) d[4 * j + i] = r[i] ? ef_q(r[i][j], inv, z) : (uint8_t)zp;
+            for (int i = 0; i < 4; i++) {
+                float v = r[i] ? r[i][j] : 0.0f;
+                if (lrelu && v < 0.0f) v *= slope;
+                const uint8_t q = r[i] ? ef_q(v, inv, z) : (uint8_t)zp;
+                d[4 * j + i] = q;
+                if (d2) d2[4 * j + i] = r[i] ? ef_q(v - ((float)q - z) * s, inv2, z2) : (uint8_t)zp2;
+            }
     }
+}
+
+EF_CLONES void ef_quant_rows(const float *src, size_t cstride, int C, int n, float s, int zp, uint8_t *dst,
+                             size_t qstride)
+{
+    ef_quant_body(src, cstride, C, n, 0, 0.0f, s, zp, dst, qstride, 0.0f, 0, NULL);
+}
+
+EF_CLONES void ef_quant_rows_lrelu(const float *src, size_t cstride, int C, int n, float slope, float s, int zp,
+                                   uint8_t *dst, size_t qstride, float s2, int zp2, uint8_t *dst2)
+{
+    ef_quant_body(src, cstride, C, n, 1, slope, s, zp, dst, qstride, s2, zp2, dst2);
 }
 
 void ef_q8_free(ef_q8 *q)

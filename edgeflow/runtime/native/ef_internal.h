@@ -84,6 +84,13 @@ int ef_get_isa(void);
 /* The INT8 tile of instruction set isa (AVX-512 VNNI, AVX2 or portable). */
 ef_qtile_fn ef_qtile_for(int isa);
 void ef_q8_free(ef_q8 *q);
+/* Pack natural s8 weights nat [M][nq][4] (reduction index 4 qi + byte) into the tile layout [Mp/MR][nq][MR][4],
+ * one activation chunk (wsum [Mp]: each row's weight sum); NULL when out of memory. */
+ef_q8 *ef_q8_pack_nat(int M, int Mp, int nq, const int8_t *nat, const float *scale);
+/* ef_quant_rows of leaky_relu(src, slope); with dst2 (else NULL), each value's rounding error quantized again
+ * with scale s2 and zero point zp2 into dst2 (two u8 planes: about 16-bit activations). */
+void ef_quant_rows_lrelu(const float *src, size_t cstride, int C, int n, float slope, float s, int zp, uint8_t *dst,
+                         size_t qstride, float s2, int zp2, uint8_t *dst2);
 /* Quantize rows c < C of src (row c at src + c * cstride, n values) to u8 with scale s, zero point zp, into the
  * quad-interleaved dst: element (c, j) at dst[((c / 4) * qstride + j) * 4 + c % 4]; channels C..4*Cq-1 get zp. */
 void ef_quant_rows(const float *src, size_t cstride, int C, int n, float s, int zp, uint8_t *dst, size_t qstride);

@@ -14,7 +14,7 @@
 
 /* Pack natural s8 weights nat [M][nq][4] (reduction index 4 qi + byte) into the tile layout [Mp/MR][nq][MR][4],
  * one activation chunk (wsum [Mp]: each row's weight sum). */
-static ef_q8 *ef_wn_q8_pack(int M, int Mp, int nq, const int8_t *nat, const float *scale)
+ef_q8 *ef_q8_pack_nat(int M, int Mp, int nq, const int8_t *nat, const float *scale)
 {
     ef_q8 *p = calloc(1, sizeof *p);
     if (!p) return NULL;
@@ -63,7 +63,7 @@ EF_API int ef_wn_set_q8(ef_wn *m, int f, int l, int part, const int8_t *q, const
                 }
                 nat[((size_t)o * nq + qi) * 4 + b] = v;
             }
-    ef_q8 *p = ef_wn_q8_pack(2 * H, m->Mab, nq, nat, scale);
+    ef_q8 *p = ef_q8_pack_nat(2 * H, m->Mab, nq, nat, scale);
     free(nat);
     if (!p) return -1;
     ef_q8_free((*slot)[i]);

@@ -1,0 +1,222 @@
+"""The ``tts_wave`` pass: a VITS voice's waveform-rate decoder stage in the native engine, INT8 with block-scaled
+activations.
+
+The last HiFi-GAN stage of a voice's decoder runs at the audio rate and is about half of a ``balanced`` voice's
+time at one thread; INT8 with one activation scale per tensor (a QDQ graph) costs the voice 0.2-0.5 DNSMOS P.808,
+so the recipes keep it float. The native stage kernel (:mod:`edgeflow.runtime.native.wave_stage`) gives every
+conv's input one u8 scale per 128 output samples, so the quantization noise follows the signal's level; the convs
+the audio is most sensitive to get a second u8 plane holding the rounding error (about 16-bit activations).
+
+Runs after ``tts_kernels`` (the voice's native engine: native prior flow, onnxruntime for the rest of the decoder),
+on a bundle whose last stage is float (``tts_quantize`` with ``float_last_stages`` >= 1, or a float32 bundle);
+otherwise, or where the C library is not built, it records why and leaves the bundle as it is. Writes a NEW bundle
+directory holding the same files, with the native engine's cut decoder replaced by ``decoder_head.onnx`` (the flow's
+output to the last upsampler's output) and ``wave_stage.npz`` (the stage's int8 weights, per-channel scales, float
+biases and conv_post), both hashed in the manifest, and the ``native`` section's ``wave_stage`` entry: which convs
+got two planes (by default all; or chosen, most helpful first, until the audio's SNR against the float stage in
+onnxruntime reaches ``min_snr_db`` on calibration sentences), the SNR, and both engines' times again (``engine="auto"`` picks from
+them). The audio changes (INT8), so the pipeline scores the bundle's native engine against the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+
+#: Files the pass adds to a bundle.
+HEAD_DECODER = "decoder_head.onnx"
+WAVE_FILE = "wave_stage.npz"
+WAVE_ENGINE = "hifigan-stage-int8-blocks"
+
+
+@dataclasses.dataclass
+class TtsWaveConfig(PassConfig):
+    """Options of the tts_wave pass.
+
+    Attributes:
+        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
+        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
+        two_planes: the convs given two activation planes (about 16-bit activations, twice the dot products):
+            "all" (the default: the stage's error is then its INT8 weights', about 48 dB SNR on joe-medium, and
+            the 6-sentence gate heard no difference, 2026-12-05), "search" (the fewest convs, most helpful
+            first, whose calibration SNR reaches ``min_snr_db``), or a list of conv numbers (run order).
+        min_snr_db: the search's target: audio SNR against the float stage (onnxruntime) over the calibration
+            sentences (joe-medium, 2026-12-05: one plane everywhere 39 dB, DNSMOS P.808 -0.07 on 12 evaluation
+            sentences; two on the last resblock's convs 43 dB, -0.03).
+        sentences: calibration sentences (never the evaluation ones) the SNR is measured on.
+    """
+
+    threads: int = 0
+    time_seconds: float = 4.0
+    two_planes: Any = "all"
+    min_snr_db: float = 43.0
+    sentences: int = 4
+
+    def __post_init__(self):
+        ok = self.two_planes in ("all", "search") or (isinstance(self.two_planes, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.two_planes))
+        if not ok:
+            raise ValueError('tts_wave: two_planes must be "all", "search" or a list of conv numbers')
+        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
+            raise ValueError("tts_wave: threads and time_seconds must be >= 0, sentences >= 1")
+
+
+def _snr(out: List[np.ndarray], ref: List[np.ndarray]) -> float:
+    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(out).astype(np.float64)
+    noise = float(np.sum((a - b) ** 2))
+    return 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
+
+
+def _calibration(voice: Any, head: Any, n: int, seed: int):
+    """(stage inputs [C, T], reference audio [T]) of ``n`` calibration sentences through the voice's native flow:
+    the head graph's output, and the cut decoder's (onnxruntime, float stage) audio."""
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.runtime.voice_config import resolve_scales
+
+    xs, refs = [], []
+    inp = head.get_inputs()[0].name
+    for k, text in enumerate(sentences("calibration")[:n]):
+        ids = next(voice.sentence_ids(text))
+        scales = resolve_scales(voice.config, None, None, None)
+        m_p, logs_p = voice._encode(ids, scales, seed + k)
+        z = voice.flow.run(voice.prior(m_p, logs_p, scales["noise_scale"], seed + k, 0, m_p.shape[2]))
+        xs.append(head.run(None, {inp: z})[0][0])
+        refs.append(voice._run(voice.decoder, {voice.flow_output: z})[0].reshape(-1))
+    return xs, refs
+
+
+def choose_planes(make_stage, n_convs: int, xs, refs, min_snr_db: float, fixed: Optional[Sequence[int]] = None):
+    """The two-plane convs: ``fixed``, or greedily (the conv whose second plane raises the calibration SNR most,
+    until ``min_snr_db``). ``make_stage(planes)`` builds a stage. Returns (planes, SNR, SNR of each step)."""
+    def snr(planes):
+        stage = make_stage(planes)
+        return _snr([stage.run(x)[:len(r)] for x, r in zip(xs, refs)], refs)
+
+    planes = sorted(int(i) for i in fixed) if fixed is not None else []
+    steps = [{"two_planes": list(planes), "snr_db": snr(planes)}]
+    while fixed is None and steps[-1]["snr_db"] < min_snr_db and len(planes) < n_convs:
+        best = max(((snr(sorted(planes + [i])), i) for i in range(n_convs) if i not in planes))
+        planes = sorted(planes + [best[1]])
+        steps.append({"two_planes": list(planes), "snr_db": best[0]})
+    return planes, steps[-1]["snr_db"], steps
+
+
+def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsWaveConfig] = None, seed: int = 0,
+                 overwrite: bool = False) -> Dict[str, Any]:
+    """Copy the VITS bundle ``bundle_dir`` (with the ``tts_kernels`` pass's native flow) to ``out_dir`` with the
+    native INT8 waveform stage. Returns the manifest written.
+
+    Raises:
+        ConfigError: no float last stage, no native flow. BundleError: the stage does not reach ``min_snr_db`` even
+            with two planes everywhere (a misread graph), or out_dir exists.
+    """
+    import onnxruntime as ort
+
+    from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
+    from edgeflow.core.io import atomic_dir
+    from edgeflow.core.ort import session_options
+    from edgeflow.passes.tts_kernels import _flow_reference, _timing, _timing_at
+    from edgeflow.runtime.conv_layout import choose_layout
+    from edgeflow.runtime.native.vits_stage import cut_before_stage, pack_graph_stage, stage_convs
+    from edgeflow.runtime.native.wave_stage import WaveStage, save_arrays, tile_samples
+    from edgeflow.runtime.voice import Voice
+    from edgeflow.runtime.voice_config import read_vits_manifest, vits_native_section
+
+    cfg = cfg or TtsWaveConfig()
+    src = Path(bundle_dir)
+    manifest = read_vits_manifest(src)
+    section = vits_native_section(manifest, src)
+    if section is None or section.get("wave_stage"):
+        raise ConfigError("tts_wave: needs a bundle with the tts_kernels pass's native flow and no waveform stage yet")
+    cut = src / section["decoder"]
+    convs, extra = stage_convs(cut)
+    threads = cfg.threads or 1
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        for p in src.iterdir():
+            if p.is_file() and p.name not in (MANIFEST, SIDECAR, section["decoder"], HEAD_DECODER, WAVE_FILE):
+                shutil.copy2(p, tmp / p.name)
+        name = cut_before_stage(cut, tmp / HEAD_DECODER, convs[0]["weight"].shape[1])
+        voice = Voice.load(src, threads=threads, engine="native")
+        head = ort.InferenceSession(str(tmp / HEAD_DECODER), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+        xs, refs = _calibration(voice, head, cfg.sentences, seed)
+        make = lambda planes: WaveStage(pack_graph_stage(cut, planes), threads=threads)  # noqa: E731
+        fixed = list(range(len(convs))) if cfg.two_planes == "all" else \
+            None if cfg.two_planes == "search" else list(cfg.two_planes)
+        planes, snr, steps = choose_planes(make, len(convs), xs, refs, cfg.min_snr_db, fixed)
+        if snr < cfg.min_snr_db and fixed is None:
+            raise BundleError(f"tts_wave: the INT8 stage reaches {snr} dB against the float stage with two planes "
+                              f"everywhere (needs {cfg.min_snr_db}): the graph was not read as it computes")
+        save_arrays(tmp / WAVE_FILE, pack_graph_stage(cut, planes))
+        draft = {k: v for k, v in manifest.items() if k != "files"}
+        draft["native"] = dict(section, decoder=HEAD_DECODER, wave_stage={
+            "file": WAVE_FILE, "engine": WAVE_ENGINE, "input": name, "convs": len(convs), "two_planes": planes,
+            "tile_samples": tile_samples(), "calibration": {"sentences": cfg.sentences, "snr_db": snr, "steps": steps,
+                                                 "min_snr_db": cfg.min_snr_db,
+                                                 "reference": "the float stage in onnxruntime, same inputs"}})
+        draft["native"].pop("timings_other", None)
+        write_manifest(tmp, draft)
+        if cfg.time_seconds > 0:
+            ort_voice = Voice.load(tmp, threads=threads, engine="onnxruntime")
+            nat_voice = Voice.load(tmp, threads=threads, engine="native")
+            flow_ref = _flow_reference(tmp / manifest["graphs"]["decoder"], nat_voice.channels, threads)
+            timing = _timing(ort_voice, nat_voice, flow_ref, threads, cfg.time_seconds)
+            draft["native"]["timing"] = timing
+            if threads != 1 and choose_layout("auto", 1) != timing["conv_layout"]:
+                draft["native"]["timings_other"] = [_timing_at(tmp, manifest, 1, cfg.time_seconds)]
+        else:
+            draft["native"]["timing"] = None
+        return write_manifest(tmp, json.loads(json.dumps(draft)))
+
+
+def not_applicable(artifact: Artifact) -> Optional[str]:
+    """Why the pass leaves this artifact as it is (no native flow, a quantized last stage, no C library), or None."""
+    from edgeflow.runtime.bundle import read_manifest
+    from edgeflow.runtime.native import load_error
+    from edgeflow.runtime.native.vits_stage import stage_convs
+    from edgeflow.runtime.voice_config import vits_native_section
+
+    if artifact.bundle_dir is None:
+        raise ConfigError("tts_wave: needs an exported voice bundle (run tts_export first)")
+    manifest = read_manifest(artifact.bundle_dir, task=None)
+    if manifest.get("family") != "vits" or "graphs" not in manifest:
+        return f"the native waveform stage is for VITS voices, not {manifest.get('family')}"
+    section = vits_native_section(manifest, artifact.bundle_dir)
+    if section is None:
+        return "the bundle has no native prior flow (run tts_kernels first)"
+    if section.get("wave_stage"):
+        return "the bundle already has a native waveform stage"
+    try:
+        stage_convs(Path(artifact.bundle_dir) / section["decoder"])
+    except ConfigError as exc:
+        return str(exc)
+    return load_error()
+
+
+def _handler(artifact: Artifact, cfg: TtsWaveConfig, ctx: PassContext):
+    why = not_applicable(artifact)
+    if why:
+        if ctx.progress:
+            print(f"    tts_wave: bundle unchanged ({why})")
+        return {"native": False, "reason": why}
+    if not cfg.threads:
+        cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
+    out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-tts-wave"
+    native = add_tts_wave(artifact.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True)["native"]
+    artifact.bundle_dir = out
+    wave = native["wave_stage"]
+    if ctx.progress:
+        print(f"    tts_wave: two planes on convs {wave['two_planes']} of {wave['convs']}, "
+              f"SNR {wave['calibration']['snr_db']} dB vs the float stage")
+    return {"native": True, "bundle": out.name, "wave_stage": wave, "timing": native["timing"]}
+
+
+register_pass("tts_wave", TtsWaveConfig, _handler)

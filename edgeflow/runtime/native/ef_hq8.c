@@ -1,0 +1,338 @@
+/* The waveform-rate stage of a HiFi-GAN decoder in INT8 with block-scaled activations: the resblocks of the last
+ * upsampling stage (a VITS voice's decoder, e.g. Piper's), their mean, the leaky ReLU, conv_post and tanh.
+ *
+ * Why blocks: the stage's signals are the waveform's fine structure, loud in vowels and near zero in pauses. One
+ * u8 scale per tensor (what a QDQ graph has) puts the same absolute noise on both and costs the voice 0.2-0.5
+ * DNSMOS P.808; a scale per time block keeps the noise relative to the local level (bench/results/tts_optimize.md).
+ * Every conv's input (leaky_relu of its stream) is quantized per output tile of EF_HQ_TW columns: the tile's input
+ * window (the tile widened by the conv's half receptive field) gets its own u8 scale and zero point, so windows
+ * overlap by 2 R columns and a tile's int32 sums share one activation scale. Weights: s8, symmetric per output
+ * channel. The zero point is folded into the bias per tile (sum w (x - zp) = sum w x - zp sum w); the residual adds,
+ * the mean over resblocks, conv_post and tanh stay float. Tiles: ef_int8.c's (VNNI, AVX2, NEON dot, portable).
+ *
+ * Conv modes (resblock types of HiFi-GAN): 0: s = s + conv(lrelu(s)) (type "2"); 1: t = conv(lrelu(s)) (a type "1"
+ * block's first conv of a pair); 2: s = s + conv(lrelu(t)) (its second). Two activation planes: the rounding error of
+ * the u8 activations quantized again (scale / 254, zero point 128) and run through the same weights.
+ */
+
+#include "ef_internal.h"
+#include <math.h>
+
+#define EF_HQ_TW 128     /* output columns per tile (a multiple of EF_NB) sharing one quantized input window */
+#define EF_HQ_CHUNK 1024 /* input columns of a chunk (halo included): 5 planes of 32 channels stay in L2 */
+
+/* The float loops, cloned for AVX-512 / AVX2 on x86 (picked by CPU features at load time) so they vectorize. */
+#if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
+#define EF_HQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EF_HQ_CLONES
+#endif
+
+typedef struct {
+    int cin, cout, k, d, mode, planes;   /* planes: 1 (u8 activations) or 2 (the rounding error too) */
+    ef_q8 *q;            /* NULL until set */
+    float *bias;         /* [cout] */
+} ef_hqconv;
+
+typedef struct {
+    int C, n_blocks, n_convs, kp;
+    int *first;          /* [n_blocks + 1]: block b's convs are first[b] .. first[b + 1] - 1 */
+    ef_hqconv *convs;
+    float slope, post_slope, post_b;
+    float *post_w;       /* [C][kp] */
+} ef_hq;
+
+/* Output samples per tile (one activation scale per conv input window of a tile). */
+EF_API int ef_hq_tile(void) { return EF_HQ_TW; }
+
+EF_API void ef_hq_free(ef_hq *m)
+{
+    if (!m) return;
+    for (int i = 0; m->convs && i < m->n_convs; i++) { ef_q8_free(m->convs[i].q); free(m->convs[i].bias); }
+    free(m->convs); free(m->first); free(m->post_w);
+    free(m);
+}
+
+/* A stage of C channels and n_blocks resblocks; spec [n_convs][7]: block, cin, cout, k, dilation, mode, activation
+ * planes (7 ints per conv); conv_post weights post_w [C][kp] (one output), bias post_b. NULL: bad arguments, memory. */
+EF_API ef_hq *ef_hq_create(int C, int n_blocks, int n_convs, const int *spec, float slope, float post_slope,
+                           int kp, const float *post_w, float post_b)
+{
+    if (C < 1 || n_blocks < 1 || n_convs < n_blocks || !spec || kp < 1 || kp % 2 == 0 || !post_w) return NULL;
+    ef_hq *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->C = C; m->n_blocks = n_blocks; m->n_convs = n_convs; m->kp = kp;
+    m->slope = slope; m->post_slope = post_slope; m->post_b = post_b;
+    m->first = calloc(n_blocks + 1, sizeof(int));
+    m->convs = calloc(n_convs, sizeof(ef_hqconv));
+    m->post_w = malloc((size_t)C * kp * sizeof(float));
+    if (!m->first || !m->convs || !m->post_w) { ef_hq_free(m); return NULL; }
+    memcpy(m->post_w, post_w, (size_t)C * kp * sizeof(float));
+    int prev = -1;
+    for (int i = 0; i < n_convs; i++) {
+        const int *s = spec + 7 * i;
+        ef_hqconv *c = &m->convs[i];
+        c->cin = s[1]; c->cout = s[2]; c->k = s[3]; c->d = s[4]; c->mode = s[5]; c->planes = s[6];
+        int ok = s[0] >= prev && s[0] < n_blocks && c->k >= 1 && c->k % 2 == 1 && c->d >= 1 && c->mode >= 0 &&
+                 c->mode <= 2 && (c->planes == 1 || c->planes == 2) && c->cin >= 1 && c->cout >= 1 &&
+                 (c->mode == 1 ? c->cin == C : c->mode == 2 ? c->cout == C : c->cin == C && c->cout == C);
+        if (!ok || !(c->bias = calloc(c->cout, sizeof(float)))) { ef_hq_free(m); return NULL; }
+        for (int b = prev + 1; b <= s[0]; b++) m->first[b] = i;
+        prev = s[0];
+    }
+    for (int b = prev + 1; b <= n_blocks; b++) m->first[b] = n_convs;
+    return m;
+}
+
+/* Conv i's weights: q [cout][cin][k] (s8), per-output-channel scales scale [cout], bias [cout]. 0, or -1. */
+EF_API int ef_hq_set_conv(ef_hq *m, int i, const int8_t *q, const float *scale, const float *bias)
+{
+    if (!m || i < 0 || i >= m->n_convs || !q || !scale || !bias) return -1;
+    ef_hqconv *c = &m->convs[i];
+    for (int o = 0; o < c->cout; o++)
+        if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
+    const int cq = (c->cin + 3) / 4, nq = c->k * cq, Mp = (c->cout + EF_MR - 1) / EF_MR * EF_MR;
+    int8_t *nat = calloc((size_t)c->cout * nq * 4, 1);
+    if (!nat) return -1;
+    for (int o = 0; o < c->cout; o++)                 /* qi = tap * cq + quad: channel 4 quad + byte */
+        for (int qi = 0; qi < nq; qi++)
+            for (int b = 0; b < 4; b++) {
+                const int ch = (qi % cq) * 4 + b, j = qi / cq;
+                if (ch < c->cin) nat[((size_t)o * nq + qi) * 4 + b] = q[((size_t)o * c->cin + ch) * c->k + j];
+            }
+    ef_q8 *p = ef_q8_pack_nat(c->cout, Mp, nq, nat, scale);
+    free(nat);
+    if (!p) return -1;
+    ef_q8_free(c->q);
+    c->q = p;
+    memcpy(c->bias, bias, c->cout * sizeof(float));
+    return 0;
+}
+
+/* dst[t] = (src ? src[t] : 0) + b for t < n. */
+EF_HQ_CLONES static void ef_hq_prefill(float *restrict dst, const float *restrict src, float b, int n)
+{
+    if (src) for (int t = 0; t < n; t++) dst[t] = src[t] + b;
+    else for (int t = 0; t < n; t++) dst[t] = b;
+}
+
+/* dst[t] += src[t] for t < n. */
+EF_HQ_CLONES static void ef_hq_add(float *restrict dst, const float *restrict src, int n)
+{
+    for (int t = 0; t < n; t++) dst[t] += src[t];
+}
+
+/* tanh(x) as a rational function (Eigen's float tanh: max error 4e-7 on [-9, 9]), so that the loop vectorizes. */
+static inline float ef_tanh(float x)
+{
+    const float c = 7.90531110763549805f;
+    x = x > c ? c : x < -c ? -c : x;
+    const float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = p * x2 + 2.00018790482477e-13f; p = p * x2 - 8.60467152213735e-11f; p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f; p = p * x2 + 6.37261928875436e-04f; p = p * x2 + 4.89352455891786e-03f;
+    float q = 1.19825839466702e-06f;
+    q = q * x2 + 1.18534705686654e-04f; q = q * x2 + 2.26843463243900e-03f; q = q * x2 + 4.89352518554385e-03f;
+    return x * p / q;
+}
+
+/* Local columns [t0, t0 + n) (n <= 256) of the stage's output into out[t0 ..]: tanh(post_b + conv_post(lrelu(acc *
+ * inv, post_slope))), acc's columns outside [va, vb) read as 0 (rows of stride S). */
+EF_HQ_CLONES static void ef_hq_post_cols(const ef_hq *m, const float *acc, size_t S, float inv, int va, int vb,
+                                         int t0, int n, float *out)
+{
+    const int C = m->C, kp = m->kp, P = (kp - 1) / 2, nv = n + 2 * P, a = t0 - P;
+    const int lo = va - a > 0 ? va - a : 0, hi = vb - a < nv ? vb - a : nv;
+    const float ps = m->post_slope;
+    float y[256], v[256 + 64];
+    for (int t = 0; t < n; t++) y[t] = m->post_b;
+    for (int c = 0; c < C; c++) {
+        const float *restrict r = acc + (size_t)c * S + a, *restrict w = m->post_w + (size_t)c * kp;
+        for (int u = 0; u < nv; u++) v[u] = 0.0f;
+        for (int u = lo; u < hi; u++) {                          /* v[u] = lrelu(acc[a + u] * inv), 0 outside */
+            const float x = r[u] * inv;
+            v[u] = x < 0.0f ? x * ps : x;
+        }
+        for (int j = 0; j < kp; j++) {
+            const float wj = w[j], *restrict vj = v + j;
+            for (int t = 0; t < n; t++) y[t] += wj * vj[t];
+        }
+    }
+    for (int t = 0; t < n; t++) out[t0 + t] = ef_tanh(y[t]);
+}
+
+/* Per-block [lo, hi] of rows c < C of src (stride S) over the blocks of EF_NB columns that meet [va, vb):
+ * mm [block][2] for blocks va / EF_NB .. (vb - 1) / EF_NB. */
+static void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float *mm)
+{
+    for (int b = va / EF_NB; b * EF_NB < vb; b++) {
+        const int t0 = b * EF_NB > va ? b * EF_NB : va, t1 = (b + 1) * EF_NB < vb ? (b + 1) * EF_NB : vb;
+        float lo = 0.0f, hi = 0.0f;
+        ef_minmax_rows(src + t0, S, C, t1 - t0, &lo, &hi);
+        mm[2 * b] = lo; mm[2 * b + 1] = hi;
+    }
+}
+
+/* One chunk's scratch: planes of `rows` rows and stride S, the block ranges, a quantized window. */
+typedef struct {
+    float *pl[4], *tb, *mm;
+    uint8_t *buf, *buf2;
+    const uint8_t **xq, **xq2;
+    size_t S;
+} ef_hq_ws;
+
+/* out[o][t] = (res ? res[o][t] : 0) + bias[o] + conv(lrelu(in))[o][t] for local columns t < L (rows of stride S);
+ * in's columns outside [va, vb) read as 0. Tiles of EF_HQ_TW columns share one u8 scale: the range of the
+ * EF_NB-column blocks (mm, of in) their input window touches. */
+static void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *res, float *out, int L,
+                       int va, int vb, ef_hq_ws *w, ef_qtile_fn tile)
+{
+    const int cq = (c->cin + 3) / 4, nq = c->k * cq, R = (c->k - 1) / 2 * c->d;
+    const int Mp = (c->cout + EF_MR - 1) / EF_MR * EF_MR;
+    const size_t S = w->S;
+    ef_hq_block_minmax(in, S, c->cin, va, vb, w->mm);
+    for (int t0 = 0; t0 < L; t0 += EF_HQ_TW) {
+        const int ncol = (L - t0 < EF_HQ_TW ? L - t0 : EF_HQ_TW) + EF_NB - 1;
+        const int tw = ncol / EF_NB * EF_NB, W = tw + 2 * R, a = t0 - R;    /* window [a, a + W) */
+        const int lo_c = a > va ? a : va, hi_c = a + W < vb ? a + W : vb, n = hi_c > lo_c ? hi_c - lo_c : 0;
+        float lo = 0.0f, hi = 0.0f, s, f[EF_MR];
+        int zp;
+        for (int b = lo_c / EF_NB; n > 0 && b <= (hi_c - 1) / EF_NB; b++) {
+            lo = w->mm[2 * b] < lo ? w->mm[2 * b] : lo;
+            hi = w->mm[2 * b + 1] > hi ? w->mm[2 * b + 1] : hi;
+        }
+        ef_qparams(lo * slope, hi, &s, &zp);                         /* leaky ReLU is monotone; lo <= 0 */
+        const int two = c->planes == 2, zp2 = 128;                      /* the error plane: [-s/2, s/2] */
+        const float s2 = s / 254.0f;
+        const size_t qs = (size_t)W + 16;                               /* quad row stride (16 columns slack) */
+        for (int pass = 0; pass <= two; pass++) {                       /* columns outside [va, vb): zero */
+            uint8_t *bp = pass ? w->buf2 : w->buf;
+            const int z = pass ? zp2 : zp;
+            for (int g = 0; g < cq && lo_c > a; g++) memset(bp + (size_t)g * qs * 4, z, (size_t)(lo_c - a) * 4);
+            for (int g = 0; g < cq && (n == 0 ? a : hi_c) < a + W; g++) {
+                const int from = n == 0 ? 0 : hi_c - a;
+                memset(bp + ((size_t)g * qs + from) * 4, z, (size_t)(W - from) * 4);
+            }
+        }
+        if (n > 0)                                                      /* whole vectors: into the slack */
+            ef_quant_rows_lrelu(in + lo_c, S, c->cin, (n + 15) / 16 * 16, slope, s, zp, w->buf + (size_t)(lo_c - a) * 4,
+                                qs, s2, zp2, two ? w->buf2 + (size_t)(lo_c - a) * 4 : NULL);
+        if (n > 0 && hi_c < a + W)                                      /* the slack columns past vb: zero again */
+            for (int pass = 0; pass <= two; pass++)
+                for (int g = 0; g < cq; g++)
+                    memset((pass ? w->buf2 : w->buf) + ((size_t)g * qs + (hi_c - a)) * 4, pass ? zp2 : zp,
+                           (size_t)(a + W - hi_c < 16 ? a + W - hi_c : 16) * 4);
+        for (int j = 0; j < c->k; j++)
+            for (int g = 0; g < cq; g++) {
+                w->xq[j * cq + g] = w->buf + ((size_t)g * qs + (size_t)j * c->d) * 4;
+                w->xq2[j * cq + g] = w->buf2 + ((size_t)g * qs + (size_t)j * c->d) * 4;
+            }
+        for (int mb = 0; mb < Mp; mb += EF_MR) {
+            float f2[EF_MR];
+            for (int r = 0; r < EF_MR; r++) {
+                f[r] = mb + r < c->cout ? c->q->scale[mb + r] * s : 0.0f;
+                f2[r] = mb + r < c->cout ? c->q->scale[mb + r] * s2 : 0.0f;
+            }
+            for (int r = 0; r < EF_MR && mb + r < c->cout; r++) {
+                const int o = mb + r;
+                const float zw = (float)c->q->wsum[o];
+                ef_hq_prefill(out + (size_t)o * S + t0, res ? res + (size_t)o * S + t0 : NULL,
+                              c->bias[o] - f[r] * (float)zp * zw - (two ? f2[r] * (float)zp2 * zw : 0.0f), tw);
+            }
+            /* rows >= cout of the last row block write into the pad rows of the plane */
+            for (int sub = 0; sub < tw; sub += EF_NB) {
+                float *o = out + (size_t)mb * S + t0 + sub;
+                tile(nq, c->q->w + (size_t)mb * nq * 4, w->xq, sub, f, o, (int)S);
+                if (two) tile(nq, c->q->w + (size_t)mb * nq * 4, w->xq2, sub, f2, o, (int)S);
+            }
+        }
+    }
+}
+
+/* Output columns [c0, c1) of the stage: its input window [c0 - H, c1 + H) of x (H: the blocks' receptive half
+ * width and conv_post's), every conv on the whole window, the central columns kept. */
+static void ef_hq_chunk(const ef_hq *m, const float *x, int T, int c0, int c1, int H, float *audio, ef_hq_ws *w,
+                        ef_qtile_fn tile)
+{
+    const int g0 = c0 - H, L = c1 - c0 + 2 * H, va = g0 < 0 ? -g0 : 0, vb = T - g0 < L ? T - g0 : L;
+    const size_t S = w->S;
+    float *xin = w->pl[0], *acc = NULL;
+    for (int c = 0; c < m->C; c++) {
+        float *row = xin + (size_t)c * S;
+        memset(row, 0, S * sizeof(float));
+        memcpy(row + va, x + (size_t)c * T + g0 + va, (size_t)(vb - va) * sizeof(float));
+    }
+    for (int b = 0; b < m->n_blocks; b++) {
+        float *work[2], *cur = xin;
+        for (int i = 1, k = 0; i < 4; i++) if (w->pl[i] != acc && k < 2) work[k++] = w->pl[i];
+        for (int i = m->first[b]; i < m->first[b + 1]; i++) {
+            const ef_hqconv *c = &m->convs[i];
+            float *next = cur == work[0] ? work[1] : work[0];
+            if (c->mode == 1) { ef_hq_conv(c, m->slope, cur, NULL, w->tb, L, va, vb, w, tile); continue; }
+            ef_hq_conv(c, m->slope, c->mode == 2 ? w->tb : cur, cur, next, L, va, vb, w, tile);
+            cur = next;
+        }
+        if (!acc) { acc = cur; continue; }
+        for (int c = 0; c < m->C; c++) ef_hq_add(acc + (size_t)c * S, cur + (size_t)c * S, L);
+    }
+    for (int t = H; t < H + c1 - c0; t += 256)
+        ef_hq_post_cols(m, acc, S, 1.0f / (float)m->n_blocks, va, vb, t, H + c1 - c0 - t < 256 ? H + c1 - c0 - t :
+                        256, audio + (c0 - H));
+}
+
+/* The stage on x [C][T] (the last upsampler's output): audio [T] = tanh(conv_post(lrelu(mean of the resblocks,
+ * post_slope)) + post_b), in chunks of about EF_HQ_CHUNK columns (each thread one chunk at a time, its planes in
+ * its L2 cache). nthreads <= 0: OpenMP's default. Returns 0, -1 (bad arguments, weights not set) or -3 (memory). */
+EF_API int ef_hq_run(const ef_hq *m, const float *x, int T, float *audio, int nthreads)
+{
+    if (!m || !x || !audio || T < 1 || m->kp > 65) return -1;
+    int cmax = m->C, H = 0;
+    for (int b = 0; b < m->n_blocks; b++) {
+        int h = 0;
+        for (int i = m->first[b]; i < m->first[b + 1]; i++) h += (m->convs[i].k - 1) / 2 * m->convs[i].d;
+        H = h > H ? h : H;
+    }
+    H += (m->kp - 1) / 2;
+    for (int i = 0; i < m->n_convs; i++) {
+        if (!m->convs[i].q) return -1;
+        cmax = m->convs[i].cout > cmax ? m->convs[i].cout : cmax;
+        cmax = m->convs[i].cin > cmax ? m->convs[i].cin : cmax;
+    }
+#ifdef _OPENMP
+    const int nt = nthreads > 0 ? nthreads : omp_get_max_threads();
+#else
+    const int nt = 1;
+    (void)nthreads; (void)nt;
+#endif
+    const int chunk = EF_HQ_CHUNK - 2 * H > EF_NB ? EF_HQ_CHUNK - 2 * H : EF_NB, nchunk = (T + chunk - 1) / chunk;
+    const int Lmax = chunk + 2 * H, rows = (cmax + EF_MR - 1) / EF_MR * EF_MR, Rmax = H;
+    const size_t S = (size_t)(Lmax + EF_HQ_TW) / EF_NB * EF_NB + 64, plane = (size_t)rows * S;
+    int cqmax = 0, nqmax = 0, fail = 0;
+    for (int i = 0; i < m->n_convs; i++) {
+        const int cq = (m->convs[i].cin + 3) / 4;
+        cqmax = cq > cqmax ? cq : cqmax;
+        nqmax = cq * m->convs[i].k > nqmax ? cq * m->convs[i].k : nqmax;
+    }
+    ef_qtile_fn tile = ef_qtile_for(ef_get_isa());
+    #pragma omp parallel num_threads(nt < nchunk ? nt : nchunk) reduction(|:fail)
+    {
+        ef_hq_ws w = {.S = S};
+        float *mem = malloc((5 * plane + (S / EF_NB + 1) * 2) * sizeof(float));
+        const size_t qbytes = (size_t)cqmax * (EF_HQ_TW + 2 * Rmax + 16) * 4 + 64;
+        w.buf = malloc(2 * qbytes);
+        w.buf2 = w.buf ? w.buf + qbytes : NULL;
+        w.xq = malloc(2 * nqmax * sizeof *w.xq);
+        w.xq2 = w.xq ? w.xq + nqmax : NULL;
+        if (!mem || !w.buf || !w.xq) fail = 1;
+        else {
+            for (int i = 0; i < 4; i++) w.pl[i] = mem + i * plane;
+            w.tb = mem + 4 * plane; w.mm = mem + 5 * plane;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (int ci = 0; ci < nchunk; ci++)
+            if (!fail) ef_hq_chunk(m, x, T, ci * chunk, (ci + 1) * chunk < T ? (ci + 1) * chunk : T, H, audio, &w,
+                                   tile);
+        free(mem); free(w.buf); free((void *)w.xq);
+    }
+    return fail ? -3 : 0;
+}

@@ -1,0 +1,144 @@
+"""The waveform-rate stage of a VITS voice's decoder graph, for the native engine's INT8 stage kernel
+(:mod:`edgeflow.runtime.native.wave_stage`): its float weights read from the graph (:func:`pack_graph_stage`)
+and the decoder graph cut before it (:func:`cut_before_stage`). No torch.
+
+The exported decoder (``/dec/...`` node names) ends in HiFi-GAN's last upsampling stage: every resblock of that
+stage reads the last upsampler's output through a LeakyRelu, their outputs are summed and divided by their number,
+then LeakyRelu, ``/dec/conv_post`` and Tanh make the audio. Resblocks of type "2" (``convs.{c}``, each
+``x + conv(lrelu(x))``) and type "1" (``convs1.{c}`` then ``convs2.{c}``) are read; the stage must be float
+(the ``balanced`` and ``fast`` recipes keep it float: a QDQ graph cannot take it, bench/results/tts_optimize.md).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, ConfigError
+from edgeflow.runtime.native.wave_stage import pack_stage
+
+_CONV = re.compile(r"^/dec/resblocks\.(\d+)/convs(1|2)?\.(\d+)/Conv$")
+_UPS = re.compile(r"^/dec/ups\.(\d+)/")
+
+
+def _load(model: Any):
+    import onnx
+
+    return onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+
+
+def _stage_convs(graph) -> Tuple[List[int], Dict[int, List[Any]]]:
+    """(the last stage's resblock indices, {resblock: its Conv nodes in run order})."""
+    ups = {int(m.group(1)) for n in graph.node for m in [_UPS.match(n.name)] if m}
+    blocks: Dict[int, List[Tuple[int, int, Any]]] = {}
+    for n in graph.node:
+        m = _CONV.match(n.name)
+        if n.op_type == "Conv" and m:
+            kind = {None: 0, "1": 0, "2": 1}[m.group(2)]
+            blocks.setdefault(int(m.group(1)), []).append((int(m.group(3)), kind, n))
+    if not ups or not blocks or (max(blocks) + 1) % (max(ups) + 1):
+        raise ConfigError("tts_wave: the decoder graph has no HiFi-GAN resblocks in the exported form (/dec/...)")
+    nk = (max(blocks) + 1) // (max(ups) + 1)
+    last = list(range(max(blocks) + 1 - nk, max(blocks) + 1))
+    return last, {j: [n for _, _, n in sorted(blocks[j], key=lambda t: (t[0], t[1]))] for j in last}
+
+
+def stage_input(model: Any) -> str:
+    """The tensor the last stage's resblocks read (the last upsampler's output), checked to be one tensor."""
+    graph = _load(model).graph
+    last, convs = _stage_convs(graph)
+    prod = {o: n for n in graph.node for o in n.output}
+    found = set()
+    for j in last:
+        relu = prod.get(convs[j][0].input[0])
+        if relu is None or relu.op_type != "LeakyRelu":
+            raise ConfigError(f"tts_wave: resblock {j}'s first conv is quantized or does not read a LeakyRelu")
+        found.add(relu.input[0])
+    if len(found) != 1:
+        raise ConfigError("tts_wave: the last stage's resblocks do not read one tensor")
+    return found.pop()
+
+
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints) if a.ints else (a.f if a.type == a.FLOAT else a.i)
+    return default
+
+
+def _weights(node, inits: Dict[str, np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    names = list(node.input[1:3])
+    if names[0] not in inits:
+        raise ConfigError(f"tts_wave: {node.name}'s weight is not a float initializer (the stage is quantized?)")
+    return inits[names[0]], (inits[names[1]] if len(names) > 1 and names[1] else None)
+
+
+def stage_convs(model: Any) -> Tuple[List[dict], Dict[str, Any]]:
+    """The last stage's convs as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes them (float32), and
+    {"post_w", "post_b", "slope", "post_slope", "input"}."""
+    from onnx import numpy_helper
+
+    graph = _load(model).graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    prod = {o: n for n in graph.node for o in n.output}
+    last, convs = _stage_convs(graph)
+    out, slope = [], None
+    for b, j in enumerate(last):
+        type1 = any("/convs1." in n.name for n in convs[j])
+        for i, node in enumerate(convs[j]):
+            w, bias = _weights(node, inits)
+            k, d = w.shape[2], (_attr(node, "dilations", [1]) or [1])[0]
+            if _attr(node, "pads", [d * (k - 1) // 2] * 2) != [d * (k - 1) // 2] * 2 or _attr(node, "group", 1) != 1:
+                raise ConfigError(f"tts_wave: {node.name} is not a 'same'-padded, ungrouped conv")
+            relu = prod.get(node.input[0])
+            if relu is None or relu.op_type != "LeakyRelu":
+                raise ConfigError(f"tts_wave: {node.name} does not read a LeakyRelu")
+            slope = float(_attr(relu, "alpha", 0.01)) if slope is None else slope
+            out.append({"block": b, "weight": w, "bias": np.zeros(w.shape[0], np.float32) if bias is None else bias,
+                        "dilation": int(d), "mode": (1 + i % 2) if type1 else 0})
+    post = next((n for n in graph.node if n.op_type == "Conv" and n.name == "/dec/conv_post/Conv"), None)
+    if post is None:
+        raise ConfigError("tts_wave: the decoder graph has no /dec/conv_post Conv")
+    pw, pb = _weights(post, inits)
+    relu = prod.get(post.input[0])
+    if pw.shape[0] != 1 or relu is None or relu.op_type != "LeakyRelu":
+        raise ConfigError("tts_wave: /dec/conv_post is not a one-channel conv after a LeakyRelu")
+    return out, {"post_w": pw, "post_b": 0.0 if pb is None else float(pb.reshape(-1)[0]), "slope": slope,
+                 "post_slope": float(_attr(relu, "alpha", 0.01)), "input": stage_input(model)}
+
+
+def pack_graph_stage(model: Any, two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+    """The stage arrays (:func:`edgeflow.runtime.native.wave_stage.pack_stage`) of a VITS decoder graph, the
+    convs numbered in ``two_planes`` with two activation planes."""
+    convs, extra = stage_convs(model)
+    for i in two_planes:
+        if not 0 <= int(i) < len(convs):
+            raise ConfigError(f"tts_wave: conv {i} is not in the stage (it has {len(convs)})")
+        convs[int(i)]["planes"] = 2
+    return pack_stage(convs, extra["post_w"], extra["post_b"], extra["slope"], extra["post_slope"])
+
+
+def cut_before_stage(decoder: Any, out_path: str | Path, channels: int) -> str:
+    """Write the decoder graph (``decoder``: a path or ModelProto whose one input is the flow's output) cut at
+    the last stage's input to ``out_path``; returns that tensor's name.
+
+    Raises:
+        ConfigError: no stage of this form. BundleError: the cut graph does not check.
+    """
+    import onnx
+
+    from edgeflow.core.io import atomic_write_bytes
+    from edgeflow.runtime.native.vits_graph import extract
+
+    model = _load(decoder)
+    name = stage_input(model)
+    try:
+        cut = extract(model, [i.name for i in model.graph.input], [name], channels)
+        onnx.checker.check_model(cut)
+    except Exception as exc:                      # onnx raises several kinds
+        raise BundleError(f"tts_wave: cutting the decoder at {name} failed ({exc})") from None
+    atomic_write_bytes(out_path, cut.SerializeToString())
+    return name
