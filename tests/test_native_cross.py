@@ -144,3 +144,41 @@ def test_aarch64_wavenet_flow_kernels_under_qemu(mean_only, flip, n_cond, k, dil
             assert compare(out[b], simulated(arrays, x[b], c))["snr_db"] >= max(45.0, got["snr_db"] + 10), got
         else:
             assert got["max_rel_err"] < 1e-5, got
+
+
+def _hq_input(a, x: np.ndarray) -> bytes:
+    spec = a["spec"].astype("<i4")
+    pw = a["post.weight"].astype("<f4")
+    parts = [struct.pack("<iiii", pw.shape[0], int(spec[:, 0].max()) + 1, spec.shape[0], pw.shape[1]), spec.tobytes(),
+             struct.pack("<fff", float(a["slopes"][0]), float(a["slopes"][1]), float(a["post.bias"][0])), pw.tobytes()]
+    for i in range(spec.shape[0]):
+        parts += [a[f"conv.{i}.q"].astype(np.int8).tobytes(), a[f"conv.{i}.scale"].astype("<f4").tobytes(),
+                  a[f"conv.{i}.bias"].astype("<f4").tobytes()]
+    return b"".join(parts + [struct.pack("<i", x.shape[1]), x.astype("<f4").tobytes()])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
+@pytest.mark.parametrize("kind,planes", [("2", 2), ("1", 1)])
+def test_aarch64_wave_stage_under_qemu(kind, planes, tmp_path):
+    """The INT8 waveform-stage kernel built for aarch64 with warnings as errors and run under qemu-user (the
+    NEON dot-product tile where qemu's CPU has it), against the numpy simulation of tests/test_native_wave_stage.py
+    (correctness only)."""
+    from test_native_wave_stage import random_stage, simulate
+
+    from edgeflow.runtime.native.wave_stage import tile_samples
+
+    exe = tmp_path / "ef_hq_driver"
+    sources = [str(SRC / n) for n in ("ef_hq_driver.c", "ef_hq8.c", "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_wn.c",
+                                      "ef_wn_run.c", "ef_wn_q8.c")]
+    built = subprocess.run([CC, "-O2", "-static", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
+                            "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    a, _ = random_stage(kind=kind, planes=planes, seed=5)
+    x = np.random.default_rng(5).standard_normal((6, 1900)).astype(np.float32)
+    (tmp_path / "in.bin").write_bytes(_hq_input(a, x))
+    run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = np.fromfile(tmp_path / "out.bin", dtype="<f4")
+    assert out.shape == (1900,) and compare(out, simulate(a, x, tile_samples()))["snr_db"] >= 60

@@ -126,7 +126,7 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
     from edgeflow.passes.tts_kernels import _flow_reference, _timing, _timing_at
     from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.runtime.native.vits_stage import cut_before_stage, pack_graph_stage, stage_convs
-    from edgeflow.runtime.native.wave_stage import WaveStage, save_arrays, tile_samples
+    from edgeflow.runtime.native.wave_stage import WaveStage, chunk_samples, save_arrays, tile_samples
     from edgeflow.runtime.voice import Voice
     from edgeflow.runtime.voice_config import read_vits_manifest, vits_native_section
 
@@ -159,7 +159,7 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
         draft = {k: v for k, v in manifest.items() if k != "files"}
         draft["native"] = dict(section, decoder=HEAD_DECODER, wave_stage={
             "file": WAVE_FILE, "engine": WAVE_ENGINE, "input": name, "convs": len(convs), "two_planes": planes,
-            "tile_samples": tile_samples(), "calibration": {"sentences": cfg.sentences, "snr_db": snr, "steps": steps,
+            "tile_samples": tile_samples(), "chunk_samples": chunk_samples(), "calibration": {"sentences": cfg.sentences, "snr_db": snr, "steps": steps,
                                                  "min_snr_db": cfg.min_snr_db,
                                                  "reference": "the float stage in onnxruntime, same inputs"}})
         draft["native"].pop("timings_other", None)

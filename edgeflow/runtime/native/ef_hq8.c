@@ -19,7 +19,7 @@
 #include <math.h>
 
 #define EF_HQ_TW 128     /* output columns per tile (a multiple of EF_NB) sharing one quantized input window */
-#define EF_HQ_CHUNK 1024 /* input columns of a chunk (halo included): 5 planes of 32 channels stay in L2 */
+#define EF_HQ_CHUNK 1536 /* input columns of a chunk (halo included): 5 planes of 32 channels, near L2's size */
 
 /* The float loops, cloned for AVX-512 / AVX2 on x86 (picked by CPU features at load time) so they vectorize. */
 #if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
@@ -42,8 +42,9 @@ typedef struct {
     float *post_w;       /* [C][kp] */
 } ef_hq;
 
-/* Output samples per tile (one activation scale per conv input window of a tile). */
+/* Output samples per tile (one activation scale per conv input window of a tile), and input columns per chunk. */
 EF_API int ef_hq_tile(void) { return EF_HQ_TW; }
+EF_API int ef_hq_chunk_cols(void) { return EF_HQ_CHUNK; }
 
 EF_API void ef_hq_free(ef_hq *m)
 {

@@ -85,7 +85,7 @@ def _bound() -> ctypes.CDLL:
                     "ef_hq_set_conv": ([ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int8), f32, f32],
                                        ctypes.c_int),
                     "ef_hq_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, ctypes.c_int], ctypes.c_int),
-                    "ef_hq_tile": ([], ctypes.c_int)}
+                    "ef_hq_tile": ([], ctypes.c_int), "ef_hq_chunk_cols": ([], ctypes.c_int)}
             for name, (args, res) in sigs.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, res
@@ -99,6 +99,11 @@ def _bound() -> ctypes.CDLL:
 def tile_samples() -> int:
     """Output samples per tile of the C kernel: each conv's input gets one u8 scale per tile's input window."""
     return int(_bound().ef_hq_tile())
+
+
+def chunk_samples() -> int:
+    """Input columns (halo included) of the chunks the C kernel runs the stage in."""
+    return int(_bound().ef_hq_chunk_cols())
 
 
 def _f32(a: np.ndarray):
