@@ -262,10 +262,12 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
 
 
 def kernels_handler(name: str, why_not: Callable[[Artifact], Optional[str]],
-                    build: Callable[[Artifact, Path, Any], Dict[str, Any]]):
+                    build: Callable[[Artifact, Path, Any, PassContext], Dict[str, Any]],
+                    details: Optional[Callable[[Dict[str, Any], PassContext], Dict[str, Any]]] = None):
     """A pass handler that adds native kernels to the artifact's bundle: ``why_not(artifact)`` says why it
-    does not apply (the bundle is then left as it is), ``build(artifact, out_dir, cfg)`` writes the bundle with
-    kernels and returns its manifest. The config's ``threads`` 0 means the target's."""
+    does not apply (the bundle is then left as it is), ``build(artifact, out_dir, cfg, ctx)`` writes the bundle
+    with kernels and returns its manifest, ``details(native section, ctx)`` the record's details (default: the
+    parity and the timing). The config's ``threads`` 0 means the target's."""
 
     def handler(artifact: Artifact, cfg: Any, ctx: PassContext):
         why = why_not(artifact)
@@ -276,13 +278,14 @@ def kernels_handler(name: str, why_not: Callable[[Artifact], Optional[str]],
         if not cfg.threads:
             cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
         out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-{name.replace('_', '-')}"
-        native = build(artifact, out, cfg)["native"]
+        native = build(artifact, out, cfg, ctx)["native"]
         artifact.bundle_dir = out
-        return {"native": True, "bundle": out.name, "parity": native["parity"], "timing": native["timing"]}
+        more = details(native, ctx) if details else {"parity": native["parity"], "timing": native["timing"]}
+        return {"native": True, "bundle": out.name, **more}
 
     return handler
 
 
 register_pass("kernels", KernelsConfig, kernels_handler(
-    "kernels", not_applicable, lambda a, out, cfg: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
+    "kernels", not_applicable, lambda a, out, cfg, ctx: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
     changes_output=False)

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -197,17 +197,30 @@ def _timing_at(bundle: Path, manifest: Dict[str, Any], threads: int, seconds: fl
     return _timing(ort_voice, nat_voice, flow_ref, threads, seconds)
 
 
+def vits_manifest(artifact: Artifact, name: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    """(the artifact's bundle manifest, why a VITS-only pass ``name`` does not apply to it or None).
+
+    Raises:
+        ConfigError: no bundle yet.
+    """
+    from edgeflow.runtime.bundle import read_manifest
+
+    if artifact.bundle_dir is None:
+        raise ConfigError(f"{name}: needs an exported voice bundle (run tts_export first)")
+    manifest = read_manifest(artifact.bundle_dir, task=None)
+    if manifest.get("family") != "vits" or "graphs" not in manifest:
+        return manifest, f"{name} is for VITS voices, not {manifest.get('family')}"
+    return manifest, None
+
+
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (another family, no float flow, no C library), or None."""
-    from edgeflow.runtime.bundle import read_manifest
     from edgeflow.runtime.native import load_error
     from edgeflow.runtime.native.vits_graph import pack_vits_flow
 
-    if artifact.bundle_dir is None:
-        raise ConfigError("tts_kernels: needs an exported voice bundle (run tts_export first)")
-    manifest = read_manifest(artifact.bundle_dir, task=None)
-    if manifest.get("family") != "vits" or "graphs" not in manifest:
-        return f"the native engine has VITS flow kernels only, not {manifest.get('family')}"
+    manifest, why = vits_manifest(artifact, "tts_kernels")
+    if why:
+        return why
     try:
         pack_vits_flow(Path(artifact.bundle_dir) / manifest["graphs"]["decoder"])
     except ConfigError as exc:
@@ -216,5 +229,5 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
 
 
 register_pass("tts_kernels", TtsKernelsConfig, kernels_handler(
-    "tts_kernels", not_applicable, lambda a, out, cfg: add_tts_kernels(a.bundle_dir, out, cfg, overwrite=True)),
+    "tts_kernels", not_applicable, lambda a, out, cfg, ctx: add_tts_kernels(a.bundle_dir, out, cfg, overwrite=True)),
     changes_output=False)

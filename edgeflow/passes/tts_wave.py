@@ -30,6 +30,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.kernels import kernels_handler
 
 #: Files the pass adds to a bundle.
 HEAD_DECODER = "decoder_head.onnx"
@@ -179,16 +180,14 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
 
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (no native flow, a quantized last stage, no C library), or None."""
-    from edgeflow.runtime.bundle import read_manifest
+    from edgeflow.passes.tts_kernels import vits_manifest
     from edgeflow.runtime.native import load_error
     from edgeflow.runtime.native.vits_stage import stage_convs
     from edgeflow.runtime.voice_config import vits_native_section
 
-    if artifact.bundle_dir is None:
-        raise ConfigError("tts_wave: needs an exported voice bundle (run tts_export first)")
-    manifest = read_manifest(artifact.bundle_dir, task=None)
-    if manifest.get("family") != "vits" or "graphs" not in manifest:
-        return f"the native waveform stage is for VITS voices, not {manifest.get('family')}"
+    manifest, why = vits_manifest(artifact, "tts_wave")
+    if why:
+        return why
     section = vits_native_section(manifest, artifact.bundle_dir)
     if section is None:
         return "the bundle has no native prior flow (run tts_kernels first)"
@@ -201,22 +200,14 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     return load_error()
 
 
-def _handler(artifact: Artifact, cfg: TtsWaveConfig, ctx: PassContext):
-    why = not_applicable(artifact)
-    if why:
-        if ctx.progress:
-            print(f"    tts_wave: bundle unchanged ({why})")
-        return {"native": False, "reason": why}
-    if not cfg.threads:
-        cfg = dataclasses.replace(cfg, threads=int(ctx.target.get("threads", 1) or 1))
-    out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-tts-wave"
-    native = add_tts_wave(artifact.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True)["native"]
-    artifact.bundle_dir = out
+def _details(native: Dict[str, Any], ctx: PassContext) -> Dict[str, Any]:
     wave = native["wave_stage"]
     if ctx.progress:
         print(f"    tts_wave: two planes on convs {wave['two_planes']} of {wave['convs']}, "
               f"SNR {wave['calibration']['snr_db']} dB vs the float stage")
-    return {"native": True, "bundle": out.name, "wave_stage": wave, "timing": native["timing"]}
+    return {"wave_stage": wave, "timing": native["timing"]}
 
 
-register_pass("tts_wave", TtsWaveConfig, _handler)
+register_pass("tts_wave", TtsWaveConfig, kernels_handler(
+    "tts_wave", not_applicable,
+    lambda a, out, cfg, ctx: add_tts_wave(a.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True), _details))
