@@ -165,16 +165,42 @@ def test_packed_flow_matches_onnxruntime_and_pytorch(tiny):
 def test_pass_writes_hashed_files_and_a_native_section(tiny):
     _, root, manifest = tiny
     native_sec = manifest["native"]
-    assert {wn.FLOW_FILE, CUT_DECODER} <= set(manifest["files"])
+    assert CUT_DECODER in manifest["files"] and wn.FLOW_FILE not in manifest["files"]
+    assert native_sec["file"] == "decoder.onnx" and len(native_sec["flow_sha256"]) == 64   # packed at load
     assert native_sec["parity"]["passed"] and all(r["audio"]["snr_db"] >= 80 for r in native_sec["parity"]["lengths"])
     assert native_sec["timing"]["faster"] in ("native", "onnxruntime") and native_sec["timing"]["flow_native_s"] > 0
     assert vits_native_section(manifest, "x") is not None
     stale = dict(manifest, native=dict(native_sec, source_decoder_sha256="0" * 64))
     assert vits_native_section(stale, "x") is None                      # decoder.onnx replaced after the pass
-    dropped = dict(manifest, files={k: v for k, v in manifest["files"].items() if k != wn.FLOW_FILE})
+    dropped = dict(manifest, files={k: v for k, v in manifest["files"].items() if k != CUT_DECODER})
     assert vits_native_section(dropped, "x") is None                    # a copy without the native files
     with pytest.raises(BundleError, match="native"):
         vits_native_section(dict(manifest, native=dict(native_sec, file="../x.npz")), "x")
+
+
+def test_flow_packed_at_load_is_checked_and_old_flow_files_load(tiny, tmp_path):
+    """The native flow is packed from decoder.onnx at load and checked against the pass's digest; a bundle of
+    the earlier layout (the packed flow in vits_flow.npz) loads the same flow."""
+    import json
+    import shutil
+
+    from edgeflow.core.bundle_format import write_manifest
+
+    _, root, manifest = tiny
+    ref = Voice.load(root / "k", engine="native").speak(TEXT, seed=2)[0]
+    shutil.copytree(root / "k", tmp_path / "bad")
+    m = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    m["native"]["flow_sha256"] = "0" * 64
+    write_manifest(tmp_path / "bad", {k: v for k, v in m.items() if k not in ("files", "format", "format_version")})
+    with pytest.raises(BundleError, match="not the one the tts_kernels pass checked"):
+        Voice.load(tmp_path / "bad", engine="native")
+    shutil.copytree(root / "k", tmp_path / "old")
+    wn.save(tmp_path / "old" / wn.FLOW_FILE, pack_vits_flow(root / "k" / "decoder.onnx"))
+    m["native"].update(file=wn.FLOW_FILE)
+    m["native"].pop("flow_sha256")
+    write_manifest(tmp_path / "old", {k: v for k, v in m.items() if k not in ("files", "format", "format_version")})
+    old = Voice.load(tmp_path / "old", engine="native")
+    assert np.array_equal(old.speak(TEXT, seed=2)[0], ref)
 
 
 def _spinning(session) -> bool:

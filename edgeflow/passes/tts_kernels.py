@@ -5,14 +5,14 @@ Runs on a VITS bundle of any precision (the prior flow is float32 in every recip
 C library is not built it records why and leaves the bundle as it is). Writes a NEW bundle directory in the work
 dir holding the same files plus
 
-* ``vits_flow.npz`` (:mod:`edgeflow.runtime.native.wn`): the flow's weights from ``decoder.onnx``'s initializers,
-  the skip convs folded with the couplings' end convs (the engine runs the kernel-5, dilation-1 WN convs as
-  Winograd F(4,5), transformed at load time);
 * ``decoder_hifigan.onnx``: ``decoder.onnx`` cut at the flow's output (the input of ``/dec/conv_pre``), the
-  HiFi-GAN decoder as it was (INT8 parts kept);
+  HiFi-GAN decoder as it was (INT8 parts kept), hashed in the manifest;
 
-both hashed in the manifest, and a ``native`` section: the files, the cut tensor, the sha256 of the decoder it
-was cut from, the parity of native flow + cut decoder against the whole ``decoder.onnx`` in onnxruntime (same
+and a ``native`` section: the cut decoder, the cut tensor, the sha256 of the decoder it was cut from, the flow's
+source (``file``: ``decoder.onnx`` itself: ``Voice.load`` packs the native flow from its initializers, 0.1 s on
+joe-medium, the skip convs folded with the couplings' end convs, the kernel-5 WN convs as Winograd F(4,5)) and the
+sha256 of those packed weights (checked at load; until 2026-12-05 the pass wrote them to ``vits_flow.npz``, 27 MB
+of float32 beside the same weights in ``decoder.onnx``; such bundles still load), the parity of native flow + cut decoder against the whole ``decoder.onnx`` in onnxruntime (same
 m_p, logs_p, noise and scales at 8, 23 and 50 frames: the flow's output and the audio, max relative error and
 SNR), and both paths' measured times (the flow stage alone and the whole decoder), from which
 ``Voice.load(..., engine="auto")`` picks. ``decoder.onnx`` stays, so the bundle still runs without the library.
@@ -147,8 +147,8 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
     from edgeflow.core.io import atomic_dir, sha256_file
     from edgeflow.runtime.conv_layout import choose_layout
     from edgeflow.runtime.native import info
-    from edgeflow.runtime.native.vits_graph import cut_decoder, pack_vits_flow
-    from edgeflow.runtime.native.wn import FLOW_FILE, save
+    from edgeflow.runtime.native.vits_graph import cut_decoder, pack_vits_flow, packed_sha256
+    from edgeflow.runtime.native.wn import FLOW_FILE
     from edgeflow.runtime.voice import Voice
     from edgeflow.runtime.voice_config import read_vits_manifest
 
@@ -161,10 +161,10 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
         for p in Path(bundle_dir).iterdir():
             if p.is_file() and p.name not in (MANIFEST, SIDECAR, FLOW_FILE, CUT_DECODER):
                 shutil.copy2(p, tmp / p.name)
-        save(tmp / FLOW_FILE, arrays)
         name = cut_decoder(decoder, tmp / CUT_DECODER)
         draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
-        draft["native"] = {"file": FLOW_FILE, "engine": "vits-flow-float32", "decoder": CUT_DECODER,
+        draft["native"] = {"file": manifest["graphs"]["decoder"], "flow_sha256": packed_sha256(arrays),
+                           "engine": "vits-flow-float32", "decoder": CUT_DECODER,
                            "decoder_input": name, "source_decoder_sha256": sha256_file(decoder),
                            "flow": {"couplings": int(arrays["config"][0]), "layers": int(arrays["config"][1]),
                                     "hidden": int(arrays["config"][3]), "kernel": int(arrays["config"][4])}}

@@ -159,9 +159,10 @@ class Voice:
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
         if section is not None:
+            from edgeflow.runtime.native.vits_graph import flow_from_bundle
             from edgeflow.runtime.native.wn import NativeFlow
 
-            voice.flow = NativeFlow(path / section["file"], threads=threads)
+            voice.flow = NativeFlow(arrays=flow_from_bundle(path, section), threads=threads)
             if voice.flow.channels != voice.channels or voice.flow.n_cond:
                 raise BundleError(f"{path}: the native flow weights do not fit the voice ({voice.flow.channels} "
                                   f"channels, expected {voice.channels})")

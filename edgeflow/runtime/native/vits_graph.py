@@ -90,6 +90,38 @@ def pack_vits_flow(decoder: Any) -> Dict[str, np.ndarray]:
     return out
 
 
+def packed_sha256(arrays: Dict[str, np.ndarray]) -> str:
+    """sha256 of packed flow arrays (their config and weight blob, :func:`edgeflow.runtime.native.wn.blob`)."""
+    import hashlib
+
+    from edgeflow.runtime.native.wn import blob
+
+    cfg, weights = blob(arrays)
+    return hashlib.sha256(np.ascontiguousarray(cfg, "<i4").tobytes() +
+                          np.ascontiguousarray(weights, "<f4").tobytes()).hexdigest()
+
+
+def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """The native flow arrays of a bundle's ``native`` section: packed from the decoder graph it names (checked
+    against ``flow_sha256``), or read from a flow file (bundles of 2026-12-05 and before).
+
+    Raises:
+        BundleError: packed weights that differ from the ones the pass checked, or an unreadable file.
+    """
+    from edgeflow.runtime.native.wn import load
+
+    path = Path(bundle) / section["file"]
+    if not section["file"].endswith(".onnx"):
+        return load(path)
+    try:
+        arrays = pack_vits_flow(path)
+    except ConfigError as exc:
+        raise BundleError(f"{path}: no native flow in it ({exc})") from None
+    if packed_sha256(arrays) != section.get("flow_sha256"):
+        raise BundleError(f"{path}: the flow packed from it is not the one the tts_kernels pass checked")
+    return arrays
+
+
 def _pack_coupling(t, fi: int, f: int, n_layers: int, hidden: int, out: Dict[str, np.ndarray]) -> None:
     conv = lambda part, lay=0: (t[(fi, part, lay)]["weight"], t[(fi, part, lay)]["bias"])  # noqa: E731
     layers = [(*conv("in_layers", lay), np.zeros((2 * hidden, 0)), conv("res_skip_layers", lay)[0][:, :, 0],
