@@ -1,8 +1,9 @@
 """The native engine's WaveNet-coupling flow (VITS's prior flow): its weight file and a session. No torch.
 
 The C side (``ef_wn.c``) runs the inverse of a stack of WaveNet affine couplings over a whole chunk in one call
-(see that file). The weight file (``vits_flow.npz`` beside a voice bundle's graphs, written by the
-``tts_kernels`` pass) is a numpy ``.npz`` read with ``allow_pickle=False``, weight norm removed and each
+(see that file). Its weights (packed from a voice bundle's ``decoder.onnx`` at load since 2026-12-05,
+:func:`edgeflow.runtime.native.vits_graph.flow_from_bundle`; before, the ``tts_kernels`` pass wrote them to
+``vits_flow.npz``) are numpy arrays (an ``.npz`` is read with ``allow_pickle=False``), weight norm removed and each
 layer's skip conv pre-multiplied by the coupling's end conv (``post``). Shapes (F couplings, L layers, C
 channels, half = C/2, H hidden, k kernel, M conditioning channels, S = half (mean-only) or C statistic rows,
 R_l = H + S for l < L-1, S for the last layer):
