@@ -152,8 +152,9 @@ def run(args) -> int:
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
                                     **scales(voice.config), **ode)
+        stage = " and INT8 waveform stage" if getattr(voice, "wave", None) is not None else ""
         sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}" + (
-            ", native prior flow" if getattr(voice, "engine", None) == "native" else "")
+            f", native prior flow{stage}" if getattr(voice, "engine", None) == "native" else "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PhonemeWarning)
         stats = write_wav_stream(chunks, sr, out)
