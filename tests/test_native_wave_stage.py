@@ -276,3 +276,31 @@ def test_voice_with_the_stage_is_thread_safe(tiny, tmp_path):  # noqa: F811
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and all(np.array_equal(got[s], want[s]) for s in want)
+
+
+def test_graph_stage_refuses_what_it_cannot_run(tiny, tmp_path):  # noqa: F811
+    """A graph without HiFi-GAN resblocks, a quantized stage conv and a conv number beyond the stage: ConfigError
+    naming it (the pass then records why and leaves the bundle)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeflow.core.errors import ConfigError
+    from edgeflow.passes.tts_kernels import CUT_DECODER
+    from edgeflow.runtime.native.vits_stage import pack_graph_stage, stage_convs
+
+    _, root, _ = tiny
+    with pytest.raises(ConfigError, match="resblocks"):
+        stage_convs(root / "k" / "model.onnx")
+    with pytest.raises(ConfigError, match="not in the stage"):
+        pack_graph_stage(root / "k" / CUT_DECODER, [6])
+    model = onnx.load(str(root / "k" / CUT_DECODER))
+    conv = next(n for n in model.graph.node if n.name.endswith("/convs.0/Conv") and "resblocks.8" in n.name)
+    w = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    q = numpy_helper.to_array(w)
+    model.graph.initializer.extend([numpy_helper.from_array(np.zeros(q.shape, np.int8), "wq"),
+                                    numpy_helper.from_array(np.array(0.01, np.float32), "ws")])
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["wq", "ws"], ["wdq"], name="dq_w"))
+    conv.input[1] = "wdq"
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    with pytest.raises(ConfigError, match="not a float initializer"):
+        stage_convs(tmp_path / "q.onnx")
