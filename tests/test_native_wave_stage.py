@@ -304,3 +304,15 @@ def test_graph_stage_refuses_what_it_cannot_run(tiny, tmp_path):  # noqa: F811
     onnx.save(model, str(tmp_path / "q.onnx"))
     with pytest.raises(ConfigError, match="not a float initializer"):
         stage_convs(tmp_path / "q.onnx")
+
+
+def test_pass_refuses_a_stage_far_from_the_float_one(tiny, tmp_path, monkeypatch):  # noqa: F811
+    """A calibration SNR under the floor (here: a floor no INT8 stage reaches) is a BundleError and leaves no
+    output directory behind."""
+    import edgeflow.passes.tts_wave as tw
+
+    _, root, _ = tiny
+    monkeypatch.setattr(tw, "MIN_SNR_DB", 200.0)
+    with pytest.raises(BundleError, match="not read as it computes"):
+        tw.add_tts_wave(root / "k", tmp_path / "w", tw.TtsWaveConfig(threads=1, time_seconds=0))
+    assert not (tmp_path / "w").exists() and not any(tmp_path.iterdir())
