@@ -47,26 +47,23 @@ def stage_graph(cut: Path, out: Path, layout: str) -> Path:
     return out
 
 
-def stage_inputs(bundle: Path, n: int):
-    """(text, stage input [C, T]) of the first ``n`` evaluation sentences, through the bundle's native flow."""
+def voice_stage(bundle: Path, n: int, work: Path):
+    """(voice, cut decoder, stage convs, texts, stage inputs, float-stage audio) of the first ``n`` evaluation
+    sentences, through the bundle's native flow (:func:`edgeflow.passes.tts_wave.stage_inputs`)."""
     import onnxruntime as ort
 
     from edgeflow.data.tts_text import sentences
+    from edgeflow.passes.tts_wave import stage_inputs
     from edgeflow.runtime import Voice
-    from edgeflow.runtime.native.vits_stage import cut_before_stage
-    from edgeflow.runtime.voice_config import resolve_scales
+    from edgeflow.runtime.native.vits_stage import cut_before_stage, stage_convs
 
     voice = Voice.load(bundle, threads=2, engine="native")
-    head_path = Path(tempfile.mkdtemp()) / "head.onnx"
     cut = bundle / voice.manifest["native"]["decoder"]
-    cut_before_stage(cut, head_path, voice.channels)
-    head = ort.InferenceSession(str(head_path), providers=["CPUExecutionProvider"])
-    scales, out = resolve_scales(voice.config, None, None, None), []
-    for k, text in enumerate(sentences("evaluation")[:n]):
-        m_p, logs_p = voice._encode(next(voice.sentence_ids(text)), scales, k)
-        z = voice.flow.run(voice.prior(m_p, logs_p, scales["noise_scale"], k, 0, m_p.shape[2]))
-        out.append((text, head.run(None, {head.get_inputs()[0].name: z})[0][0]))
-    return voice, cut, out
+    stage = stage_convs(cut)
+    cut_before_stage(cut, work / "head.onnx", int(stage[0][0]["weight"].shape[1]))
+    head = ort.InferenceSession(str(work / "head.onnx"), providers=["CPUExecutionProvider"])
+    texts = sentences("evaluation")[:n]
+    return (voice, cut, stage, texts, *stage_inputs(voice, head, texts, 0))
 
 
 def main() -> int:
@@ -85,46 +82,42 @@ def main() -> int:
     from edgeflow.core.ort import session_options
     from edgeflow.passes.kernels import compare
     from edgeflow.passes.tts_wave import choose_planes
-    from edgeflow.runtime.native.vits_stage import pack_graph_stage, stage_convs
+    from edgeflow.runtime.native.vits_stage import stage_arrays
     from edgeflow.runtime.native.wave_stage import WaveStage, tile_samples
     from edgeflow.validate.cost import interleaved_best
 
-    voice, cut, items = stage_inputs(args.bundle, args.n)
-    sr, tmp = voice.sample_rate, Path(tempfile.mkdtemp())
+    tmp = Path(tempfile.mkdtemp())
+    voice, cut, stage, texts, xs_all, ref = voice_stage(args.bundle, args.n, tmp)
+    sr, n_convs, xs = voice.sample_rate, len(stage[0]), xs_all[:4]
     graphs = {lay: stage_graph(cut, tmp / f"stage_{lay}.onnx", lay) for lay in ("1d", "2d")}
-    sess = ort.InferenceSession(str(graphs["1d"]), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    ref = [sess.run(None, {name: x[None]})[0].reshape(-1) for _, x in items]
-    n_convs = len(stage_convs(cut)[0])
-    xs = [x for _, x in items[:4]]
-    make = lambda planes: WaveStage(pack_graph_stage(cut, planes), threads=1)  # noqa: E731
+    name = ort.InferenceSession(str(graphs["1d"]), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    make = lambda planes: WaveStage(stage_arrays(stage, planes), threads=1)  # noqa: E731
     searched, _, _ = choose_planes(make, n_convs, xs, ref[:4], args.min_snr_db)
     variants = {"one_plane": [], "search": searched, "two_planes": list(range(n_convs))}
-    audio = {k: [WaveStage(pack_graph_stage(cut, p)).run(x) for _, x in items] for k, p in variants.items()}
-    results = {"bundle": str(args.bundle), "sentences": len(items), "tile_samples": tile_samples(),
+    audio = {k: [WaveStage(stage_arrays(stage, p)).run(x) for x in xs_all] for k, p in variants.items()}
+    results = {"bundle": str(args.bundle), "sentences": len(texts), "tile_samples": tile_samples(),
                "seconds": round(sum(r.size for r in ref) / sr, 2), "variants": {}}
     for k, p in variants.items():
         results["variants"][k] = {"two_planes": p, "snr_db": compare(np.concatenate(audio[k]),
                                                                      np.concatenate(ref))["snr_db"]}
-    x = np.concatenate([x for _, x in items], axis=1)[:, :sr * 5]
+    x = np.concatenate(xs_all, axis=1)[:, :sr * 5]
     for th in (int(t) for t in args.threads.split(",")):
         fns = {}
         for lay, g in graphs.items():
             s = ort.InferenceSession(str(g), session_options(th), providers=["CPUExecutionProvider"])
             fns[f"float_{lay}"] = (lambda s=s: s.run(None, {name: x[None]}))
         for k, p in variants.items():
-            stage = WaveStage(pack_graph_stage(cut, p), threads=th)
-            fns[k] = (lambda st=stage: st.run(x))
+            fns[k] = (lambda st=WaveStage(stage_arrays(stage, p), threads=th): st.run(x))
         t = interleaved_best(fns, rounds=args.rounds, warmup=True)
         results[f"ms_per_s_{th}_threads"] = {k: round(v / (x.shape[1] / sr) * 1e3, 2) for k, v in t.items()}
         print(f"{th} thread(s), ms per second of audio:", results[f"ms_per_s_{th}_threads"], flush=True)
     if args.quality:
         from bench_tts_layouts import score
 
-        texts = [(t, None) for t, _ in items]
-        results["float"] = score(ref, ref, texts, sr)
+        items = [(t, None) for t in texts]
+        results["float"] = score(ref, ref, items, sr)
         for k in variants:
-            results["variants"][k].update(score(audio[k], ref, texts, sr))
+            results["variants"][k].update(score(audio[k], ref, items, sr))
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -12,17 +12,10 @@ from edgeflow.core.errors import BundleError, ConfigError, InputError
 from edgeflow.passes.kernels import compare
 from edgeflow.runtime import native
 from edgeflow.runtime.native.wave_stage import WaveStage, chunk_samples, pack_stage, tile_samples
-from tests.test_native_vits import TEXT, tiny  # noqa: F401  (module fixture)
+from tests.test_native_vits import TEXT, isa, tiny  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=str(native.load_error()))
 NB = 64
-
-
-@pytest.fixture
-def isa():
-    """Restores the best instruction set after a test that forces one."""
-    yield
-    native.set_isa(native.supported_isas()[-1])
 
 
 def random_stage(C=6, kind="2", kernels=(3, 5), dil=((1, 3), (2, 5)), planes=1, inner=5, seed=0):
@@ -135,7 +128,7 @@ def simulate(a, x, tile, dequant=True):
 
 @pytest.mark.parametrize("kind,planes,T,threads", [("2", 1, 50, 1), ("2", 2, 2500, 2), ("1", 1, 1500, 2),
                                                    ("1", 2, 700, 1), ("2", 1, 4100, 2)])
-def test_kernel_matches_its_simulation(kind, planes, T, threads, isa):
+def test_kernel_matches_its_simulation(kind, planes, T, threads, isa):  # noqa: F811
     a, convs = random_stage(kind=kind, planes=planes, seed=T)
     x = (np.random.default_rng(T).standard_normal((6, T)) * np.linspace(0.05, 2.0, T)).astype(np.float32)
     sim, flt = simulate(a, x, tile_samples()), simulate(float_weights(a, convs), x, tile_samples(), dequant=False)

@@ -12,10 +12,11 @@ and a ``native`` section: the cut decoder, the cut tensor, the sha256 of the dec
 source (``file``: ``decoder.onnx`` itself: ``Voice.load`` packs the native flow from its initializers, 0.1 s on
 joe-medium, the skip convs folded with the couplings' end convs, the kernel-5 WN convs as Winograd F(4,5)) and the
 sha256 of those packed weights (checked at load; until 2026-12-05 the pass wrote them to ``vits_flow.npz``, 27 MB
-of float32 beside the same weights in ``decoder.onnx``; such bundles still load), the parity of native flow + cut decoder against the whole ``decoder.onnx`` in onnxruntime (same
-m_p, logs_p, noise and scales at 8, 23 and 50 frames: the flow's output and the audio, max relative error and
-SNR), and both paths' measured times (the flow stage alone and the whole decoder), from which
-``Voice.load(..., engine="auto")`` picks. ``decoder.onnx`` stays, so the bundle still runs without the library.
+of float32 beside the same weights in ``decoder.onnx``; such bundles still load), the parity of native flow + cut
+decoder against the whole ``decoder.onnx`` in onnxruntime (same m_p, logs_p, noise and scales at 8, 23 and 50
+frames: the flow's output and the audio, max relative error and SNR), and both paths' measured times (the flow
+stage alone and the whole decoder), from which ``Voice.load(..., engine="auto")`` picks. ``decoder.onnx`` stays,
+so the bundle still runs without the library.
 """
 
 from __future__ import annotations

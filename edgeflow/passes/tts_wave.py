@@ -14,8 +14,8 @@ directory holding the same files, with the native engine's cut decoder replaced 
 output to the last upsampler's output) and ``wave_stage.npz`` (the stage's int8 weights, per-channel scales, float
 biases and conv_post), both hashed in the manifest, and the ``native`` section's ``wave_stage`` entry: which convs
 got two planes (by default all; or chosen, most helpful first, until the audio's SNR against the float stage in
-onnxruntime reaches ``min_snr_db`` on calibration sentences), the SNR, and both engines' times again (``engine="auto"`` picks from
-them). The audio changes (INT8), so the pipeline scores the bundle's native engine against the budget.
+onnxruntime reaches ``min_snr_db`` on calibration sentences), the SNR, and both engines' times again
+(``engine="auto"`` picks from them). The audio changes (INT8), so the pipeline scores the bundle's native engine against the budget.
 """
 
 from __future__ import annotations
@@ -79,17 +79,16 @@ def _snr(out: List[np.ndarray], ref: List[np.ndarray]) -> float:
     return 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
 
 
-def _calibration(voice: Any, head: Any, n: int, seed: int):
-    """(stage inputs [C, T], reference audio [T]) of ``n`` calibration sentences through the voice's native flow:
-    the head graph's output, and the cut decoder's (onnxruntime, float stage) audio."""
-    from edgeflow.data.tts_text import sentences
+def stage_inputs(voice: Any, head: Any, texts: Sequence[str], seed: int):
+    """(stage inputs [C, T], reference audio [T]) of the first sentence of each of ``texts`` (seed ``seed + k``)
+    through ``voice``'s native flow (a voice with its cut decoder, no stage yet): ``head``'s (an onnxruntime
+    session of the decoder cut before the stage) output, and the cut decoder's audio (the float stage)."""
     from edgeflow.runtime.voice_config import resolve_scales
 
     xs, refs = [], []
-    inp = head.get_inputs()[0].name
-    for k, text in enumerate(sentences("calibration")[:n]):
+    inp, scales = head.get_inputs()[0].name, resolve_scales(voice.config, None, None, None)
+    for k, text in enumerate(texts):
         ids = next(voice.sentence_ids(text))
-        scales = resolve_scales(voice.config, None, None, None)
         m_p, logs_p = voice._encode(ids, scales, seed + k)
         z = voice.flow.run(voice.prior(m_p, logs_p, scales["noise_scale"], seed + k, 0, m_p.shape[2]))
         xs.append(head.run(None, {inp: z})[0][0])
@@ -127,7 +126,8 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir
     from edgeflow.core.ort import session_options
-    from edgeflow.runtime.native.vits_stage import cut_before_stage, pack_graph_stage, stage_convs
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.runtime.native.vits_stage import cut_before_stage, stage_arrays, stage_convs
     from edgeflow.runtime.native.wave_stage import WaveStage, chunk_samples, save_arrays, tile_samples
     from edgeflow.runtime.voice import Voice
     from edgeflow.runtime.voice_config import read_vits_manifest, vits_native_section
@@ -139,23 +139,25 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
     if section is None or section.get("wave_stage"):
         raise ConfigError("tts_wave: needs a bundle with the tts_kernels pass's native flow and no waveform stage yet")
     cut, threads = src / section["decoder"], cfg.threads or 1
-    n_convs = len(stage_convs(cut)[0])
+    stage = stage_convs(cut)                                  # read once: every candidate is packed from it
+    n_convs = len(stage[0])
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for p in src.iterdir():
             if p.is_file() and p.name not in (MANIFEST, SIDECAR, section["decoder"], HEAD_DECODER, WAVE_FILE):
                 shutil.copy2(p, tmp / p.name)
-        name = cut_before_stage(cut, tmp / HEAD_DECODER, int(stage_convs(cut)[0][0]["weight"].shape[1]))
+        name = cut_before_stage(cut, tmp / HEAD_DECODER, int(stage[0][0]["weight"].shape[1]))
         head = ort.InferenceSession(str(tmp / HEAD_DECODER), session_options(threads),
                                     providers=["CPUExecutionProvider"])
-        xs, refs = _calibration(Voice.load(src, threads=threads, engine="native"), head, cfg.sentences, seed)
-        make = lambda planes: WaveStage(pack_graph_stage(cut, planes), threads=threads)  # noqa: E731
+        xs, refs = stage_inputs(Voice.load(src, threads=threads, engine="native"), head,
+                                sentences("calibration")[:cfg.sentences], seed)
+        make = lambda planes: WaveStage(stage_arrays(stage, planes), threads=threads)  # noqa: E731
         fixed = list(range(n_convs)) if cfg.two_planes == "all" else \
             None if cfg.two_planes == "search" else list(cfg.two_planes)
         planes, snr, steps = choose_planes(make, n_convs, xs, refs, cfg.min_snr_db, fixed)
         if snr < MIN_SNR_DB:
             raise BundleError(f"tts_wave: the INT8 stage is {snr} dB from the float stage on calibration sentences "
                               f"(under {MIN_SNR_DB}): the graph was not read as it computes")
-        save_arrays(tmp / WAVE_FILE, pack_graph_stage(cut, planes))
+        save_arrays(tmp / WAVE_FILE, stage_arrays(stage, planes))
         draft = {k: v for k, v in manifest.items() if k != "files"}
         calibration = {"sentences": cfg.sentences, "snr_db": snr, "steps": steps, "min_snr_db": cfg.min_snr_db,
                        "reference": "the float stage in onnxruntime, same inputs"}

@@ -56,8 +56,8 @@ def interleaved_best(runs: Dict[str, Callable[[], Any]], rounds: int, warmup: bo
                      settle: float = SETTLE_SECONDS, clock: Optional[Callable[[], float]] = None
                      ) -> Dict[str, float]:
     """Seconds of each of ``runs`` by ``clock`` (None: wall, ``time.perf_counter``; ``time.thread_time``: the
-    calling thread's CPU time), called in turn round by round (a busy machine slows them alike), the fastest of ``rounds``;
-    ``warmup``: one untimed call of each first; ``settle``: seconds waited (untimed) before each timed call
+    calling thread's CPU time), called in turn round by round (a busy machine slows them alike), the fastest of
+    ``rounds``; ``warmup``: one untimed call of each first; ``settle``: seconds waited (untimed) before each timed call
     (:data:`SETTLE_SECONDS`)."""
     if warmup:
         for run in runs.values():

@@ -92,17 +92,7 @@ EF_API int ef_hq_set_conv(ef_hq *m, int i, const int8_t *q, const float *scale, 
     ef_hqconv *c = &m->convs[i];
     for (int o = 0; o < c->cout; o++)
         if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
-    const int cq = (c->cin + 3) / 4, nq = c->k * cq, Mp = (c->cout + EF_MR - 1) / EF_MR * EF_MR;
-    int8_t *nat = calloc((size_t)c->cout * nq * 4, 1);
-    if (!nat) return -1;
-    for (int o = 0; o < c->cout; o++)                 /* qi = tap * cq + quad: channel 4 quad + byte */
-        for (int qi = 0; qi < nq; qi++)
-            for (int b = 0; b < 4; b++) {
-                const int ch = (qi % cq) * 4 + b, j = qi / cq;
-                if (ch < c->cin) nat[((size_t)o * nq + qi) * 4 + b] = q[((size_t)o * c->cin + ch) * c->k + j];
-            }
-    ef_q8 *p = ef_q8_pack_nat(c->cout, Mp, nq, nat, scale);
-    free(nat);
+    ef_q8 *p = ef_q8_pack_conv(c->cout, (c->cout + EF_MR - 1) / EF_MR * EF_MR, c->cin, c->k, q, scale);
     if (!p) return -1;
     ef_q8_free(c->q);
     c->q = p;

@@ -273,14 +273,16 @@ static inline uint8_t ef_q(float v, float inv, float zp)
 
 /* Rows of src (leaky ReLU of slope `slope` applied first when lrelu) to u8 in the quad-interleaved layout; with
  * dst2, the rounding error of each value quantized again (scale s2, zero point zp2) into dst2. */
-static inline __attribute__((always_inline)) void ef_quant_body(const float *src, size_t cstride, int C, int n, int lrelu, float slope, float s,
-                                 int zp, uint8_t *dst, size_t qstride, float s2, int zp2, uint8_t *dst2)
+static inline __attribute__((always_inline)) void ef_quant_body(const float *src, size_t cstride, int C, int n,
+                                                                 int lrelu, float slope, float s, int zp, uint8_t *dst,
+                                                                 size_t qstride, float s2, int zp2, uint8_t *dst2)
 {
     const float inv = 1.0f / s, z = (float)zp, inv2 = dst2 ? 1.0f / s2 : 0.0f, z2 = (float)zp2;
     for (int c0 = 0; c0 < C; c0 += 4) {
         const float *r[4];
         for (int i = 0; i < 4; i++) r[i] = c0 + i < C ? src + (size_t)(c0 + i) * cstride : NULL;
-        uint8_t *d = dst + (size_t)(c0 / 4) * qstride * 4, *d2 = dst2 ? dst2 + (size_t)(c0 / 4) * qstride * 4 : NULL;
+        uint8_t *d = dst + (size_t)(c0 / 4) * qstride * 4;
+        uint8_t *d2 = dst2 ? dst2 + (size_t)(c0 / 4) * qstride * 4 : NULL;
         int j = 0;
         for (; j + 16 <= n; j += 16) {                 /* 16 columns: one 32-bit quad each, channel i in byte i */
             ef_i16 word = {0}, word2 = {0};

@@ -84,9 +84,9 @@ int ef_get_isa(void);
 /* The INT8 tile of instruction set isa (AVX-512 VNNI, AVX2 or portable). */
 ef_qtile_fn ef_qtile_for(int isa);
 void ef_q8_free(ef_q8 *q);
-/* Pack natural s8 weights nat [M][nq][4] (reduction index 4 qi + byte) into the tile layout [Mp/MR][nq][MR][4],
- * one activation chunk (wsum [Mp]: each row's weight sum); NULL when out of memory. */
-ef_q8 *ef_q8_pack_nat(int M, int Mp, int nq, const int8_t *nat, const float *scale);
+/* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][k * ceil(C / 4)][MR][4] (tap-major quads), one
+ * activation chunk, per-output-channel scales scale [M]; NULL when out of memory (ef_wn_q8.c). */
+ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float *scale);
 /* ef_quant_rows of leaky_relu(src, slope); with dst2 (else NULL), each value's rounding error quantized again
  * with scale s2 and zero point zp2 into dst2 (two u8 planes: about 16-bit activations). */
 void ef_quant_rows_lrelu(const float *src, size_t cstride, int C, int n, float slope, float s, int zp, uint8_t *dst,

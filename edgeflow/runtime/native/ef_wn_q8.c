@@ -12,10 +12,12 @@
 
 #include "ef_wn.h"
 
-/* Pack natural s8 weights nat [M][nq][4] (reduction index 4 qi + byte) into the tile layout [Mp/MR][nq][MR][4],
- * one activation chunk (wsum [Mp]: each row's weight sum). */
-ef_q8 *ef_q8_pack_nat(int M, int Mp, int nq, const int8_t *nat, const float *scale)
+/* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][nq][MR][4] with nq = k * ceil(C / 4) quads in
+ * the order tap * ceil(C / 4) + channel quad (channels past C: 0), one activation chunk (wsum [Mp]: each row's
+ * weight sum), per-output-channel scales scale [M]. NULL when out of memory. */
+ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float *scale)
 {
+    const int cq = (C + 3) / 4, nq = k * cq;
     ef_q8 *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->nq = nq; p->nchunk = 1; p->chunk = nq;
@@ -26,9 +28,10 @@ ef_q8 *ef_q8_pack_nat(int M, int Mp, int nq, const int8_t *nat, const float *sca
     for (int o = 0; o < M; o++) {
         p->scale[o] = scale[o];
         for (int qi = 0; qi < nq; qi++)
-            for (int i = 0; i < 4; i++) {
-                const int8_t v = nat[((size_t)o * nq + qi) * 4 + i];
-                p->w[(((size_t)(o / EF_MR) * nq + qi) * EF_MR + o % EF_MR) * 4 + i] = v;
+            for (int b = 0; b < 4; b++) {
+                const int c = (qi % cq) * 4 + b, j = qi / cq;
+                const int8_t v = c < C ? q[((size_t)o * C + c) * k + j] : 0;
+                p->w[(((size_t)(o / EF_MR) * nq + qi) * EF_MR + o % EF_MR) * 4 + b] = v;
                 p->wsum[o] += v;
             }
     }
@@ -48,23 +51,8 @@ EF_API int ef_wn_set_q8(ef_wn *m, int f, int l, int part, const int8_t *q, const
         if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
     ef_q8 ***slot = part == 0 ? &m->in_q : &m->cond_q;
     if (!*slot && !(*slot = calloc(nl, sizeof(ef_q8 *)))) return -1;
-    const int hq = (H + 3) / 4, nq = part == 0 ? k * hq : (m->n_cond + 3) / 4;
-    int8_t *nat = calloc((size_t)2 * H * nq * 4, 1);
-    if (!nat) return -1;
-    for (int o = 0; o < 2 * H; o++)
-        for (int qi = 0; qi < nq; qi++)
-            for (int b = 0; b < 4; b++) {
-                int8_t v = 0;
-                if (part == 0) {                            /* qi = kk * hq + quad: tap kk, channel 4 quad + b */
-                    const int c = (qi % hq) * 4 + b, kk = qi / hq;
-                    if (c < H) v = q[((size_t)o * H + c) * k + kk];
-                } else if (qi * 4 + b < m->n_cond) {
-                    v = q[(size_t)o * m->n_cond + qi * 4 + b];
-                }
-                nat[((size_t)o * nq + qi) * 4 + b] = v;
-            }
-    ef_q8 *p = ef_q8_pack_nat(2 * H, m->Mab, nq, nat, scale);
-    free(nat);
+    ef_q8 *p = part == 0 ? ef_q8_pack_conv(2 * H, m->Mab, H, k, q, scale)
+                         : ef_q8_pack_conv(2 * H, m->Mab, m->n_cond, 1, q, scale);     /* [2H][n_cond][1] */
     if (!p) return -1;
     ef_q8_free((*slot)[i]);
     (*slot)[i] = p;

@@ -110,15 +110,21 @@ def stage_convs(model: Any) -> Tuple[List[dict], Dict[str, Any]]:
                  "post_slope": float(_attr(relu, "alpha", 0.01)), "input": stage_input(model)}
 
 
-def pack_graph_stage(model: Any, two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
-    """The stage arrays (:func:`edgeflow.runtime.native.wave_stage.pack_stage`) of a VITS decoder graph, the
-    convs numbered in ``two_planes`` with two activation planes."""
-    convs, extra = stage_convs(model)
+def stage_arrays(stage: Tuple[List[dict], Dict[str, Any]], two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+    """The stage arrays (:func:`edgeflow.runtime.native.wave_stage.pack_stage`) of :func:`stage_convs`'s result,
+    the convs numbered in ``two_planes`` with two activation planes."""
+    convs, extra = stage
     for i in two_planes:
         if not 0 <= int(i) < len(convs):
             raise ConfigError(f"tts_wave: conv {i} is not in the stage (it has {len(convs)})")
-        convs[int(i)]["planes"] = 2
+    two = {int(i) for i in two_planes}
+    convs = [dict(c, planes=2 if i in two else 1) for i, c in enumerate(convs)]
     return pack_stage(convs, extra["post_w"], extra["post_b"], extra["slope"], extra["post_slope"])
+
+
+def pack_graph_stage(model: Any, two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+    """:func:`stage_arrays` of a VITS decoder graph (a path or ModelProto)."""
+    return stage_arrays(stage_convs(model), two_planes)
 
 
 def cut_before_stage(decoder: Any, out_path: str | Path, channels: int) -> str:
