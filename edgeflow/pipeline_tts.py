@@ -156,9 +156,11 @@ class _Run:
         from edgeflow.runtime.bundle import read_manifest
         from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
 
-        # A native INT8 waveform stage (tts_wave) changes the audio of the native engine only: score that one.
-        native = (read_manifest(bundle, task=None).get("native") or {}).get("wave_stage")
-        voice = Voice.load(bundle, threads=self.threads, engine="native" if native else "auto")
+        # A native INT8 waveform stage (tts_wave) or INT8 flow (tts_flow_int8) changes the audio of the native
+        # engine only: score that one.
+        native = read_manifest(bundle, task=None).get("native") or {}
+        changed = native.get("wave_stage") or native.get("engine") == "vits-flow-int8"
+        voice = Voice.load(bundle, threads=self.threads, engine="native" if changed else "auto")
         metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed,
                                     progress=self._progress("scoring the bundle"), **BUNDLE_SPEAK)
         return dict(metrics, size_mb=bundle_bytes(bundle) / 1e6)

@@ -198,6 +198,24 @@ def _timing_at(bundle: Path, manifest: Dict[str, Any], threads: int, seconds: fl
     return _timing(ort_voice, nat_voice, flow_ref, threads, seconds)
 
 
+def retime(bundle: Path, manifest: Dict[str, Any], native: Dict[str, Any], seconds: float, threads: int) -> None:
+    """Both engines of a bundle a later pass changed timed again into its ``native`` section (as this pass times
+    them; ``seconds`` 0: no timing), at 1 thread too where that runs another conv layout."""
+    from edgeflow.runtime.conv_layout import choose_layout
+    from edgeflow.runtime.voice import Voice
+
+    native["timing"] = None
+    native.pop("timings_other", None)
+    if seconds <= 0:
+        return
+    ort_voice = Voice.load(bundle, threads=threads, engine="onnxruntime")
+    nat_voice = Voice.load(bundle, threads=threads, engine="native")
+    flow_ref = _flow_reference(bundle / manifest["graphs"]["decoder"], nat_voice.channels, threads)
+    native["timing"] = _timing(ort_voice, nat_voice, flow_ref, threads, seconds)
+    if threads != 1 and choose_layout("auto", 1) != native["timing"]["conv_layout"]:
+        native["timings_other"] = [_timing_at(bundle, manifest, 1, seconds)]
+
+
 def vits_manifest(artifact: Artifact, name: str) -> Tuple[Dict[str, Any], Optional[str]]:
     """(the artifact's bundle manifest, why a VITS-only pass ``name`` does not apply to it or None).
 

@@ -31,6 +31,7 @@ import numpy as np
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler
+from edgeflow.passes.tts_kernels import retime
 
 #: Files the pass adds to a bundle.
 HEAD_DECODER = "decoder_head.onnx"
@@ -166,25 +167,8 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
             "tile_samples": tile_samples(), "chunk_samples": chunk_samples(), "calibration": calibration})
         draft["native"].pop("timings_other", None)
         write_manifest(tmp, draft)
-        _retime(tmp, manifest, draft["native"], cfg, threads)
+        retime(tmp, manifest, draft["native"], cfg.time_seconds, threads)
         return write_manifest(tmp, json.loads(json.dumps(draft)))
-
-
-def _retime(bundle: Path, manifest: Dict[str, Any], native: Dict[str, Any], cfg: TtsWaveConfig, threads: int) -> None:
-    """Both engines of the new bundle timed again into ``native`` (as ``tts_kernels`` times them)."""
-    from edgeflow.passes.tts_kernels import _flow_reference, _timing, _timing_at
-    from edgeflow.runtime.conv_layout import choose_layout
-    from edgeflow.runtime.voice import Voice
-
-    native["timing"] = None
-    if cfg.time_seconds <= 0:
-        return
-    ort_voice = Voice.load(bundle, threads=threads, engine="onnxruntime")
-    nat_voice = Voice.load(bundle, threads=threads, engine="native")
-    flow_ref = _flow_reference(bundle / manifest["graphs"]["decoder"], nat_voice.channels, threads)
-    native["timing"] = _timing(ort_voice, nat_voice, flow_ref, threads, cfg.time_seconds)
-    if threads != 1 and choose_layout("auto", 1) != native["timing"]["conv_layout"]:
-        native["timings_other"] = [_timing_at(bundle, manifest, 1, cfg.time_seconds)]
 
 
 def not_applicable(artifact: Artifact) -> Optional[str]:

@@ -153,6 +153,9 @@ def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
 
 #: Engines :meth:`edgeflow.runtime.Voice.load` can run a voice's prior flow with.
 VOICE_ENGINES = ("auto", "onnxruntime", "native")
+#: The native prior flow's engines (manifest ``native.engine``): float32 (``tts_kernels``) or with every WaveNet
+#: layer's dilated conv in INT8 (``tts_flow_int8``).
+FLOW_ENGINES = ("vits-flow-float32", "vits-flow-int8")
 
 
 def native_files(native: Any) -> List[str]:
@@ -180,7 +183,7 @@ def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[s
     files = manifest.get("files") or {}
     names = [native.get(k) for k in ("file", "decoder")] if isinstance(native, dict) else [None]
     if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n for n in names) \
-            or not isinstance(native.get("decoder_input"), str) or native.get("engine") != "vits-flow-float32":
+            or not isinstance(native.get("decoder_input"), str) or native.get("engine") not in FLOW_ENGINES:
         raise BundleError(f"{where}: manifest field native must name the flow weights, the cut decoder and its "
                           "input")
     wave = native.get("wave_stage")

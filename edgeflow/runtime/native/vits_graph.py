@@ -4,7 +4,8 @@ graph's initializers (:func:`pack_vits_flow`) and the decoder graph without it (
 The exported decoder names the flow's weights ``model.flow.flows.{2i}.pre / enc.in_layers.{l} /
 enc.res_skip_layers.{l} / post`` (weight norm removed; the Flips at odd indices have none), and feeds the
 flow's output (times the all-ones frame mask) to ``/dec/conv_pre/Conv``, directly (float32) or through a
-QuantizeLinear / DequantizeLinear pair (an INT8 decoder: the flow stays float in every recipe).
+QuantizeLinear / DequantizeLinear pair (an INT8 decoder: the graph's flow stays float; the ``tts_flow_int8``
+pass runs the native flow's WaveNet convs in INT8, quantized at load).
 """
 
 from __future__ import annotations
@@ -103,23 +104,27 @@ def packed_sha256(arrays: Dict[str, np.ndarray]) -> str:
 
 def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """The native flow arrays of a bundle's ``native`` section: packed from the decoder graph it names (checked
-    against ``flow_sha256``), or read from a flow file (bundles of 2026-12-05 and before).
+    against ``flow_sha256``), or read from a flow file (bundles of 2026-12-05 and before); engine
+    "vits-flow-int8" (the ``tts_flow_int8`` pass): with every WaveNet layer's dilated conv in INT8, its weights
+    quantized from the float ones at load (:func:`edgeflow.runtime.native.wn.quantize_weights`, deterministic).
 
     Raises:
         BundleError: packed weights that differ from the ones the pass checked, or an unreadable file.
     """
-    from edgeflow.runtime.native.wn import load
+    from edgeflow.runtime.native.wn import load, quantize_weights
+    from edgeflow.runtime.voice_config import FLOW_ENGINES
 
     path = Path(bundle) / section["file"]
     if not section["file"].endswith(".onnx"):
-        return load(path)
-    try:
-        arrays = pack_vits_flow(path)
-    except ConfigError as exc:
-        raise BundleError(f"{path}: no native flow in it ({exc})") from None
-    if packed_sha256(arrays) != section.get("flow_sha256"):
-        raise BundleError(f"{path}: the flow packed from it is not the one the tts_kernels pass checked")
-    return arrays
+        arrays = load(path)
+    else:
+        try:
+            arrays = pack_vits_flow(path)
+        except ConfigError as exc:
+            raise BundleError(f"{path}: no native flow in it ({exc})") from None
+        if packed_sha256(arrays) != section.get("flow_sha256"):
+            raise BundleError(f"{path}: the flow packed from it is not the one the tts_kernels pass checked")
+    return quantize_weights(arrays) if section.get("engine") == FLOW_ENGINES[1] else arrays
 
 
 def _pack_coupling(t, fi: int, f: int, n_layers: int, hidden: int, out: Dict[str, np.ndarray]) -> None:

@@ -1,0 +1,151 @@
+"""The ``tts_flow_int8`` pass: a VITS voice's prior flow in the native engine with its WaveNet convs in INT8.
+
+The prior flow (4 mean-only couplings of 4 WaveNet layers on joe-medium) is a quarter of a ``balanced`` voice's
+time at one thread once the decoder's last stage is native. Its dilated convs run on the engine's INT8 tiles
+(:mod:`edgeflow.runtime.native.wn`, ``ef_wn_q8.c``): weights symmetric per output channel, quantized from the
+flow's own float weights at load; activations u8 with one dynamic scale per layer input; the gate, the res / skip
+convs and the coupling update stay float (the coupling-aware rule). onnxruntime's graph of the flow stays float:
+only the native engine runs it in INT8.
+
+Runs after ``tts_kernels`` (and ``tts_wave`` where a recipe has it). Writes a NEW bundle directory holding the same
+files, the manifest's ``native.engine`` "vits-flow-int8" (the runtime quantizes the weights at load, no new file)
+and ``native.int8_flow``: the flow output's and the audio's SNR against the float native flow on calibration
+sentences, and both engines' times again. The audio changes, so the pipeline scores the bundle against the budget.
+Where the bundle has no float native flow, or the C library is not built, it records why and leaves the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from edgeflow.core.errors import BundleError, ConfigError
+from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.kernels import kernels_handler
+from edgeflow.passes.tts_kernels import retime, vits_manifest
+
+#: Calibration SNR (dB) of the INT8 flow's output against the float flow below which the pass refuses (a misread
+#: flow; joe-medium: about 30 dB).
+MIN_SNR_DB = 15.0
+
+
+@dataclasses.dataclass
+class TtsFlowInt8Config(PassConfig):
+    """Options of the tts_flow_int8 pass.
+
+    Attributes:
+        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
+        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
+        sentences: calibration sentences (never the evaluation ones) the SNRs are measured on.
+    """
+
+    threads: int = 0
+    time_seconds: float = 4.0
+    sentences: int = 4
+
+    def __post_init__(self):
+        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
+            raise ValueError("tts_flow_int8: threads and time_seconds must be >= 0, sentences >= 1")
+
+
+def _snr(ref: List[np.ndarray], out: List[np.ndarray]) -> float:
+    a = np.concatenate([r.reshape(-1) for r in ref]).astype(np.float64)
+    b = np.concatenate([o.reshape(-1) for o in out]).astype(np.float64)
+    noise = float(np.sum((a - b) ** 2))
+    return 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
+
+
+def calibrate(float_voice: Any, int8_voice: Any, texts: List[str], seed: int) -> Dict[str, Any]:
+    """SNRs (dB) of ``int8_voice``'s flow output and audio against ``float_voice``'s (same bundle, float native
+    flow) on the first sentence of each of ``texts`` (seed ``seed + k``, the same prior noise)."""
+    from edgeflow.runtime.voice_config import resolve_scales
+
+    scales = resolve_scales(float_voice.config, None, None, None)
+    flows: Dict[str, List[np.ndarray]] = {"float": [], "int8": []}
+    audio: Dict[str, List[np.ndarray]] = {"float": [], "int8": []}
+    for k, text in enumerate(texts):
+        m_p, logs_p = float_voice._encode(next(float_voice.sentence_ids(text)), scales, seed + k)
+        frames = m_p.shape[2]
+        z_p = float_voice.prior(m_p, logs_p, scales["noise_scale"], seed + k, 0, frames)
+        for name, voice in (("float", float_voice), ("int8", int8_voice)):
+            flows[name].append(voice.flow.run(z_p))
+            audio[name].append(voice._decode(m_p, logs_p, scales["noise_scale"], seed + k, 0, frames))
+    return {"sentences": len(texts), "flow_snr_db": _snr(flows["float"], flows["int8"]),
+            "audio_snr_db": _snr(audio["float"], audio["int8"]),
+            "reference": "the float native flow, same inputs and noise"}
+
+
+def add_tts_flow_int8(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsFlowInt8Config] = None,
+                      seed: int = 0, overwrite: bool = False) -> Dict[str, Any]:
+    """Copy the VITS bundle ``bundle_dir`` (with the ``tts_kernels`` pass's float native flow) to ``out_dir`` with
+    the native flow's WaveNet convs in INT8. Returns the manifest written.
+
+    Raises:
+        ConfigError: no float native flow. BundleError: the INT8 flow's calibration SNR is below
+            :data:`MIN_SNR_DB`, or out_dir exists.
+    """
+    from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
+    from edgeflow.core.io import atomic_dir
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.runtime.voice import Voice
+    from edgeflow.runtime.voice_config import FLOW_ENGINES, read_vits_manifest, vits_native_section
+
+    cfg = cfg or TtsFlowInt8Config()
+    src = Path(bundle_dir)
+    manifest = read_vits_manifest(src)
+    section = vits_native_section(manifest, src)
+    if section is None or section.get("engine") != FLOW_ENGINES[0]:
+        raise ConfigError("tts_flow_int8: needs a bundle with the tts_kernels pass's float native flow")
+    threads = cfg.threads or 1
+    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+        for p in src.iterdir():
+            if p.is_file() and p.name not in (MANIFEST, SIDECAR):
+                shutil.copy2(p, tmp / p.name)
+        draft = {k: v for k, v in manifest.items() if k != "files"}
+        draft["native"] = dict(section, engine=FLOW_ENGINES[1])
+        write_manifest(tmp, draft)
+        int8_voice = Voice.load(tmp, threads=threads, engine="native")
+        calibration = calibrate(Voice.load(src, threads=threads, engine="native"), int8_voice,
+                                sentences("calibration")[:cfg.sentences], seed)
+        if calibration["flow_snr_db"] < MIN_SNR_DB:
+            raise BundleError(f"tts_flow_int8: the INT8 flow is {calibration['flow_snr_db']} dB from the float flow "
+                              f"on calibration sentences (under {MIN_SNR_DB}): the flow was not read as it computes")
+        draft["native"]["int8_flow"] = {"layers": int8_voice.flow.int8_layers, "calibration": calibration,
+                                        "weights": "symmetric per output channel, from the float weights at load",
+                                        "activations": "u8, one dynamic scale per layer input"}
+        retime(tmp, manifest, draft["native"], cfg.time_seconds, threads)
+        return write_manifest(tmp, json.loads(json.dumps(draft)))
+
+
+def not_applicable(artifact: Artifact) -> Optional[str]:
+    """Why the pass leaves this artifact as it is (no float native flow, no C library), or None."""
+    from edgeflow.runtime.native import load_error
+    from edgeflow.runtime.voice_config import FLOW_ENGINES, vits_native_section
+
+    manifest, why = vits_manifest(artifact, "tts_flow_int8")
+    if why:
+        return why
+    section = vits_native_section(manifest, artifact.bundle_dir)
+    if section is None:
+        return "the bundle has no native prior flow (run tts_kernels first)"
+    if section.get("engine") != FLOW_ENGINES[0]:
+        return "the bundle's native flow is already INT8"
+    return load_error()
+
+
+def _details(native: Dict[str, Any], ctx: PassContext) -> Dict[str, Any]:
+    q = native["int8_flow"]
+    if ctx.progress:
+        print(f"    tts_flow_int8: {q['layers']} WaveNet layers INT8; against the float flow: flow output "
+              f"{q['calibration']['flow_snr_db']} dB, audio {q['calibration']['audio_snr_db']} dB SNR")
+    return {"int8_flow": q, "timing": native["timing"]}
+
+
+register_pass("tts_flow_int8", TtsFlowInt8Config, kernels_handler(
+    "tts_flow_int8", not_applicable,
+    lambda a, out, cfg, ctx: add_tts_flow_int8(a.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True), _details))
