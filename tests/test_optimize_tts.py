@@ -196,7 +196,7 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
     _, path = tiny_pt
     target = load_target("cpu")        # the shipped fast recipe's bundle passes, on 2 calibration sentences
     fast = [p for p in target["recipes_tts"]["fast"] if p["pass"] not in ("tts_reduce_flows", "tts_kernels",
-                                                                               "tts_wave")]
+                                                                               "tts_wave", "tts_flow_int8")]
     assert [p["pass"] for p in fast] == ["tts_export", "tts_quantize", "tts_validate"]
     fast[1]["calib_sentences"] = 2
     target["recipes_tts"]["fast"] = fast
@@ -213,15 +213,15 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
 def test_shipped_voice_recipes_and_budgets():
     """fast = tts_reduce_flows (4 -> 2 couplings, distilled) + the bundle passes, gated on its own, looser budget
     (issue 15's fast goal: WER +0.05, DNSMOS -0.30); balanced and quality change no weights; the cpu target's
-    balanced and fast end with the native flow (tts_kernels) and the native INT8 waveform stage (tts_wave), before
-    tts_validate."""
+    balanced and fast end with the native flow (tts_kernels), the native INT8 waveform stage (tts_wave) and the
+    native flow in INT8 (tts_flow_int8), before tts_validate; the cpu balanced quantizes the text encoder too."""
     from edgeflow.targets import list_targets, load_target, recipe_budget
     from edgeflow.validate.budget import parse_budget
 
     for name in list_targets():
         t = load_target(name)
         fast = t["recipes_tts"]["fast"]
-        kernels = ["tts_kernels", "tts_wave"] if name == "cpu" else []
+        kernels = ["tts_kernels", "tts_wave", "tts_flow_int8"] if name == "cpu" else []
         assert fast[0]["pass"] == "tts_reduce_flows" and fast[0]["n_flows"] == 2, name
         assert [p["pass"] for p in fast[1:]] == ["tts_export", "tts_quantize", *kernels, "tts_validate"], name
         assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *kernels,
@@ -229,6 +229,8 @@ def test_shipped_voice_recipes_and_budgets():
         assert [p["pass"] for p in t["recipes_tts"]["quality"]] == ["tts_export", "tts_validate"], name
         assert parse_budget(recipe_budget(t, "fast", tts=True)) == {"wer": 0.05, "dnsmos": 0.3, "mcd": 3.5}
         assert parse_budget(recipe_budget(t, "balanced", tts=True))["dnsmos"] == 0.1
+        quant = next(p for p in t["recipes_tts"]["balanced"] if p["pass"] == "tts_quantize")
+        assert quant.get("precision") != "int8" or quant["quantize_encoder"] is (name == "cpu"), name
 
 
 def test_cli_voice_errors(tmp_path, tiny_pt, capsys):
