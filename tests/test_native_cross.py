@@ -154,16 +154,21 @@ def _hq_input(a, x: np.ndarray) -> bytes:
     for i in range(spec.shape[0]):
         parts += [a[f"conv.{i}.q"].astype(np.int8).tobytes(), a[f"conv.{i}.scale"].astype("<f4").tobytes(),
                   a[f"conv.{i}.bias"].astype("<f4").tobytes()]
+    parts.append(struct.pack("<i", int("up.q" in a)))
+    if "up.q" in a:
+        parts += [a["up.spec"].astype("<i4").tobytes(), a["up.slope"].astype("<f4").tobytes(),
+                  a["up.q"].astype(np.int8).tobytes(), a["up.scale"].astype("<f4").tobytes(),
+                  a["up.bias"].astype("<f4").tobytes()]
     return b"".join(parts + [struct.pack("<i", x.shape[1]), x.astype("<f4").tobytes()])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
-@pytest.mark.parametrize("kind,planes", [("2", 2), ("1", 1)])
-def test_aarch64_wave_stage_under_qemu(kind, planes, tmp_path):
+@pytest.mark.parametrize("kind,planes,up", [("2", 2, False), ("1", 1, False), ("2", 2, True)])
+def test_aarch64_wave_stage_under_qemu(kind, planes, up, tmp_path):
     """The INT8 waveform-stage kernel built for aarch64 with warnings as errors and run under qemu-user (the
     NEON dot-product tile where qemu's CPU has it), against the numpy simulation of tests/test_native_wave_stage.py
-    (correctness only)."""
+    (correctness only); with the upsampler ahead of it, against the host library."""
     from test_native_wave_stage import random_stage, simulate
 
     from edgeflow.runtime.native.wave_stage import tile_samples
@@ -176,9 +181,16 @@ def test_aarch64_wave_stage_under_qemu(kind, planes, tmp_path):
     assert built.returncode == 0, built.stderr[-2000:]
     a, _ = random_stage(kind=kind, planes=planes, seed=5)
     x = np.random.default_rng(5).standard_normal((6, 1900)).astype(np.float32)
+    if up:
+        from edgeflow.runtime.native.wave_stage import WaveStage, _pack_up
+
+        w = np.random.default_rng(6).standard_normal((5, 6, 8)).astype(np.float32) * 0.3
+        a = dict(a, **_pack_up({"weight": w, "bias": None, "stride": 4, "padding": 2, "slope": 0.1, "planes": 2}, 6))
+        x = np.random.default_rng(5).standard_normal((5, 600)).astype(np.float32)
     (tmp_path / "in.bin").write_bytes(_hq_input(a, x))
     run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     out = np.fromfile(tmp_path / "out.bin", dtype="<f4")
-    assert out.shape == (1900,) and compare(out, simulate(a, x, tile_samples()))["snr_db"] >= 60
+    want = WaveStage(a, threads=1).run(x) if up else simulate(a, x, tile_samples())
+    assert out.shape == want.shape and compare(out, want)["snr_db"] >= 60

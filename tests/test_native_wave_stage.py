@@ -309,3 +309,100 @@ def test_pass_refuses_a_stage_far_from_the_float_one(tiny, tmp_path, monkeypatch
     with pytest.raises(BundleError, match="not read as it computes"):
         tw.add_tts_wave(root / "k", tmp_path / "w", tw.TtsWaveConfig(threads=1, time_seconds=0))
     assert not (tmp_path / "w").exists() and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cin,C,K,u", [(12, 8, 8, 4), (6, 4, 16, 8), (5, 6, 4, 2)])
+def test_merged_upsampler_is_the_conv_transpose(cin, C, K, u):
+    """The merged phase form (a centred conv of u C rows, phases interleaved) equals ConvTranspose1d."""
+    import torch
+
+    from edgeflow.runtime.native.wave_stage import merge_upsampler
+
+    rng = np.random.default_rng(K)
+    w, x = rng.standard_normal((cin, C, K)).astype(np.float32), rng.standard_normal((1, cin, 40)).astype(np.float32)
+    ref = torch.nn.functional.conv_transpose1d(torch.from_numpy(x), torch.from_numpy(w), stride=u,
+                                               padding=(K - u) // 2).numpy()
+    m = merge_upsampler(w, u, (K - u) // 2)
+    y = torch.nn.functional.conv1d(torch.from_numpy(x), torch.from_numpy(m), padding=(m.shape[2] - 1) // 2).numpy()
+    y = y.reshape(1, u, C, -1).transpose(0, 2, 3, 1).reshape(1, C, -1)
+    assert y.shape == ref.shape and np.abs(y - ref).max() < 1e-4
+    with pytest.raises(ValueError, match="input length"):
+        merge_upsampler(w, u, (K - u) // 2 + 1)
+
+
+@pytest.mark.parametrize("T", [7, 300, 1500])
+def test_kernel_with_the_upsampler(T):
+    """The stage with the upsampler ahead of it against the INT8 stage on the float upsampler's output: close (the
+    upsampler's INT8), equal at 1 and 2 threads, across chunks; broken arrays are refused."""
+    import torch
+
+    from edgeflow.runtime.native.wave_stage import _pack_up
+
+    a = random_stage(C=8)[0]
+    rng = np.random.default_rng(T)
+    w, b = (rng.standard_normal((12, 8, 8)) * 0.3).astype(np.float32), (rng.standard_normal(8) * 0.1).astype(np.float32)
+    x = (rng.standard_normal((12, T)) * np.linspace(0.05, 2, T)).astype(np.float32)
+    up = torch.nn.functional.conv_transpose1d(torch.from_numpy(np.where(x < 0, 0.1 * x, x)[None]), torch.from_numpy(w),
+                                              torch.from_numpy(b), stride=4, padding=2).numpy()[0]
+    ref = WaveStage(a, threads=1).run(up)
+    arrays = dict(a, **_pack_up({"weight": w, "bias": b, "stride": 4, "padding": 2, "slope": 0.1, "planes": 2}, 8))
+    one, two = WaveStage(arrays, threads=1), WaveStage(arrays, threads=2)
+    assert one.stride == 4 and one.input_channels == 12
+    got = one.run(x)
+    assert got.shape == (4 * T,) and np.array_equal(got, two.run(x)) and 25 <= compare(got, ref)["snr_db"] < 200
+    with pytest.raises(InputError, match="expected \\[12, T\\]"):
+        one.run(up)
+    with pytest.raises(BundleError, match="upsampler"):
+        WaveStage(dict(arrays, **{"up.q": arrays["up.q"][:, :, :1]}))
+
+
+def test_pass_with_the_upsampler(tiny, tmp_path):  # noqa: F811
+    """tts_wave with ``upsampler``: the head ends at the last upsampler's LeakyRelu input, the voice speaks close to
+    onnxruntime's, and the upsampler read from the phase form equals the one read from the ConvTranspose."""
+    import onnx
+
+    from edgeflow.passes.tts_kernels import CUT_DECODER
+    from edgeflow.passes.tts_wave import HEAD_DECODER, TtsWaveConfig, add_tts_wave
+    from edgeflow.runtime import Voice
+    from edgeflow.runtime.native.vits_stage import upsampler
+
+    _, root, _ = tiny
+    m = add_tts_wave(root / "k", tmp_path / "w", TtsWaveConfig(threads=1, time_seconds=0, upsampler=True))
+    wave = m["native"]["wave_stage"]
+    assert wave["upsampler"]["conv"] == wave["convs"] - 1 and wave["two_planes"] == list(range(wave["convs"]))
+    head, cut = (onnx.load(str(p)) for p in (tmp_path / "w" / HEAD_DECODER, root / "k" / CUT_DECODER))
+    last = max(int(n.name.split("/")[2].split(".")[1]) for n in cut.graph.node if n.name.startswith("/dec/ups."))
+    assert head.graph.output[0].name == wave["input"]
+    assert not any(n.name.startswith(f"/dec/ups.{last}/") for n in head.graph.node)
+    nat, ref = Voice.load(tmp_path / "w", engine="native"), Voice.load(tmp_path / "w", engine="onnxruntime")
+    assert nat.wave.stride == wave["upsampler"]["stride"]
+    a, b = nat.speak(TEXT, seed=3)[0], ref.speak(TEXT, seed=3)[0]
+    assert a.shape == b.shape and 15 <= compare(a, b)["snr_db"] < 80
+    up = upsampler(root / "k" / CUT_DECODER, 4)
+    assert up["weight"].shape[2] - 2 * up["padding"] == up["stride"]
+
+
+def test_upsampler_read_from_either_form():
+    """The last upsampler read from a ConvTranspose node and from edgeflow's phase form of it: the same weights."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeflow.models.polyphase import PolyphaseConvTranspose1d
+    from edgeflow.runtime.native.vits_stage import upsampler
+
+    torch.manual_seed(0)
+    ct = torch.nn.ConvTranspose1d(6, 4, 8, stride=4, padding=2)
+    pp = PolyphaseConvTranspose1d(ct)
+
+    def graph(op, name, w, b, **attrs):
+        nodes = [helper.make_node("LeakyRelu", ["x"], ["r"], name="/dec/LeakyRelu", alpha=0.1),
+                 helper.make_node(op, ["r", "w", "b"], ["y"], name=name, **attrs)]
+        inits = [numpy_helper.from_array(w.detach().numpy(), "w"), numpy_helper.from_array(b.detach().numpy(), "b")]
+        return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [1, 6, "T"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits))
+
+    a = upsampler(graph("ConvTranspose", "/dec/ups.0/ConvTranspose", ct.weight, ct.bias, strides=[4], pads=[2, 2]), 4)
+    b = upsampler(graph("Conv", "/dec/ups.0/conv/Conv", pp.conv.weight, pp.conv.bias, pads=[1, 1]), 4)
+    assert (a["stride"], a["padding"], a["slope"], a["input"]) == (b["stride"], b["padding"], b["slope"], b["input"])
+    assert np.allclose(a["weight"], b["weight"]) and np.allclose(a["bias"], b["bias"])
+    assert np.allclose(a["weight"], ct.weight.detach().numpy())

@@ -57,6 +57,9 @@ class TtsWaveConfig(PassConfig):
             sentences (joe-medium, 2026-12-05: one plane everywhere 39 dB, DNSMOS P.808 -0.07 on 12 evaluation
             sentences; two on the last resblock's convs 43 dB, -0.03).
         sentences: calibration sentences (never the evaluation ones) the SNR is measured on.
+        upsampler: run the last upsampler (the float ConvTranspose ahead of the stage, 3 ms per second of audio in
+            onnxruntime on joe-medium at 1 thread) in the kernel too, block-scaled INT8 like the stage's convs: the
+            head graph then ends at its LeakyRelu's input, and conv number len(stage convs) is the upsampler.
     """
 
     threads: int = 0
@@ -64,6 +67,7 @@ class TtsWaveConfig(PassConfig):
     two_planes: Any = "all"
     min_snr_db: float = 43.0
     sentences: int = 4
+    upsampler: bool = False
 
     def __post_init__(self):
         ok = self.two_planes in ("all", "search") or (isinstance(self.two_planes, (list, tuple)) and all(
@@ -140,13 +144,14 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
     if section is None or section.get("wave_stage"):
         raise ConfigError("tts_wave: needs a bundle with the tts_kernels pass's native flow and no waveform stage yet")
     cut, threads = src / section["decoder"], cfg.threads or 1
-    stage = stage_convs(cut)                                  # read once: every candidate is packed from it
-    n_convs = len(stage[0])
+    stage = stage_convs(cut, cfg.upsampler)                   # read once: every candidate is packed from it
+    n_convs = len(stage[0]) + bool(cfg.upsampler)
+    channels = stage[1]["up"]["weight"].shape[0] if cfg.upsampler else int(stage[0][0]["weight"].shape[1])
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for p in src.iterdir():
             if p.is_file() and p.name not in (MANIFEST, SIDECAR, section["decoder"], HEAD_DECODER, WAVE_FILE):
                 shutil.copy2(p, tmp / p.name)
-        name = cut_before_stage(cut, tmp / HEAD_DECODER, int(stage[0][0]["weight"].shape[1]))
+        name = cut_before_stage(cut, tmp / HEAD_DECODER, channels, stage[1]["input"] if cfg.upsampler else None)
         head = ort.InferenceSession(str(tmp / HEAD_DECODER), session_options(threads),
                                     providers=["CPUExecutionProvider"])
         xs, refs = stage_inputs(Voice.load(src, threads=threads, engine="native"), head,
@@ -164,7 +169,9 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
                        "reference": "the float stage in onnxruntime, same inputs"}
         draft["native"] = dict(section, decoder=HEAD_DECODER, wave_stage={
             "file": WAVE_FILE, "engine": WAVE_ENGINE, "input": name, "convs": n_convs, "two_planes": planes,
-            "tile_samples": tile_samples(), "chunk_samples": chunk_samples(), "calibration": calibration})
+            "tile_samples": tile_samples(), "chunk_samples": chunk_samples(), "calibration": calibration,
+            "upsampler": {"stride": stage[1]["up"]["stride"], "kernel": int(stage[1]["up"]["weight"].shape[2]),
+                          "conv": n_convs - 1} if cfg.upsampler else None})
         draft["native"].pop("timings_other", None)
         write_manifest(tmp, draft)
         retime(tmp, manifest, draft["native"], cfg.time_seconds, threads)

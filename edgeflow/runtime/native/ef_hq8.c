@@ -36,6 +36,9 @@ typedef struct {
 
 typedef struct {
     int C, n_blocks, n_convs, kp;
+    ef_hqconv *up;       /* the last upsampler ahead of the stage (ef_hq_set_up), or NULL */
+    int u;               /* its stride */
+    float up_slope;      /* the leaky ReLU before it */
     int *first;          /* [n_blocks + 1]: block b's convs are first[b] .. first[b + 1] - 1 */
     ef_hqconv *convs;
     float slope, post_slope, post_b;
@@ -50,6 +53,7 @@ EF_API void ef_hq_free(ef_hq *m)
 {
     if (!m) return;
     for (int i = 0; m->convs && i < m->n_convs; i++) { ef_q8_free(m->convs[i].q); free(m->convs[i].bias); }
+    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up); }
     free(m->convs); free(m->first); free(m->post_w);
     free(m);
 }
@@ -97,6 +101,31 @@ EF_API int ef_hq_set_conv(ef_hq *m, int i, const int8_t *q, const float *scale, 
     ef_q8_free(c->q);
     c->q = p;
     memcpy(c->bias, bias, c->cout * sizeof(float));
+    return 0;
+}
+
+/* The last upsampler ahead of the stage: a ConvTranspose of stride u in its merged phase form, a conv q [u C][cin][k]
+ * (s8, k odd, centred; row r C + o is output channel o's phase r: out[o][u t + r] = row r C + o at column t) with
+ * per-row scales scale [u C] and bias [u C], its input quantized like the stage's convs' (a u8 scale per tile, the
+ * leaky ReLU of slope `slope` applied first; planes 1 or 2). ef_hq_run then takes the upsampler's input (before that
+ * leaky ReLU) [cin][T] and writes audio [u T]. 0, or -1 (bad arguments, memory). */
+EF_API int ef_hq_set_up(ef_hq *m, int cin, int u, int k, int planes, float slope, const int8_t *q, const float *scale,
+                        const float *bias)
+{
+    if (!m || cin < 1 || u < 1 || k < 1 || k % 2 == 0 || (planes != 1 && planes != 2) || !q || !scale || !bias)
+        return -1;
+    const int cout = u * m->C;
+    for (int o = 0; o < cout; o++)
+        if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
+    ef_hqconv *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    *c = (ef_hqconv){.cin = cin, .cout = cout, .k = k, .d = 1, .mode = 1, .planes = planes};
+    c->bias = malloc(cout * sizeof(float));
+    c->q = ef_q8_pack_conv(cout, (cout + EF_MR - 1) / EF_MR * EF_MR, cin, k, q, scale);
+    if (!c->bias || !c->q) { ef_q8_free(c->q); free(c->bias); free(c); return -1; }
+    memcpy(c->bias, bias, cout * sizeof(float));
+    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up); }
+    m->up = c; m->u = u; m->up_slope = slope;
     return 0;
 }
 
@@ -164,12 +193,13 @@ static void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb
     }
 }
 
-/* One chunk's scratch: planes of `rows` rows and stride S, the block ranges, a quantized window. */
+/* One chunk's scratch: planes of `rows` rows and stride S, the block ranges, a quantized window; with an upsampler,
+ * its input and output at the input rate (rows of stride Sl). */
 typedef struct {
-    float *pl[4], *tb, *mm;
+    float *pl[4], *tb, *mm, *lin, *lout;
     uint8_t *buf, *buf2;
     const uint8_t **xq, **xq2;
-    size_t S;
+    size_t S, Sl;
 } ef_hq_ws;
 
 /* out[o][t] = (res ? res[o][t] : 0) + bias[o] + conv(lrelu(in))[o][t] for local columns t < L (rows of stride S);
@@ -240,19 +270,52 @@ static void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const f
     }
 }
 
+static int ef_hq_floordiv(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* xin [C][L] (rows of stride S) = the upsampler's output at audio columns [g0, g0 + L), 0 outside [0, u Tl), from its
+ * input x [cin][Tl]: the input columns those need, widened by the conv's half width, through the INT8 conv. */
+static void ef_hq_up_chunk(const ef_hq *m, const float *x, int Tl, int g0, int L, float *xin, ef_hq_ws *w,
+                           ef_qtile_fn tile)
+{
+    const ef_hqconv *c = m->up;
+    const int u = m->u, R = (c->k - 1) / 2, C = m->C, Tw = u * Tl;
+    const int l0 = ef_hq_floordiv(g0, u) - R, Ll = ef_hq_floordiv(g0 + L - 1, u) + 1 + R - l0;
+    const int va = l0 < 0 ? -l0 : 0, vb = Tl - l0 < Ll ? Tl - l0 : Ll;
+    ef_hq_ws wl = *w;
+    wl.S = w->Sl;
+    for (int i = 0; i < c->cin; i++) {
+        float *row = w->lin + (size_t)i * w->Sl;
+        memset(row, 0, w->Sl * sizeof(float));
+        if (vb > va) memcpy(row + va, x + (size_t)i * Tl + l0 + va, (size_t)(vb - va) * sizeof(float));
+    }
+    ef_hq_conv(c, m->up_slope, w->lin, NULL, w->lout, Ll, va, vb, &wl, tile);
+    const int gs = g0 > 0 ? g0 : 0, ge = g0 + L < Tw ? g0 + L : Tw;      /* valid audio columns */
+    for (int o = 0; o < C; o++) {
+        float *restrict dst = xin + (size_t)o * w->S - g0;               /* indexed by audio column */
+        memset(xin + (size_t)o * w->S, 0, w->S * sizeof(float));
+        for (int r = 0; r < u; r++) {
+            const float *restrict src = w->lout + (size_t)(r * C + o) * w->Sl - l0;   /* by input column */
+            for (int l = (gs - r + u - 1) / u; u * l + r < ge; l++) dst[u * l + r] = src[l];
+        }
+    }
+}
+
 /* Output columns [c0, c1) of the stage: its input window [c0 - H, c1 + H) of x (H: the blocks' receptive half
- * width and conv_post's), every conv on the whole window, the central columns kept. */
+ * width and conv_post's), every conv on the whole window, the central columns kept. With an upsampler, x is its
+ * input [cin][T / u]. */
 static void ef_hq_chunk(const ef_hq *m, const float *x, int T, int c0, int c1, int H, float *audio, ef_hq_ws *w,
                         ef_qtile_fn tile)
 {
     const int g0 = c0 - H, L = c1 - c0 + 2 * H, va = g0 < 0 ? -g0 : 0, vb = T - g0 < L ? T - g0 : L;
     const size_t S = w->S;
     float *xin = w->pl[0], *acc = NULL;
-    for (int c = 0; c < m->C; c++) {
-        float *row = xin + (size_t)c * S;
-        memset(row, 0, S * sizeof(float));
-        memcpy(row + va, x + (size_t)c * T + g0 + va, (size_t)(vb - va) * sizeof(float));
-    }
+    if (m->up) ef_hq_up_chunk(m, x, T / m->u, g0, L, xin, w, tile);
+    else
+        for (int c = 0; c < m->C; c++) {
+            float *row = xin + (size_t)c * S;
+            memset(row, 0, S * sizeof(float));
+            memcpy(row + va, x + (size_t)c * T + g0 + va, (size_t)(vb - va) * sizeof(float));
+        }
     for (int b = 0; b < m->n_blocks; b++) {
         float *work[2], *cur = xin;
         for (int i = 1, k = 0; i < 4; i++) if (w->pl[i] != acc && k < 2) work[k++] = w->pl[i];
@@ -273,10 +336,12 @@ static void ef_hq_chunk(const ef_hq *m, const float *x, int T, int c0, int c1, i
 
 /* The stage on x [C][T] (the last upsampler's output): audio [T] = tanh(conv_post(lrelu(mean of the resblocks,
  * post_slope)) + post_b), in chunks of about EF_HQ_CHUNK columns (each thread one chunk at a time, its planes in
- * its L2 cache). nthreads <= 0: OpenMP's default. Returns 0, -1 (bad arguments, weights not set) or -3 (memory). */
-EF_API int ef_hq_run(const ef_hq *m, const float *x, int T, float *audio, int nthreads)
+ * its L2 cache). With an upsampler (ef_hq_set_up), x is its input [cin][T] and the audio has u T samples.
+ * nthreads <= 0: OpenMP's default. Returns 0, -1 (bad arguments, weights not set) or -3 (memory). */
+EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int nthreads)
 {
-    if (!m || !x || !audio || T < 1 || m->kp > 65) return -1;
+    if (!m || !x || !audio || Tin < 1 || m->kp > 65 || (m->up && Tin > INT32_MAX / m->u)) return -1;
+    const int T = m->up ? Tin * m->u : Tin;
     int cmax = m->C, H = 0;
     for (int b = 0; b < m->n_blocks; b++) {
         int h = 0;
@@ -296,19 +361,25 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int T, float *audio, int nt
     (void)nthreads; (void)nt;
 #endif
     const int chunk = EF_HQ_CHUNK - 2 * H > EF_NB ? EF_HQ_CHUNK - 2 * H : EF_NB, nchunk = (T + chunk - 1) / chunk;
-    const int Lmax = chunk + 2 * H, rows = (cmax + EF_MR - 1) / EF_MR * EF_MR, Rmax = H;
+    const int Ru = m->up ? (m->up->k - 1) / 2 : 0, Rmax = H > Ru ? H : Ru;
+    const int Lmax = chunk + 2 * H, rows = (cmax + EF_MR - 1) / EF_MR * EF_MR;
     const size_t S = (size_t)(Lmax + EF_HQ_TW) / EF_NB * EF_NB + 64, plane = (size_t)rows * S;
+    const size_t Sl = m->up ? (size_t)(Lmax / m->u + 2 + 2 * Ru + EF_HQ_TW) / EF_NB * EF_NB + 64 : 0;
+    const size_t lbytes = m->up ? ((size_t)m->up->cin + (m->up->cout + EF_MR - 1) / EF_MR * EF_MR) * Sl : 0;
     int cqmax = 0, nqmax = 0, fail = 0;
-    for (int i = 0; i < m->n_convs; i++) {
-        const int cq = (m->convs[i].cin + 3) / 4;
+    for (int i = -1; i < m->n_convs; i++) {
+        const ef_hqconv *c = i < 0 ? m->up : &m->convs[i];
+        if (!c) continue;
+        if (!c->q) return -1;
+        const int cq = (c->cin + 3) / 4;
         cqmax = cq > cqmax ? cq : cqmax;
-        nqmax = cq * m->convs[i].k > nqmax ? cq * m->convs[i].k : nqmax;
+        nqmax = cq * c->k > nqmax ? cq * c->k : nqmax;
     }
     ef_qtile_fn tile = ef_qtile_for(ef_get_isa());
     #pragma omp parallel num_threads(nt < nchunk ? nt : nchunk) reduction(|:fail)
     {
-        ef_hq_ws w = {.S = S};
-        float *mem = malloc((5 * plane + (S / EF_NB + 1) * 2) * sizeof(float));
+        ef_hq_ws w = {.S = S, .Sl = Sl};
+        float *mem = malloc((5 * plane + (S / EF_NB + 1) * 2 + lbytes) * sizeof(float));
         const size_t qbytes = (size_t)cqmax * (EF_HQ_TW + 2 * Rmax + 16) * 4 + 64;
         w.buf = malloc(2 * qbytes);
         w.buf2 = w.buf ? w.buf + qbytes : NULL;
@@ -318,6 +389,8 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int T, float *audio, int nt
         else {
             for (int i = 0; i < 4; i++) w.pl[i] = mem + i * plane;
             w.tb = mem + 4 * plane; w.mm = mem + 5 * plane;
+            w.lin = m->up ? w.mm + (S / EF_NB + 1) * 2 : NULL;
+            w.lout = m->up ? w.lin + (size_t)m->up->cin * Sl : NULL;
         }
         #pragma omp for schedule(dynamic, 1)
         for (int ci = 0; ci < nchunk; ci++)

@@ -6,7 +6,8 @@
  *
  * IN (little-endian): int32 C, n_blocks, n_convs, kp; int32 spec[n_convs][7] (wave_stage.pack_stage's); float32
  * slope, post_slope, post_b, post_w[C * kp]; per conv: int8 q[cout * cin * k], float32 scale[cout], bias[cout];
- * int32 T; float32 x[C * T]. OUT: float32 audio[T]. ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status
+ * int32 has_up, and when 1 the upsampler: int32 cin, u, k, planes; float32 slope; int8 q[u C * cin * k], float32
+ * scale[u C], bias[u C]; int32 T; float32 x[(has_up ? cin : C) * T]. OUT: float32 audio[(has_up ? u : 1) * T]. ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status
  * 0, or 1 with a message on stderr.
  */
 
@@ -18,6 +19,8 @@ typedef struct ef_hq ef_hq;
 ef_hq *ef_hq_create(int C, int n_blocks, int n_convs, const int *spec, float slope, float post_slope, int kp,
                     const float *post_w, float post_b);
 int ef_hq_set_conv(ef_hq *m, int i, const int8_t *q, const float *scale, const float *bias);
+int ef_hq_set_up(ef_hq *m, int cin, int u, int k, int planes, float slope, const int8_t *q, const float *scale,
+                 const float *bias);
 int ef_hq_run(const ef_hq *m, const float *x, int T, float *audio, int nthreads);
 void ef_hq_free(ef_hq *m);
 int ef_set_isa(int isa);
@@ -48,12 +51,27 @@ int main(int argc, char **argv)
         if (ef_hq_set_conv(m, i, q, scale, bias) != 0) { fprintf(stderr, "ef_hq_driver: bad conv %d\n", i); return 1; }
         free(q); free(scale); free(bias);
     }
+    int cin = C, u = 1;
+    if (*(int32_t *)readn(f, 4, 1)) {
+        int32_t *us = readn(f, 4, 4);
+        float *slope = readn(f, 4, 1);
+        cin = us[0]; u = us[1];
+        int8_t *q = readn(f, 1, (size_t)u * C * cin * us[2]);
+        float *scale = readn(f, 4, (size_t)u * C), *bias = readn(f, 4, (size_t)u * C);
+        if (ef_hq_set_up(m, cin, u, us[2], us[3], *slope, q, scale, bias) != 0) {
+            fprintf(stderr, "ef_hq_driver: bad upsampler\n");
+            return 1;
+        }
+    }
     const int T = *(int32_t *)readn(f, 4, 1);
-    float *x = readn(f, 4, (size_t)C * T), *out = malloc((size_t)T * 4);
+    float *x = readn(f, 4, (size_t)cin * T), *out = malloc((size_t)T * u * 4);
     fclose(f);
     if (!out || ef_hq_run(m, x, T, out, 1) != 0) { fprintf(stderr, "ef_hq_driver: run failed\n"); return 1; }
     FILE *o = fopen(argv[2], "wb");
-    if (!o || fwrite(out, 4, T, o) != (size_t)T) { fprintf(stderr, "ef_hq_driver: cannot write %s\n", argv[2]); return 1; }
+    if (!o || fwrite(out, 4, (size_t)T * u, o) != (size_t)T * u) {
+        fprintf(stderr, "ef_hq_driver: cannot write %s\n", argv[2]);
+        return 1;
+    }
     fclose(o);
     ef_hq_free(m);
     return 0;

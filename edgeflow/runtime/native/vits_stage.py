@@ -7,6 +7,9 @@ stage reads the last upsampler's output through a LeakyRelu, their outputs are s
 then LeakyRelu, ``/dec/conv_post`` and Tanh make the audio. Resblocks of type "2" (``convs.{c}``, each
 ``x + conv(lrelu(x))``) and type "1" (``convs1.{c}`` then ``convs2.{c}``) are read; the stage must be float
 (the ``balanced`` and ``fast`` recipes keep it float: a QDQ graph cannot take it, bench/results/tts_optimize.md).
+With ``upsampler=True`` the stage starts one step earlier, at the last upsampler's LeakyRelu: the upsampler
+(``/dec/ups.{n}``, a ConvTranspose or edgeflow's phase form of it, :mod:`edgeflow.models.polyphase`) runs in the
+native kernel too.
 """
 
 from __future__ import annotations
@@ -62,6 +65,53 @@ def stage_input(model: Any) -> str:
     return found.pop()
 
 
+def _upsampler_node(graph):
+    """The last upsampler's weight-carrying node: a ConvTranspose, or the phase form's Conv (``/dec/ups.{n}/conv``)."""
+    last = max((int(m.group(1)) for n in graph.node for m in [_UPS.match(n.name)] if m), default=None)
+    for n in graph.node:
+        if last is not None and n.name.startswith(f"/dec/ups.{last}/") and n.op_type in ("ConvTranspose", "Conv"):
+            return n
+    raise ConfigError("tts_wave: the decoder graph has no last upsampler (/dec/ups.N) to run natively")
+
+
+def upsampler(model: Any, channels: int) -> Dict[str, Any]:
+    """The last upsampler as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes it (``up``: the
+    ConvTranspose1d weight [cin, C, K], bias, stride, padding, its input's leaky-ReLU slope) plus ``"input"``: the
+    tensor that LeakyRelu reads. ``channels``: the stage's C (the phase form's rows are stride x C).
+
+    Raises:
+        ConfigError: no such upsampler, a quantized one, or not after a LeakyRelu.
+    """
+    from onnx import numpy_helper
+
+    graph = _load(model).graph
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    prod = {o: n for n in graph.node for o in n.output}
+    node = _upsampler_node(graph)
+    w, bias = _weights(node, inits)
+    relu = prod.get(node.input[0])
+    if relu is None or relu.op_type != "LeakyRelu":
+        raise ConfigError(f"tts_wave: {node.name} does not read a LeakyRelu (quantized?)")
+    if node.op_type == "ConvTranspose":
+        u = int(_attr(node, "strides", [1])[0])
+        pads = _attr(node, "pads", [0, 0])
+        if _attr(node, "group", 1) != 1 or pads[0] != pads[-1] or _attr(node, "output_padding", [0]) not in ([0], 0):
+            raise ConfigError(f"tts_wave: {node.name} is not a plain, symmetric ConvTranspose")
+        p = int(pads[0])
+    else:                                     # phase form: [u C, cin, taps], row r C + o, tap d = W[.., (taps-1-d) u + r]
+        u, taps = w.shape[0] // channels, w.shape[2]
+        if u * channels != w.shape[0]:
+            raise ConfigError(f"tts_wave: {node.name} has {w.shape[0]} rows, not a multiple of {channels}")
+        w = w.reshape(u, channels, w.shape[1], taps)[:, :, :, ::-1].transpose(2, 1, 3, 0).reshape(
+            w.shape[1], channels, taps * u)
+        bias = None if bias is None else bias[:channels]
+        p = (taps * u - u) // 2
+    if w.shape[2] - 2 * p != u:
+        raise ConfigError(f"tts_wave: {node.name} does not upsample by exactly {u}")
+    return {"weight": np.ascontiguousarray(w), "bias": bias, "stride": u, "padding": p,
+            "slope": float(_attr(relu, "alpha", 0.01)), "input": relu.input[0]}
+
+
 def _attr(node, name: str, default):
     for a in node.attribute:
         if a.name == name:
@@ -76,9 +126,10 @@ def _weights(node, inits: Dict[str, np.ndarray]) -> Tuple[np.ndarray, Optional[n
     return inits[names[0]], (inits[names[1]] if len(names) > 1 and names[1] else None)
 
 
-def stage_convs(model: Any) -> Tuple[List[dict], Dict[str, Any]]:
+def stage_convs(model: Any, with_upsampler: bool = False) -> Tuple[List[dict], Dict[str, Any]]:
     """The last stage's convs as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes them (float32), and
-    {"post_w", "post_b", "slope", "post_slope", "input"}."""
+    {"post_w", "post_b", "slope", "post_slope", "input"} (with the upsampler: "up" too, and "input" is its
+    LeakyRelu's input)."""
     from onnx import numpy_helper
 
     graph = _load(model).graph
@@ -106,20 +157,26 @@ def stage_convs(model: Any) -> Tuple[List[dict], Dict[str, Any]]:
     relu = prod.get(post.input[0])
     if pw.shape[0] != 1 or relu is None or relu.op_type != "LeakyRelu":
         raise ConfigError("tts_wave: /dec/conv_post is not a one-channel conv after a LeakyRelu")
-    return out, {"post_w": pw, "post_b": 0.0 if pb is None else float(pb.reshape(-1)[0]), "slope": slope,
-                 "post_slope": float(_attr(relu, "alpha", 0.01)), "input": stage_input(model)}
+    extra = {"post_w": pw, "post_b": 0.0 if pb is None else float(pb.reshape(-1)[0]), "slope": slope,
+             "post_slope": float(_attr(relu, "alpha", 0.01)), "input": stage_input(model)}
+    if with_upsampler:
+        up = upsampler(model, pw.shape[1])
+        extra.update(up=up, input=up.pop("input"))
+    return out, extra
 
 
 def stage_arrays(stage: Tuple[List[dict], Dict[str, Any]], two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
     """The stage arrays (:func:`edgeflow.runtime.native.wave_stage.pack_stage`) of :func:`stage_convs`'s result,
-    the convs numbered in ``two_planes`` with two activation planes."""
+    the convs numbered in ``two_planes`` with two activation planes (number len(convs): the upsampler)."""
     convs, extra = stage
+    n = len(convs) + ("up" in extra)
     for i in two_planes:
-        if not 0 <= int(i) < len(convs):
-            raise ConfigError(f"tts_wave: conv {i} is not in the stage (it has {len(convs)})")
+        if not 0 <= int(i) < n:
+            raise ConfigError(f"tts_wave: conv {i} is not in the stage (it has {n})")
     two = {int(i) for i in two_planes}
+    up = dict(extra["up"], planes=2 if len(convs) in two else 1) if "up" in extra else None
     convs = [dict(c, planes=2 if i in two else 1) for i, c in enumerate(convs)]
-    return pack_stage(convs, extra["post_w"], extra["post_b"], extra["slope"], extra["post_slope"])
+    return pack_stage(convs, extra["post_w"], extra["post_b"], extra["slope"], extra["post_slope"], up)
 
 
 def pack_graph_stage(model: Any, two_planes: Sequence[int] = ()) -> Dict[str, np.ndarray]:
@@ -127,9 +184,10 @@ def pack_graph_stage(model: Any, two_planes: Sequence[int] = ()) -> Dict[str, np
     return stage_arrays(stage_convs(model), two_planes)
 
 
-def cut_before_stage(decoder: Any, out_path: str | Path, channels: int) -> str:
+def cut_before_stage(decoder: Any, out_path: str | Path, channels: int, name: Optional[str] = None) -> str:
     """Write the decoder graph (``decoder``: a path or ModelProto whose one input is the flow's output) cut at
-    the last stage's input to ``out_path``; returns that tensor's name.
+    the last stage's input (or at tensor ``name``, e.g. the upsampler's input, of ``channels`` channels) to
+    ``out_path``; returns that tensor's name.
 
     Raises:
         ConfigError: no stage of this form. BundleError: the cut graph does not check.
@@ -140,7 +198,7 @@ def cut_before_stage(decoder: Any, out_path: str | Path, channels: int) -> str:
     from edgeflow.runtime.native.vits_graph import extract
 
     model = _load(decoder)
-    name = stage_input(model)
+    name = name or stage_input(model)
     try:
         cut = extract(model, [i.name for i in model.graph.input], [name], channels)
         onnx.checker.check_model(cut)

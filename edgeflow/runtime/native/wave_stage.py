@@ -14,7 +14,11 @@ The stage is described by numpy arrays (:func:`pack_stage`; a pass writes them i
 - ``conv.{i}.q`` int8 [out, in, k], ``conv.{i}.scale`` float32 [out] (symmetric per output channel),
   ``conv.{i}.bias`` float32 [out];
 - ``post.weight`` float32 [C, kp] (conv_post, one output channel), ``post.bias`` float32 [1];
-- ``slopes`` float32 [2]: the resblocks' leaky-ReLU slope, then the one before conv_post.
+- ``slopes`` float32 [2]: the resblocks' leaky-ReLU slope, then the one before conv_post;
+- optionally the last upsampler ahead of the stage (since 2026-12-05): ``up.q`` int8 [u C, cin, k] and ``up.scale``,
+  ``up.bias`` float32 [u C]: the ConvTranspose of stride u in its merged phase form (:func:`merge_upsampler`; row
+  r C + o is output channel o's phase r), ``up.spec`` int32 [4]: cin, u, k, planes, ``up.slope`` float32 [1]: the
+  leaky ReLU before it. The stage then takes the upsampler's input [cin, T] and gives audio [u T].
 
 Example::
 
@@ -44,8 +48,41 @@ def quantize_conv(w: np.ndarray):
     return q, scale
 
 
+def merge_upsampler(weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """The merged phase form [u C, cin, 2 R + 1] of a ConvTranspose1d weight [cin, C, K] (stride u, padding p, with
+    K - 2 p = u: output length u x input): a centred conv whose row r C + o computes output channel o's samples
+    u t + r (tap R - a holds W[:, o, u a + r + p]; taps no phase uses are 0).
+
+    Raises:
+        ValueError: K - 2 p != u.
+    """
+    w = np.asarray(weight, np.float32)
+    cin, c, k = w.shape
+    u, p = int(stride), int(padding)
+    if k - 2 * p != u:
+        raise ValueError(f"upsampler: kernel {k}, stride {u}, padding {p} does not give u x the input length")
+    taps = [(r, a, u * a + r + p) for r in range(u) for a in range(-k, k + 1) if 0 <= u * a + r + p < k]
+    radius = max(abs(a) for _, a, _ in taps)
+    out = np.zeros((u * c, cin, 2 * radius + 1), np.float32)
+    for r, a, j in taps:
+        out[r * c:(r + 1) * c, :, radius - a] = w[:, :, j].T
+    return out
+
+
+def _pack_up(up: dict, channels: int) -> Dict[str, np.ndarray]:
+    merged = merge_upsampler(up["weight"], up["stride"], up["padding"])
+    if merged.shape[0] != int(up["stride"]) * channels:
+        raise ValueError(f"upsampler: {merged.shape[0] // int(up['stride'])} output channels, the stage has {channels}")
+    q, scale = quantize_conv(merged)
+    bias = np.zeros(channels, np.float32) if up.get("bias") is None else np.asarray(up["bias"], np.float32)
+    return {"up.q": q, "up.scale": scale, "up.bias": np.tile(bias.reshape(channels), int(up["stride"])),
+            "up.spec": np.asarray([merged.shape[1], int(up["stride"]), merged.shape[2], int(up.get("planes", 1))],
+                                  np.int32),
+            "up.slope": np.asarray([up["slope"]], np.float32)}
+
+
 def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: float,
-               post_slope: float) -> Dict[str, np.ndarray]:
+               post_slope: float, up: Optional[dict] = None) -> Dict[str, np.ndarray]:
     """The stage's arrays from float weights.
 
     Args:
@@ -54,6 +91,9 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
         post_w: conv_post's weight [1, C, kp] or [C, kp].
         post_b: conv_post's bias (0 where it has none).
         slope, post_slope: the leaky-ReLU slopes inside the resblocks and before conv_post.
+        up: the last upsampler ahead of the stage, or None: ``{"weight": [cin, C, K] (ConvTranspose1d), "bias": [C]
+            or None, "stride": u, "padding": p, "slope": its input's leaky-ReLU slope}`` and optionally
+            ``"planes": 2``.
     """
     arrays: Dict[str, np.ndarray] = {}
     spec = []
@@ -69,6 +109,8 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
     arrays["post.weight"] = pw.reshape(pw.shape[-2], pw.shape[-1])
     arrays["post.bias"] = np.asarray([post_b], np.float32)
     arrays["slopes"] = np.asarray([slope, post_slope], np.float32)
+    if up is not None:
+        arrays.update(_pack_up(up, arrays["post.weight"].shape[0]))
     return arrays
 
 
@@ -84,6 +126,8 @@ def _bound() -> ctypes.CDLL:
                     "ef_hq_free": ([ctypes.c_void_p], None),
                     "ef_hq_set_conv": ([ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int8), f32, f32],
                                        ctypes.c_int),
+                    "ef_hq_set_up": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_float, ctypes.POINTER(ctypes.c_int8), f32, f32], ctypes.c_int),
                     "ef_hq_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, ctypes.c_int], ctypes.c_int),
                     "ef_hq_tile": ([], ctypes.c_int), "ef_hq_chunk_cols": ([], ctypes.c_int)}
             for name, (args, res) in sigs.items():
@@ -150,13 +194,35 @@ class WaveStage:
             if self._lib.ef_hq_set_conv(handle, i, q.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)), _f32(scale),
                                         _f32(bias)) != 0:
                 raise BundleError(f"waveform stage: conv {i}'s scales are not finite and >= 0")
+        #: the upsampler's stride (1: none), and the channels run() takes.
+        self.stride, self.input_channels = 1, self.channels
+        if "up.q" in arrays:
+            self._set_up(arrays)
+
+    def _set_up(self, arrays: Dict[str, np.ndarray]) -> None:
+        try:
+            cin, u, k, planes = (int(v) for v in np.asarray(arrays["up.spec"]).reshape(4))
+            q = np.ascontiguousarray(arrays["up.q"], np.int8)
+            scale = np.ascontiguousarray(arrays["up.scale"], np.float32)
+            bias = np.ascontiguousarray(arrays["up.bias"], np.float32)
+            slope = float(np.asarray(arrays["up.slope"]).reshape(-1)[0])
+        except (KeyError, ValueError, TypeError):
+            raise BundleError("waveform stage: the upsampler's arrays (up.spec, up.scale, up.bias, up.slope) are "
+                              "missing or malformed") from None
+        if u < 1 or q.shape != (u * self.channels, cin, k) or scale.shape != (q.shape[0],) or bias.shape != scale.shape:
+            raise BundleError(f"waveform stage: the upsampler's arrays do not match its spec {[cin, u, k, planes]}")
+        if self._lib.ef_hq_set_up(self._handle, cin, u, k, planes, slope, q.ctypes.data_as(
+                ctypes.POINTER(ctypes.c_int8)), _f32(scale), _f32(bias)) != 0:
+            raise BundleError("waveform stage: the upsampler's spec or scales are invalid")
+        self.stride, self.input_channels = u, cin
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Audio [T] (float32, in [-1, 1]) of the stage input x [C, T] or [1, C, T]."""
+        """Audio [T x stride] (float32, in [-1, 1]) of the stage input x [input_channels, T] or [1, .., T] (the last
+        upsampler's output, or with an upsampler its input)."""
         x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1]))
-        if x.shape[0] != self.channels or x.shape[1] < 1:
-            raise InputError(f"waveform stage: input has shape {x.shape}, expected [{self.channels}, T]")
-        out = np.empty(x.shape[1], np.float32)
+        if x.shape[0] != self.input_channels or x.shape[1] < 1:
+            raise InputError(f"waveform stage: input has shape {x.shape}, expected [{self.input_channels}, T]")
+        out = np.empty(x.shape[1] * self.stride, np.float32)
         rc = self._lib.ef_hq_run(self._handle, _f32(x), x.shape[1], _f32(out), self.threads)
         if rc != 0:
             raise InputError("waveform stage: out of memory" if rc == -3 else "waveform stage: bad arguments")
