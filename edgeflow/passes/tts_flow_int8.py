@@ -27,7 +27,7 @@ import numpy as np
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler
-from edgeflow.passes.tts_kernels import retime, vits_manifest
+from edgeflow.passes.tts_kernels import native_section, retime
 
 #: Calibration SNR (dB) of the INT8 flow's output against the float flow below which the pass refuses (a misread
 #: flow; joe-medium: about 30 dB).
@@ -125,14 +125,11 @@ def add_tts_flow_int8(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (no float native flow, no C library), or None."""
     from edgeflow.runtime.native import load_error
-    from edgeflow.runtime.voice_config import FLOW_ENGINES, vits_native_section
+    from edgeflow.runtime.voice_config import FLOW_ENGINES
 
-    manifest, why = vits_manifest(artifact, "tts_flow_int8")
+    section, why = native_section(artifact, "tts_flow_int8")
     if why:
         return why
-    section = vits_native_section(manifest, artifact.bundle_dir)
-    if section is None:
-        return "the bundle has no native prior flow (run tts_kernels first)"
     if section.get("engine") != FLOW_ENGINES[0]:
         return "the bundle's native flow is already INT8"
     return load_error()

@@ -232,6 +232,18 @@ def vits_manifest(artifact: Artifact, name: str) -> Tuple[Dict[str, Any], Option
     return manifest, None
 
 
+def native_section(artifact: Artifact, name: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the artifact's bundle's ``native`` section, or None with why a pass ``name`` that builds on this pass's
+    native flow does not apply)."""
+    from edgeflow.runtime.voice_config import vits_native_section
+
+    manifest, why = vits_manifest(artifact, name)
+    if why:
+        return None, why
+    section = vits_native_section(manifest, artifact.bundle_dir)
+    return section, None if section is not None else "the bundle has no native prior flow (run tts_kernels first)"
+
+
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (another family, no float flow, no C library), or None."""
     from edgeflow.runtime.native import load_error

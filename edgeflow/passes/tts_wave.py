@@ -180,17 +180,13 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
 
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (no native flow, a quantized last stage, no C library), or None."""
-    from edgeflow.passes.tts_kernels import vits_manifest
+    from edgeflow.passes.tts_kernels import native_section
     from edgeflow.runtime.native import load_error
     from edgeflow.runtime.native.vits_stage import stage_convs
-    from edgeflow.runtime.voice_config import vits_native_section
 
-    manifest, why = vits_manifest(artifact, "tts_wave")
+    section, why = native_section(artifact, "tts_wave")
     if why:
         return why
-    section = vits_native_section(manifest, artifact.bundle_dir)
-    if section is None:
-        return "the bundle has no native prior flow (run tts_kernels first)"
     if section.get("wave_stage"):
         return "the bundle already has a native waveform stage"
     try:

@@ -1,6 +1,6 @@
 /* A command-line driver of the INT8 waveform-stage kernel (ef_hq8.c), for running it where Python is not (an
- * aarch64 build under qemu-user in tests/test_native_cross.py). Link it with ef_hq8.c, ef_int8.c, ef_kernels.c,
- * ef_run.c and ef_wn_q8.c (with ef_wn.c, ef_wn_run.c):
+ * aarch64 build under qemu-user in tests/test_native_cross.py). Link it with ef_hq8.c, ef_hq_up.c, ef_int8.c,
+ * ef_kernels.c, ef_run.c and ef_wn_q8.c (with ef_wn.c, ef_wn_run.c):
  *
  *     ef_hq_driver IN OUT [ISA]
  *
