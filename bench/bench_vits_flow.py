@@ -8,11 +8,16 @@ from a Piper voice), side by side in one run:
 * the whole voice: real-time factor (compute s / audio s) of ``Voice.speak`` (whole sentences) and of
   ``speak_stream`` (default chunks) with ``engine="native"`` and ``engine="onnxruntime"``, interleaved.
 
+``--ort-int8`` also times onnxruntime's own INT8 of the same flow (``quantize_static`` of the flow subgraph, QDQ,
+per-channel int8 weights, u8 activations, Conv only, calibrated on 8 calibration sentences' z_p): on a bundle of the
+``tts_flow_int8`` pass (native INT8 flow) that is the same-precision comparison; each row adds both INT8 flows'
+SNR against the float flow.
+
 ``--int8-probe N`` also times the native flow with INT8 layers (weights quantized from the flow's own float
 weights, :func:`edgeflow.runtime.native.wn.quantize_weights`; activations per layer input, dynamic) in the flow
 stage, and measures what it does to the voice: log-mel L1 and mel-cepstral distance of ``Voice.speak`` with the
-INT8 flow against the float flow, same sentences and seeds (the first N calibration sentences). An experiment: no
-recipe quantizes the VITS flow.
+INT8 flow against the float flow, same sentences and seeds (the first N calibration sentences). (Since
+2026-12-05 the ``tts_flow_int8`` pass puts that INT8 flow in the cpu voice recipes.)
 
 Times are wall clock (a shared machine's load hits both engines alike; the load average is printed), each timed call
 after an untimed pause of ``edgeflow.validate.cost.SETTLE_SECONDS`` (since 2026-12-05; before, back-to-back 2-thread
@@ -62,9 +67,46 @@ def finish(result: dict, out) -> None:
 def int8_flow(nat_voice, threads: int):
     """The voice's native flow with every layer INT8 (weights from its float weights)."""
     from edgeflow.runtime.native import wn
+    from edgeflow.runtime.native.vits_graph import flow_from_bundle
 
-    arrays = wn.load(Path(nat_voice.source) / nat_voice.manifest["native"]["file"])
+    arrays = flow_from_bundle(Path(nat_voice.source), nat_voice.manifest["native"])
     return wn.NativeFlow(arrays=wn.quantize_weights(arrays), threads=threads)
+
+
+def calibration_z_p(voice, n: int):
+    """z_p [1, C, F] of the first ``n`` calibration sentences (seed = index), as ``Voice`` computes it."""
+    from edgeflow.data.tts_text import sentences
+    from edgeflow.runtime.voice_config import resolve_scales
+
+    sc, out = resolve_scales(voice.config, None, None, None), []
+    for i, text in enumerate(sentences("calibration")[:n]):
+        m_p, logs_p = voice._encode(next(voice.sentence_ids(text)), sc, i)
+        out.append(voice.prior(m_p, logs_p, sc["noise_scale"], i, 0, m_p.shape[2]))
+    return out
+
+
+def ort_int8_flow(bundle: Path, voice, threads: int, n: int = 8):
+    """onnxruntime's own INT8 of the same flow: the decoder graph's flow subgraph through ``quantize_static`` (QDQ,
+    int8 weights per channel, u8 activations, Conv only: the coupling arithmetic stays float, as in the native
+    INT8 flow), calibrated on the z_p of ``n`` calibration sentences. Returns z_p -> flow output."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime import quantization as q
+
+    from edgeflow.core.ort import session_options
+    from edgeflow.runtime.native.vits_graph import extract, flow_output
+
+    model = onnx.load(str(bundle / voice.manifest["graphs"]["decoder"]))
+    z_name = next(nd.output[0] for nd in model.graph.node if nd.op_type == "Add" and "m_p" in nd.input)
+    sub = extract(model, [z_name, "m_p"], [flow_output(model)], voice.channels)
+    feeds = iter([{z_name: z, "m_p": z} for z in calibration_z_p(voice, n)])
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(sub, f"{tmp}/flow.onnx")
+        q.quantize_static(f"{tmp}/flow.onnx", f"{tmp}/flow8.onnx", type("R", (q.CalibrationDataReader,), {
+            "get_next": lambda self: next(feeds, None)})(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv"])
+        sess = ort.InferenceSession(f"{tmp}/flow8.onnx", session_options(threads), providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {z_name: x, "m_p": x})[0]
 
 
 def int8_probe(nat_voice, n: int):
@@ -90,10 +132,12 @@ def int8_probe(nat_voice, n: int):
             "mean_mcd_db": round(float(np.mean([r["mcd_db"] for r in rows])), 3)}
 
 
-def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int, int8: bool = False):
+def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int, int8: bool = False, ort_int8: bool = False):
+    from edgeflow.passes.kernels import compare
     from edgeflow.passes.tts_kernels import _flow_reference
 
     ref = _flow_reference(bundle / nat_voice.manifest["graphs"]["decoder"], nat_voice.channels, threads)
+    ref8 = ort_int8_flow(bundle, nat_voice, threads) if ort_int8 else None
     left, right = nat_voice.context_frames
     rows = []
     for label, frames in (("first chunk 32 + context", 32 + right), ("chunk 128 + context", 128 + left + right),
@@ -103,6 +147,8 @@ def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int, int8: bool =
         if int8:
             q = int8_flow(nat_voice, threads)
             fns["native_int8"] = lambda q=q: q.run(z_p)
+        if ref8 is not None:
+            fns["onnxruntime_int8"] = lambda: ref8(z_p)
         t = interleaved(fns, repeats)
         rows.append({"chunk": label, "frames": frames, "native_ms": round(1e3 * t["native"], 2),
                      "onnxruntime_ms": round(1e3 * t["onnxruntime"], 2),
@@ -110,6 +156,12 @@ def flow_stage(bundle: Path, nat_voice, threads: int, repeats: int, int8: bool =
         if int8:
             rows[-1].update(native_int8_ms=round(1e3 * t["native_int8"], 2),
                             int8_speedup=round(t["onnxruntime"] / t["native_int8"], 2))
+        if ref8 is not None:
+            want = ref(z_p)
+            rows[-1].update(onnxruntime_int8_ms=round(1e3 * t["onnxruntime_int8"], 2),
+                            same_precision_speedup=round(t["onnxruntime_int8"] / t["native"], 2),
+                            snr_db={"native": compare(nat_voice.flow.run(z_p), want)["snr_db"],
+                                    "onnxruntime_int8": compare(ref8(z_p), want)["snr_db"]})
         if threads == 1:            # both run on the calling thread: its CPU time leaves out other jobs' time
             c = interleaved(fns, repeats, time.thread_time)
             rows[-1].update(native_cpu_ms=round(1e3 * c["native"], 2), onnxruntime_cpu_ms=round(
@@ -139,6 +191,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--int8-probe", type=int, default=0, metavar="N",
                     help="also time an INT8 native flow and score its voice against the float flow on N sentences")
+    ap.add_argument("--ort-int8", action="store_true",
+                    help="also time onnxruntime's own INT8 of the flow (quantize_static, Conv only) against the "
+                         "bundle's native flow (same precision for a tts_flow_int8 bundle); SNRs against float")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     bundle = args.bundle
@@ -152,7 +207,7 @@ def main(argv=None):
     for threads in args.threads:
         voices = {name: Voice.load(bundle, threads=threads, engine=name) for name in ("native", "onnxruntime")}
         result["threads"][threads] = {"flow_stage": flow_stage(bundle, voices["native"], threads, args.repeats,
-                                                               bool(args.int8_probe)),
+                                                               bool(args.int8_probe), args.ort_int8),
                                       "voice_rtf": voice_rtf(voices, max(2, args.repeats // 2))}
         print(json.dumps({threads: result["threads"][threads]}, indent=1), flush=True)
     if args.int8_probe:
