@@ -94,17 +94,18 @@ def ort_int8_flow(bundle: Path, voice, threads: int, n: int = 8):
     from onnxruntime import quantization as q
 
     from edgeflow.core.ort import session_options
+    from edgeflow.quant.vits_int8 import FeedReader
     from edgeflow.runtime.native.vits_graph import extract, flow_output
 
     model = onnx.load(str(bundle / voice.manifest["graphs"]["decoder"]))
     z_name = next(nd.output[0] for nd in model.graph.node if nd.op_type == "Add" and "m_p" in nd.input)
     sub = extract(model, [z_name, "m_p"], [flow_output(model)], voice.channels)
-    feeds = iter([{z_name: z, "m_p": z} for z in calibration_z_p(voice, n)])
+    feeds = FeedReader({z_name: z, "m_p": z} for z in calibration_z_p(voice, n))
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(sub, f"{tmp}/flow.onnx")
-        q.quantize_static(f"{tmp}/flow.onnx", f"{tmp}/flow8.onnx", type("R", (q.CalibrationDataReader,), {
-            "get_next": lambda self: next(feeds, None)})(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=["Conv"])
+        q.quantize_static(f"{tmp}/flow.onnx", f"{tmp}/flow8.onnx", feeds, quant_format=q.QuantFormat.QDQ,
+                          per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          op_types_to_quantize=["Conv"])
         sess = ort.InferenceSession(f"{tmp}/flow8.onnx", session_options(threads), providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {z_name: x, "m_p": x})[0]
 

@@ -93,13 +93,13 @@ def add_tts_flow_int8(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional
     from edgeflow.core.io import atomic_dir
     from edgeflow.data.tts_text import sentences
     from edgeflow.runtime.voice import Voice
-    from edgeflow.runtime.voice_config import FLOW_ENGINES, read_vits_manifest, vits_native_section
+    from edgeflow.runtime.voice_config import FLOAT_FLOW, INT8_FLOW, read_vits_manifest, vits_native_section
 
     cfg = cfg or TtsFlowInt8Config()
     src = Path(bundle_dir)
     manifest = read_vits_manifest(src)
     section = vits_native_section(manifest, src)
-    if section is None or section.get("engine") != FLOW_ENGINES[0]:
+    if section is None or section.get("engine") != FLOAT_FLOW:
         raise ConfigError("tts_flow_int8: needs a bundle with the tts_kernels pass's float native flow")
     threads = cfg.threads or 1
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
@@ -107,7 +107,7 @@ def add_tts_flow_int8(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional
             if p.is_file() and p.name not in (MANIFEST, SIDECAR):
                 shutil.copy2(p, tmp / p.name)
         draft = {k: v for k, v in manifest.items() if k != "files"}
-        draft["native"] = dict(section, engine=FLOW_ENGINES[1])
+        draft["native"] = dict(section, engine=INT8_FLOW)
         write_manifest(tmp, draft)
         int8_voice = Voice.load(tmp, threads=threads, engine="native")
         calibration = calibrate(Voice.load(src, threads=threads, engine="native"), int8_voice,
@@ -125,12 +125,12 @@ def add_tts_flow_int8(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (no float native flow, no C library), or None."""
     from edgeflow.runtime.native import load_error
-    from edgeflow.runtime.voice_config import FLOW_ENGINES
+    from edgeflow.runtime.voice_config import FLOAT_FLOW
 
     section, why = native_section(artifact, "tts_flow_int8")
     if why:
         return why
-    if section.get("engine") != FLOW_ENGINES[0]:
+    if section.get("engine") != FLOAT_FLOW:
         return "the bundle's native flow is already INT8"
     return load_error()
 

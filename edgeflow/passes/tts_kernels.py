@@ -151,7 +151,7 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
     from edgeflow.runtime.native.vits_graph import cut_decoder, pack_vits_flow, packed_sha256
     from edgeflow.runtime.native.wn import FLOW_FILE
     from edgeflow.runtime.voice import Voice
-    from edgeflow.runtime.voice_config import read_vits_manifest
+    from edgeflow.runtime.voice_config import FLOAT_FLOW, read_vits_manifest
 
     cfg = cfg or TtsKernelsConfig()
     manifest = read_vits_manifest(Path(bundle_dir))
@@ -165,7 +165,7 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
         name = cut_decoder(decoder, tmp / CUT_DECODER)
         draft = {k: v for k, v in manifest.items() if k not in ("files", "native")}
         draft["native"] = {"file": manifest["graphs"]["decoder"], "flow_sha256": packed_sha256(arrays),
-                           "engine": "vits-flow-float32", "decoder": CUT_DECODER,
+                           "engine": FLOAT_FLOW, "decoder": CUT_DECODER,
                            "decoder_input": name, "source_decoder_sha256": sha256_file(decoder),
                            "flow": {"couplings": int(arrays["config"][0]), "layers": int(arrays["config"][1]),
                                     "hidden": int(arrays["config"][3]), "kernel": int(arrays["config"][4])}}

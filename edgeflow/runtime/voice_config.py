@@ -155,7 +155,8 @@ def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
 VOICE_ENGINES = ("auto", "onnxruntime", "native")
 #: The native prior flow's engines (manifest ``native.engine``): float32 (``tts_kernels``) or with every WaveNet
 #: layer's dilated conv in INT8 (``tts_flow_int8``).
-FLOW_ENGINES = ("vits-flow-float32", "vits-flow-int8")
+FLOAT_FLOW, INT8_FLOW = "vits-flow-float32", "vits-flow-int8"
+FLOW_ENGINES = (FLOAT_FLOW, INT8_FLOW)
 
 
 def native_files(native: Any) -> List[str]:

@@ -112,7 +112,7 @@ def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndar
         BundleError: packed weights that differ from the ones the pass checked, or an unreadable file.
     """
     from edgeflow.runtime.native.wn import load, quantize_weights
-    from edgeflow.runtime.voice_config import FLOW_ENGINES
+    from edgeflow.runtime.voice_config import INT8_FLOW
 
     path = Path(bundle) / section["file"]
     if not section["file"].endswith(".onnx"):
@@ -124,7 +124,7 @@ def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndar
             raise BundleError(f"{path}: no native flow in it ({exc})") from None
         if packed_sha256(arrays) != section.get("flow_sha256"):
             raise BundleError(f"{path}: the flow packed from it is not the one the tts_kernels pass checked")
-    return quantize_weights(arrays) if section.get("engine") == FLOW_ENGINES[1] else arrays
+    return quantize_weights(arrays) if section.get("engine") == INT8_FLOW else arrays
 
 
 def _pack_coupling(t, fi: int, f: int, n_layers: int, hidden: int, out: Dict[str, np.ndarray]) -> None:

@@ -65,6 +65,12 @@ def stage_input(model: Any) -> str:
     return found.pop()
 
 
+def _float_inits(graph) -> Dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+
+
 def _upsampler_node(graph):
     """The last upsampler's weight-carrying node: a ConvTranspose, or the phase form's Conv (``/dec/ups.{n}/conv``)."""
     last = max((int(m.group(1)) for n in graph.node for m in [_UPS.match(n.name)] if m), default=None)
@@ -74,18 +80,17 @@ def _upsampler_node(graph):
     raise ConfigError("tts_wave: the decoder graph has no last upsampler (/dec/ups.N) to run natively")
 
 
-def upsampler(model: Any, channels: int) -> Dict[str, Any]:
+def upsampler(model: Any, channels: int, inits: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
     """The last upsampler as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes it (``up``: the
     ConvTranspose1d weight [cin, C, K], bias, stride, padding, its input's leaky-ReLU slope) plus ``"input"``: the
-    tensor that LeakyRelu reads. ``channels``: the stage's C (the phase form's rows are stride x C).
+    tensor that LeakyRelu reads. ``channels``: the stage's C (the phase form's rows are stride x C); ``inits``:
+    the graph's initializers as float32, where the caller has them.
 
     Raises:
         ConfigError: no such upsampler, a quantized one, or not after a LeakyRelu.
     """
-    from onnx import numpy_helper
-
     graph = _load(model).graph
-    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    inits = _float_inits(graph) if inits is None else inits
     prod = {o: n for n in graph.node for o in n.output}
     node = _upsampler_node(graph)
     w, bias = _weights(node, inits)
@@ -130,10 +135,9 @@ def stage_convs(model: Any, with_upsampler: bool = False) -> Tuple[List[dict], D
     """The last stage's convs as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes them (float32), and
     {"post_w", "post_b", "slope", "post_slope", "input"} (with the upsampler: "up" too, and "input" is its
     LeakyRelu's input)."""
-    from onnx import numpy_helper
-
-    graph = _load(model).graph
-    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
+    model = _load(model)                          # read once: stage_input and upsampler take the proto
+    graph = model.graph
+    inits = _float_inits(graph)
     prod = {o: n for n in graph.node for o in n.output}
     last, convs = _stage_convs(graph)
     out, slope = [], None
@@ -160,7 +164,7 @@ def stage_convs(model: Any, with_upsampler: bool = False) -> Tuple[List[dict], D
     extra = {"post_w": pw, "post_b": 0.0 if pb is None else float(pb.reshape(-1)[0]), "slope": slope,
              "post_slope": float(_attr(relu, "alpha", 0.01)), "input": stage_input(model)}
     if with_upsampler:
-        up = upsampler(model, pw.shape[1])
+        up = upsampler(model, pw.shape[1], inits)
         extra.update(up=up, input=up.pop("input"))
     return out, extra
 
