@@ -176,12 +176,18 @@ def test_stock_voice_against_itself_real_scores(tmp_path):
     assert zero["comparable"] == 2 and zero["max_abs_diff"] < 1e-5
 
 
-def test_voice_encoder_session_does_not_spin(bundles):
-    """The short encoder run's pool must not spin-wait while the decoder session runs (it took cores from it)."""
+def test_voice_encoder_session_spins_only_while_it_runs(bundles):
+    """The short encoder run's pool spins between its nodes but must stop when the run ends (a pool spinning on
+    took cores from the decoder session that runs next)."""
     from edgeflow.runtime import Voice
 
     v = Voice.load(bundles[0], threads=2)
-    assert v.encoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    opts = v.encoder.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    from edgeflow.runtime.voice_io import open_session
+    with pytest.raises(ValueError, match="spin"):
+        open_session(Path(bundles[0]) / "model.onnx", 2, None, "encoder graph", spin="sometimes")
     with pytest.raises(Exception):                     # the decoder keeps onnxruntime's default (spinning)
         v.decoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 

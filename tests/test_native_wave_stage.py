@@ -406,3 +406,35 @@ def test_upsampler_read_from_either_form():
     assert (a["stride"], a["padding"], a["slope"], a["input"]) == (b["stride"], b["padding"], b["slope"], b["input"])
     assert np.allclose(a["weight"], b["weight"]) and np.allclose(a["bias"], b["bias"])
     assert np.allclose(a["weight"], ct.weight.detach().numpy())
+
+
+def test_pass_leaves_a_bundle_whose_upsampler_it_cannot_run(tiny, tmp_path):  # noqa: F811
+    """``upsampler: true`` on a cut decoder whose last upsampler does not read its LeakyRelu: the pass records why
+    and leaves the bundle (no ConfigError out of the build); without the option the stage still applies."""
+    import json
+    import shutil
+
+    import onnx
+    from onnx import helper
+
+    from edgeflow.core.bundle_format import write_manifest
+    from edgeflow.passes import Artifact, PassContext, apply_pass
+    from edgeflow.passes.base import make_config
+    from edgeflow.passes.tts_wave import not_applicable
+    from edgeflow.runtime.native.vits_stage import _upsampler_node
+
+    _, root, _ = tiny
+    shutil.copytree(root / "k", tmp_path / "b")
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    cut = tmp_path / "b" / m["native"]["decoder"]
+    model = onnx.load(str(cut))
+    last = _upsampler_node(model.graph)
+    model.graph.node.append(helper.make_node("Identity", [last.input[0]], ["up_in_copy"], name="copy"))
+    last.input[0] = "up_in_copy"
+    onnx.save(model, str(cut))
+    write_manifest(tmp_path / "b", {k: v for k, v in m.items() if k not in ("files", "format", "format_version")})
+    art = Artifact(bundle_dir=tmp_path / "b")
+    rec = apply_pass(art, make_config("tts_wave", {"upsampler": True}), PassContext(tmp_path / "w", progress=False))
+    assert rec["details"]["native"] is False and "LeakyRelu" in rec["details"]["reason"]
+    assert art.bundle_dir == tmp_path / "b"
+    assert not_applicable(art) is None

@@ -261,16 +261,16 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     return load_error()
 
 
-def kernels_handler(name: str, why_not: Callable[[Artifact], Optional[str]],
+def kernels_handler(name: str, why_not: Callable[[Artifact, Any], Optional[str]],
                     build: Callable[[Artifact, Path, Any, PassContext], Dict[str, Any]],
                     details: Optional[Callable[[Dict[str, Any], PassContext], Dict[str, Any]]] = None):
-    """A pass handler that adds native kernels to the artifact's bundle: ``why_not(artifact)`` says why it
+    """A pass handler that adds native kernels to the artifact's bundle: ``why_not(artifact, cfg)`` says why it
     does not apply (the bundle is then left as it is), ``build(artifact, out_dir, cfg, ctx)`` writes the bundle
     with kernels and returns its manifest, ``details(native section, ctx)`` the record's details (default: the
     parity and the timing). The config's ``threads`` 0 means the target's."""
 
     def handler(artifact: Artifact, cfg: Any, ctx: PassContext):
-        why = why_not(artifact)
+        why = why_not(artifact, cfg)
         if why:
             if ctx.progress:
                 print(f"    {name}: bundle unchanged ({why})")
@@ -287,5 +287,5 @@ def kernels_handler(name: str, why_not: Callable[[Artifact], Optional[str]],
 
 
 register_pass("kernels", KernelsConfig, kernels_handler(
-    "kernels", not_applicable, lambda a, out, cfg, ctx: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
+    "kernels", lambda a, cfg: not_applicable(a), lambda a, out, cfg, ctx: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
     changes_output=False)

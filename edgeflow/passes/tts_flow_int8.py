@@ -144,5 +144,5 @@ def _details(native: Dict[str, Any], ctx: PassContext) -> Dict[str, Any]:
 
 
 register_pass("tts_flow_int8", TtsFlowInt8Config, kernels_handler(
-    "tts_flow_int8", not_applicable,
+    "tts_flow_int8", lambda a, cfg: not_applicable(a),
     lambda a, out, cfg, ctx: add_tts_flow_int8(a.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True), _details))

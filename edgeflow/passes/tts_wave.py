@@ -178,8 +178,9 @@ def add_tts_wave(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsW
         return write_manifest(tmp, json.loads(json.dumps(draft)))
 
 
-def not_applicable(artifact: Artifact) -> Optional[str]:
-    """Why the pass leaves this artifact as it is (no native flow, a quantized last stage, no C library), or None."""
+def not_applicable(artifact: Artifact, upsampler: bool = False) -> Optional[str]:
+    """Why the pass leaves this artifact as it is (no native flow, a quantized last stage, with ``upsampler`` a last
+    upsampler the stage cannot run, no C library), or None."""
     from edgeflow.passes.tts_kernels import native_section
     from edgeflow.runtime.native import load_error
     from edgeflow.runtime.native.vits_stage import stage_convs
@@ -190,7 +191,7 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
     if section.get("wave_stage"):
         return "the bundle already has a native waveform stage"
     try:
-        stage_convs(Path(artifact.bundle_dir) / section["decoder"])
+        stage_convs(Path(artifact.bundle_dir) / section["decoder"], upsampler)
     except ConfigError as exc:
         return str(exc)
     return load_error()
@@ -205,5 +206,5 @@ def _details(native: Dict[str, Any], ctx: PassContext) -> Dict[str, Any]:
 
 
 register_pass("tts_wave", TtsWaveConfig, kernels_handler(
-    "tts_wave", not_applicable,
+    "tts_wave", lambda a, cfg: not_applicable(a, cfg.upsampler),
     lambda a, out, cfg, ctx: add_tts_wave(a.bundle_dir, out, cfg, seed=ctx.seed, overwrite=True), _details))

@@ -121,7 +121,8 @@ class FmVoice(Voice):
                 raise BundleError(f"{path}: manifest field graphs.{role} must name a file listed in files")
         cfg = VoiceConfig.from_dict(manifest, f"{path}/manifest.json")
         sessions = {role: open_session(path / graphs[role], threads, providers, f"{role} graph",
-                                        spin=role != "encoder", conv_layout=conv_layout) for role in roles}
+                                        spin="never" if role == "encoder" else "always",
+                                        conv_layout=conv_layout) for role in roles}
         voice = cls(cfg, sessions, manifest, path)
         voice._probe()
         return voice
