@@ -12,6 +12,7 @@ typedef struct {
     int cin, cout, k, d, mode, planes;   /* planes: 1 (u8 activations) or 2 (the rounding error too) */
     ef_q8 *q;            /* NULL until set */
     float *bias;         /* [cout] */
+    int *qr;             /* per row tile [Mp / EF_MR][2]: the quads [from, to) its nonzero taps span (NULL: all) */
 } ef_hqconv;
 
 typedef struct {

@@ -33,7 +33,7 @@ EF_API void ef_hq_free(ef_hq *m)
 {
     if (!m) return;
     for (int i = 0; m->convs && i < m->n_convs; i++) { ef_q8_free(m->convs[i].q); free(m->convs[i].bias); }
-    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up); }
+    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up->qr); free(m->up); }
     free(m->convs); free(m->first); free(m->post_w);
     free(m);
 }
@@ -206,11 +206,14 @@ void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *r
                 ef_hq_prefill(out + (size_t)o * S + t0, res ? res + (size_t)o * S + t0 : NULL,
                               c->bias[o] - f[r] * (float)zp * zw - (two ? f2[r] * (float)zp2 * zw : 0.0f), tw);
             }
-            /* rows >= cout of the last row block write into the pad rows of the plane */
-            for (int sub = 0; sub < tw; sub += EF_NB) {
+            /* rows >= cout of the last row block write into the pad rows of the plane; taps that are zero in
+             * every row of the block are skipped (the upsampler's merged phases) */
+            const int qa = c->qr ? c->qr[2 * (mb / EF_MR)] : 0, qn = c->qr ? c->qr[2 * (mb / EF_MR) + 1] - qa : nq;
+            const int8_t *wt = c->q->w + ((size_t)mb * nq + (size_t)qa * EF_MR) * 4;
+            for (int sub = 0; sub < tw && qn > 0; sub += EF_NB) {
                 float *o = out + (size_t)mb * S + t0 + sub;
-                tile(nq, c->q->w + (size_t)mb * nq * 4, w->xq, sub, f, o, (int)S);
-                if (two) tile(nq, c->q->w + (size_t)mb * nq * 4, w->xq2, sub, f2, o, (int)S);
+                tile(qn, wt, w->xq + qa, sub, f, o, (int)S);
+                if (two) tile(qn, wt, w->xq2 + qa, sub, f2, o, (int)S);
             }
         }
     }

@@ -4,6 +4,28 @@
 
 #include "ef_hq.h"
 
+/* c->qr from q [cout][cin][k]: per row tile, the quads (tap j: quads [j cq, (j + 1) cq)) from its first to its last
+ * tap with a nonzero weight in any of its rows ({0, 0}: none). A merged phase form has one zero tap per phase
+ * (3 taps for 2 at stride 4, kernel 8), a third of its dot products. -1 out of memory. */
+static int ef_hq_quad_ranges(ef_hqconv *c, const int8_t *q)
+{
+    const int cq = (c->cin + 3) / 4, nt = (c->cout + EF_MR - 1) / EF_MR;
+    if (!(c->qr = malloc((size_t)2 * nt * sizeof(int)))) return -1;
+    for (int tb = 0; tb < nt; tb++) {
+        int lo = c->k, hi = -1;
+        for (int o = tb * EF_MR; o < (tb + 1) * EF_MR && o < c->cout; o++)
+            for (int ci = 0; ci < c->cin; ci++)
+                for (int j = 0; j < c->k; j++)
+                    if (q[((size_t)o * c->cin + ci) * c->k + j]) {
+                        lo = j < lo ? j : lo;
+                        hi = j > hi ? j : hi;
+                    }
+        c->qr[2 * tb] = hi < 0 ? 0 : lo * cq;
+        c->qr[2 * tb + 1] = hi < 0 ? 0 : (hi + 1) * cq;
+    }
+    return 0;
+}
+
 /* The last upsampler ahead of the stage: a ConvTranspose of stride u in its merged phase form, a conv q [u C][cin][k]
  * (s8, k odd, centred; row r C + o is output channel o's phase r: out[o][u t + r] = row r C + o at column t) with
  * per-row scales scale [u C] and bias [u C], its input quantized like the stage's convs' (a u8 scale per tile, the
@@ -22,9 +44,12 @@ EF_API int ef_hq_set_up(ef_hq *m, int cin, int u, int k, int planes, float slope
     *c = (ef_hqconv){.cin = cin, .cout = cout, .k = k, .d = 1, .mode = 1, .planes = planes};
     c->bias = malloc(cout * sizeof(float));
     c->q = ef_q8_pack_conv(cout, (cout + EF_MR - 1) / EF_MR * EF_MR, cin, k, q, scale);
-    if (!c->bias || !c->q) { ef_q8_free(c->q); free(c->bias); free(c); return -1; }
+    if (!c->bias || !c->q || ef_hq_quad_ranges(c, q)) {
+        ef_q8_free(c->q); free(c->bias); free(c->qr); free(c);
+        return -1;
+    }
     memcpy(c->bias, bias, cout * sizeof(float));
-    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up); }
+    if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up->qr); free(m->up); }
     m->up = c; m->u = u; m->up_slope = slope;
     return 0;
 }
