@@ -47,10 +47,11 @@ def random_flow(c=6, h=5, k=3, dil=(1, 2, 4), n_cond=3, mean_only=1, flip=1, n_f
     return arrays
 
 
-def reference_inverse(a, x, cond=None, quantize=None):
+def reference_inverse(a, x, cond=None, quantize=None, quantize_gate=None):
     """numpy float64 inverse of the flow arrays ``a`` on x [C, T] (cond [M, T]): the format's definition.
-    ``quantize(layer prefix)``: a function applied to that layer's input and conditioning, or None (INT8
-    simulation, tests/test_native_wn_int8.py)."""
+    ``quantize(layer prefix)``: a function applied to that layer's input and conditioning, or None;
+    ``quantize_gate(layer prefix)``: one applied to its gate output, or None (INT8 simulation,
+    tests/test_native_wn_int8.py)."""
     n_flows, n_layers, c, h, k, _, mean_only, flip = (int(v) for v in a["config"])
     half, x = c // 2, x.astype(np.float64).copy()
     for f in reversed(range(n_flows)):
@@ -67,6 +68,7 @@ def reference_inverse(a, x, cond=None, quantize=None):
             if cond is not None:
                 acts = acts + a[p + "cond.weight"] @ q(cond)
             g = np.tanh(acts[:h]) / (1 + np.exp(-acts[h:]))
+            g = ((quantize_gate and quantize_gate(p[:-1])) or (lambda v: v))(g)
             rs = a[p + "rs.weight"] @ g + a[p + "rs.bias"][:, None]
             nres = h if lay < n_layers - 1 else 0
             hid = hid + rs[:nres] if nres else hid

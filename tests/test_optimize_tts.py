@@ -236,6 +236,9 @@ def test_shipped_voice_recipes_and_budgets():
         if name == "cpu":                          # balanced's stage search keeps more of the float stage than fast's
             wave = {r: next(p for p in t["recipes_tts"][r] if p["pass"] == "tts_wave") for r in ("balanced", "fast")}
             assert wave["balanced"]["min_snr_db"] > wave["fast"]["min_snr_db"], wave
+            flow8 = {r: next(p for p in t["recipes_tts"][r] if p["pass"] == "tts_flow_int8") for r in ("balanced",
+                                                                                                     "fast")}
+            assert flow8["fast"]["res_skip"] is True and not flow8["balanced"].get("res_skip"), flow8
 
 
 def test_cli_voice_errors(tmp_path, tiny_pt, capsys):

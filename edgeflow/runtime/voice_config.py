@@ -193,6 +193,10 @@ def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[s
                 "\\" in wave["file"] or wave.get("engine") != "hifigan-stage-int8-blocks":
             raise BundleError(f"{where}: manifest field native.wave_stage must name the stage weights")
         names.append(wave["file"])
+    convs = native.get("int8_convs")
+    if convs is not None and (convs not in (["in"], ["in", "rs"]) or native["engine"] != INT8_FLOW):
+        raise BundleError(f"{where}: manifest field native.int8_convs must be [\"in\"] or [\"in\", \"rs\"] on an "
+                          f"INT8 flow (got {native.get('int8_convs')!r})")
     if any(n not in files for n in names) or native.get("source_decoder_sha256") != \
             files.get(manifest["graphs"]["decoder"]):
         return None                 # files not carried over (a copy of the graphs only), or decoder.onnx replaced

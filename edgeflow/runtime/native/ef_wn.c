@@ -48,7 +48,8 @@ EF_API void ef_wn_free(ef_wn *m)
     free(m->wg);
     for (int i = 0; m->in_q && i < nl; i++) ef_q8_free(m->in_q[i]);
     for (int i = 0; m->cond_q && i < nl; i++) ef_q8_free(m->cond_q[i]);
-    free(m->in_q); free(m->cond_q);
+    for (int i = 0; m->rs_q && i < nl; i++) ef_q8_free(m->rs_q[i]);
+    free(m->in_q); free(m->cond_q); free(m->rs_q);
     for (int f = 0; m->pre_w && f < m->n_flows; f++) free(m->pre_w[f]);
     for (int f = 0; m->pre_b && f < m->n_flows; f++) free(m->pre_b[f]);
     free(m->pre_w); free(m->pre_b); free(m->dil);

@@ -19,6 +19,7 @@ typedef struct {
     float **wg;                         /* [F*L]: Winograd F(4,5) weights (8 packed [Mab/MR][H][MR]) or NULL */
     float wg_at[4 * 8], wg_bt[8 * 8];   /* its output and input transforms */
     ef_q8 **in_q, **cond_q;             /* [F*L]: INT8 dilated / conditioning conv (ef_wn_q8.c), or NULL */
+    ef_q8 **rs_q;                       /* [F*L]: INT8 residual / statistics conv, or NULL */
 } ef_wn;
 
 typedef struct {                        /* one thread's scratch */
@@ -26,6 +27,9 @@ typedef struct {                        /* one thread's scratch */
     float **gp;
     const float **xp;
     float *y, *ph, *zero;               /* Winograd: the 8 GEMM blocks of a job, the phases, a zero bias */
+    uint8_t *gq;                        /* INT8 res / skip conv: the block's gate output [Hq][EF_NB][4] */
+    const uint8_t **gxq;                /* and its quad row pointers */
+    ef_qtile_fn tile;
 } ef_wn_scratch;
 
 typedef struct {
@@ -51,6 +55,7 @@ int ef_wn_q8_make(const ef_wn *m, const float *cond, int RS, int nblk, ef_wn_q8r
 void ef_wn_q8_free(ef_wn_q8run *q);
 void ef_wn_q8_prepare(const ef_wn *m, int i, int l, const float *hc, int RS, int nblk, int T, ef_wn_q8run *q);
 void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *a);
+void ef_wn_q8_rs(const ef_wn *m, int i, int rows, ef_wn_scratch *w, int valid);
 
 /* The kernels of instruction set isa. */
 const ef_wn_fns *ef_wn_for(int isa);

@@ -138,7 +138,8 @@ EF_ATTR static void EF_FN(ef_wn_layer)(const ef_wn *m, int f, int l, const float
     const int nres = l < m->n_layers - 1 ? H : 0, Rp = (nres + m->S + EF_MR - 1) / EF_MR * EF_MR;
     if (!apre) EF_FN(ef_wn_gemm)(m->Mab, m->K, m->in_w[i], m->in_b[i], xp, j0, valid, w->a);
     EF_FN(ef_gate)(H, apre ? apre : w->a, w->g);
-    EF_FN(ef_wn_gemm)(Rp, H, m->rs_w[i], m->rs_b[i], (const float *const *)w->gp, 0, valid, w->r);
+    if (m->rs_q && m->rs_q[i]) ef_wn_q8_rs(m, i, nres + m->S, w, valid);
+    else EF_FN(ef_wn_gemm)(Rp, H, m->rs_w[i], m->rs_b[i], (const float *const *)w->gp, 0, valid, w->r);
     for (int c = 0; c < nres; c++) {
         const float *cur = hc + (size_t)c * RS + m->pad + j0, *rr = w->r + (size_t)c * EF_NB;
         float *nxt = hn + (size_t)c * RS + m->pad + j0;

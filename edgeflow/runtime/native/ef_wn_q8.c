@@ -38,21 +38,24 @@ ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float
     return p;
 }
 
-/* Make layer l of coupling f's dilated conv (part 0: q [2H][H][k]) or conditioning conv (part 1: q [2H][n_cond])
- * INT8, with per-output-channel scales scale [2H]. A layer runs in INT8 once its dilated conv is set and, when the
- * flow has conditioning, its conditioning conv too. Returns 0, or -1 (bad arguments, memory). */
+/* Make layer l of coupling f's dilated conv (part 0: q [2H][H][k]), conditioning conv (part 1: q [2H][n_cond]) or
+ * residual / statistics conv (part 2: q [R][H], R = H + S, S in the last layer) INT8, with per-output-channel scales
+ * scale [2H] / [R]. A layer's dilated conv runs in INT8 once it is set and, when the flow has conditioning, its
+ * conditioning conv too; the res / stat conv on its own. Returns 0, or -1 (bad arguments, memory). */
 EF_API int ef_wn_set_q8(ef_wn *m, int f, int l, int part, const int8_t *q, const float *scale)
 {
-    if (!m || !q || !scale || f < 0 || f >= m->n_flows || l < 0 || l >= m->n_layers || part < 0 || part > 1 ||
+    if (!m || !q || !scale || f < 0 || f >= m->n_flows || l < 0 || l >= m->n_layers || part < 0 || part > 2 ||
         (part == 1 && m->n_cond == 0))
         return -1;
     const int H = m->H, k = m->k, nl = m->n_flows * m->n_layers, i = f * m->n_layers + l;
-    for (int o = 0; o < 2 * H; o++)
+    const int rows = part < 2 ? 2 * H : (l < m->n_layers - 1 ? H : 0) + m->S;
+    for (int o = 0; o < rows; o++)
         if (!(scale[o] >= 0.0f) || scale[o] > 1e30f) return -1;
-    ef_q8 ***slot = part == 0 ? &m->in_q : &m->cond_q;
+    ef_q8 ***slot = part == 0 ? &m->in_q : part == 1 ? &m->cond_q : &m->rs_q;
     if (!*slot && !(*slot = calloc(nl, sizeof(ef_q8 *)))) return -1;
     ef_q8 *p = part == 0 ? ef_q8_pack_conv(2 * H, m->Mab, H, k, q, scale)
-                         : ef_q8_pack_conv(2 * H, m->Mab, m->n_cond, 1, q, scale);     /* [2H][n_cond][1] */
+             : part == 1 ? ef_q8_pack_conv(2 * H, m->Mab, m->n_cond, 1, q, scale)       /* [2H][n_cond][1] */
+                         : ef_q8_pack_conv(rows, (rows + EF_MR - 1) / EF_MR * EF_MR, H, 1, q, scale);
     if (!p) return -1;
     ef_q8_free((*slot)[i]);
     (*slot)[i] = p;
@@ -146,5 +149,29 @@ void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *
             for (int n = 0; n < EF_NB; n++) o[(size_t)r * EF_NB + n] = q->qb[mt + r];
         q->tile(wi->nq, wi->w + (size_t)mt * wi->nq * 4, q->xh, j0, q->fh + mt, o, EF_NB);
         if (wc) q->tile(wc->nq, wc->w + (size_t)mt * wc->nq * 4, q->xc, j0, q->fc + mt, o, EF_NB);
+    }
+}
+
+/* Layer i's residual / statistics conv on one block in INT8: w->r [Rp][EF_NB] = rs_b + W g, from the gate output
+ * w->g [H][EF_NB] (valid columns) quantized with the block's own u8 scale (its range: tanh x sigmoid, in (-1, 1)).
+ * rows: the conv's output rows (H + S, or S in the last layer). */
+void ef_wn_q8_rs(const ef_wn *m, int i, int rows, ef_wn_scratch *w, int valid)
+{
+    const ef_q8 *p = m->rs_q[i];
+    const int Rp = (rows + EF_MR - 1) / EF_MR * EF_MR;
+    float lo = 0.0f, hi = 0.0f, s, f[EF_MR];
+    int zp;
+    ef_minmax_rows(w->g, EF_NB, m->H, valid, &lo, &hi);
+    ef_qparams(lo, hi, &s, &zp);
+    ef_quant_rows(w->g, EF_NB, m->H, valid, s, zp, w->gq, EF_NB);
+    for (int mt = 0; mt < Rp; mt += EF_MR) {
+        float *o = w->r + (size_t)mt * EF_NB;
+        for (int r = 0; r < EF_MR; r++) {
+            const int row = mt + r;
+            f[r] = row < rows ? p->scale[row] * s : 0.0f;
+            const float b = row < rows ? m->rs_b[i][row] - f[r] * (float)zp * (float)p->wsum[row] : 0.0f;
+            for (int n = 0; n < EF_NB; n++) o[(size_t)r * EF_NB + n] = b;
+        }
+        w->tile(p->nq, p->w + (size_t)mt * p->nq * 4, w->gxq, 0, f, o, EF_NB);
     }
 }

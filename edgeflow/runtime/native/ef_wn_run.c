@@ -109,6 +109,19 @@ static void ef_wn_coupling(const ef_wn *m, const ef_wn_fns *fn, int f, ef_wn_buf
         fn->update(m, b->xr + m->half, b->st, b->SS, j * EF_NB, T - j * EF_NB < EF_NB ? T - j * EF_NB : EF_NB);
 }
 
+/* A thread's buffers for the INT8 res / skip convs: the quantized gate output (columns past a short block's end
+ * are computed and dropped: calloc keeps them defined). -3 out of memory. */
+static int ef_wn_rs_scratch(const ef_wn *m, ef_wn_scratch *w)
+{
+    const int hq = (m->H + 3) / 4;
+    w->gq = calloc((size_t)hq * EF_NB * 4, 1);
+    w->gxq = malloc(hq * sizeof *w->gxq);
+    if (!w->gq || !w->gxq) return -3;
+    for (int c = 0; c < hq; c++) w->gxq[c] = w->gq + (size_t)c * EF_NB * 4;
+    w->tile = ef_qtile_for(ef_get_isa());
+    return 0;
+}
+
 /* out [C][T] = the flow's inverse of x [C][T] (cond [n_cond][T], or NULL when n_cond is 0), threads (0: OpenMP's
  * default). Returns 0, -1 on bad arguments, -3 out of memory. Reads the weights only: calls may run concurrently. */
 EF_API int ef_wn_run(const ef_wn *m, const float *x, int T, const float *cond, float *out, int threads)
@@ -133,7 +146,7 @@ EF_API int ef_wn_run(const ef_wn *m, const float *x, int T, const float *cond, f
         scr[t].ph = malloc((size_t)4 * (b.NTp + 1) * sizeof(float));
         scr[t].zero = calloc(EF_WN_PANEL, sizeof(float));
         if (!scr[t].a || !scr[t].g || !scr[t].r || !scr[t].gp || !scr[t].xp || !scr[t].y || !scr[t].ph ||
-            !scr[t].zero) rc = -3;
+            !scr[t].zero || (m->rs_q && ef_wn_rs_scratch(m, &scr[t]))) rc = -3;
         for (int c = 0; rc == 0 && c < m->H; c++) scr[t].gp[c] = scr[t].g + (size_t)c * EF_NB;
     }
     if (!scr) rc = -3;
@@ -159,7 +172,7 @@ EF_API int ef_wn_run(const ef_wn *m, const float *x, int T, const float *cond, f
     }
     for (int t = 0; scr && t < nt; t++) {
         free(scr[t].a); free(scr[t].g); free(scr[t].r); free(scr[t].gp); free(scr[t].xp);
-        free(scr[t].y); free(scr[t].ph); free(scr[t].zero);
+        free(scr[t].y); free(scr[t].ph); free(scr[t].zero); free(scr[t].gq); free(scr[t].gxq);
     }
     free(scr);
     ef_wn_bufs_free(&b);

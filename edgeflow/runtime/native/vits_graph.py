@@ -105,8 +105,10 @@ def packed_sha256(arrays: Dict[str, np.ndarray]) -> str:
 def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """The native flow arrays of a bundle's ``native`` section: packed from the decoder graph it names (checked
     against ``flow_sha256``), or read from a flow file (bundles of 2026-12-05 and before); engine
-    "vits-flow-int8" (the ``tts_flow_int8`` pass): with every WaveNet layer's dilated conv in INT8, its weights
-    quantized from the float ones at load (:func:`edgeflow.runtime.native.wn.quantize_weights`, deterministic).
+    "vits-flow-int8" (the ``tts_flow_int8`` pass): with every WaveNet layer's dilated conv (and, where
+    ``int8_convs`` names "rs", its residual / statistics conv) in INT8, the weights quantized from the float ones at
+    load (:func:`edgeflow.runtime.native.wn.quantize_weights`, deterministic). Sections without ``int8_convs``
+    (before 2026-12-05, 17:00 UTC) mean the dilated convs only.
 
     Raises:
         BundleError: packed weights that differ from the ones the pass checked, or an unreadable file.
@@ -124,7 +126,9 @@ def flow_from_bundle(bundle: Path, section: Dict[str, Any]) -> Dict[str, np.ndar
             raise BundleError(f"{path}: no native flow in it ({exc})") from None
         if packed_sha256(arrays) != section.get("flow_sha256"):
             raise BundleError(f"{path}: the flow packed from it is not the one the tts_kernels pass checked")
-    return quantize_weights(arrays) if section.get("engine") == INT8_FLOW else arrays
+    if section.get("engine") != INT8_FLOW:
+        return arrays
+    return quantize_weights(arrays, res_skip="rs" in section.get("int8_convs", ["in"]))
 
 
 def _pack_coupling(t, fi: int, f: int, n_layers: int, hidden: int, out: Dict[str, np.ndarray]) -> None:

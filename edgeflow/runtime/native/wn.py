@@ -17,7 +17,9 @@ R_l = H + S for l < L-1, S for the last layer):
 * INT8 (format 2, optional, per layer): ``flow.{f}.layer.{l}.in.qweight`` int8 [2H, H, k] with ``.in.qscale``
   float32 [2H], and (when M > 0, then required with it) ``.cond.qweight`` int8 [2H, M] with ``.cond.qscale`` [2H]:
   the layer's dilated and conditioning convs in INT8 (weights symmetric per output channel, w ~= qweight *
-  qscale; activations quantized at run time, ``ef_wn_q8.c``). The float weights stay in the file.
+  qscale; activations quantized at run time, ``ef_wn_q8.c``); on its own, ``.rs.qweight`` int8 [R_l, H] with
+  ``.rs.qscale`` [R_l]: the residual / statistics conv in INT8 (the gate output quantized per block). The float
+  weights stay in the file.
 
 ``flip``: each coupling is followed by a channel flip (forward direction), as VITS's ``Flip``.
 """
@@ -40,8 +42,9 @@ FORMAT = 2
 READS = (1, 2)
 #: Version of the C library's cfg vector (``ef_wn_version``).
 CFG_VERSION = 1
-#: The two INT8 convs of a layer (:func:`edgeflow.runtime.native.format.int8_parts`'s kinds).
-Q8_KINDS = ("in", "cond")
+#: The INT8 convs of a layer (:func:`edgeflow.runtime.native.format.int8_parts`'s kinds; the C library's part
+#: numbers): dilated, conditioning, residual / statistics.
+Q8_KINDS = ("in", "cond", "rs")
 #: The weight file's name inside a voice bundle.
 FLOW_FILE = "vits_flow.npz"
 _CONFIG = ("n_flows", "n_layers", "channels", "hidden", "kernel", "n_cond", "mean_only", "flip")
@@ -103,17 +106,20 @@ def load(path: str | Path) -> Dict[str, np.ndarray]:
     return check(read_npz(path, "native flow file"), str(path))
 
 
-def quantize_weights(arrays: Dict[str, np.ndarray], layers: Optional[set] = None) -> Dict[str, np.ndarray]:
+def quantize_weights(arrays: Dict[str, np.ndarray], layers: Optional[set] = None,
+                     res_skip: bool = False) -> Dict[str, np.ndarray]:
     """``arrays`` plus INT8 pairs made from their own float weights (symmetric per output channel, max |w| / 127:
     onnxruntime's weight scheme) for the layers ``{(flow, layer)}`` (None: every layer), the in and cond convs
-    together where the flow has conditioning. For flows whose graph keeps them float (the VITS prior flow)."""
+    together where the flow has conditioning, and with ``res_skip`` the residual / statistics conv too. For flows
+    whose graph keeps them float (the VITS prior flow)."""
     out = dict(arrays, format=np.array([FORMAT], np.int32))
     n_flows, n_layers, n_cond = int(arrays["config"][0]), int(arrays["config"][1]), int(arrays["config"][5])
+    kinds = [k for k in Q8_KINDS if (k != "cond" or n_cond) and (k != "rs" or res_skip)]
     for f in range(n_flows):
         for lay in range(n_layers):
             if layers is not None and (f, lay) not in layers:
                 continue
-            for kind in Q8_KINDS if n_cond else Q8_KINDS[:1]:
+            for kind in kinds:
                 w = np.asarray(arrays[f"flow.{f}.layer.{lay}.{kind}.weight"], np.float32)
                 scale = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) / np.float32(127.0)
                 safe = np.where(scale > 0, scale, 1.0).reshape((-1,) + (1,) * (w.ndim - 1))
@@ -216,6 +222,7 @@ class NativeFlow:
         winograd_layers: how many layers run as Winograd.
         int8_layers: how many layers run their dilated (and conditioning) conv in INT8 (the file's INT8 pairs;
             they take precedence over Winograd).
+        int8_res_skip: how many layers run their residual / statistics conv in INT8.
     """
 
     def __init__(self, path: Optional[str | Path] = None, threads: Optional[int] = None,
@@ -230,10 +237,11 @@ class NativeFlow:
         self._handle = handle
         self.channels, self.n_cond = int(arrays["config"][2]), int(arrays["config"][5])
         self.threads = int(threads or 0)
-        self.int8_layers = self._set_int8(arrays, path)
+        parts = self._set_int8(arrays, path)
+        self.int8_layers, self.int8_res_skip = (sum(p == part for p in parts) for part in (0, 2))
         self.winograd_layers = self._set_winograd(arrays) if winograd else 0
 
-    def _set_int8(self, arrays: Dict[str, np.ndarray], path) -> int:
+    def _set_int8(self, arrays: Dict[str, np.ndarray], path) -> List[int]:
         parts = int8_parts(arrays, Q8_KINDS)
         for f, lay, part, q, scale in parts:
             q = np.ascontiguousarray(q, dtype=np.int8)
@@ -241,7 +249,7 @@ class NativeFlow:
             if self._lib.ef_wn_set_q8(self._handle, f, lay, part, q.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
                                       _ptr(scale)) != 0:
                 raise BundleError(f"{path}: the native engine refused the INT8 weights of coupling {f} layer {lay}")
-        return sum(part == 0 for _, _, part, _, _ in parts)
+        return [part for _, _, part, _, _ in parts]
 
     def _set_winograd(self, arrays: Dict[str, np.ndarray]) -> int:
         jobs = [j for j in winograd_weights(arrays) if f"flow.{j[0]}.layer.{j[1]}.in.qweight" not in arrays]
