@@ -99,7 +99,7 @@ def _wn_input(arrays, x: np.ndarray, cond) -> bytes:
     jobs = wn.winograd_weights(arrays)
     wg = [struct.pack("<ii", f, lay) + u.astype("<f4").tobytes() + at.astype("<f4").tobytes()
           + bt.astype("<f4").tobytes() for f, lay, u, at, bt in jobs]
-    q8 = [struct.pack("<iiii", f, lay, part, q.size) + q.astype(np.int8).tobytes() + s.astype("<f4").tobytes()
+    q8 = [struct.pack("<iiiii", f, lay, part, q.size, s.size) + q.astype(np.int8).tobytes() + s.astype("<f4").tobytes()
           for f, lay, part, q, s in int8_parts(arrays, wn.Q8_KINDS)]
     m = 0 if cond is None else cond.shape[1]
     return b"".join([struct.pack("<i", cfg.size), cfg.astype("<i4").tobytes(), struct.pack("<q", w.size),
@@ -111,12 +111,13 @@ def _wn_input(arrays, x: np.ndarray, cond) -> bytes:
 @pytest.mark.slow
 @pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
 @pytest.mark.parametrize("mean_only,flip,n_cond,k,dil,int8", [(1, 1, 0, 3, (1, 2, 4), 0), (0, 0, 3, 3, (1, 2, 4), 0),
-                                                               (1, 1, 0, 5, (1, 1, 2), 0), (0, 0, 3, 3, (1, 2, 4), 1)])
+                                                               (1, 1, 0, 5, (1, 1, 2), 0), (0, 0, 3, 3, (1, 2, 4), 1),
+                                                               (1, 1, 0, 5, (1, 1, 2), 2)])
 def test_aarch64_wavenet_flow_kernels_under_qemu(mean_only, flip, n_cond, k, dil, int8, tmp_path):
     """The WaveNet-coupling kernels (VITS prior flow: mean-only, flips, kernel 5 with Winograd F(4,5) layers;
-    WaveGlow-style affine couplings with conditioning, float and INT8), built for aarch64 with warnings as errors
-    and run under qemu-user, against the float64 numpy definition of the flow file (INT8: its simulation,
-    tests/test_native_wn_int8.py; correctness only)."""
+    WaveGlow-style affine couplings with conditioning, float and INT8; ``int8`` 2: the res / skip convs in INT8
+    too), built for aarch64 with warnings as errors and run under qemu-user, against the float64 numpy definition
+    of the flow file (INT8: its simulation, tests/test_native_wn_int8.py; correctness only)."""
     from test_native_vits import random_flow, reference_inverse
     from test_native_wn_int8 import simulated, with_int8
 
@@ -127,7 +128,7 @@ def test_aarch64_wavenet_flow_kernels_under_qemu(mean_only, flip, n_cond, k, dil
                             "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     arrays = random_flow(n_cond=n_cond, mean_only=mean_only, flip=flip, k=k, dil=dil)
-    arrays = with_int8(arrays) if int8 else arrays
+    arrays = with_int8(arrays, res_skip=int8 == 2) if int8 else arrays
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 6, 70)).astype(np.float32)
     cond = rng.standard_normal((2, n_cond, 70)).astype(np.float32) if n_cond else None

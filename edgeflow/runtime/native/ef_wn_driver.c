@@ -6,9 +6,9 @@
  *
  * IN (little-endian): int32 n_cfg, int32 cfg[n_cfg], int64 n_w, float32 w[n_w] (wn.blob's order), int32 n_wg,
  * n_wg times (int32 flow, layer; float32 u[8 * 2H * H], at[4 * 8], bt[8 * 8]: the Winograd F(4,5) weights and
- * transforms, as wn.NativeFlow sets them), int32 n_q8, n_q8 times (int32 flow, layer, part, n; int8 q[n]; float32
- * scale[2H]: an INT8 conv, as ef_wn_set_q8 takes it), int32 B, int32 T, int32 M, float32 x[B * C * T], float32
- * cond[B * M * T] (M = 0: none). OUT: float32 out[B * C * T], the flow's inverse of each item. ISA: 0 portable
+ * transforms, as wn.NativeFlow sets them), int32 n_q8, n_q8 times (int32 flow, layer, part, n, n_scale; int8 q[n];
+ * float32 scale[n_scale]: an INT8 conv, as ef_wn_set_q8 takes it), int32 B, int32 T, int32 M, float32
+ * x[B * C * T], float32 cond[B * M * T] (M = 0: none). OUT: float32 out[B * C * T], the flow's inverse of each item. ISA: 0 portable
  * (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
  */
 
@@ -52,9 +52,9 @@ int main(int argc, char **argv)
     }
     int32_t n_q8 = *(int32_t *)readn(f, 4, 1);
     for (int i = 0; i < n_q8; i++) {
-        int32_t *id = readn(f, 4, 4);
+        int32_t *id = readn(f, 4, 5);
         int8_t *q = readn(f, 1, id[3]);
-        float *scale = readn(f, 4, (size_t)2 * H);
+        float *scale = readn(f, 4, id[4]);
         if (ef_wn_set_q8(m, id[0], id[1], id[2], q, scale) != 0) { fprintf(stderr, "ef_wn_driver: INT8 refused\n"); return 1; }
     }
     int32_t B = *(int32_t *)readn(f, 4, 1), T = *(int32_t *)readn(f, 4, 1), M = *(int32_t *)readn(f, 4, 1);
