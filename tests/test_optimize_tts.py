@@ -161,12 +161,17 @@ def test_optimize_quality_and_resume(tmp_path, tiny_pt, fake_scorers, monkeypatc
 
 
 def test_optimize_balanced_times_both_upsampler_forms(tmp_path, tiny_pt, fake_scorers):
+    """``polyphase: "auto"`` (the cpu balanced recipe with that one option changed) times both upsampler forms."""
     from edgeflow.pipeline_tts import optimize_tts
     from edgeflow.runtime import Voice
+    from edgeflow.targets import load_target
 
     _, path = tiny_pt
-    rep = optimize_tts(path, tmp_path / "b", recipe="balanced", n_eval=2, budget="wer=0.03,dnsmos=0.1,mcd=30",
-                       log=lambda *_: None)
+    target = load_target("cpu")
+    next(p for p in target["recipes_tts"]["balanced"] if p["pass"] == "tts_quantize")["polyphase"] = "auto"
+    (tmp_path / "cpu_auto.json").write_text(json.dumps(target))
+    rep = optimize_tts(path, tmp_path / "b", target=str(tmp_path / "cpu_auto.json"), recipe="balanced", n_eval=2,
+                       budget="wer=0.03,dnsmos=0.1,mcd=30", log=lambda *_: None)
     q = rep["passes"][1]
     assert q["name"] == "tts_quantize" and q["status"] == "applied", q
     assert set(q["details"]["decoder_seconds"]) == {"float_convtranspose", "int8_convtranspose", "float_polyphase",
@@ -239,6 +244,8 @@ def test_shipped_voice_recipes_and_budgets():
             flow8 = {r: next(p for p in t["recipes_tts"][r] if p["pass"] == "tts_flow_int8") for r in ("balanced",
                                                                                                      "fast")}
             assert flow8["fast"]["res_skip"] is True and not flow8["balanced"].get("res_skip"), flow8
+            for r in ("balanced", "fast"):               # the native voice's head wants INT8 upsamplers: no timing
+                assert next(p for p in t["recipes_tts"][r] if p["pass"] == "tts_quantize")["polyphase"] is True, r
 
 
 def test_cli_voice_errors(tmp_path, tiny_pt, capsys):
