@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
@@ -147,10 +146,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from edgeflow.core.errors import EdgeflowError
+    from edgeflow.cli.args import run_script
 
-    try:
-        raise SystemExit(main())
-    except EdgeflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

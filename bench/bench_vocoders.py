@@ -27,7 +27,6 @@ import gzip
 import os
 import platform
 import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -249,10 +248,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from edgeflow.core.errors import EdgeflowError
+    from edgeflow.cli.args import run_script
 
-    try:
-        raise SystemExit(main())
-    except EdgeflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -90,16 +89,13 @@ def main() -> int:
                   + f"  sum {r['sum']:.2f} ms per s of audio ({r['flow_engine']})")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        atomic_write_json(Path(args.json), {"date": str(date.today()), "commit": commit.strip(), "sentences": len(texts),
-                                            "rounds": args.rounds, "settle_seconds": args.settle, "results": results})
+        atomic_write_json(Path(args.json), {"date": str(date.today()), "commit": commit.strip(),
+                                            "sentences": len(texts), "rounds": args.rounds,
+                                            "settle_seconds": args.settle, "results": results})
     return 0
 
 
 if __name__ == "__main__":
-    from edgeflow.core.errors import EdgeflowError
+    from edgeflow.cli.args import run_script
 
-    try:
-        raise SystemExit(main())
-    except EdgeflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

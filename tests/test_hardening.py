@@ -187,6 +187,23 @@ def test_os_error_at_top_level_is_one_line(monkeypatch, capsys):
     _one_line_error(*_cli(["models"], capsys), "Permission denied", "/some/where")
 
 
+def test_bench_scripts_bad_input_one_line(capsys):
+    """bench/ scripts' entry (run_script): an EdgeflowError is one line and its exit code; a status passes through."""
+    from edgeflow.cli.args import run_script
+    from edgeflow.core.errors import BundleError
+
+    def bad() -> int:
+        raise BundleError("voice not found: /x\n(expected a bundle)")
+
+    with pytest.raises(SystemExit) as exc:
+        run_script(bad)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == "edgeflow: error: voice not found: /x (expected a bundle)\n"
+    with pytest.raises(SystemExit) as exc:
+        run_script(lambda: 0)
+    assert exc.value.code == 0
+
+
 # --- 5. stale temporaries of killed runs are cleaned ----------------------------------------------------
 
 KILLED = """

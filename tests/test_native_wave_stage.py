@@ -398,8 +398,9 @@ def test_upsampler_read_from_either_form():
         nodes = [helper.make_node("LeakyRelu", ["x"], ["r"], name="/dec/LeakyRelu", alpha=0.1),
                  helper.make_node(op, ["r", "w", "b"], ["y"], name=name, **attrs)]
         inits = [numpy_helper.from_array(w.detach().numpy(), "w"), numpy_helper.from_array(b.detach().numpy(), "b")]
-        return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-            "x", TensorProto.FLOAT, [1, 6, "T"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits))
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, "T"])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits))
 
     a = upsampler(graph("ConvTranspose", "/dec/ups.0/ConvTranspose", ct.weight, ct.bias, strides=[4], pads=[2, 2]), 4)
     b = upsampler(graph("Conv", "/dec/ups.0/conv/Conv", pp.conv.weight, pp.conv.bias, pads=[1, 1]), 4)

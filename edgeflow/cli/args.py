@@ -101,6 +101,19 @@ def print_error(message: str) -> None:
     print(f"edgeflow: error: {one_line}", file=sys.stderr)
 
 
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s status; an :class:`edgeflow.core.errors.EdgeflowError` (bad input) prints one line
+    (:func:`print_error`) and exits with its ``exit_code`` instead of a traceback (the bench/ scripts' entry)."""
+    from edgeflow.core.errors import EdgeflowError
+
+    try:
+        code = main()
+    except EdgeflowError as exc:
+        print_error(str(exc))
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code)
+
+
 def check_device(name: Optional[str]) -> str:
     """A torch device string that exists here: None/``auto`` become cuda when available, else cpu.
 

@@ -287,5 +287,5 @@ def kernels_handler(name: str, why_not: Callable[[Artifact, Any], Optional[str]]
 
 
 register_pass("kernels", KernelsConfig, kernels_handler(
-    "kernels", lambda a, cfg: not_applicable(a), lambda a, out, cfg, ctx: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)),
-    changes_output=False)
+    "kernels", lambda a, cfg: not_applicable(a),
+    lambda a, out, cfg, ctx: add_kernels(a.model, a.bundle_dir, out, cfg, overwrite=True)), changes_output=False)

@@ -5,15 +5,15 @@ time at one thread once the decoder's last stage is native. Its dilated convs ru
 (:mod:`edgeflow.runtime.native.wn`, ``ef_wn_q8.c``): weights symmetric per output channel, quantized from the
 flow's own float weights at load; activations u8 with one dynamic scale per layer input. With ``res_skip`` (since
 2026-12-05, 17:00 UTC) each layer's residual / statistics 1x1 conv runs in INT8 too, on the gate output quantized
-per 64-frame block. The gate's tanh and sigmoid, the mean-only coupling update and the log-det
-stay float (the coupling-aware rule). onnxruntime's graph of the flow stays float: only the native engine runs it
-in INT8.
+per 64-frame block. The gate's tanh and sigmoid, the mean-only coupling update and the log-det stay float (the
+coupling-aware rule). onnxruntime's graph of the flow stays float: only the native engine runs it in INT8.
 
 Runs after ``tts_kernels`` (and ``tts_wave`` where a recipe has it). Writes a NEW bundle directory holding the same
 files, the manifest's ``native.engine`` "vits-flow-int8" with ``native.int8_convs`` (["in"] or ["in", "rs"]; the
 runtime quantizes those weights at load, no new file) and ``native.int8_flow``: the flow output's and the audio's
-SNR against the float native flow on calibration sentences, and both engines' times again. The audio changes, so the pipeline scores the bundle against the budget.
-Where the bundle has no float native flow, or the C library is not built, it records why and leaves the bundle.
+SNR against the float native flow on calibration sentences, and both engines' times again. The audio changes, so
+the pipeline scores the bundle against the budget. Where the bundle has no float native flow, or the C library is
+not built, it records why and leaves the bundle.
 """
 
 from __future__ import annotations

@@ -260,5 +260,6 @@ def not_applicable(artifact: Artifact) -> Optional[str]:
 
 
 register_pass("tts_kernels", TtsKernelsConfig, kernels_handler(
-    "tts_kernels", lambda a, cfg: not_applicable(a), lambda a, out, cfg, ctx: add_tts_kernels(a.bundle_dir, out, cfg, overwrite=True)),
+    "tts_kernels", lambda a, cfg: not_applicable(a),
+    lambda a, out, cfg, ctx: add_tts_kernels(a.bundle_dir, out, cfg, overwrite=True)),
     changes_output=False)

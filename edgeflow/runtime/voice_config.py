@@ -154,7 +154,7 @@ def read_vits_manifest(bundle_dir: Path) -> Dict[str, Any]:
 #: Engines :meth:`edgeflow.runtime.Voice.load` can run a voice's prior flow with.
 VOICE_ENGINES = ("auto", "onnxruntime", "native")
 #: The native prior flow's engines (manifest ``native.engine``): float32 (``tts_kernels``) or with every WaveNet
-#: layer's dilated conv in INT8 (``tts_flow_int8``).
+#: layer's dilated conv in INT8, and its res / skip conv where ``native.int8_convs`` names "rs" (``tts_flow_int8``).
 FLOAT_FLOW, INT8_FLOW = "vits-flow-float32", "vits-flow-int8"
 FLOW_ENGINES = (FLOAT_FLOW, INT8_FLOW)
 

@@ -7,8 +7,8 @@
  * IN (little-endian): int32 C, n_blocks, n_convs, kp; int32 spec[n_convs][7] (wave_stage.pack_stage's); float32
  * slope, post_slope, post_b, post_w[C * kp]; per conv: int8 q[cout * cin * k], float32 scale[cout], bias[cout];
  * int32 has_up, and when 1 the upsampler: int32 cin, u, k, planes; float32 slope; int8 q[u C * cin * k], float32
- * scale[u C], bias[u C]; int32 T; float32 x[(has_up ? cin : C) * T]. OUT: float32 audio[(has_up ? u : 1) * T]. ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status
- * 0, or 1 with a message on stderr.
+ * scale[u C], bias[u C]; int32 T; float32 x[(has_up ? cin : C) * T]. OUT: float32 audio[(has_up ? u : 1) * T].
+ * ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
  */
 
 #include <stdint.h>

@@ -8,8 +8,8 @@
  * n_wg times (int32 flow, layer; float32 u[8 * 2H * H], at[4 * 8], bt[8 * 8]: the Winograd F(4,5) weights and
  * transforms, as wn.NativeFlow sets them), int32 n_q8, n_q8 times (int32 flow, layer, part, n, n_scale; int8 q[n];
  * float32 scale[n_scale]: an INT8 conv, as ef_wn_set_q8 takes it), int32 B, int32 T, int32 M, float32
- * x[B * C * T], float32 cond[B * M * T] (M = 0: none). OUT: float32 out[B * C * T], the flow's inverse of each item. ISA: 0 portable
- * (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
+ * x[B * C * T], float32 cond[B * M * T] (M = 0: none). OUT: float32 out[B * C * T], the flow's inverse of each
+ * item. ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
  */
 
 #include <stdint.h>

@@ -103,7 +103,7 @@ def upsampler(model: Any, channels: int, inits: Optional[Dict[str, np.ndarray]] 
         if _attr(node, "group", 1) != 1 or pads[0] != pads[-1] or _attr(node, "output_padding", [0]) not in ([0], 0):
             raise ConfigError(f"tts_wave: {node.name} is not a plain, symmetric ConvTranspose")
         p = int(pads[0])
-    else:                                     # phase form: [u C, cin, taps], row r C + o, tap d = W[.., (taps-1-d) u + r]
+    else:                         # phase form: [u C, cin, taps], row r C + o, tap d = W[.., (taps - 1 - d) u + r]
         u, taps = w.shape[0] // channels, w.shape[2]
         if u * channels != w.shape[0]:
             raise ConfigError(f"tts_wave: {node.name} has {w.shape[0]} rows, not a multiple of {channels}")
