@@ -157,10 +157,10 @@ class _Run:
         from edgeflow.runtime.voice_config import INT8_FLOW
         from edgeflow.validate.tts_optimize import bundle_bytes, score_voice
 
-        # A native INT8 waveform stage (tts_wave) or INT8 flow (tts_flow_int8) changes the audio of the native
-        # engine only: score that one.
+        # A native INT8 waveform stage (tts_wave), INT8 flow (tts_flow_int8) or text encoder (tts_text_encoder)
+        # changes the audio of the native engine only: score that one.
         native = read_manifest(bundle, task=None).get("native") or {}
-        changed = native.get("wave_stage") or native.get("engine") == INT8_FLOW
+        changed = native.get("wave_stage") or native.get("text_encoder") or native.get("engine") == INT8_FLOW
         voice = Voice.load(bundle, threads=self.threads, engine="native" if changed else "auto")
         metrics, _, _ = score_voice(voice, self.texts, self.teacher_audio, self.seed,
                                     progress=self._progress("scoring the bundle"), **BUNDLE_SPEAK)

@@ -195,3 +195,59 @@ def test_aarch64_wave_stage_under_qemu(kind, planes, up, tmp_path):
     out = np.fromfile(tmp_path / "out.bin", dtype="<f4")
     want = WaveStage(a, threads=1).run(x) if up else simulate(a, x, tile_samples())
     assert out.shape == want.shape and compare(out, want)["snr_db"] >= 60
+
+
+def random_text_encoder(H=16, F=24, heads=2, layers=2, k=3, window=2, vocab=20, seed=0):
+    """Random arrays in :func:`edgeflow.runtime.native.text_encoder.pack_text_encoder`'s layout."""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    a = {"emb": r(vocab, H) * 3, "config": np.array([H, F, heads, layers, k, window, vocab], np.int64)}
+    for l in range(layers):
+        a.update({f"attn_layers.{l}.conv_qkv.weight": r(3 * H, H, 1), f"attn_layers.{l}.conv_qkv.bias": r(3 * H),
+                  f"attn_layers.{l}.conv_o.weight": r(H, H, 1), f"attn_layers.{l}.conv_o.bias": r(H),
+                  f"attn_layers.{l}.emb_rel_k": r(1, 2 * window + 1, H // heads),
+                  f"attn_layers.{l}.emb_rel_v": r(1, 2 * window + 1, H // heads),
+                  f"ffn_layers.{l}.conv_1.weight": r(F, H, k), f"ffn_layers.{l}.conv_1.bias": r(F),
+                  f"ffn_layers.{l}.conv_2.weight": r(H, F, k), f"ffn_layers.{l}.conv_2.bias": r(H),
+                  f"ln.{l}": np.stack([1 + r(H), r(H), 1 + r(H), r(H)])})
+    return a
+
+
+def _enc_input(a, ids: np.ndarray) -> bytes:
+    from edgeflow.runtime.native.text_encoder import _CONVS
+    from edgeflow.runtime.native.wave_stage import quantize_conv
+
+    cfg = [int(v) for v in a["config"]]
+    parts = [struct.pack("<7i", *cfg), struct.pack("<f", 1e-5), a["emb"].astype("<f4").tobytes()]
+    for l in range(cfg[3]):
+        for name in _CONVS:
+            q, scale = quantize_conv(a[f"{name.format(l=l)}.weight"])
+            parts += [q.tobytes(), scale.astype("<f4").tobytes(), a[f"{name.format(l=l)}.bias"].astype("<f4").tobytes()]
+        parts += [a[f"attn_layers.{l}.{p}"].astype("<f4").tobytes() for p in ("emb_rel_k", "emb_rel_v")]
+        parts.append(a[f"ln.{l}"].astype("<f4").tobytes())
+    return b"".join(parts + [struct.pack("<i", ids.size), ids.astype("<i8").tobytes()])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
+def test_aarch64_text_encoder_under_qemu(tmp_path):
+    """The text-encoder kernel built for aarch64 with warnings as errors and run under qemu-user against the host
+    library (correctness only): the integer sums are the same on every tile, the float parts nearly so."""
+    from edgeflow.runtime.native.text_encoder import NativeTextEncoder
+
+    exe = tmp_path / "ef_enc_driver"
+    sources = [str(SRC / n) for n in ("ef_enc_driver.c", "ef_enc.c", "ef_enc_att.c", "ef_hq8.c", "ef_hq_up.c",
+                                      "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_wn.c", "ef_wn_run.c", "ef_wn_q8.c")]
+    built = subprocess.run([CC, "-O2", "-static", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
+                            "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    a = random_text_encoder()
+    for n in (7, 150):
+        ids = np.random.default_rng(n).integers(0, 20, n).astype(np.int64)
+        (tmp_path / "in.bin").write_bytes(_enc_input(a, ids))
+        run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(16, n)
+        want = NativeTextEncoder(a, threads=1).run(ids)[0]
+        assert compare(out, want)["snr_db"] >= 60

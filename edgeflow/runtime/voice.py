@@ -90,6 +90,10 @@ class Voice:
         #: the decoder's waveform-rate stage in the native engine (INT8, block-scaled; the ``tts_wave`` pass), or
         #: None: the cut decoder graph then ends before that stage.
         self.wave: Any = None
+        #: the text encoder's transformer in the native engine (the ``tts_text_encoder`` pass), or None: the
+        #: encoder session then runs the rest of model.onnx from its output (input :attr:`text_input`).
+        self.text_encoder: Any = None
+        self.text_input: Optional[str] = None
 
     @property
     def sample_rate(self) -> int:
@@ -152,10 +156,15 @@ class Voice:
         section = vits_native_section(manifest, path) if native else None
         if section is not None:
             graphs["decoder"] = section["decoder"]
+            if section.get("text_encoder"):
+                graphs["encoder"] = section["text_encoder"]["file"]
         # The decoder's pool spins after a run unless the native flow runs next (its OpenMP threads then wait for
         # the cores: joe at 2 threads, RTF 0.0353 -> 0.0320 without the spinning, 2026-12-05).
         spin = {"encoder": "run", "decoder": "always" if section is None else "never"}
-        sessions = [open_session(path / graphs[role], threads, providers, f"{role} graph", spin=spin[role],
+        # The encoder graph after a native text encoder is ~1,300 small nodes that do not scale with threads: one
+        # thread, beside the kernel's idle OpenMP thread (joe at 2 threads: 2.13 -> 1.31 ms per second of audio).
+        n = {"encoder": 1 if section is not None and section.get("text_encoder") else threads, "decoder": threads}
+        sessions = [open_session(path / graphs[role], n[role], providers, f"{role} graph", spin=spin[role],
                                  conv_layout=conv_layout)
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
@@ -172,6 +181,11 @@ class Voice:
                 from edgeflow.runtime.native.wave_stage import WaveStage, load_arrays
 
                 voice.wave = WaveStage(load_arrays(path / section["wave_stage"]["file"]), threads=threads)
+            if section.get("text_encoder"):
+                from edgeflow.runtime.native.text_encoder import from_bundle
+
+                voice.text_encoder = from_bundle(path, manifest, threads)
+                voice.text_input = section["text_encoder"]["input"]
         return voice
 
     def _probe(self) -> None:
@@ -180,7 +194,7 @@ class Voice:
             list(self.config.phoneme_id_map[frontend.EOS])
         try:
             self._encode(ids, {"noise_scale": 0.0, "length_scale": 1.0, "noise_w": 0.0}, 0, probe=True)
-        except BundleError as exc:
+        except (BundleError, InputError) as exc:
             raise BundleError(f"{self.source}: the phoneme map (ids up to {self.config.max_id}) does not fit "
                               f"this model: {exc}") from None
 
@@ -215,6 +229,8 @@ class Voice:
             return self._run(self.encoder, feeds)[0].reshape(-1).astype(np.float32, copy=False)
         feeds["noise_w_z"] = np.random.default_rng([seed, 0, 1]).standard_normal(
             2 * x.shape[1], dtype=np.float32).reshape(1, 2, x.shape[1])
+        if self.text_encoder is not None:
+            feeds[self.text_input] = self.text_encoder.run(x[0])
         names = [o.name for o in self.encoder.get_outputs()]
         out = dict(zip(names, self._run(self.encoder, feeds)))
         m_p, logs_p = out["m_p"], out["logs_p"]

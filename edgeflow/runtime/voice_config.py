@@ -157,6 +157,9 @@ VOICE_ENGINES = ("auto", "onnxruntime", "native")
 #: layer's dilated conv in INT8, and its res / skip conv where ``native.int8_convs`` names "rs" (``tts_flow_int8``).
 FLOAT_FLOW, INT8_FLOW = "vits-flow-float32", "vits-flow-int8"
 FLOW_ENGINES = (FLOAT_FLOW, INT8_FLOW)
+#: The native text encoder's engine (manifest ``native.text_encoder``, the ``tts_text_encoder`` pass): the
+#: transformer's convs in INT8, attention and LayerNorm float; the rest of model.onnx runs as the part's ``file``.
+TEXT_ENCODER = "vits-text-encoder-int8"
 
 
 def native_files(native: Any) -> List[str]:
@@ -164,8 +167,9 @@ def native_files(native: Any) -> List[str]:
     the strings found."""
     if not isinstance(native, dict):
         return []
-    wave = native.get("wave_stage") if isinstance(native.get("wave_stage"), dict) else {}
-    return [v for v in (native.get("file"), native.get("decoder"), wave.get("file")) if isinstance(v, str) and v]
+    parts = [native.get(k) if isinstance(native.get(k), dict) else {} for k in ("wave_stage", "text_encoder")]
+    return [v for v in (native.get("file"), native.get("decoder")) + tuple(p.get("file") for p in parts)
+            if isinstance(v, str) and v]
 
 
 def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[str, Any]]:
@@ -200,6 +204,23 @@ def vits_native_section(manifest: Dict[str, Any], where: Any) -> Optional[Dict[s
     if any(n not in files for n in names) or native.get("source_decoder_sha256") != \
             files.get(manifest["graphs"]["decoder"]):
         return None                 # files not carried over (a copy of the graphs only), or decoder.onnx replaced
+    return _with_text_encoder(native, files, manifest["graphs"]["encoder"], where)
+
+
+def _with_text_encoder(native: Dict[str, Any], files: Dict[str, Any], encoder: str, where: Any) -> Dict[str, Any]:
+    """``native`` with its ``text_encoder`` part checked, or without it where its file was not carried over or
+    model.onnx was replaced after the pass (the cut no longer matches it)."""
+    from edgeflow.core.errors import BundleError
+
+    te = native.get("text_encoder")
+    if te is None:
+        return native
+    if not isinstance(te, dict) or not isinstance(te.get("file"), str) or "/" in te["file"] or "\\" in te["file"] \
+            or te.get("engine") != TEXT_ENCODER or not isinstance(te.get("input"), str):
+        raise BundleError(f"{where}: manifest field native.text_encoder must name the cut encoder graph and its "
+                          "input")
+    if te["file"] not in files or te.get("source_encoder_sha256") != files.get(encoder):
+        return {k: v for k, v in native.items() if k != "text_encoder"}
     return native
 
 

@@ -5,7 +5,15 @@
 
 #include "ef_internal.h"
 
+/* The float loops, cloned for AVX-512 / AVX2 on x86 (picked by CPU features at load time) so they vectorize. */
+#if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
+#define EF_HQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EF_HQ_CLONES
+#endif
+
 #define EF_HQ_TW 128     /* output columns per tile (a multiple of EF_NB) sharing one quantized input window */
+#define EF_HQ_UMAX 64    /* the largest upsampler stride ef_hq_set_up takes */
 #define EF_HQ_CHUNK 1536 /* input columns of a chunk (halo included): 5 planes of 32 channels, near L2's size */
 
 typedef struct {
@@ -29,15 +37,18 @@ typedef struct {
 /* One chunk's scratch: planes of `rows` rows and stride S, the block ranges, a quantized window; with an upsampler,
  * its input and output at the input rate (rows of stride Sl). */
 typedef struct {
-    float *pl[4], *tb, *mm, *lin, *lout;
+    float *pl[4], *tb, *mm, *mmx, *mmo[2], *lin, *lout;   /* mm*: [block][2] minima and maxima (mmx: the input's) */
     uint8_t *buf, *buf2;
     const uint8_t **xq, **xq2;
     size_t S, Sl;
 } ef_hq_ws;
 
 /* A conv over a chunk's window with block-scaled u8 activations (ef_hq8.c). */
-void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *res, float *out, int L, int va, int vb,
-                ef_hq_ws *w, ef_qtile_fn tile);
+void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *mm_in, const float *res, float *out,
+                float *mm_out, int L, int va, int vb, ef_hq_ws *w, ef_qtile_fn tile);
+
+/* Per-block [lo, hi] of rows c < C of src (stride S) over the blocks of EF_NB columns that meet [va, vb) (ef_hq8.c). */
+void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float *mm);
 
 /* The upsampler's output at a chunk's audio window (ef_hq_up.c). */
 void ef_hq_up_chunk(const ef_hq *m, const float *x, int Tl, int g0, int L, float *xin, ef_hq_ws *w, ef_qtile_fn tile);

@@ -18,13 +18,6 @@
 #include "ef_hq.h"
 #include <math.h>
 
-/* The float loops, cloned for AVX-512 / AVX2 on x86 (picked by CPU features at load time) so they vectorize. */
-#if defined(__x86_64__) && (defined(__GNUC__) && !defined(__clang__))
-#define EF_HQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EF_HQ_CLONES
-#endif
-
 /* Output samples per tile (one activation scale per conv input window of a tile), and input columns per chunk. */
 EF_API int ef_hq_tile(void) { return EF_HQ_TW; }
 EF_API int ef_hq_chunk_cols(void) { return EF_HQ_CHUNK; }
@@ -138,7 +131,7 @@ EF_HQ_CLONES static void ef_hq_post_cols(const ef_hq *m, const float *acc, size_
 
 /* Per-block [lo, hi] of rows c < C of src (stride S) over the blocks of EF_NB columns that meet [va, vb):
  * mm [block][2] for blocks va / EF_NB .. (vb - 1) / EF_NB. */
-static void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float *mm)
+void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float *mm)
 {
     for (int b = va / EF_NB; b * EF_NB < vb; b++) {
         const int t0 = b * EF_NB > va ? b * EF_NB : va, t1 = (b + 1) * EF_NB < vb ? (b + 1) * EF_NB : vb;
@@ -150,14 +143,19 @@ static void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb
 
 /* out[o][t] = (res ? res[o][t] : 0) + bias[o] + conv(lrelu(in))[o][t] for local columns t < L (rows of stride S);
  * in's columns outside [va, vb) read as 0. Tiles of EF_HQ_TW columns share one u8 scale: the range of the
- * EF_NB-column blocks (mm, of in) their input window touches. */
-void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *res, float *out, int L,
-                       int va, int vb, ef_hq_ws *w, ef_qtile_fn tile)
+ * EF_NB-column blocks (mm_in, of in; NULL: found here) their input window touches. mm_out (or NULL): the same
+ * ranges of out, taken tile by tile while it is in cache (the next conv's mm_in). */
+void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *mm_in, const float *res, float *out,
+                float *mm_out, int L, int va, int vb, ef_hq_ws *w, ef_qtile_fn tile)
 {
     const int cq = (c->cin + 3) / 4, nq = c->k * cq, R = (c->k - 1) / 2 * c->d;
     const int Mp = (c->cout + EF_MR - 1) / EF_MR * EF_MR;
     const size_t S = w->S;
-    ef_hq_block_minmax(in, S, c->cin, va, vb, w->mm);
+    if (!mm_in) {
+        ef_hq_block_minmax(in, S, c->cin, va, vb, w->mm);
+        mm_in = w->mm;
+    }
+    for (int b = va / EF_NB; mm_out && b * EF_NB < vb; b++) mm_out[2 * b] = mm_out[2 * b + 1] = 0.0f;
     for (int t0 = 0; t0 < L; t0 += EF_HQ_TW) {
         const int ncol = (L - t0 < EF_HQ_TW ? L - t0 : EF_HQ_TW) + EF_NB - 1;
         const int tw = ncol / EF_NB * EF_NB, W = tw + 2 * R, a = t0 - R;    /* window [a, a + W) */
@@ -165,8 +163,8 @@ void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *r
         float lo = 0.0f, hi = 0.0f, s, f[EF_MR];
         int zp;
         for (int b = lo_c / EF_NB; n > 0 && b <= (hi_c - 1) / EF_NB; b++) {
-            lo = w->mm[2 * b] < lo ? w->mm[2 * b] : lo;
-            hi = w->mm[2 * b + 1] > hi ? w->mm[2 * b + 1] : hi;
+            lo = mm_in[2 * b] < lo ? mm_in[2 * b] : lo;
+            hi = mm_in[2 * b + 1] > hi ? mm_in[2 * b + 1] : hi;
         }
         ef_qparams(lo * slope, hi, &s, &zp);                         /* leaky ReLU is monotone; lo <= 0 */
         const int two = c->planes == 2, zp2 = 128;                      /* the error plane: [-s/2, s/2] */
@@ -215,6 +213,12 @@ void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *r
                 tile(qn, wt, w->xq + qa, sub, f, o, (int)S);
                 if (two) tile(qn, wt, w->xq2 + qa, sub, f2, o, (int)S);
             }
+            const int ta = t0 > va ? t0 : va, te = t0 + tw < vb ? t0 + tw : vb, nr = c->cout - mb < EF_MR ?
+                           c->cout - mb : EF_MR;
+            for (int b = ta / EF_NB; mm_out && b * EF_NB < te; b++) {   /* rows mb.. of out are final here */
+                const int b0 = b * EF_NB > ta ? b * EF_NB : ta, b1 = (b + 1) * EF_NB < te ? (b + 1) * EF_NB : te;
+                ef_minmax_rows(out + (size_t)mb * S + b0, S, nr, b1 - b0, &mm_out[2 * b], &mm_out[2 * b + 1]);
+            }
         }
     }
 }
@@ -235,15 +239,20 @@ static void ef_hq_chunk(const ef_hq *m, const float *x, int T, int c0, int c1, i
             memset(row, 0, S * sizeof(float));
             memcpy(row + va, x + (size_t)c * T + g0 + va, (size_t)(vb - va) * sizeof(float));
         }
+    ef_hq_block_minmax(xin, S, m->C, va, vb, w->mmx);                   /* once: every resblock reads xin */
     for (int b = 0; b < m->n_blocks; b++) {
         float *work[2], *cur = xin;
+        const float *mm = w->mmx;
         for (int i = 1, k = 0; i < 4; i++) if (w->pl[i] != acc && k < 2) work[k++] = w->pl[i];
         for (int i = m->first[b]; i < m->first[b + 1]; i++) {
             const ef_hqconv *c = &m->convs[i];
-            float *next = cur == work[0] ? work[1] : work[0];
-            if (c->mode == 1) { ef_hq_conv(c, m->slope, cur, NULL, w->tb, L, va, vb, w, tile); continue; }
-            ef_hq_conv(c, m->slope, c->mode == 2 ? w->tb : cur, cur, next, L, va, vb, w, tile);
-            cur = next;
+            float *next = cur == work[0] ? work[1] : work[0], *mo = i + 1 < m->first[b + 1] ? w->mmo[i % 2] : NULL;
+            if (c->mode == 1) ef_hq_conv(c, m->slope, cur, mm, NULL, w->tb, mo, L, va, vb, w, tile);
+            else {
+                ef_hq_conv(c, m->slope, c->mode == 2 ? w->tb : cur, mm, cur, next, mo, L, va, vb, w, tile);
+                cur = next;
+            }
+            mm = mo;
         }
         if (!acc) { acc = cur; continue; }
         for (int c = 0; c < m->C; c++) ef_hq_add(acc + (size_t)c * S, cur + (size_t)c * S, L);
@@ -298,7 +307,8 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int 
     #pragma omp parallel num_threads(nt < nchunk ? nt : nchunk) reduction(|:fail)
     {
         ef_hq_ws w = {.S = S, .Sl = Sl};
-        float *mem = malloc((5 * plane + (S / EF_NB + 1) * 2 + lbytes) * sizeof(float));
+        const size_t nmm = (S / EF_NB + 1) * 2;                         /* one block range array */
+        float *mem = malloc((5 * plane + 4 * nmm + lbytes) * sizeof(float));
         const size_t qbytes = (size_t)cqmax * (EF_HQ_TW + 2 * Rmax + 16) * 4 + 64;
         w.buf = malloc(2 * qbytes);
         w.buf2 = w.buf ? w.buf + qbytes : NULL;
@@ -308,7 +318,8 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int 
         else {
             for (int i = 0; i < 4; i++) w.pl[i] = mem + i * plane;
             w.tb = mem + 4 * plane; w.mm = mem + 5 * plane;
-            w.lin = m->up ? w.mm + (S / EF_NB + 1) * 2 : NULL;
+            w.mmx = w.mm + nmm; w.mmo[0] = w.mm + 2 * nmm; w.mmo[1] = w.mm + 3 * nmm;
+            w.lin = m->up ? w.mm + 4 * nmm : NULL;
             w.lout = m->up ? w.lin + (size_t)m->up->cin * Sl : NULL;
         }
         #pragma omp for schedule(dynamic, 1)
