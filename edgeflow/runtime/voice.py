@@ -110,8 +110,9 @@ class Voice:
             providers: as :func:`edgeflow.runtime.synthesizer.resolve_providers` (default CPU).
             config: Piper only: the json if it is not ``path + ".json"``.
             engine: the prior flow's engine: "onnxruntime" (the bundle's decoder.onnx), "native" (edgeflow's C
-                kernels, from the ``tts_kernels`` pass) or "auto" (native where that pass measured it faster,
-                the providers are the CPU's and the library loads; else onnxruntime).
+                kernels, from the ``tts_kernels`` pass; with the bundle's other native parts too: the waveform stage
+                of ``tts_wave``, the text encoder of ``tts_text_encoder``) or "auto" (native where that pass
+                measured it faster, the providers are the CPU's and the library loads; else onnxruntime).
             conv_layout: "1d", "2d" or "auto": how onnxruntime runs the graphs' float 1-D convolutions
                 (:mod:`edgeflow.runtime.conv_layout`; auto: 2-D for one thread on x86-64, where it measured
                 faster, 1-D otherwise).
