@@ -109,6 +109,19 @@ def test_pass_voice_and_manifest(tiny, tmp_path):  # noqa: F811
     assert abs(a.size - flt.size) <= 0.1 * flt.size                          # durations follow the encoder
 
 
+def test_say_names_the_native_text_encoder(tiny, tmp_path, capsys):  # noqa: F811
+    from edgeflow.cli.main import main
+    from edgeflow.passes.tts_text_encoder import TtsTextEncoderConfig, add_tts_text_encoder
+
+    _, root, _ = tiny
+    add_tts_text_encoder(root / "k", tmp_path / "t", TtsTextEncoderConfig(threads=1, time_seconds=0))
+    assert main(["say", str(tmp_path / "t"), "--text", TEXT, "--engine", "native", "-o", str(tmp_path / "a.wav")]) == 0
+    assert "native prior flow and text encoder" in capsys.readouterr().out
+    assert main(["say", str(root / "k"), "--text", TEXT, "--engine", "native", "-o", str(tmp_path / "b.wav")]) == 0
+    out = capsys.readouterr().out
+    assert "native prior flow" in out and "text encoder" not in out
+
+
 def test_manifest_part_is_checked_and_dropped_when_stale(tiny, tmp_path):  # noqa: F811
     from edgeflow.passes.tts_text_encoder import TtsTextEncoderConfig, add_tts_text_encoder
     from edgeflow.runtime.voice_config import vits_native_section

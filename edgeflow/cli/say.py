@@ -152,9 +152,11 @@ def run(args) -> int:
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
                                     **scales(voice.config), **ode)
-        stage = " and INT8 waveform stage" if getattr(voice, "wave", None) is not None else ""
+        parts = [name for name, attr in (("prior flow", "flow"), ("INT8 waveform stage", "wave"),
+                                          ("text encoder", "text_encoder")) if getattr(voice, attr, None) is not None]
         sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}" + (
-            f", native prior flow{stage}" if getattr(voice, "engine", None) == "native" else "")
+            f", native {', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]}"
+            if getattr(voice, "engine", None) == "native" and parts else "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PhonemeWarning)
         stats = write_wav_stream(chunks, sr, out)
