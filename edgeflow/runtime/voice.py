@@ -165,8 +165,11 @@ class Voice:
         # The encoder graph after a native text encoder is ~1,300 small nodes that do not scale with threads: one
         # thread, beside the kernel's idle OpenMP thread (joe at 2 threads: 2.13 -> 1.31 ms per second of audio).
         n = {"encoder": 1 if section is not None and section.get("text_encoder") else threads, "decoder": threads}
+        # onnxruntime's NHWC transformer wraps each INT8 conv of a decoder with float residual Adds in Transposes:
+        # without it joe's balanced head runs 11.6 -> 8.7 ms per second of audio at 1 thread, 7.8 -> 6.1 at 2 (fast's,
+        # with INT8 Adds, and the encoder gain nothing; the same numbers either way; 2026-12-05).
         sessions = [open_session(path / graphs[role], n[role], providers, f"{role} graph", spin=spin[role],
-                                 conv_layout=conv_layout)
+                                 conv_layout=conv_layout, nhwc=role != "decoder")
                     for role in ("encoder", "decoder")]
         voice = cls(cfg, sessions[0], sessions[1], manifest, path)
         if section is not None:

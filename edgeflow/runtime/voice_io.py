@@ -17,7 +17,7 @@ SPIN_MODES = ("always", "run", "never")
 
 
 def open_session(path: Path, threads: Optional[int], providers: Any, what: str, spin: str = "always",
-                 conv_layout: str = "auto"):
+                 conv_layout: str = "auto", nhwc: bool = True):
     """An onnxruntime session.
 
     Args:
@@ -27,6 +27,8 @@ def open_session(path: Path, threads: Optional[int], providers: Any, what: str, 
             cores from the next session; joe at 2 threads, RTF 0.0210 -> 0.0203 against "never", 2026-12-05).
             "never": they sleep at once (a session that runs beside the native engine's OpenMP threads).
         conv_layout: the layout of its float 1-D convolutions (:func:`edgeflow.runtime.conv_layout.choose_layout`).
+        nhwc: False disables onnxruntime's NHWC transformer (its QLinearConvs then run in the graph's layout, without
+            the Transposes it puts around each one between float ops; the same numbers).
     """
     try:
         import onnxruntime as ort
@@ -49,7 +51,7 @@ def open_session(path: Path, threads: Optional[int], providers: Any, what: str, 
     try:
         names = resolve_providers(providers)
         return ort.InferenceSession(session_source(path, conv_layout, threads, names)[0], sess_options=opts,
-                                    providers=names)
+                                    providers=names, disabled_optimizers=None if nhwc else ["NhwcTransformer"])
     except DependencyError:
         raise
     except Exception as exc:
