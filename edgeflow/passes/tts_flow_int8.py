@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
-from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.base import Artifact, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler
-from edgeflow.passes.tts_kernels import native_section, retime
+from edgeflow.passes.tts_kernels import NativePassConfig, native_section, retime
 
 #: Calibration SNR (dB) of the INT8 flow's output against the float flow below which the pass refuses (a misread
 #: flow; joe-medium: about 30 dB).
@@ -37,26 +37,16 @@ MIN_SNR_DB = 15.0
 
 
 @dataclasses.dataclass
-class TtsFlowInt8Config(PassConfig):
-    """Options of the tts_flow_int8 pass.
+class TtsFlowInt8Config(NativePassConfig):
+    """Options of the tts_flow_int8 pass (and :class:`NativePassConfig`'s: threads, time_seconds, sentences).
 
     Attributes:
-        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
-        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
-        sentences: calibration sentences (never the evaluation ones) the SNRs are measured on.
         res_skip: also the residual / statistics 1x1 convs in INT8 (joe-medium's flow: 4.54 -> 3.69 ms per second
             of audio at 1 thread, flow output 37.8 -> 35.7 dB against the float flow; the ``balanced`` gate rolled
             it back, P.808 -0.116 against the teacher).
     """
 
-    threads: int = 0
-    time_seconds: float = 4.0
-    sentences: int = 4
     res_skip: bool = False
-
-    def __post_init__(self):
-        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
-            raise ValueError("tts_flow_int8: threads and time_seconds must be >= 0, sentences >= 1")
 
 
 def _snr(ref: List[np.ndarray], out: List[np.ndarray]) -> float:

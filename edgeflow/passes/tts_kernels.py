@@ -66,6 +66,27 @@ class TtsKernelsConfig(PassConfig):
             raise ValueError("tts_kernels: threads and time_seconds must be >= 0, max_rel_err > 0")
 
 
+@dataclasses.dataclass
+class NativePassConfig(PassConfig):
+    """Options every pass that adds a native part to a voice bundle after this one shares (``tts_wave``,
+    ``tts_flow_int8``, ``tts_text_encoder``).
+
+    Attributes:
+        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
+        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
+        sentences: calibration sentences (never the evaluation ones) the pass's SNRs are measured on.
+    """
+
+    threads: int = 0
+    time_seconds: float = 4.0
+    sentences: int = 4
+
+    def __post_init__(self):
+        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
+            raise ValueError(f"{getattr(self, 'pass_name', 'pass')}: threads and time_seconds must be >= 0, "
+                             "sentences >= 1")
+
+
 def _feeds(voice: Any, frames: int, seed: int) -> Dict[str, np.ndarray]:
     """Decoder inputs like an utterance's: prior mean / log-std of a plausible range, the seeded noise."""
     rng = np.random.default_rng([seed, frames])

@@ -31,9 +31,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
-from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.base import Artifact, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler
-from edgeflow.passes.tts_kernels import native_section, retime, vits_manifest
+from edgeflow.passes.tts_kernels import NativePassConfig, native_section, retime, vits_manifest
 
 #: The cut graph's file name in the bundle.
 TAIL_FILE = "model_tail.onnx"
@@ -43,22 +43,8 @@ MIN_SNR_DB = 15.0
 
 
 @dataclasses.dataclass
-class TtsTextEncoderConfig(PassConfig):
-    """Options of the tts_text_encoder pass.
-
-    Attributes:
-        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
-        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
-        sentences: calibration sentences (never the evaluation ones) the SNR is measured on.
-    """
-
-    threads: int = 0
-    time_seconds: float = 4.0
-    sentences: int = 4
-
-    def __post_init__(self):
-        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
-            raise ValueError("tts_text_encoder: threads and time_seconds must be >= 0, sentences >= 1")
+class TtsTextEncoderConfig(NativePassConfig):
+    """Options of the tts_text_encoder pass: :class:`NativePassConfig`'s (threads, time_seconds, sentences)."""
 
 
 def calibrate(encoder_graph: Path, voice: Any, texts: List[str], threads: int) -> Dict[str, Any]:

@@ -29,9 +29,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
-from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
+from edgeflow.passes.base import Artifact, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler
-from edgeflow.passes.tts_kernels import retime
+from edgeflow.passes.tts_kernels import NativePassConfig, retime
 
 #: Files the pass adds to a bundle.
 HEAD_DECODER = "decoder_head.onnx"
@@ -43,12 +43,11 @@ MIN_SNR_DB = 15.0
 
 
 @dataclasses.dataclass
-class TtsWaveConfig(PassConfig):
-    """Options of the tts_wave pass.
+class TtsWaveConfig(NativePassConfig):
+    """Options of the tts_wave pass (and :class:`NativePassConfig`'s: threads, time_seconds, sentences, the SNRs'
+    calibration sentences).
 
     Attributes:
-        threads: threads both engines are timed with (0: the target's ``threads``, else 1).
-        time_seconds: seconds of audio each engine is timed on (0: no timing; ``auto`` then keeps onnxruntime).
         two_planes: the convs given two activation planes (about 16-bit activations, twice the dot products):
             "all" (the default: the stage's error is then its INT8 weights', about 48 dB SNR on joe-medium, and
             the 6-sentence gate heard no difference, 2026-12-05), "search" (the fewest convs, most helpful
@@ -56,17 +55,13 @@ class TtsWaveConfig(PassConfig):
         min_snr_db: the search's target: audio SNR against the float stage (onnxruntime) over the calibration
             sentences (joe-medium, 2026-12-05: one plane everywhere 39 dB, DNSMOS P.808 -0.07 on 12 evaluation
             sentences; two on the last resblock's convs 43 dB, -0.03).
-        sentences: calibration sentences (never the evaluation ones) the SNR is measured on.
         upsampler: run the last upsampler (the float ConvTranspose ahead of the stage, 3 ms per second of audio in
             onnxruntime on joe-medium at 1 thread) in the kernel too, block-scaled INT8 like the stage's convs: the
             head graph then ends at its LeakyRelu's input, and conv number len(stage convs) is the upsampler.
     """
 
-    threads: int = 0
-    time_seconds: float = 4.0
     two_planes: Any = "all"
     min_snr_db: float = 43.0
-    sentences: int = 4
     upsampler: bool = False
 
     def __post_init__(self):
@@ -74,8 +69,7 @@ class TtsWaveConfig(PassConfig):
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.two_planes))
         if not ok:
             raise ValueError('tts_wave: two_planes must be "all", "search" or a list of conv numbers')
-        if self.threads < 0 or self.time_seconds < 0 or self.sentences < 1:
-            raise ValueError("tts_wave: threads and time_seconds must be >= 0, sentences >= 1")
+        super().__post_init__()
 
 
 def _snr(out: List[np.ndarray], ref: List[np.ndarray]) -> float:

@@ -6,15 +6,14 @@ names: ``attn_layers.{l}.conv_q / conv_k / conv_v / conv_o / emb_rel_k / emb_rel
 / beta``, ``ffn_layers.{l}.conv_1 / conv_2``) and the transformer's output is the tensor
 ``/enc_p/encoder/Mul_2_output_0`` (``x * mask``) that the projection and the duration model read. An INT8 graph
 (``tts_quantize``) holds the convs' weights as ``NAME_quantized`` with ``NAME_scale`` / ``NAME_zero_point``, read
-back here as float. The C kernel (``ef_enc.c``) quantizes the convs per output channel (s8) and their inputs per
-tile of tokens (u8); attention, softmax and LayerNorm stay float.
+back here as float. The C kernel (``ef_enc.c``, attention in ``ef_enc_att.c``) quantizes the convs per output
+channel (s8) and their inputs per tile of tokens (u8); attention, softmax and LayerNorm stay float.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
-import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
