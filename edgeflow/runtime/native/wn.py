@@ -177,30 +177,19 @@ def winograd_weights(arrays: Dict[str, np.ndarray]) -> List[Tuple[int, int, np.n
 
 def library() -> ctypes.CDLL:
     """The C library with its WaveNet-coupling functions bound (DependencyError, one line, when unavailable)."""
-    from edgeflow.runtime.native import library as base_library
+    from edgeflow.runtime.native import bind
 
-    lib = base_library()
-    if not hasattr(lib, "_ef_wn_bound"):
-        f32 = ctypes.POINTER(ctypes.c_float)
-        try:
-            sigs = {"ef_wn_version": ([], ctypes.c_int),
-                    "ef_wn_create": ([ctypes.POINTER(ctypes.c_int), ctypes.c_int, f32, ctypes.c_longlong],
-                                     ctypes.c_void_p),
-                    "ef_wn_free": ([ctypes.c_void_p], None),
-                    "ef_wn_run": ([ctypes.c_void_p, f32, ctypes.c_int, f32, f32, ctypes.c_int], ctypes.c_int),
-                    "ef_wn_set_winograd": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, f32, f32, f32], ctypes.c_int),
-                    "ef_wn_set_q8": ([ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                      ctypes.POINTER(ctypes.c_int8), f32], ctypes.c_int)}
-            for name, (args, res) in sigs.items():
-                fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, res
-        except AttributeError:
-            raise DependencyError("the native engine's library has no WaveNet-coupling kernels (rebuild it: "
-                                  "pip install .)") from None
-        if lib.ef_wn_version() != CFG_VERSION:
-            raise DependencyError(f"the native engine's WaveNet-coupling kernels are version {lib.ef_wn_version()}, "
-                                  f"this edgeflow needs {CFG_VERSION}")
-        lib._ef_wn_bound = True
+    f32, i = ctypes.POINTER(ctypes.c_float), ctypes.c_int
+    lib = bind({"ef_wn_version": ([], i),
+                "ef_wn_create": ([ctypes.POINTER(i), i, f32, ctypes.c_longlong], ctypes.c_void_p),
+                "ef_wn_free": ([ctypes.c_void_p], None),
+                "ef_wn_run": ([ctypes.c_void_p, f32, i, f32, f32, i], i),
+                "ef_wn_set_winograd": ([ctypes.c_void_p, i, i, f32, f32, f32], i),
+                "ef_wn_set_q8": ([ctypes.c_void_p, i, i, i, ctypes.POINTER(ctypes.c_int8), f32], i)},
+               "WaveNet-coupling kernels")
+    if lib.ef_wn_version() != CFG_VERSION:
+        raise DependencyError(f"the native engine's WaveNet-coupling kernels are version {lib.ef_wn_version()}, "
+                              f"this edgeflow needs {CFG_VERSION}")
     return lib
 
 
