@@ -165,11 +165,13 @@ def _hq_input(a, x: np.ndarray) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (CC and QEMU), reason="no aarch64 cross compiler / qemu-user")
-@pytest.mark.parametrize("kind,planes,up", [("2", 2, False), ("1", 1, False), ("2", 2, True)])
-def test_aarch64_wave_stage_under_qemu(kind, planes, up, tmp_path):
+@pytest.mark.parametrize("kind,planes,up,post", [("2", 2, False, True), ("1", 1, False, True), ("2", 2, True, True),
+                                                ("1", 1, False, False), ("2", 1, True, False)])
+def test_aarch64_wave_stage_under_qemu(kind, planes, up, post, tmp_path):
     """The INT8 waveform-stage kernel built for aarch64 with warnings as errors and run under qemu-user (the
     NEON dot-product tile where qemu's CPU has it), against the numpy simulation of tests/test_native_wave_stage.py
-    (correctness only); with the upsampler ahead of it, against the host library."""
+    (correctness only); with the upsampler ahead of it, against the host library; without conv_post (an earlier
+    stage of the ``tts_head`` pass) too."""
     from test_native_wave_stage import random_stage, simulate
 
     from edgeflow.runtime.native.wave_stage import tile_samples
@@ -180,7 +182,11 @@ def test_aarch64_wave_stage_under_qemu(kind, planes, up, tmp_path):
     built = subprocess.run([CC, "-O2", "-static", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
                             "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
-    a, _ = random_stage(kind=kind, planes=planes, seed=5)
+    a, convs = random_stage(kind=kind, planes=planes, seed=5)
+    if not post:
+        from edgeflow.runtime.native.wave_stage import pack_stage
+
+        a = pack_stage(convs, None, 0.0, 0.1, 0.0)
     x = np.random.default_rng(5).standard_normal((6, 1900)).astype(np.float32)
     if up:
         from edgeflow.runtime.native.wave_stage import WaveStage, _pack_up
@@ -192,8 +198,8 @@ def test_aarch64_wave_stage_under_qemu(kind, planes, up, tmp_path):
     run = subprocess.run([QEMU, str(exe), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    out = np.fromfile(tmp_path / "out.bin", dtype="<f4")
     want = WaveStage(a, threads=1).run(x) if up else simulate(a, x, tile_samples())
+    out = np.fromfile(tmp_path / "out.bin", dtype="<f4").reshape(want.shape)
     assert out.shape == want.shape and compare(out, want)["snr_db"] >= 60
 
 

@@ -11,7 +11,7 @@ import pytest
 from edgeflow.core.errors import BundleError, ConfigError, InputError
 from edgeflow.passes.kernels import compare
 from edgeflow.runtime import native
-from edgeflow.runtime.native.wave_stage import WaveStage, chunk_samples, pack_stage, tile_samples
+from edgeflow.runtime.native.wave_stage import WaveStage, chunk_len, pack_stage, tile_samples
 from tests.test_native_vits import TEXT, isa, tiny  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=str(native.load_error()))
@@ -90,16 +90,17 @@ def _conv(a, i, src, L, va, vb, slope, tile, dequant=True):
 
 
 def simulate(a, x, tile, dequant=True):
-    """The stage's audio [T] as the kernel computes it, chunk by chunk (``dequant`` False: float activations)."""
+    """The stage's audio [T] (without conv_post: the resblocks' mean [C, T]) as the kernel computes it, chunk by
+    chunk (``dequant`` False: float activations)."""
     spec, (slope, post_slope) = a["spec"], a["slopes"].astype(np.float64)
     C, T = x.shape
     blocks = sorted(set(int(b) for b in spec[:, 0]))
     H = max(sum((int(r[3]) - 1) // 2 * int(r[4]) for r in spec if r[0] == b) for b in blocks)
     pw = a["post.weight"].astype(np.float64)
     kp = pw.shape[1]
-    H += (kp - 1) // 2
-    chunk = max(chunk_samples() - 2 * H, NB)
-    audio = np.zeros(T)
+    H += (kp - 1) // 2 if kp else 0
+    chunk = chunk_len(T, H)
+    audio = np.zeros(T) if kp else np.zeros((C, T))
     for c0 in range(0, T, chunk):
         c1 = min(c0 + chunk, T)
         g0, L = c0 - H, c1 - c0 + 2 * H
@@ -118,6 +119,9 @@ def simulate(a, x, tile, dequant=True):
                     cur = cur + y
             acc = cur if acc is None else acc + cur
         v = acc / len(blocks)
+        if not kp:                                    # no conv_post: the mean itself
+            audio[:, c0:c1] = v[:, H:H + c1 - c0]
+            continue
         v = np.where(v < 0, v * post_slope, v)
         v[:, :va], v[:, vb:] = 0, 0
         P = (kp - 1) // 2

@@ -180,6 +180,8 @@ def test_optimize_balanced_times_both_upsampler_forms(tmp_path, tiny_pt, fake_sc
     k, w = rep["passes"][2], rep["passes"][3]
     assert k["name"] == "tts_kernels" and k["details"]["native"] is native.available(), k
     assert w["name"] == "tts_wave" and w["details"]["native"] is native.available(), w
+    h = rep["passes"][4]
+    assert h["name"] == "tts_head" and h["details"]["native"] is native.available(), h
     if native.available():                          # the recipe's search: two planes until 41 dB, or on every conv
         stage, cal = w["details"]["wave_stage"], w["details"]["wave_stage"]["calibration"]
         assert cal["min_snr_db"] == 41 and cal["steps"][0]["two_planes"] == [], cal
@@ -222,8 +224,9 @@ def test_shipped_voice_recipes_and_budgets():
     """fast = tts_reduce_flows (4 -> 2 couplings, distilled) + the bundle passes, gated on its own, looser budget
     (issue 15's fast goal: WER +0.05, DNSMOS -0.30); balanced and quality change no weights; the cpu target's
     balanced and fast end with the native flow (tts_kernels), the native INT8 waveform stage (tts_wave) and the
-    native flow in INT8 (tts_flow_int8), and fast with the native text encoder (tts_text_encoder), before
-    tts_validate; the cpu balanced quantizes the text encoder too."""
+    native flow in INT8 (tts_flow_int8), balanced with the earlier decoder stages native too (tts_head) and fast
+    with the native text encoder (tts_text_encoder), before tts_validate; the cpu balanced quantizes the text
+    encoder too."""
     from edgeflow.targets import list_targets, load_target, recipe_budget
     from edgeflow.validate.budget import parse_budget
 
@@ -234,7 +237,8 @@ def test_shipped_voice_recipes_and_budgets():
         text = ["tts_text_encoder"] if name == "cpu" else []             # fast only: balanced's gate rolled it back
         assert fast[0]["pass"] == "tts_reduce_flows" and fast[0]["n_flows"] == 2, name
         assert [p["pass"] for p in fast[1:]] == ["tts_export", "tts_quantize", *kernels, *text, "tts_validate"], name
-        assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *kernels,
+        head = ["tts_kernels", "tts_wave", "tts_head", "tts_flow_int8"] if name == "cpu" else []  # fast's gate: no
+        assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *head,
                                                                      "tts_validate"], name
         assert [p["pass"] for p in t["recipes_tts"]["quality"]] == ["tts_export", "tts_validate"], name
         assert parse_budget(recipe_budget(t, "fast", tts=True)) == {"wer": 0.05, "dnsmos": 0.3, "mcd": 3.5}

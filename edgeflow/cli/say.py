@@ -152,7 +152,9 @@ def run(args) -> int:
             raise InputError("--nfe, --solver, --sway and --guidance apply to flow-matching (fmtts) bundles only")
         chunks = voice.speak_stream(text, seed=args.seed, sentence_silence=max(0.0, args.sentence_silence),
                                     **scales(voice.config), **ode)
-        parts = [name for name, attr in (("prior flow", "flow"), ("INT8 waveform stage", "wave"),
+        wave = getattr(voice, "wave", None)
+        stages = "INT8 decoder stages" if len(getattr(wave, "stages", ())) > 1 else "INT8 waveform stage"
+        parts = [name for name, attr in (("prior flow", "flow"), (stages, "wave"),
                                           ("text encoder", "text_encoder")) if getattr(voice, attr, None) is not None]
         sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}" + (
             f", native {', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]}"

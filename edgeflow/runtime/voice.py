@@ -87,8 +87,9 @@ class Voice:
         self.engine = "onnxruntime"
         self.flow: Any = None
         self.flow_output: Optional[str] = None
-        #: the decoder's waveform-rate stage in the native engine (INT8, block-scaled; the ``tts_wave`` pass), or
-        #: None: the cut decoder graph then ends before that stage.
+        #: the decoder's waveform-rate stage in the native engine (INT8, block-scaled; the ``tts_wave`` pass; with
+        #: the ``tts_head`` pass the earlier upsampling stages ahead of it, a WaveChain), or None: the cut decoder
+        #: graph then ends before that stage.
         self.wave: Any = None
         #: the text encoder's transformer in the native engine (the ``tts_text_encoder`` pass), or None: the
         #: encoder session then runs the rest of model.onnx from its output (input :attr:`text_input`).
@@ -182,9 +183,10 @@ class Voice:
                                   f"channels, expected {voice.channels})")
             voice.engine, voice.flow_output = "native", section["decoder_input"]
             if section.get("wave_stage"):
-                from edgeflow.runtime.native.wave_stage import WaveStage, load_arrays
+                from edgeflow.runtime.native.wave_chain import load_wave
+                from edgeflow.runtime.native.wave_stage import load_arrays
 
-                voice.wave = WaveStage(load_arrays(path / section["wave_stage"]["file"]), threads=threads)
+                voice.wave = load_wave(load_arrays(path / section["wave_stage"]["file"]), threads=threads)
             if section.get("text_encoder"):
                 from edgeflow.runtime.native.text_encoder import from_bundle
 

@@ -153,8 +153,10 @@ def open_system(path: str | Path, threads: Optional[int] = None, what: str = "su
             raise BundleError(f"{what} {p}: a {m.get('family')!r} vocoder bundle is not a text-to-speech voice "
                               "(bench a vocoder against a vocoder)")
         voice = Voice.load(p, threads=threads, conv_layout=conv_layout)
-        engine = "onnxruntime" if voice.engine != "native" else \
-            "native flow + onnxruntime + native INT8 stage" if voice.wave is not None else "native flow + onnxruntime"
+        engine = "onnxruntime"
+        if voice.engine == "native":
+            stages = "stages" if len(getattr(voice.wave, "stages", ())) > 1 else "stage"
+            engine = "native flow + onnxruntime" + ("" if voice.wave is None else f" + native INT8 {stages}")
         return System(f"edgeflow bundle ({engine})", "bundle", p, voice, _bytes(p))
     if p.suffix == ".onnx":
         from edgeflow.validate.tts import BarePiper

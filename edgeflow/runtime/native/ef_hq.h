@@ -15,6 +15,7 @@
 #define EF_HQ_TW 128     /* output columns per tile (a multiple of EF_NB) sharing one quantized input window */
 #define EF_HQ_UMAX 64    /* the largest upsampler stride ef_hq_set_up takes */
 #define EF_HQ_CHUNK 1536 /* input columns of a chunk (halo included): 5 planes of 32 channels, near L2's size */
+#define EF_HQ_MINCHUNK 256 /* output columns from which a stage is split in at least two chunks */
 
 typedef struct {
     int cin, cout, k, d, mode, planes;   /* planes: 1 (u8 activations) or 2 (the rounding error too) */

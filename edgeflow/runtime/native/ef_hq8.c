@@ -22,6 +22,20 @@
 EF_API int ef_hq_tile(void) { return EF_HQ_TW; }
 EF_API int ef_hq_chunk_cols(void) { return EF_HQ_CHUNK; }
 
+/* Output columns per chunk of a stage of T output columns whose receptive half width is H. A chunk's input window
+ * (the chunk and 2 H of halo) is at most EF_HQ_CHUNK columns, or 4 H where that is more (so that recomputing the
+ * halo stays a fraction of the work); the chunks are equal and, from 2 EF_HQ_MINCHUNK columns on, even in number,
+ * so that two threads share a short sentence's stage (a 2-second sentence is one chunk of a 689-Hz stage otherwise).
+ * Depends on T and H only: the audio does not depend on the thread count. */
+EF_API int ef_hq_chunk_len(int T, int H)
+{
+    if (T < 1 || H < 0) return 1;
+    const int maxc = (EF_HQ_CHUNK > 4 * H ? EF_HQ_CHUNK : 4 * H) - 2 * H;
+    int n = (T + maxc - 1) / maxc;
+    if (n % 2 && T >= 2 * EF_HQ_MINCHUNK) n++;
+    return (T + n - 1) / n;
+}
+
 EF_API void ef_hq_free(ef_hq *m)
 {
     if (!m) return;
@@ -32,20 +46,23 @@ EF_API void ef_hq_free(ef_hq *m)
 }
 
 /* A stage of C channels and n_blocks resblocks; spec [n_convs][7]: block, cin, cout, k, dilation, mode, activation
- * planes (7 ints per conv); conv_post weights post_w [C][kp] (one output), bias post_b. NULL: bad arguments, memory. */
+ * planes (7 ints per conv); conv_post weights post_w [C][kp] (one output), bias post_b; kp 0 and post_w NULL: no
+ * conv_post (an earlier upsampling stage: the run gives the resblocks' mean [C][T]). NULL: bad arguments, memory. */
 EF_API ef_hq *ef_hq_create(int C, int n_blocks, int n_convs, const int *spec, float slope, float post_slope,
                            int kp, const float *post_w, float post_b)
 {
-    if (C < 1 || n_blocks < 1 || n_convs < n_blocks || !spec || kp < 1 || kp % 2 == 0 || !post_w) return NULL;
+    if (C < 1 || n_blocks < 1 || n_convs < n_blocks || !spec || kp < 0 || (kp > 0 && (kp % 2 == 0 || !post_w)) ||
+        (kp == 0 && post_w))
+        return NULL;
     ef_hq *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     m->C = C; m->n_blocks = n_blocks; m->n_convs = n_convs; m->kp = kp;
     m->slope = slope; m->post_slope = post_slope; m->post_b = post_b;
     m->first = calloc(n_blocks + 1, sizeof(int));
     m->convs = calloc(n_convs, sizeof(ef_hqconv));
-    m->post_w = malloc((size_t)C * kp * sizeof(float));
-    if (!m->first || !m->convs || !m->post_w) { ef_hq_free(m); return NULL; }
-    memcpy(m->post_w, post_w, (size_t)C * kp * sizeof(float));
+    m->post_w = kp ? malloc((size_t)C * kp * sizeof(float)) : NULL;
+    if (!m->first || !m->convs || (kp && !m->post_w)) { ef_hq_free(m); return NULL; }
+    if (kp) memcpy(m->post_w, post_w, (size_t)C * kp * sizeof(float));
     int prev = -1;
     for (int i = 0; i < n_convs; i++) {
         const int *s = spec + 7 * i;
@@ -82,6 +99,12 @@ EF_HQ_CLONES static void ef_hq_prefill(float *restrict dst, const float *restric
 {
     if (src) for (int t = 0; t < n; t++) dst[t] = src[t] + b;
     else for (int t = 0; t < n; t++) dst[t] = b;
+}
+
+/* dst[t] = src[t] * f for t < n. */
+EF_HQ_CLONES static void ef_hq_scale_cols(float *restrict dst, const float *restrict src, float f, int n)
+{
+    for (int t = 0; t < n; t++) dst[t] = src[t] * f;
 }
 
 /* dst[t] += src[t] for t < n. */
@@ -257,14 +280,20 @@ static void ef_hq_chunk(const ef_hq *m, const float *x, int T, int c0, int c1, i
         if (!acc) { acc = cur; continue; }
         for (int c = 0; c < m->C; c++) ef_hq_add(acc + (size_t)c * S, cur + (size_t)c * S, L);
     }
+    if (!m->kp) {                                                       /* no conv_post: the mean, [C][T] */
+        for (int c = 0; c < m->C; c++) ef_hq_scale_cols(audio + (size_t)c * T + c0, acc + (size_t)c * S + H,
+                                                        1.0f / (float)m->n_blocks, c1 - c0);
+        return;
+    }
     for (int t = H; t < H + c1 - c0; t += 256)
         ef_hq_post_cols(m, acc, S, 1.0f / (float)m->n_blocks, va, vb, t, H + c1 - c0 - t < 256 ? H + c1 - c0 - t :
                         256, audio + (c0 - H));
 }
 
 /* The stage on x [C][T] (the last upsampler's output): audio [T] = tanh(conv_post(lrelu(mean of the resblocks,
- * post_slope)) + post_b), in chunks of about EF_HQ_CHUNK columns (each thread one chunk at a time, its planes in
- * its L2 cache). With an upsampler (ef_hq_set_up), x is its input [cin][T] and the audio has u T samples.
+ * post_slope)) + post_b), or without conv_post (kp 0) the mean itself into audio [C][T], in chunks of about
+ * EF_HQ_CHUNK columns (ef_hq_chunk_len; each thread one chunk at a time, its planes in its L2 cache). With an
+ * upsampler (ef_hq_set_up), x is its input [cin][T] and the audio has u T samples.
  * nthreads <= 0: OpenMP's default. Returns 0, -1 (bad arguments, weights not set) or -3 (memory). */
 EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int nthreads)
 {
@@ -276,7 +305,7 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int 
         for (int i = m->first[b]; i < m->first[b + 1]; i++) h += (m->convs[i].k - 1) / 2 * m->convs[i].d;
         H = h > H ? h : H;
     }
-    H += (m->kp - 1) / 2;
+    H += m->kp ? (m->kp - 1) / 2 : 0;
     for (int i = 0; i < m->n_convs; i++) {
         if (!m->convs[i].q) return -1;
         cmax = m->convs[i].cout > cmax ? m->convs[i].cout : cmax;
@@ -288,7 +317,7 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int 
     const int nt = 1;
     (void)nthreads; (void)nt;
 #endif
-    const int chunk = EF_HQ_CHUNK - 2 * H > EF_NB ? EF_HQ_CHUNK - 2 * H : EF_NB, nchunk = (T + chunk - 1) / chunk;
+    const int chunk = ef_hq_chunk_len(T, H), nchunk = (T + chunk - 1) / chunk;
     const int Ru = m->up ? (m->up->k - 1) / 2 : 0, Rmax = H > Ru ? H : Ru;
     const int Lmax = chunk + 2 * H, rows = (cmax + EF_MR - 1) / EF_MR * EF_MR;
     const size_t S = (size_t)(Lmax + EF_HQ_TW) / EF_NB * EF_NB + 64, plane = (size_t)rows * S;

@@ -7,7 +7,8 @@
  * IN (little-endian): int32 C, n_blocks, n_convs, kp; int32 spec[n_convs][7] (wave_stage.pack_stage's); float32
  * slope, post_slope, post_b, post_w[C * kp]; per conv: int8 q[cout * cin * k], float32 scale[cout], bias[cout];
  * int32 has_up, and when 1 the upsampler: int32 cin, u, k, planes; float32 slope; int8 q[u C * cin * k], float32
- * scale[u C], bias[u C]; int32 T; float32 x[(has_up ? cin : C) * T]. OUT: float32 audio[(has_up ? u : 1) * T].
+ * scale[u C], bias[u C]; int32 T; float32 x[(has_up ? cin : C) * T]. OUT: float32 audio[(has_up ? u : 1) * T], or
+ * with kp 0 (no conv_post) the resblocks' mean [C][(has_up ? u : 1) * T].
  * ISA: 0 portable (the default), 1 AVX2, 2 AVX-512. Exit status 0, or 1 with a message on stderr.
  */
 
@@ -42,7 +43,7 @@ int main(int argc, char **argv)
     const int C = head[0], nb = head[1], nc = head[2], kp = head[3];
     int32_t *spec = readn(f, 4, (size_t)nc * 7);
     float *sl = readn(f, 4, 3), *pw = readn(f, 4, (size_t)C * kp);
-    ef_hq *m = ef_hq_create(C, nb, nc, spec, sl[0], sl[1], kp, pw, sl[2]);
+    ef_hq *m = ef_hq_create(C, nb, nc, spec, sl[0], sl[1], kp, kp ? pw : NULL, sl[2]);
     if (!m) { fprintf(stderr, "ef_hq_driver: bad stage\n"); return 1; }
     for (int i = 0; i < nc; i++) {
         const int *s = spec + 7 * i;
@@ -64,11 +65,12 @@ int main(int argc, char **argv)
         }
     }
     const int T = *(int32_t *)readn(f, 4, 1);
-    float *x = readn(f, 4, (size_t)cin * T), *out = malloc((size_t)T * u * 4);
+    const size_t n = (size_t)T * u * (kp ? 1 : C);
+    float *x = readn(f, 4, (size_t)cin * T), *out = malloc(n * 4);
     fclose(f);
     if (!out || ef_hq_run(m, x, T, out, 1) != 0) { fprintf(stderr, "ef_hq_driver: run failed\n"); return 1; }
     FILE *o = fopen(argv[2], "wb");
-    if (!o || fwrite(out, 4, (size_t)T * u, o) != (size_t)T * u) {
+    if (!o || fwrite(out, 4, n, o) != n) {
         fprintf(stderr, "ef_hq_driver: cannot write %s\n", argv[2]);
         return 1;
     }

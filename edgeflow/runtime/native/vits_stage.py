@@ -33,8 +33,9 @@ def _load(model: Any):
     return onnx.load(str(model)) if isinstance(model, (str, Path)) else model
 
 
-def _stage_convs(graph) -> Tuple[List[int], Dict[int, List[Any]]]:
-    """(the last stage's resblock indices, {resblock: its Conv nodes in run order})."""
+def _stage_convs(graph, stage: Optional[int] = None) -> Tuple[List[int], Dict[int, List[Any]]]:
+    """(upsampling stage ``stage``'s (None: the last one's) resblock indices, {resblock: its Conv nodes in run
+    order})."""
     ups = {int(m.group(1)) for n in graph.node for m in [_UPS.match(n.name)] if m}
     blocks: Dict[int, List[Tuple[int, int, Any]]] = {}
     for n in graph.node:
@@ -45,8 +46,18 @@ def _stage_convs(graph) -> Tuple[List[int], Dict[int, List[Any]]]:
     if not ups or not blocks or (max(blocks) + 1) % (max(ups) + 1):
         raise ConfigError("tts_wave: the decoder graph has no HiFi-GAN resblocks in the exported form (/dec/...)")
     nk = (max(blocks) + 1) // (max(ups) + 1)
-    last = list(range(max(blocks) + 1 - nk, max(blocks) + 1))
-    return last, {j: [n for _, _, n in sorted(blocks[j], key=lambda t: (t[0], t[1]))] for j in last}
+    k = max(ups) if stage is None else stage
+    if not 0 <= k <= max(ups):
+        raise ConfigError(f"tts_wave: the decoder graph has no upsampling stage {k}")
+    chosen = list(range(k * nk, (k + 1) * nk))
+    if any(j not in blocks for j in chosen):
+        raise ConfigError(f"tts_wave: upsampling stage {k}'s resblocks are not all in the decoder graph")
+    return chosen, {j: [n for _, _, n in sorted(blocks[j], key=lambda t: (t[0], t[1]))] for j in chosen}
+
+
+def n_upsamplers(model: Any) -> int:
+    """The decoder graph's number of upsampling stages (``/dec/ups.{n}``)."""
+    return 1 + max((int(m.group(1)) for n in _load(model).graph.node for m in [_UPS.match(n.name)] if m), default=-1)
 
 
 def stage_input(model: Any) -> str:
@@ -71,30 +82,45 @@ def _float_inits(graph) -> Dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
 
 
-def _upsampler_node(graph):
-    """The last upsampler's weight-carrying node: a ConvTranspose, or the phase form's Conv (``/dec/ups.{n}/conv``)."""
+def _upsampler_node(graph, stage: Optional[int] = None):
+    """Upsampler ``stage``'s (None: the last one's) weight-carrying node: a ConvTranspose, or the phase form's Conv
+    (``/dec/ups.{n}/conv``)."""
     last = max((int(m.group(1)) for n in graph.node for m in [_UPS.match(n.name)] if m), default=None)
+    k = last if stage is None else stage
     for n in graph.node:
-        if last is not None and n.name.startswith(f"/dec/ups.{last}/") and n.op_type in ("ConvTranspose", "Conv"):
+        if k is not None and n.name.startswith(f"/dec/ups.{k}/") and n.op_type in ("ConvTranspose", "Conv"):
             return n
-    raise ConfigError("tts_wave: the decoder graph has no last upsampler (/dec/ups.N) to run natively")
+    raise ConfigError(f"tts_wave: the decoder graph has no upsampler /dec/ups.{'N' if k is None else k} to run "
+                      "natively")
 
 
-def upsampler(model: Any, channels: int, inits: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
-    """The last upsampler as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes it (``up``: the
-    ConvTranspose1d weight [cin, C, K], bias, stride, padding, its input's leaky-ReLU slope) plus ``"input"``: the
-    tensor that LeakyRelu reads. ``channels``: the stage's C (the phase form's rows are stride x C); ``inits``:
-    the graph's initializers as float32, where the caller has them.
+def relu_before(prod: Dict[str, Any], tensor: str, qdq: bool = False):
+    """The node making ``tensor``; with ``qdq``, through a QuantizeLinear / DequantizeLinear pair (an INT8 graph's
+    activations): the node before the pair."""
+    node = prod.get(tensor)
+    if qdq and node is not None and node.op_type == "DequantizeLinear":
+        q = prod.get(node.input[0])
+        node = prod.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else node
+    return node
+
+
+def upsampler(model: Any, channels: int, inits: Optional[Dict[str, np.ndarray]] = None,
+              stage: Optional[int] = None) -> Dict[str, Any]:
+    """Upsampler ``stage`` (None: the last) as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes it
+    (``up``: the ConvTranspose1d weight [cin, C, K], bias, stride, padding, its input's leaky-ReLU slope) plus
+    ``"input"``: the tensor that LeakyRelu reads. ``channels``: the stage's C (the phase form's rows are stride x
+    C); ``inits``: the graph's initializers as float32, where the caller has them. The last upsampler must be float;
+    an earlier one may be INT8 (QDQ: its weights dequantized, its LeakyRelu read through the Q / DQ pair).
 
     Raises:
-        ConfigError: no such upsampler, a quantized one, or not after a LeakyRelu.
+        ConfigError: no such upsampler, a quantized last one, or not after a LeakyRelu.
     """
     graph = _load(model).graph
     inits = _float_inits(graph) if inits is None else inits
     prod = {o: n for n in graph.node for o in n.output}
-    node = _upsampler_node(graph)
-    w, bias = _weights(node, inits)
-    relu = prod.get(node.input[0])
+    node = _upsampler_node(graph, stage)
+    w, bias = _weights(node, inits, prod if stage is not None else None)
+    relu = relu_before(prod, node.input[0], qdq=stage is not None)
     if relu is None or relu.op_type != "LeakyRelu":
         raise ConfigError(f"tts_wave: {node.name} does not read a LeakyRelu (quantized?)")
     if node.op_type == "ConvTranspose":
@@ -124,36 +150,53 @@ def _attr(node, name: str, default):
     return default
 
 
-def _weights(node, inits: Dict[str, np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _weights(node, inits: Dict[str, np.ndarray], prod: Optional[Dict[str, Any]] = None
+             ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(weight, bias or None) of a Conv: float initializers; with ``prod`` (the graph's producers) also an INT8
+    graph's, read through their DequantizeLinear node (``inits`` holds them dequantized under the name without
+    ``_quantized``: :func:`edgeflow.runtime.native.text_encoder.float_initializers`)."""
     names = list(node.input[1:3])
+    for i, name in enumerate(names):
+        dq = prod.get(name) if prod is not None else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0].endswith("_quantized"):
+            names[i] = dq.input[0][:-len("_quantized")]
     if names[0] not in inits:
         raise ConfigError(f"tts_wave: {node.name}'s weight is not a float initializer (the stage is quantized?)")
     return inits[names[0]], (inits[names[1]] if len(names) > 1 and names[1] else None)
 
 
-def stage_convs(model: Any, with_upsampler: bool = False) -> Tuple[List[dict], Dict[str, Any]]:
+def stage_convs(model: Any, with_upsampler: bool = False, stage: Optional[int] = None
+                ) -> Tuple[List[dict], Dict[str, Any]]:
     """The last stage's convs as :func:`edgeflow.runtime.native.wave_stage.pack_stage` takes them (float32), and
     {"post_w", "post_b", "slope", "post_slope", "input"} (with the upsampler: "up" too, and "input" is its
-    LeakyRelu's input)."""
+    LeakyRelu's input). ``stage``: an earlier upsampling stage instead (its upsampler included, no conv_post:
+    "post_w" None), INT8 (QDQ) or float: its weights dequantized, its LeakyRelus read through the Q / DQ pairs."""
+    from edgeflow.runtime.native.text_encoder import float_initializers
+
     model = _load(model)                          # read once: stage_input and upsampler take the proto
     graph = model.graph
-    inits = _float_inits(graph)
+    qdq = stage is not None
+    inits = float_initializers(graph) if qdq else _float_inits(graph)
     prod = {o: n for n in graph.node for o in n.output}
-    last, convs = _stage_convs(graph)
+    chosen, convs = _stage_convs(graph, stage)
     out, slope = [], None
-    for b, j in enumerate(last):
+    for b, j in enumerate(chosen):
         type1 = any("/convs1." in n.name for n in convs[j])
         for i, node in enumerate(convs[j]):
-            w, bias = _weights(node, inits)
+            w, bias = _weights(node, inits, prod if qdq else None)
             k, d = w.shape[2], (_attr(node, "dilations", [1]) or [1])[0]
             if _attr(node, "pads", [d * (k - 1) // 2] * 2) != [d * (k - 1) // 2] * 2 or _attr(node, "group", 1) != 1:
                 raise ConfigError(f"tts_wave: {node.name} is not a 'same'-padded, ungrouped conv")
-            relu = prod.get(node.input[0])
+            relu = relu_before(prod, node.input[0], qdq)
             if relu is None or relu.op_type != "LeakyRelu":
                 raise ConfigError(f"tts_wave: {node.name} does not read a LeakyRelu")
             slope = float(_attr(relu, "alpha", 0.01)) if slope is None else slope
             out.append({"block": b, "weight": w, "bias": np.zeros(w.shape[0], np.float32) if bias is None else bias,
                         "dilation": int(d), "mode": (1 + i % 2) if type1 else 0})
+    if qdq:
+        up = upsampler(model, out[0]["weight"].shape[1], inits, stage)
+        return out, {"post_w": None, "post_b": 0.0, "slope": slope, "post_slope": 0.0, "up": up,
+                     "input": up.pop("input")}
     post = next((n for n in graph.node if n.op_type == "Conv" and n.name == "/dec/conv_post/Conv"), None)
     if post is None:
         raise ConfigError("tts_wave: the decoder graph has no /dec/conv_post Conv")

@@ -13,7 +13,9 @@ The stage is described by numpy arrays (:func:`pack_stage`; a pass writes them i
   activations at twice the dot products: for the convs the audio is most sensitive to);
 - ``conv.{i}.q`` int8 [out, in, k], ``conv.{i}.scale`` float32 [out] (symmetric per output channel),
   ``conv.{i}.bias`` float32 [out];
-- ``post.weight`` float32 [C, kp] (conv_post, one output channel), ``post.bias`` float32 [1];
+- ``post.weight`` float32 [C, kp] (conv_post, one output channel), ``post.bias`` float32 [1]; kp = 0 (since
+  2026-12-05): no conv_post, an earlier upsampling stage whose run gives the resblocks' mean [C, T] (the next
+  stage's input);
 - ``slopes`` float32 [2]: the resblocks' leaky-ReLU slope, then the one before conv_post;
 - optionally the last upsampler ahead of the stage (since 2026-12-05): ``up.q`` int8 [u C, cin, k] and ``up.scale``,
   ``up.bias`` float32 [u C]: the ConvTranspose of stride u in its merged phase form (:func:`merge_upsampler`; row
@@ -88,7 +90,9 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
     Args:
         convs: in run order, each ``{"block": b, "weight": [out, in, k], "bias": [out], "dilation": d,
             "mode": 0 | 1 | 2}`` and optionally ``"planes": 2`` (default 1).
-        post_w: conv_post's weight [1, C, kp] or [C, kp].
+        post_w: conv_post's weight [1, C, kp] or [C, kp], or None for a stage without it (an earlier upsampling
+            stage: :meth:`WaveStage.run` gives the resblocks' mean [C, T]; then ``post_b`` and ``post_slope`` are
+            unused).
         post_b: conv_post's bias (0 where it has none).
         slope, post_slope: the leaky-ReLU slopes inside the resblocks and before conv_post.
         up: the last upsampler ahead of the stage, or None: ``{"weight": [cin, C, K] (ConvTranspose1d), "bias": [C]
@@ -105,7 +109,8 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
         spec.append([int(c["block"]), w.shape[1], w.shape[0], w.shape[2], int(c["dilation"]), int(c["mode"]),
                      int(c.get("planes", 1))])
     arrays["spec"] = np.asarray(spec, np.int32).reshape(-1, 7)
-    pw = np.asarray(post_w, np.float32)
+    pw = np.zeros((int(spec[0][1] if spec[0][5] != 2 else spec[0][2]), 0), np.float32) if post_w is None else \
+        np.asarray(post_w, np.float32)
     arrays["post.weight"] = pw.reshape(pw.shape[-2], pw.shape[-1])
     arrays["post.bias"] = np.asarray([post_b], np.float32)
     arrays["slopes"] = np.asarray([slope, post_slope], np.float32)
@@ -125,7 +130,8 @@ def _bound() -> ctypes.CDLL:
                  "ef_hq_set_conv": ([ctypes.c_void_p, i, i8, f32, f32], i),
                  "ef_hq_set_up": ([ctypes.c_void_p, i, i, i, i, ctypes.c_float, i8, f32, f32], i),
                  "ef_hq_run": ([ctypes.c_void_p, f32, i, f32, i], i),
-                 "ef_hq_tile": ([], i), "ef_hq_chunk_cols": ([], i)}, "waveform-stage kernel")
+                 "ef_hq_tile": ([], i), "ef_hq_chunk_cols": ([], i), "ef_hq_chunk_len": ([i, i], i)},
+                "waveform-stage kernel")
 
 
 def tile_samples() -> int:
@@ -136,6 +142,12 @@ def tile_samples() -> int:
 def chunk_samples() -> int:
     """Input columns (halo included) of the chunks the C kernel runs the stage in."""
     return int(_bound().ef_hq_chunk_cols())
+
+
+def chunk_len(T: int, H: int) -> int:
+    """Output columns per chunk the C kernel runs a stage of T output columns and receptive half width H in (equal
+    chunks; an even number of them from 512 columns on, so two threads share a short sentence's stage)."""
+    return int(_bound().ef_hq_chunk_len(int(T), int(H)))
 
 
 def _f32(a: np.ndarray):
@@ -164,9 +176,11 @@ class WaveStage:
             raise BundleError("waveform stage: spec must be [n, 7] and post.weight [C, kp]")
         self.channels, self.n_blocks = int(post.shape[0]), int(spec[:, 0].max()) + 1
         self.threads = int(threads or 0)
+        #: False: a stage without conv_post (:meth:`run` gives [C, T]).
+        self.has_post = post.shape[1] > 0
         handle = self._lib.ef_hq_create(self.channels, self.n_blocks, len(spec),
                                         spec.ctypes.data_as(ctypes.POINTER(ctypes.c_int)), float(slopes[0]),
-                                        float(slopes[1]), post.shape[1], _f32(post),
+                                        float(slopes[1]), post.shape[1], _f32(post) if self.has_post else None,
                                         float(np.asarray(arrays["post.bias"]).reshape(-1)[0]))
         if not handle:
             raise BundleError("waveform stage: the spec does not describe a stage (blocks in order, odd kernels, "
@@ -206,11 +220,13 @@ class WaveStage:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Audio [T x stride] (float32, in [-1, 1]) of the stage input x [input_channels, T] or [1, .., T] (the last
-        upsampler's output, or with an upsampler its input)."""
+        upsampler's output, or with an upsampler its input); a stage without conv_post: the resblocks' mean
+        [channels, T x stride]."""
         x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1]))
         if x.shape[0] != self.input_channels or x.shape[1] < 1:
             raise InputError(f"waveform stage: input has shape {x.shape}, expected [{self.input_channels}, T]")
-        out = np.empty(x.shape[1] * self.stride, np.float32)
+        out = np.empty((self.channels, x.shape[1] * self.stride) if not self.has_post else x.shape[1] * self.stride,
+                       np.float32)
         rc = self._lib.ef_hq_run(self._handle, _f32(x), x.shape[1], _f32(out), self.threads)
         if rc != 0:
             raise InputError("waveform stage: out of memory" if rc == -3 else "waveform stage: bad arguments")
