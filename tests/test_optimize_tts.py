@@ -129,6 +129,37 @@ def test_residual_adds_only_in_fully_quantized_resblocks(tmp_path, tiny_pt):
     assert a.shape == b.shape and np.all(np.isfinite(b)) and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
 
 
+def test_stage_sums_only_over_fully_quantized_resblocks(tmp_path, tiny_pt):
+    """``stage_sums``: Q/DQ on the Adds summing a stage's resblocks where all of that stage's resblocks are int8
+    (every stage here: two sums per stage), none for a stage with a float resblock; the option needs ``residual``."""
+    import onnx
+
+    from edgeflow.export.vits import export_vits_bundle
+    from edgeflow.passes.tts_vits import TtsQuantizeConfig
+    from edgeflow.quant.vits_int8 import DEFAULT_EXCLUDE, quantize_graph, residual_adds, select_nodes, stage_sum_adds
+
+    model, _ = tiny_pt
+    export_vits_bundle(model, tmp_path / "b")
+    src = tmp_path / "b" / "decoder.onnx"
+    g = onnx.load(str(src))
+    sums = stage_sum_adds(g, residual_adds(g, select_nodes(g, "decoder")["quantize"]))
+    assert sums == ["/dec/Add", "/dec/Add_1", "/dec/Add_2", "/dec/Add_3", "/dec/Add_4", "/dec/Add_5"], sums
+    part = select_nodes(g, "decoder", list(DEFAULT_EXCLUDE) + [r"^/dec/resblocks\.4/"])["quantize"]
+    assert stage_sum_adds(g, residual_adds(g, part)) == sums[:2] + sums[4:]     # stage 1 has a float resblock
+    rng = np.random.default_rng(0)
+    shapes = {i.name: [d.dim_value or 16 for d in i.type.tensor_type.shape.dim] for i in g.graph.input}
+    feeds = [{k: (np.array([0.667, 1.0, 0.8], np.float32) if k == "scales" else
+                  rng.standard_normal(v).astype(np.float32)) for k, v in shapes.items()} for _ in range(3)]
+    info = quantize_graph(src, tmp_path / "q.onnx", "decoder", feeds, residual=True, stage_sums=True)
+    assert info["stage_sum_adds"] == 6 and info["residual_adds"] == len(residual_adds(g, select_nodes(
+        g, "decoder")["quantize"]))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    prod = {o: n.op_type for n in q.graph.node for o in n.output}
+    assert all(prod.get(i) == "DequantizeLinear" for n in q.graph.node if n.name in sums for i in n.input)
+    with pytest.raises(ValueError, match="stage_sums needs residual"):
+        TtsQuantizeConfig(stage_sums=True)
+
+
 def _history_names(bundle):
     return [h["name"] for h in json.loads((bundle / "manifest.json").read_text())["history"]]
 

@@ -81,6 +81,8 @@ class TtsQuantizeConfig(PassConfig):
         calib_sentences: calibration sentences used (of 20).
         residual: int8: also Q/DQ the residual Adds of the decoder's fully quantized resblocks
             (:func:`edgeflow.quant.vits_int8.residual_adds`).
+        stage_sums: with ``residual``, also the Adds summing each stage's fully quantized resblocks
+            (:func:`edgeflow.quant.vits_int8.stage_sum_adds`; onnxruntime then runs them as QLinearAdd).
     """
 
     precision: str = "int8"
@@ -92,6 +94,7 @@ class TtsQuantizeConfig(PassConfig):
     float_last_stages: int = 1
     calib_sentences: int = 8
     residual: bool = False
+    stage_sums: bool = False
 
     def __post_init__(self):
         if self.precision not in ("int8", "float16"):
@@ -104,6 +107,8 @@ class TtsQuantizeConfig(PassConfig):
             raise ValueError("float_last_stages must be an integer >= 0")
         if not 1 <= int(self.calib_sentences) <= 20:
             raise ValueError("calib_sentences must be 1..20")
+        if self.stage_sums and not self.residual:
+            raise ValueError("stage_sums needs residual (the sums' inputs are the residual stream)")
 
 
 def calibration_feeds(bundle: Path, n: int, seed: int = 0, window: int = 64, per_sentence: int = 3, log=None):
@@ -185,7 +190,8 @@ def _int8_variant(src: Path, tmp: Path, tag: str, cfg: TtsQuantizeConfig, enc_fe
     exclude = list(DEFAULT_EXCLUDE) + list(cfg.exclude) + stage_patterns(dec_cfg, cfg.float_last_stages)
     sym = cfg.activation_type == "int8"
     out = {"decoder": quantize_graph(src / "decoder.onnx", tmp / f"decoder-{tag}.onnx", "decoder", dec_feeds,
-                                     cfg.method, exclude, symmetric_activations=sym, residual=cfg.residual)}
+                                     cfg.method, exclude, symmetric_activations=sym, residual=cfg.residual,
+                                     stage_sums=cfg.stage_sums)}
     if cfg.quantize_encoder:
         out["encoder"] = quantize_graph(src / "model.onnx", tmp / f"model-{tag}.onnx", "encoder", enc_feeds,
                                         "minmax", exclude, symmetric_activations=sym)   # feeds differ in length

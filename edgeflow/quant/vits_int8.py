@@ -85,6 +85,20 @@ def residual_adds(model, quantized: Iterable[str]) -> List[str]:
     return [n.name for n in resblock_adds(model, quantized, r"^/dec/resblocks\.(\d+)/")]
 
 
+def stage_sum_adds(model, resblock_adds: Iterable[str]) -> List[str]:
+    """Names of the decoder's Adds that sum an upsampling stage's resblocks (HiFi-GAN's ``xs += resblock(x)``,
+    exported as ``/dec/Add``, ``/dec/Add_1``, ...) where every input is the output of a resblock Add in
+    ``resblock_adds`` (:func:`residual_adds`: the block is fully quantized) or of another such sum."""
+    ok, out = set(resblock_adds), []
+    prod = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:                                  # topological: a sum's inputs come first
+        if n.op_type == "Add" and re.match(r"^/dec/Add(_\d+)?$", n.name) and \
+                all(i in prod and prod[i].name in ok for i in n.input):
+            ok.add(n.name)
+            out.append(n.name)
+    return out
+
+
 class FeedReader:
     """onnxruntime CalibrationDataReader over a list of feed dicts."""
 
@@ -97,7 +111,8 @@ class FeedReader:
 
 def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np.ndarray]], method: str = "minmax",
                    exclude: Sequence[str] = DEFAULT_EXCLUDE, per_channel: bool = True,
-                   symmetric_activations: bool = False, residual: bool = False) -> Dict[str, Any]:
+                   symmetric_activations: bool = False, residual: bool = False,
+                   stage_sums: bool = False) -> Dict[str, Any]:
     """INT8 (QDQ) version of one bundle graph. Returns what was quantized, what stayed float, the seconds.
 
     Args:
@@ -109,6 +124,7 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
         per_channel: int8 weights per output channel (symmetric).
         symmetric_activations: int8 symmetric activations (TensorRT) instead of uint8 asymmetric (x86 ORT).
         residual: decoder only: also Q/DQ the residual Adds of fully quantized resblocks (:func:`residual_adds`).
+        stage_sums: with ``residual``, also the Adds summing those resblocks per stage (:func:`stage_sum_adds`).
 
     Raises:
         ConfigError: an unknown calibration method, or no feeds.
@@ -126,6 +142,8 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
     model = onnx.load(str(src), load_external_data=False)
     sel = select_nodes(model, role, exclude)
     adds = residual_adds(model, sel["quantize"]) if residual and role == "decoder" else []
+    sums = stage_sum_adds(model, adds) if stage_sums and adds else []
+    adds = adds + sums
     extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations}
     if method == "percentile":
         extra.update(CalibPercentile=99.999)
@@ -137,7 +155,8 @@ def quantize_graph(src: Path, dst: Path, role: str, feeds: Sequence[Dict[str, np
                         activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
     fix_ir(dst)
-    return {"quantized": sel["quantize"], "residual_adds": len(adds), "float": sel["float"],
+    return {"quantized": sel["quantize"], "residual_adds": len(adds) - len(sums), "stage_sum_adds": len(sums),
+            "float": sel["float"],
             "float_reasons": _reason_counts(sel["reasons"]),
             "method": method, "per_channel": per_channel,
             "activations": "int8 symmetric" if symmetric_activations else "uint8", "weights": "int8",
