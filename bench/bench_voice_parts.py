@@ -1,7 +1,8 @@
 """Where a native-engine voice bundle spends its time: encoder, prior, flow, decoder head, waveform stage.
 
 Each evaluation sentence is spoken whole, part by part as ``Voice`` runs it (``_encode``, ``prior``, the native
-flow, the onnxruntime head graph, the native INT8 stage), each part timed on its own; per part the fastest of
+flow, the onnxruntime head graph, the native INT8 stage: with ``tts_head`` the earlier upsampling stages too, the
+head graph then being conv_pre alone), each part timed on its own; per part the fastest of
 ``--rounds`` per sentence, summed over the sentences and divided by their audio: ms per second of audio. The
 parts' sum is close to, not equal to, the voice's RTF (the voice runs them back to back without the timer's
 pauses). Bundles: ``edgeflow optimize`` outputs with ``tts_kernels`` (and ``tts_wave``).

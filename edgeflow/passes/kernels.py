@@ -27,7 +27,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,6 +67,12 @@ def compare(native: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
     snr = float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference.astype(np.float64) ** 2)) / noise)
     return {"max_abs_err": float(np.max(np.abs(err))), "max_rel_err": float(np.max(np.abs(err)) / max(peak, 1e-12)),
             "snr_db": round(float(snr), 2) if np.isfinite(snr) else 999.0}
+
+
+def snr_db(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> float:
+    """:func:`compare`'s SNR (dB) of several outputs against their references, all flattened and joined."""
+    return compare(np.concatenate([np.ravel(o) for o in outputs]),
+                   np.concatenate([np.ravel(r) for r in references]).astype(np.float64))["snr_db"]
 
 
 def _parity(ort_synth, nat_synth, frames, cfg: KernelsConfig) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.kernels import kernels_handler
+from edgeflow.passes.kernels import kernels_handler, snr_db
 from edgeflow.passes.tts_kernels import NativePassConfig, native_section, retime
 
 #: Calibration SNR (dB) of the INT8 flow's output against the float flow below which the pass refuses (a misread
@@ -49,13 +49,6 @@ class TtsFlowInt8Config(NativePassConfig):
     res_skip: bool = False
 
 
-def _snr(ref: List[np.ndarray], out: List[np.ndarray]) -> float:
-    a = np.concatenate([r.reshape(-1) for r in ref]).astype(np.float64)
-    b = np.concatenate([o.reshape(-1) for o in out]).astype(np.float64)
-    noise = float(np.sum((a - b) ** 2))
-    return 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
-
-
 def calibrate(float_voice: Any, int8_voice: Any, texts: List[str], seed: int) -> Dict[str, Any]:
     """SNRs (dB) of ``int8_voice``'s flow output and audio against ``float_voice``'s (same bundle, float native
     flow) on the first sentence of each of ``texts`` (seed ``seed + k``, the same prior noise)."""
@@ -71,8 +64,8 @@ def calibrate(float_voice: Any, int8_voice: Any, texts: List[str], seed: int) ->
         for name, voice in (("float", float_voice), ("int8", int8_voice)):
             flows[name].append(voice.flow.run(z_p))
             audio[name].append(voice._decode(m_p, logs_p, scales["noise_scale"], seed + k, 0, frames))
-    return {"sentences": len(texts), "flow_snr_db": _snr(flows["float"], flows["int8"]),
-            "audio_snr_db": _snr(audio["float"], audio["int8"]),
+    return {"sentences": len(texts), "flow_snr_db": snr_db(flows["int8"], flows["float"]),
+            "audio_snr_db": snr_db(audio["int8"], audio["float"]),
             "reference": "the float native flow, same inputs and noise"}
 
 

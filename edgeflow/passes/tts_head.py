@@ -25,11 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
-
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.kernels import compare, kernels_handler
+from edgeflow.passes.kernels import kernels_handler, snr_db
 from edgeflow.passes.tts_kernels import NativePassConfig, retime
 from edgeflow.passes.tts_wave import HEAD_DECODER, WAVE_FILE
 
@@ -99,8 +97,7 @@ def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsH
         xs, refs = _head_pairs(Voice.load(src, threads=threads, engine="native"), pre,
                                sentences("calibration")[:cfg.sentences], seed)
         chain = WaveChain([WaveStage(a, threads=threads) for a in arrays])
-        snr = compare(np.concatenate([chain.run(x).ravel() for x in xs]),
-                      np.concatenate([r.ravel() for r in refs]))["snr_db"]
+        snr = snr_db([chain.run(x) for x in xs], refs)
         if snr < MIN_SNR_DB:
             raise BundleError(f"tts_head: the native stages are {snr} dB from the onnxruntime head graph on "
                               f"calibration sentences (under {MIN_SNR_DB}): the graph was not read as it computes")

@@ -24,13 +24,11 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
-
-import numpy as np
+from typing import Any, Dict, Optional, Sequence
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.kernels import kernels_handler
+from edgeflow.passes.kernels import kernels_handler, snr_db
 from edgeflow.passes.tts_kernels import NativePassConfig, retime
 
 #: Files the pass adds to a bundle.
@@ -72,12 +70,6 @@ class TtsWaveConfig(NativePassConfig):
         super().__post_init__()
 
 
-def _snr(out: List[np.ndarray], ref: List[np.ndarray]) -> float:
-    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(out).astype(np.float64)
-    noise = float(np.sum((a - b) ** 2))
-    return 999.0 if noise == 0 else round(float(10 * np.log10(float(np.sum(a ** 2)) / noise)), 2)
-
-
 def stage_inputs(voice: Any, head: Any, texts: Sequence[str], seed: int):
     """(stage inputs [C, T], reference audio [T]) of the first sentence of each of ``texts`` (seed ``seed + k``)
     through ``voice``'s native flow (a voice with its cut decoder, no stage yet): ``head``'s (an onnxruntime
@@ -100,7 +92,7 @@ def choose_planes(make_stage, n_convs: int, xs, refs, min_snr_db: float, fixed: 
     until ``min_snr_db``). ``make_stage(planes)`` builds a stage. Returns (planes, SNR, SNR of each step)."""
     def snr(planes):
         stage = make_stage(planes)
-        return _snr([stage.run(x)[:len(r)] for x, r in zip(xs, refs)], refs)
+        return snr_db([stage.run(x)[:len(r)] for x, r in zip(xs, refs)], refs)
 
     planes = sorted(int(i) for i in fixed) if fixed is not None else []
     steps = [{"two_planes": list(planes), "snr_db": snr(planes)}]
