@@ -140,7 +140,8 @@ def tile_samples() -> int:
 
 
 def chunk_samples() -> int:
-    """Input columns (halo included) of the chunks the C kernel runs the stage in."""
+    """The most input columns (halo included) of a chunk the C kernel runs a stage in (or 4 x its receptive half
+    width where that is more; :func:`chunk_len` gives a stage's chunks)."""
     return int(_bound().ef_hq_chunk_cols())
 
 
