@@ -125,6 +125,31 @@ def test_stages_read_from_an_int8_graph(tiny, tmp_path):  # noqa: F811
         stage_convs(head, stage=2)
 
 
+def test_voice_with_the_chain_is_thread_safe(tiny, tmp_path):  # noqa: F811
+    """Two threads speaking through one voice with the chained stages get what one thread gets."""
+    import threading
+
+    from edgeflow.passes.tts_head import TtsHeadConfig, add_tts_head
+    from edgeflow.runtime import Voice
+
+    add_tts_head(_head_after_wave(tiny, tmp_path), tmp_path / "h", TtsHeadConfig(threads=1, time_seconds=0))
+    voice = Voice.load(tmp_path / "h", engine="native", threads=2)
+    want = {s: voice.speak(TEXT, seed=s)[0] for s in (1, 2)}
+    got, errors = {}, []
+
+    def run(s):
+        try:
+            for _ in range(3):
+                got[s] = voice.speak(TEXT, seed=s)[0]
+        except Exception as exc:                                        # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (1, 2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and all(np.array_equal(got[s], want[s]) for s in want)
+
+
 def test_pass_voice_and_manifest(tiny, tmp_path, capsys):  # noqa: F811
     """tts_head: onnxruntime keeps conv_pre only, the stages are in the wave file, the voice runs the chain and
     speaks close to onnxruntime's engine, ``edgeflow say`` names the stages, and the pass refuses a bundle it
@@ -139,14 +164,16 @@ def test_pass_voice_and_manifest(tiny, tmp_path, capsys):  # noqa: F811
     wave_bundle = _head_after_wave(tiny, tmp_path)
     m = add_tts_head(wave_bundle, tmp_path / "h", TtsHeadConfig(threads=1, time_seconds=0))
     head = m["native"]["wave_stage"]["head"]
-    assert [s["upsampler"]["stride"] for s in head["stages"]] == [8, 8] and head["calibration"]["snr_db"] >= 12
+    assert [s["upsampler"]["stride"] for s in head["stages"]] == [8, 8] and head["calibration"]["snr_db"] >= 30
     g = onnx.load(str(tmp_path / "h" / HEAD_DECODER)).graph
     assert not any(n.name.startswith("/dec/ups.") or "resblocks" in n.name for n in g.node)
     assert g.output[0].name == m["native"]["wave_stage"]["input"]
     nat, ref = Voice.load(tmp_path / "h", engine="native"), Voice.load(tmp_path / "h", engine="onnxruntime")
     assert isinstance(nat.wave, WaveChain) and nat.wave.stride == 256
     a, b = nat.speak(TEXT, seed=3)[0], ref.speak(TEXT, seed=3)[0]
-    assert a.shape == b.shape and 10 <= compare(a, b)["snr_db"] < 80
+    streamed = np.concatenate(list(nat.speak_stream(TEXT, seed=3, chunk_frames=16, first_chunk_frames=8)))
+    assert a.shape == b.shape and 15 <= compare(a, b)["snr_db"] < 80         # INT8 (22.5 dB, 2026-12-05)
+    assert compare(streamed, a)["snr_db"] >= 40                          # chunk windows: other block scales (61.5)
     assert main(["say", str(tmp_path / "h"), "--text", TEXT, "--engine", "native", "-o", str(tmp_path / "a.wav")]) == 0
     assert "native prior flow and INT8 decoder stages" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="native already"):
