@@ -23,7 +23,8 @@ def add_arguments(sub) -> None:
                                                  "there is no corpus); default: the model's own set under "
                                                  "calibration/ when there is one")
     p.add_argument("--n-eval", type=positive_int, default=None,
-                   help="clips used for gating and the report (default 4; a voice: evaluation sentences, default 6)")
+                   help="clips used for gating and the report (default 4; a VITS voice: evaluation sentences, "
+                        "default all 20; a flow-matching voice: 3)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for onnxruntime and for torch (distillation, evaluation); default: the "
                         "target's for onnxruntime, torch's own default for torch")
