@@ -13,7 +13,7 @@ from edgeflow.runtime import native
 from edgeflow.runtime.native.wave_chain import WaveChain, join_arrays, load_wave, split_arrays
 from edgeflow.runtime.native.wave_stage import WaveStage, chunk_len, pack_stage, tile_samples
 from tests.test_native_vits import TEXT, isa, tiny  # noqa: F401  (fixtures)
-from tests.test_native_wave_stage import random_stage, simulate
+from tests.test_native_wave_stage import assert_thread_safe, random_stage, simulate
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=str(native.load_error()))
 
@@ -127,27 +127,11 @@ def test_stages_read_from_an_int8_graph(tiny, tmp_path):  # noqa: F811
 
 def test_voice_with_the_chain_is_thread_safe(tiny, tmp_path):  # noqa: F811
     """Two threads speaking through one voice with the chained stages get what one thread gets."""
-    import threading
-
     from edgeflow.passes.tts_head import TtsHeadConfig, add_tts_head
     from edgeflow.runtime import Voice
 
     add_tts_head(_head_after_wave(tiny, tmp_path), tmp_path / "h", TtsHeadConfig(threads=1, time_seconds=0))
-    voice = Voice.load(tmp_path / "h", engine="native", threads=2)
-    want = {s: voice.speak(TEXT, seed=s)[0] for s in (1, 2)}
-    got, errors = {}, []
-
-    def run(s):
-        try:
-            for _ in range(3):
-                got[s] = voice.speak(TEXT, seed=s)[0]
-        except Exception as exc:                                        # noqa: BLE001 (reported below)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in (1, 2)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors and all(np.array_equal(got[s], want[s]) for s in want)
+    assert_thread_safe(Voice.load(tmp_path / "h", engine="native", threads=2))
 
 
 def test_pass_voice_and_manifest(tiny, tmp_path, capsys):  # noqa: F811

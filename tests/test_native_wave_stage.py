@@ -251,14 +251,18 @@ def test_pass_leaves_bundles_without_a_native_flow(tiny, tmp_path):  # noqa: F81
 
 def test_voice_with_the_stage_is_thread_safe(tiny, tmp_path):  # noqa: F811
     """Two threads speaking through one voice (its stage allocates per run) get what one thread gets."""
-    import threading
-
     from edgeflow.passes.tts_wave import TtsWaveConfig, add_tts_wave
     from edgeflow.runtime import Voice
 
     _, root, _ = tiny
     add_tts_wave(root / "k", tmp_path / "w", TtsWaveConfig(threads=1, time_seconds=0, two_planes=[1]))
-    voice = Voice.load(tmp_path / "w", engine="native", threads=2)
+    assert_thread_safe(Voice.load(tmp_path / "w", engine="native", threads=2))
+
+
+def assert_thread_safe(voice):
+    """Two threads speaking through ``voice``, three times each, get what one thread gets."""
+    import threading
+
     want = {s: voice.speak(TEXT, seed=s)[0] for s in (1, 2)}
     got, errors = {}, []
 
