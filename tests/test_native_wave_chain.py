@@ -75,6 +75,8 @@ def test_chain_runs_its_stages_in_order():
     assert sorted(rest) == sorted(last) and all(np.array_equal(head[0][k], first[k]) for k in first)
     assert np.array_equal(load_wave(joined, threads=1).run(x), chain.run(x))
     assert isinstance(load_wave(last), WaveStage)
+    with pytest.raises(BundleError, match="no conv_post"):
+        load_wave(first)
     with pytest.raises(BundleError, match="numbered"):
         split_arrays({f"head.1.{k}": v for k, v in first.items()})
 

@@ -77,8 +77,16 @@ class WaveChain:
 
 
 def load_wave(arrays: Dict[str, np.ndarray], threads: Optional[int] = None):
-    """The bundle's native stages: a :class:`WaveStage`, or a :class:`WaveChain` where earlier stages are there."""
+    """The bundle's native stages: a :class:`WaveStage`, or a :class:`WaveChain` where earlier stages are there.
+
+    Raises:
+        BundleError: the arrays do not describe stages, or the last one has no conv_post (it would give [C, T], not
+            audio).
+    """
     head, last = split_arrays(arrays)
+    out = WaveStage(last, threads=threads)
+    if not out.has_post:
+        raise BundleError("waveform stages: the last stage has no conv_post (it must end in audio)")
     if not head:
-        return WaveStage(last, threads=threads)
-    return WaveChain([WaveStage(a, threads=threads) for a in head] + [WaveStage(last, threads=threads)])
+        return out
+    return WaveChain([WaveStage(a, threads=threads) for a in head] + [out])
