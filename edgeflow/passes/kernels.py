@@ -72,7 +72,7 @@ def compare(native: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
 def snr_db(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> float:
     """:func:`compare`'s SNR (dB) of several outputs against their references, all flattened and joined."""
     return compare(np.concatenate([np.ravel(o) for o in outputs]),
-                   np.concatenate([np.ravel(r) for r in references]).astype(np.float64))["snr_db"]
+                   np.concatenate([np.ravel(r) for r in references]))["snr_db"]
 
 
 def _parity(ort_synth, nat_synth, frames, cfg: KernelsConfig) -> Dict[str, Any]:

@@ -29,33 +29,18 @@ from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
 from edgeflow.passes.kernels import kernels_handler, snr_db
 from edgeflow.passes.tts_kernels import NativePassConfig, retime
-from edgeflow.passes.tts_wave import HEAD_DECODER, WAVE_FILE
+from edgeflow.passes.tts_wave import HEAD_DECODER, WAVE_FILE, stage_inputs
 
 #: Calibration SNR (dB, against the onnxruntime head graph) below which the stages were not read as the graph
 #: computes them (joe-medium, 2026-12-05: about 24 dB between the two INT8 heads).
 MIN_SNR_DB = 12.0
+NO_STAGE = "the decoder graph onnxruntime runs has no upsampling stage left"
 
 
 @dataclasses.dataclass
 class TtsHeadConfig(NativePassConfig):
     """Options of the tts_head pass: :class:`NativePassConfig`'s (threads, time_seconds, sentences: the calibration
     sentences of the SNR)."""
-
-
-def _head_pairs(voice: Any, pre: Any, texts, seed: int):
-    """(native stages' inputs [cin, T], the onnxruntime head's outputs [C, u T]) of the first sentence of each of
-    ``texts`` (seed ``seed + k``) through ``voice``'s native flow; ``pre``: the session of the cut head."""
-    from edgeflow.runtime.voice_config import resolve_scales
-
-    xs, refs = [], []
-    scales = resolve_scales(voice.config, None, None, None)
-    for k, text in enumerate(texts):
-        ids = next(voice.sentence_ids(text))
-        m_p, logs_p = voice._encode(ids, scales, seed + k)
-        z = voice.flow.run(voice.prior(m_p, logs_p, scales["noise_scale"], seed + k, 0, m_p.shape[2]))
-        xs.append(pre.run(None, {voice.flow_output: z})[0][0])
-        refs.append(voice._run(voice.decoder, {voice.flow_output: z})[0][0])
-    return xs, refs
 
 
 def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsHeadConfig] = None, seed: int = 0,
@@ -67,10 +52,12 @@ def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsH
         ConfigError: no such stage, or native head stages already. BundleError: the calibration SNR is below
             :data:`MIN_SNR_DB`, or out_dir exists.
     """
+    import onnx
+
     from edgeflow.core.bundle_format import MANIFEST, SIDECAR, write_manifest
     from edgeflow.core.io import atomic_dir
     from edgeflow.data.tts_text import sentences
-    from edgeflow.runtime.native.vits_stage import cut_before_stage, n_upsamplers, stage_arrays, stage_convs
+    from edgeflow.runtime.native.vits_stage import cut_before_stage, stage_arrays
     from edgeflow.runtime.native.wave_chain import WaveChain, join_arrays
     from edgeflow.runtime.native.wave_stage import WaveStage, load_arrays, save_arrays
     from edgeflow.runtime.voice import Voice
@@ -81,11 +68,14 @@ def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsH
     src = Path(bundle_dir)
     manifest = read_vits_manifest(src)
     section = vits_native_section(manifest, src)
-    why = _why_not(section, src)
+    why = _why_not(section)
     if why:
         raise ConfigError(f"tts_head: {why}")
-    wave, head, threads = section["wave_stage"], src / section["decoder"], cfg.threads or 1
-    stages = [stage_convs(head, stage=k) for k in range(n_upsamplers(head))]
+    head = onnx.load(str(src / section["decoder"]))           # read once: the stages and the cut take the proto
+    stages = _read_stages(head)
+    if not stages:
+        raise ConfigError(f"tts_head: {NO_STAGE}")
+    wave, threads = section["wave_stage"], cfg.threads or 1
     arrays = [stage_arrays(s) for s in stages]
     with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
         for p in src.iterdir():
@@ -94,8 +84,8 @@ def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsH
         name = cut_before_stage(head, tmp / "pre.onnx", int(stages[0][1]["up"]["weight"].shape[0]),
                                 stages[0][1]["input"])
         pre = open_session(tmp / "pre.onnx", threads, None, "decoder graph", spin="never", nhwc=False)
-        xs, refs = _head_pairs(Voice.load(src, threads=threads, engine="native"), pre,
-                               sentences("calibration")[:cfg.sentences], seed)
+        xs, refs = stage_inputs(Voice.load(src, threads=threads, engine="native"), pre,
+                                sentences("calibration")[:cfg.sentences], seed)
         chain = WaveChain([WaveStage(a, threads=threads) for a in arrays])
         snr = snr_db([chain.run(x) for x in xs], refs)
         if snr < MIN_SNR_DB:
@@ -118,36 +108,38 @@ def add_tts_head(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[TtsH
         return write_manifest(tmp, json.loads(json.dumps(draft)))
 
 
-def _why_not(section: Optional[Dict[str, Any]], bundle: Path) -> Optional[str]:
-    from edgeflow.runtime.native.vits_stage import n_upsamplers
-
+def _why_not(section: Optional[Dict[str, Any]]) -> Optional[str]:
     wave = (section or {}).get("wave_stage")
     if not wave or not wave.get("upsampler"):
         return "needs the tts_wave pass's native stage with its upsampler (upsampler: true)"
     if wave.get("head"):
         return "the bundle's earlier upsampling stages are native already"
-    if n_upsamplers(bundle / section["decoder"]) < 1:
-        return "the decoder graph onnxruntime runs has no upsampling stage left"
     return None
+
+
+def _read_stages(head: Any) -> list:
+    """Every upsampling stage of the head graph (a ModelProto) as :func:`stage_convs` reads it (ConfigError where
+    one is not of the form the kernel runs)."""
+    from edgeflow.runtime.native.vits_stage import n_upsamplers, stage_convs
+
+    return [stage_convs(head, stage=k) for k in range(n_upsamplers(head))]
 
 
 def not_applicable(artifact: Artifact) -> Optional[str]:
     """Why the pass leaves this artifact as it is (no native waveform stage with its upsampler, stages it cannot
     read, no C library), or None."""
+    import onnx
+
     from edgeflow.passes.tts_kernels import native_section
     from edgeflow.runtime.native import load_error
-    from edgeflow.runtime.native.vits_stage import n_upsamplers, stage_convs
 
     section, why = native_section(artifact, "tts_head")
+    why = why or _why_not(section)
     if why:
         return why
-    why = _why_not(section, Path(artifact.bundle_dir))
-    if why:
-        return why
-    head = Path(artifact.bundle_dir) / section["decoder"]
     try:
-        for k in range(n_upsamplers(head)):
-            stage_convs(head, stage=k)
+        if not _read_stages(onnx.load(str(Path(artifact.bundle_dir) / section["decoder"]))):
+            return NO_STAGE
     except ConfigError as exc:
         return str(exc)
     return load_error()

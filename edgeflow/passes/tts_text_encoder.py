@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
 from edgeflow.passes.base import Artifact, PassContext, register_pass
-from edgeflow.passes.kernels import compare, kernels_handler
+from edgeflow.passes.kernels import kernels_handler, snr_db
 from edgeflow.passes.tts_kernels import NativePassConfig, native_section, retime, vits_manifest
 
 #: The cut graph's file name in the bundle.
@@ -64,8 +64,8 @@ def calibrate(encoder_graph: Path, voice: Any, texts: List[str], threads: int) -
                  "scales": np.array([0.0, 1.0, 0.0], np.float32), "noise_w_z": np.zeros((1, 2, ids.size), np.float32)}
         ref.append(session.run([ENCODER_OUTPUT], feeds)[0])
         out.append(voice.text_encoder.run(ids))
-    snr = compare(np.concatenate([o.reshape(-1) for o in out]), np.concatenate([r.reshape(-1) for r in ref]))["snr_db"]
-    return {"sentences": len(texts), "snr_db": snr, "reference": "onnxruntime's run of the transformer in model.onnx"}
+    return {"sentences": len(texts), "snr_db": snr_db(out, ref),
+            "reference": "onnxruntime's run of the transformer in model.onnx"}
 
 
 def open_session_from_model(model: Any, threads: int):

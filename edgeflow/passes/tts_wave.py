@@ -71,9 +71,10 @@ class TtsWaveConfig(NativePassConfig):
 
 
 def stage_inputs(voice: Any, head: Any, texts: Sequence[str], seed: int):
-    """(stage inputs [C, T], reference audio [T]) of the first sentence of each of ``texts`` (seed ``seed + k``)
-    through ``voice``'s native flow (a voice with its cut decoder, no stage yet): ``head``'s (an onnxruntime
-    session of the decoder cut before the stage) output, and the cut decoder's audio (the float stage)."""
+    """(``head``'s outputs [C, T], ``voice.decoder``'s outputs flattened) of the first sentence of each of ``texts``
+    (seed ``seed + k``) through ``voice``'s native flow. ``tts_wave``: ``head`` is the decoder cut before the stage
+    (its outputs are the stage's inputs) and the voice's cut decoder gives the float stage's audio; ``tts_head``:
+    ``head`` ends at the first native stage's input and the voice's decoder is onnxruntime's head graph."""
     from edgeflow.runtime.voice_config import resolve_scales
 
     xs, refs = [], []

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError, InputError
+from edgeflow.runtime.native.vits_graph import float_initializers
 from edgeflow.runtime.native.wave_stage import quantize_conv
 
 #: The transformer's output in the exported voice graph: what the rest of model.onnx reads.
@@ -34,29 +35,6 @@ def _load(model: Any):
     import onnx
 
     return onnx.load(str(model)) if isinstance(model, (str, Path)) else model
-
-
-def float_initializers(graph) -> Dict[str, np.ndarray]:
-    """Initializers as float32 by name; the int8 / int32 initializer ``NAME_quantized`` of every DequantizeLinear
-    node that reads one (an INT8 graph's weights and biases) also as ``NAME``, dequantized with that node's scale,
-    zero point and axis."""
-    from onnx import numpy_helper
-
-    raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    out = {n: a.astype(np.float32) for n, a in raw.items()}
-    for node in graph.node:
-        name = node.input[0] if node.op_type == "DequantizeLinear" else ""
-        if not name.endswith("_quantized") or name not in raw or node.input[1] not in raw:
-            continue
-        q, scale = raw[name].astype(np.float64), raw[node.input[1]].astype(np.float64)
-        zp = raw[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] in raw else 0.0
-        if np.size(scale) > 1:                                # per channel along the node's axis
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.size(zp) > 1 else zp
-        out[name[:-len("_quantized")]] = ((q - zp) * scale).astype(np.float32)
-    return out
 
 
 def pack_text_encoder(model: Any, n_layers: int, n_heads: int) -> Dict[str, np.ndarray]:

@@ -6,6 +6,11 @@ enc.res_skip_layers.{l} / post`` (weight norm removed; the Flips at odd indices 
 flow's output (times the all-ones frame mask) to ``/dec/conv_pre/Conv``, directly (float32) or through a
 QuantizeLinear / DequantizeLinear pair (an INT8 decoder: the graph's flow stays float; the ``tts_flow_int8``
 pass runs the native flow's WaveNet convs in INT8, quantized at load).
+
+Also the graph helpers the other native packers share: :func:`extract` (a subgraph between named tensors) and
+:func:`float_initializers` (a graph's weights as float32, an INT8 graph's dequantized through its own
+DequantizeLinear nodes), read by the waveform stages (:mod:`edgeflow.runtime.native.vits_stage`) and the text
+encoder (:mod:`edgeflow.runtime.native.text_encoder`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,29 @@ from edgeflow.runtime.native.wn_pack import fold_coupling
 _PREFIX = "model.flow.flows."
 _NAME = re.compile(r"^model\.flow\.flows\.(\d+)\.(pre|post|enc\.in_layers\.(\d+)|enc\.res_skip_layers\.(\d+))"
                    r"\.(weight|bias)$")
+
+
+def float_initializers(graph) -> Dict[str, np.ndarray]:
+    """Initializers as float32 by name; the int8 / int32 initializer ``NAME_quantized`` of every DequantizeLinear
+    node that reads one (an INT8 graph's weights and biases) also as ``NAME``, dequantized with that node's scale,
+    zero point and axis."""
+    from onnx import numpy_helper
+
+    raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    out = {n: a.astype(np.float32) for n, a in raw.items()}
+    for node in graph.node:
+        name = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        if not name.endswith("_quantized") or name not in raw or node.input[1] not in raw:
+            continue
+        q, scale = raw[name].astype(np.float64), raw[node.input[1]].astype(np.float64)
+        zp = raw[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] in raw else 0.0
+        if np.size(scale) > 1:                                # per channel along the node's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.size(zp) > 1 else zp
+        out[name[:-len("_quantized")]] = ((q - zp) * scale).astype(np.float32)
+    return out
 
 
 def _flow_tensors(graph) -> Dict[Tuple[int, str, int], Dict[str, np.ndarray]]:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgeflow.core.errors import BundleError, ConfigError
+from edgeflow.runtime.native.vits_graph import float_initializers
 from edgeflow.runtime.native.wave_stage import pack_stage
 
 _CONV = re.compile(r"^/dec/resblocks\.(\d+)/convs(1|2)?\.(\d+)/Conv$")
@@ -76,12 +77,6 @@ def stage_input(model: Any) -> str:
     return found.pop()
 
 
-def _float_inits(graph) -> Dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    return {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
-
-
 def _upsampler_node(graph, stage: Optional[int] = None):
     """Upsampler ``stage``'s (None: the last one's) weight-carrying node: a ConvTranspose, or the phase form's Conv
     (``/dec/ups.{n}/conv``)."""
@@ -116,7 +111,7 @@ def upsampler(model: Any, channels: int, inits: Optional[Dict[str, np.ndarray]] 
         ConfigError: no such upsampler, a quantized last one, or not after a LeakyRelu.
     """
     graph = _load(model).graph
-    inits = _float_inits(graph) if inits is None else inits
+    inits = float_initializers(graph) if inits is None else inits
     prod = {o: n for n in graph.node for o in n.output}
     node = _upsampler_node(graph, stage)
     w, bias = _weights(node, inits, prod if stage is not None else None)
@@ -154,7 +149,7 @@ def _weights(node, inits: Dict[str, np.ndarray], prod: Optional[Dict[str, Any]] 
              ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(weight, bias or None) of a Conv: float initializers; with ``prod`` (the graph's producers) also an INT8
     graph's, read through their DequantizeLinear node (``inits`` holds them dequantized under the name without
-    ``_quantized``: :func:`edgeflow.runtime.native.text_encoder.float_initializers`)."""
+    ``_quantized``: :func:`edgeflow.runtime.native.vits_graph.float_initializers`)."""
     names = list(node.input[1:3])
     for i, name in enumerate(names):
         dq = prod.get(name) if prod is not None else None
@@ -171,12 +166,10 @@ def stage_convs(model: Any, with_upsampler: bool = False, stage: Optional[int] =
     {"post_w", "post_b", "slope", "post_slope", "input"} (with the upsampler: "up" too, and "input" is its
     LeakyRelu's input). ``stage``: an earlier upsampling stage instead (its upsampler included, no conv_post:
     "post_w" None), INT8 (QDQ) or float: its weights dequantized, its LeakyRelus read through the Q / DQ pairs."""
-    from edgeflow.runtime.native.text_encoder import float_initializers
-
     model = _load(model)                          # read once: stage_input and upsampler take the proto
     graph = model.graph
     qdq = stage is not None
-    inits = float_initializers(graph) if qdq else _float_inits(graph)
+    inits = float_initializers(graph)
     prod = {o: n for n in graph.node for o in n.output}
     chosen, convs = _stage_convs(graph, stage)
     out, slope = [], None

@@ -109,8 +109,7 @@ def pack_stage(convs: Sequence[dict], post_w: np.ndarray, post_b: float, slope: 
         spec.append([int(c["block"]), w.shape[1], w.shape[0], w.shape[2], int(c["dilation"]), int(c["mode"]),
                      int(c.get("planes", 1))])
     arrays["spec"] = np.asarray(spec, np.int32).reshape(-1, 7)
-    pw = np.zeros((int(spec[0][1] if spec[0][5] != 2 else spec[0][2]), 0), np.float32) if post_w is None else \
-        np.asarray(post_w, np.float32)
+    pw = np.zeros((spec[0][1], 0), np.float32) if post_w is None else np.asarray(post_w, np.float32)  # C: conv 0's in
     arrays["post.weight"] = pw.reshape(pw.shape[-2], pw.shape[-1])
     arrays["post.bias"] = np.asarray([post_b], np.float32)
     arrays["slopes"] = np.asarray([slope, post_slope], np.float32)
