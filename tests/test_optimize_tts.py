@@ -236,7 +236,7 @@ def test_unmeetable_budget_rolls_quantize_back(tmp_path, tiny_pt, fake_scorers):
     _, path = tiny_pt
     target = load_target("cpu")        # the shipped fast recipe's bundle passes, on 2 calibration sentences
     fast = [p for p in target["recipes_tts"]["fast"] if p["pass"] not in ("tts_reduce_flows", "tts_kernels",
-                                                                               "tts_wave", "tts_flow_int8",
+                                                                               "tts_wave", "tts_head", "tts_flow_int8",
                                                                                "tts_text_encoder")]
     assert [p["pass"] for p in fast] == ["tts_export", "tts_quantize", "tts_validate"]
     fast[1]["calib_sentences"] = 2
@@ -255,21 +255,20 @@ def test_shipped_voice_recipes_and_budgets():
     """fast = tts_reduce_flows (4 -> 2 couplings, distilled) + the bundle passes, gated on its own, looser budget
     (issue 15's fast goal: WER +0.05, DNSMOS -0.30); balanced and quality change no weights; the cpu target's
     balanced and fast end with the native flow (tts_kernels), the native INT8 waveform stage (tts_wave) and the
-    native flow in INT8 (tts_flow_int8), balanced with the earlier decoder stages native too (tts_head) and fast
-    with the native text encoder (tts_text_encoder), before tts_validate; the cpu balanced quantizes the text
-    encoder too."""
+    native flow in INT8 (tts_flow_int8), both with the earlier decoder stages native too (tts_head; fast since
+    2026-12-05, 23:30 UTC) and fast with the native text encoder (tts_text_encoder), before tts_validate; the cpu
+    balanced quantizes the text encoder too."""
     from edgeflow.targets import list_targets, load_target, recipe_budget
     from edgeflow.validate.budget import parse_budget
 
     for name in list_targets():
         t = load_target(name)
         fast = t["recipes_tts"]["fast"]
-        kernels = ["tts_kernels", "tts_wave", "tts_flow_int8"] if name == "cpu" else []
+        kernels = ["tts_kernels", "tts_wave", "tts_head", "tts_flow_int8"] if name == "cpu" else []
         text = ["tts_text_encoder"] if name == "cpu" else []             # fast only: balanced's gate rolled it back
         assert fast[0]["pass"] == "tts_reduce_flows" and fast[0]["n_flows"] == 2, name
         assert [p["pass"] for p in fast[1:]] == ["tts_export", "tts_quantize", *kernels, *text, "tts_validate"], name
-        head = ["tts_kernels", "tts_wave", "tts_head", "tts_flow_int8"] if name == "cpu" else []  # fast's gate: no
-        assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *head,
+        assert [p["pass"] for p in t["recipes_tts"]["balanced"]] == ["tts_export", "tts_quantize", *kernels,
                                                                      "tts_validate"], name
         assert [p["pass"] for p in t["recipes_tts"]["quality"]] == ["tts_export", "tts_validate"], name
         assert parse_budget(recipe_budget(t, "fast", tts=True)) == {"wer": 0.05, "dnsmos": 0.3, "mcd": 3.5}

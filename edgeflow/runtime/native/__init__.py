@@ -55,7 +55,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i8, u8 = ctypes.POINTER(ctypes.c_int8), ctypes.POINTER(ctypes.c_uint8)
     sigs = {"ef_version": ([], ctypes.c_int), "ef_get_isa": ([], ctypes.c_int),
             "ef_set_isa": ([ctypes.c_int], ctypes.c_int), "ef_has_isa": ([ctypes.c_int], ctypes.c_int),
-            "ef_openmp": ([], ctypes.c_int),
+            "ef_openmp": ([], ctypes.c_int), "ef_amx_available": ([], ctypes.c_int),
+            "ef_set_amx": ([ctypes.c_int], ctypes.c_int), "ef_amx_in_use": ([], ctypes.c_int),
             "ef_wf_create": ([i32, ctypes.c_int, f32, ctypes.c_longlong], ctypes.c_void_p),
             "ef_wf_free": ([ctypes.c_void_p], None),
             "ef_wf_run": ([ctypes.c_void_p, f32, ctypes.c_int, ctypes.c_int, f32, ctypes.c_float, f32, ctypes.c_int,
@@ -129,11 +130,12 @@ def load_error() -> Optional[str]:
 
 
 def info() -> Dict[str, Any]:
-    """The library's facts: path, instruction set in use, its INT8 kernel, OpenMP threads (0: built without
-    OpenMP)."""
+    """The library's facts: path, instruction set in use, its INT8 kernel, whether the INT8 stage convs run on
+    AMX tiles, OpenMP threads (0: built without OpenMP)."""
     lib = library()
     return {"library": str(library_path()), "isa": ISAS[lib.ef_get_isa()],
-            "int8_kernel": lib.ef_q8_kernel().decode(), "openmp_threads": lib.ef_openmp()}
+            "int8_kernel": lib.ef_q8_kernel().decode(), "amx": bool(lib.ef_amx_in_use()),
+            "openmp_threads": lib.ef_openmp()}
 
 
 def int8_gemm(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -154,6 +156,19 @@ def set_isa(name: str) -> None:
     """Use instruction set ``name`` (one of :data:`ISAS`) from now on, process-wide (tests, benchmarks)."""
     if name not in supported_isas() or library().ef_set_isa(ISAS.index(name)) != 0:
         raise InputError(f"instruction set {name!r} is not available here (have: {', '.join(supported_isas())})")
+
+
+def amx_available() -> bool:
+    """Whether this CPU has AMX-INT8 and the OS lets this process use it (the stage kernels' INT8 convs then run
+    on AMX tiles while the AVX-512 instruction set is in use, bit-identical to its VNNI tiles)."""
+    return bool(library().ef_amx_available())
+
+
+def set_amx(on: bool) -> None:
+    """Run the stage kernels' INT8 convs on AMX tiles (where available: the default) or not, process-wide (tests,
+    benchmarks); it takes effect at the next run."""
+    if library().ef_set_amx(int(bool(on))) != 0:
+        raise InputError("AMX is not available on this CPU or kernel")
 
 
 def supported_isas() -> List[str]:

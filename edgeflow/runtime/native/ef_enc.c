@@ -19,7 +19,9 @@ EF_API void ef_enc_free(ef_enc *e)
     if (!e) return;
     for (int l = 0; e->layers && l < e->n_layers; l++) {
         ef_enc_layer *y = &e->layers[l];
-        for (int i = 0; i < EF_ENC_NCONV; i++) { ef_q8_free(y->conv[i].q); free(y->conv[i].bias); }
+        for (int i = 0; i < EF_ENC_NCONV; i++) {
+            ef_q8_free(y->conv[i].q); free(y->conv[i].bias);
+        }
         free(y->rel_k); free(y->rel_v);
         for (int i = 0; i < 4; i++) free(y->ln[i]);
     }
@@ -100,6 +102,8 @@ static void ef_enc_conv(const ef_hqconv *c, float slope, const float *in, const 
         ef_hqconv v = *c;
         v.q = &q; v.bias = c->bias + r0; v.qr = NULL;
         v.cout = (b1 * EF_MR < c->cout ? b1 * EF_MR : c->cout) - r0;
+        q.amx = q.amx && r0 % 32 == 0 && v.cout % 32 == 0 ?                 /* whole AMX row pairs, else tiles */
+                q.amx + (size_t)(r0 / 32) * c->k * ((c->cin + 3) / 4 / q.amx_kc) * 2048 : NULL;
         ef_hq_conv(&v, slope, in, NULL, res ? res + r0 * S : NULL, out + r0 * S, NULL, T, 0, T, &ws[t], tile);
     }
 }
@@ -138,6 +142,7 @@ static ef_hq_ws *ef_enc_ws(const ef_enc *e, size_t S, int nt)
     const size_t qbytes = (size_t)cq * (EF_HQ_TW + 2 * R + 16) * 4 + 64;
     for (int t = 0; ws && t < nt; t++) {
         ws[t].S = S;
+        ws[t].amx = ef_amx_on();
         ws[t].mm = malloc((S / EF_NB + 1) * 2 * sizeof(float));
         ws[t].buf = malloc(2 * qbytes);
         ws[t].buf2 = ws[t].buf ? ws[t].buf + qbytes : NULL;

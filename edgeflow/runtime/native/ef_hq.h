@@ -42,6 +42,7 @@ typedef struct {
     uint8_t *buf, *buf2;
     const uint8_t **xq, **xq2;
     size_t S, Sl;
+    int amx;             /* run the convs that have AMX weights on AMX */
 } ef_hq_ws;
 
 /* A conv over a chunk's window with block-scaled u8 activations (ef_hq8.c). */

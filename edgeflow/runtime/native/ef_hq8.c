@@ -39,7 +39,9 @@ EF_API int ef_hq_chunk_len(int T, int H)
 EF_API void ef_hq_free(ef_hq *m)
 {
     if (!m) return;
-    for (int i = 0; m->convs && i < m->n_convs; i++) { ef_q8_free(m->convs[i].q); free(m->convs[i].bias); }
+    for (int i = 0; m->convs && i < m->n_convs; i++) {
+        ef_q8_free(m->convs[i].q); free(m->convs[i].bias);
+    }
     if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up->qr); free(m->up); }
     free(m->convs); free(m->first); free(m->post_w);
     free(m);
@@ -164,6 +166,28 @@ void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float
     }
 }
 
+/* One tile of ef_hq_conv on AMX, all rows at once: the prefill, the products of both activation planes (scales s,
+ * s2; zero points zp, 128), the output's block ranges over [va, vb). The same float operations as the tiles'. */
+static void ef_hq_tile_amx(const ef_hqconv *c, const float *res, float *out, float *mm_out, int t0, int tw, float s,
+                           int zp, float s2, int two, int va, int vb, const ef_hq_ws *w, size_t qs)
+{
+    const size_t S = w->S;
+    float f[c->cout], f2[c->cout];
+    for (int o = 0; o < c->cout; o++) {
+        const float zw = (float)c->q->wsum[o];
+        f[o] = c->q->scale[o] * s; f2[o] = c->q->scale[o] * s2;
+        ef_hq_prefill(out + (size_t)o * S + t0, res ? res + (size_t)o * S + t0 : NULL,
+                      c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f), tw);
+    }
+    ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq, qs * 4, 0, tw, f, out + t0, S);
+    if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq2, qs * 4, 0, tw, f2, out + t0, S);
+    const int ta = t0 > va ? t0 : va, te = t0 + tw < vb ? t0 + tw : vb;
+    for (int b = ta / EF_NB; mm_out && b * EF_NB < te; b++) {
+        const int b0 = b * EF_NB > ta ? b * EF_NB : ta, b1 = (b + 1) * EF_NB < te ? (b + 1) * EF_NB : te;
+        ef_minmax_rows(out + b0, S, c->cout, b1 - b0, &mm_out[2 * b], &mm_out[2 * b + 1]);
+    }
+}
+
 /* out[o][t] = (res ? res[o][t] : 0) + bias[o] + conv(lrelu(in))[o][t] for local columns t < L (rows of stride S);
  * in's columns outside [va, vb) read as 0. Tiles of EF_HQ_TW columns share one u8 scale: the range of the
  * EF_NB-column blocks (mm_in, of in; NULL: found here) their input window touches. mm_out (or NULL): the same
@@ -215,6 +239,10 @@ void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *m
                 w->xq[j * cq + g] = w->buf + ((size_t)g * qs + (size_t)j * c->d) * 4;
                 w->xq2[j * cq + g] = w->buf2 + ((size_t)g * qs + (size_t)j * c->d) * 4;
             }
+        if (w->amx && c->q->amx) {
+            ef_hq_tile_amx(c, res, out, mm_out, t0, tw, s, zp, s2, two, va, vb, w, qs);
+            continue;
+        }
         for (int mb = 0; mb < Mp; mb += EF_MR) {
             float f2[EF_MR];
             for (int r = 0; r < EF_MR; r++) {
@@ -335,7 +363,7 @@ EF_API int ef_hq_run(const ef_hq *m, const float *x, int Tin, float *audio, int 
     ef_qtile_fn tile = ef_qtile_for(ef_get_isa());
     #pragma omp parallel num_threads(nt < nchunk ? nt : nchunk) reduction(|:fail)
     {
-        ef_hq_ws w = {.S = S, .Sl = Sl};
+        ef_hq_ws w = {.S = S, .Sl = Sl, .amx = ef_amx_on()};
         const size_t nmm = (S / EF_NB + 1) * 2;                         /* one block range array */
         float *mem = malloc((5 * plane + 4 * nmm + lbytes) * sizeof(float));
         const size_t qbytes = (size_t)cqmax * (EF_HQ_TW + 2 * Rmax + 16) * 4 + 64;

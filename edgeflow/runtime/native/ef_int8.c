@@ -331,7 +331,7 @@ EF_CLONES void ef_quant_rows_lrelu(const float *src, size_t cstride, int C, int 
 void ef_q8_free(ef_q8 *q)
 {
     if (!q) return;
-    free(q->w); free(q->wsum); free(q->scale);
+    free(q->w); free(q->wsum); free(q->scale); free(q->amx);
     free(q);
 }
 

@@ -30,6 +30,8 @@ typedef struct {
     int32_t *wsum;
     float *scale;
     int nq, nchunk, chunk;            /* quads, chunks (reduction rows sharing one activation scale), quads each */
+    int8_t *amx;                      /* the same weights as AMX tiles (ef_amx.c), or NULL */
+    int amx_kc;                       /* quads per AMX reduction chunk */
 } ef_q8;
 
 typedef struct {
@@ -84,6 +86,14 @@ int ef_get_isa(void);
 /* The INT8 tile of instruction set isa (AVX-512 VNNI, AVX2 or portable). */
 ef_qtile_fn ef_qtile_for(int isa);
 void ef_q8_free(ef_q8 *q);
+/* AMX (ef_amx.c): p->amx from q [M][C][k] where AMX is available and the shape suits it (else NULL; -1 memory);
+ * whether INT8 convs run on it now; out[o][n] += f[o] (A . B) for o < M, n < ncols (a multiple of 32, rows of
+ * stride os), B quad g of tap j at column n = xq[j cq + g] + (off + n) 4, quads bs bytes apart (qr: per row tile
+ * of EF_MR, the quads [from, to) of its nonzero taps, or NULL). */
+int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q);
+int ef_amx_on(void);
+void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
+                 const float *f, float *out, size_t os);
 /* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][k * ceil(C / 4)][MR][4] (tap-major quads), one
  * activation chunk, per-output-channel scales scale [M]; NULL when out of memory (ef_wn_q8.c). */
 ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float *scale);

@@ -48,6 +48,8 @@ typedef struct {                        /* one run's INT8 state (ef_wn_q8.c) */
     float sh, sc;                       /* activation scales (layer input, conditioning) */
     int zh, zc;                         /* and zero points */
     ef_qtile_fn tile;
+    int amx;                            /* the convs with AMX weights run on AMX (ef_amx.c) */
+    size_t bs;                          /* bytes between consecutive quad rows (hq, cq) */
 } ef_wn_q8run;
 
 int ef_wn_q8_on(const ef_wn *m, int i);

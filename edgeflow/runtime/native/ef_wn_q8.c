@@ -35,6 +35,7 @@ ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float
                 p->wsum[o] += v;
             }
     }
+    if (ef_amx_pack(p, M, C, k, q)) { ef_q8_free(p); return NULL; }
     return p;
 }
 
@@ -84,6 +85,8 @@ int ef_wn_q8_make(const ef_wn *m, const float *cond, int RS, int nblk, ef_wn_q8r
     if (!any) return 0;
     const int hq = (m->H + 3) / 4, mq = (m->n_cond + 3) / 4;
     q->tile = ef_qtile_for(ef_get_isa());
+    q->amx = ef_amx_on();
+    q->bs = (size_t)RS * 4;
     q->hq = malloc((size_t)hq * RS * 4);
     q->xh = malloc((size_t)m->k * hq * sizeof *q->xh);
     q->fh = malloc(m->Mab * sizeof(float)); q->fc = malloc(m->Mab * sizeof(float));
@@ -143,13 +146,17 @@ void ef_wn_q8_prepare(const ef_wn *m, int i, int l, const float *hc, int RS, int
 void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *a)
 {
     const ef_q8 *wi = m->in_q[i], *wc = m->n_cond ? m->cond_q[i] : NULL;
+    const int amx = q->amx && wi->amx && (!wc || wc->amx);      /* both parts or neither: the same sum order */
     for (int mt = 0; mt < m->Mab; mt += EF_MR) {
         float *o = a + (size_t)mt * EF_NB;
         for (int r = 0; r < EF_MR; r++)
             for (int n = 0; n < EF_NB; n++) o[(size_t)r * EF_NB + n] = q->qb[mt + r];
+        if (amx) continue;
         q->tile(wi->nq, wi->w + (size_t)mt * wi->nq * 4, q->xh, j0, q->fh + mt, o, EF_NB);
         if (wc) q->tile(wc->nq, wc->w + (size_t)mt * wc->nq * 4, q->xc, j0, q->fc + mt, o, EF_NB);
     }
+    if (amx) ef_amx_gemm(wi, 2 * m->H, m->k, NULL, q->xh, q->bs, j0, EF_NB, q->fh, a, EF_NB);
+    if (amx && wc) ef_amx_gemm(wc, 2 * m->H, 1, NULL, q->xc, q->bs, j0, EF_NB, q->fc, a, EF_NB);
 }
 
 /* Layer i's residual / statistics conv on one block in INT8: w->r [Rp][EF_NB] = rs_b + W g, from the gate output
@@ -164,14 +171,17 @@ void ef_wn_q8_rs(const ef_wn *m, int i, int rows, ef_wn_scratch *w, int valid)
     ef_minmax_rows(w->g, EF_NB, m->H, valid, &lo, &hi);
     ef_qparams(lo, hi, &s, &zp);
     ef_quant_rows(w->g, EF_NB, m->H, valid, s, zp, w->gq, EF_NB);
+    const int amx = p->amx && ef_amx_on();
+    float fa[Rp];
     for (int mt = 0; mt < Rp; mt += EF_MR) {
         float *o = w->r + (size_t)mt * EF_NB;
         for (int r = 0; r < EF_MR; r++) {
             const int row = mt + r;
-            f[r] = row < rows ? p->scale[row] * s : 0.0f;
+            f[r] = fa[row] = row < rows ? p->scale[row] * s : 0.0f;
             const float b = row < rows ? m->rs_b[i][row] - f[r] * (float)zp * (float)p->wsum[row] : 0.0f;
             for (int n = 0; n < EF_NB; n++) o[(size_t)r * EF_NB + n] = b;
         }
-        w->tile(p->nq, p->w + (size_t)mt * p->nq * 4, w->gxq, 0, f, o, EF_NB);
+        if (!amx) w->tile(p->nq, p->w + (size_t)mt * p->nq * 4, w->gxq, 0, f, o, EF_NB);
     }
+    if (amx) ef_amx_gemm(p, rows, 1, NULL, w->gxq, (size_t)EF_NB * 4, 0, EF_NB, fa, w->r, EF_NB);
 }
