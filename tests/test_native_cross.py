@@ -177,8 +177,8 @@ def test_aarch64_wave_stage_under_qemu(kind, planes, up, post, tmp_path):
     from edgeflow.runtime.native.wave_stage import tile_samples
 
     exe = tmp_path / "ef_hq_driver"
-    sources = [str(SRC / n) for n in ("ef_hq_driver.c", "ef_hq8.c", "ef_hq_up.c", "ef_amx.c", "ef_kernels.c",
-                                      "ef_run.c", "ef_int8.c", "ef_wn.c", "ef_wn_run.c", "ef_wn_q8.c")]
+    sources = [str(SRC / n) for n in ("ef_hq_driver.c", "ef_hq8.c", "ef_hq_run.c", "ef_hq_up.c", "ef_amx.c",
+                                      "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_wn.c", "ef_wn_run.c", "ef_wn_q8.c")]
     built = subprocess.run([CC, "-O2", "-static", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
                             "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
@@ -242,9 +242,9 @@ def test_aarch64_text_encoder_under_qemu(tmp_path):
     from edgeflow.runtime.native.text_encoder import NativeTextEncoder
 
     exe = tmp_path / "ef_enc_driver"
-    sources = [str(SRC / n) for n in ("ef_enc_driver.c", "ef_enc.c", "ef_enc_att.c", "ef_hq8.c", "ef_hq_up.c",
-                                      "ef_amx.c", "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_wn.c", "ef_wn_run.c",
-                                      "ef_wn_q8.c")]
+    sources = [str(SRC / n) for n in ("ef_enc_driver.c", "ef_enc.c", "ef_enc_att.c", "ef_hq8.c", "ef_hq_run.c",
+                                      "ef_hq_up.c", "ef_amx.c", "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_wn.c",
+                                      "ef_wn_run.c", "ef_wn_q8.c")]
     built = subprocess.run([CC, "-O2", "-static", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function",
                             "-o", str(exe), *sources, "-lm"], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]

@@ -1,4 +1,5 @@
-/* The waveform-stage kernel's shared definitions (ef_hq8.c: the stage; ef_hq_up.c: the upsampler ahead of it). */
+/* The waveform-stage kernel's shared definitions (ef_hq8.c: the stage and its convs; ef_hq_run.c: the chunks over
+ * threads, conv_post; ef_hq_up.c: the upsampler ahead of it). */
 
 #ifndef EF_HQ_H
 #define EF_HQ_H
@@ -51,6 +52,9 @@ void ef_hq_conv(const ef_hqconv *c, float slope, const float *in, const float *m
 
 /* Per-block [lo, hi] of rows c < C of src (stride S) over the blocks of EF_NB columns that meet [va, vb) (ef_hq8.c). */
 void ef_hq_block_minmax(const float *src, size_t S, int C, int va, int vb, float *mm);
+
+/* Output columns per chunk of a stage of T output columns and receptive half width H (ef_hq8.c). */
+int ef_hq_chunk_len(int T, int H);
 
 /* The upsampler's output at a chunk's audio window (ef_hq_up.c). */
 void ef_hq_up_chunk(const ef_hq *m, const float *x, int Tl, int g0, int L, float *xin, ef_hq_ws *w, ef_qtile_fn tile);
