@@ -202,7 +202,9 @@ def add_tts_kernels(bundle_dir: str | Path, out_dir: str | Path, cfg: Optional[T
                               f"{worst['frames']} frames)")
         timing = _timing(ort_voice, nat_voice, flow_ref, threads, cfg.time_seconds) if cfg.time_seconds > 0 else None
         draft["native"]["flow"]["winograd_layers"] = nat_voice.flow.winograd_layers
-        draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=info()["isa"])
+        lib = info()
+        draft["native"].update(parity=json.loads(json.dumps(parity)), timing=timing, library=lib["isa"],
+                               amx=lib["amx"])                    # the timings' INT8 tiles (AMX or not)
         if timing is not None and cfg.time_one_thread and threads != 1 \
                 and choose_layout("auto", 1) != timing["conv_layout"]:
             draft["native"]["timings_other"] = [_timing_at(tmp, manifest, 1, cfg.time_seconds)]

@@ -19,9 +19,7 @@ EF_API void ef_enc_free(ef_enc *e)
     if (!e) return;
     for (int l = 0; e->layers && l < e->n_layers; l++) {
         ef_enc_layer *y = &e->layers[l];
-        for (int i = 0; i < EF_ENC_NCONV; i++) {
-            ef_q8_free(y->conv[i].q); free(y->conv[i].bias);
-        }
+        for (int i = 0; i < EF_ENC_NCONV; i++) { ef_q8_free(y->conv[i].q); free(y->conv[i].bias); }
         free(y->rel_k); free(y->rel_v);
         for (int i = 0; i < 4; i++) free(y->ln[i]);
     }

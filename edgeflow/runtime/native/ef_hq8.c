@@ -39,9 +39,7 @@ EF_API int ef_hq_chunk_len(int T, int H)
 EF_API void ef_hq_free(ef_hq *m)
 {
     if (!m) return;
-    for (int i = 0; m->convs && i < m->n_convs; i++) {
-        ef_q8_free(m->convs[i].q); free(m->convs[i].bias);
-    }
+    for (int i = 0; m->convs && i < m->n_convs; i++) { ef_q8_free(m->convs[i].q); free(m->convs[i].bias); }
     if (m->up) { ef_q8_free(m->up->q); free(m->up->bias); free(m->up->qr); free(m->up); }
     free(m->convs); free(m->first); free(m->post_w);
     free(m);
