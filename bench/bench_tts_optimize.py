@@ -95,7 +95,7 @@ class WithoutAmx:
         try:
             yield from self.system.speak_stream(*args, **kwargs)
         finally:
-            native.set_amx(True)
+            native.set_amx(native.amx_available())
 
 
 def open_bench_system(path: str, threads: int, name: str):

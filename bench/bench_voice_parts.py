@@ -66,7 +66,7 @@ def measure(bundle: str, threads: int, texts, rounds: int, settle: float) -> dic
         return _measure(path, how == "nhwc", threads, texts, rounds, settle)
     finally:
         if how == "noamx":
-            native.set_amx(True)
+            native.set_amx(native.amx_available())
 
 
 def _measure(path: str, nhwc: bool, threads: int, texts, rounds: int, settle: float) -> dict:

@@ -140,3 +140,29 @@ def test_wavenet_flow_on_amx_is_bit_identical(amx, n_cond, threads):
 
     off, on = _both(run)
     assert np.isfinite(on).all() and np.array_equal(off, on)
+
+
+def test_bench_system_without_amx_switches_it_off_while_it_speaks(amx):
+    """bench_tts_optimize.py's BUNDLE@noamx: AMX off while the system's pieces are made, back on afterwards, also
+    when the system fails mid-way."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_tts_optimize import WithoutAmx
+
+    class Fake:
+        size_bytes = 7
+
+        def speak_stream(self, text, fail=False):
+            yield native.info()["amx"]
+            if fail:
+                raise RuntimeError("boom")
+            yield native.info()["amx"]
+
+    wrapped = WithoutAmx(Fake())
+    assert wrapped.size_bytes == 7 and list(wrapped.speak_stream("x")) == [False, False]
+    assert native.info()["amx"]
+    with pytest.raises(RuntimeError):
+        list(wrapped.speak_stream("x", fail=True))
+    assert native.info()["amx"]
