@@ -108,11 +108,33 @@ static void ef_amx_taps(const int *qr, int k, int cq, int p, int *ja, int *jb)
     *ja = lo / cq; *jb = hi > lo ? hi / cq : *ja;
 }
 
-/* out[o][n] += f[o] sum_{taps, quads} A . B for o < M, n < ncols (a multiple of 32; rows of stride os): B's quad g
- * of tap j at column n is xq[j cq + g] + (off + n) 4, consecutive quads bs bytes apart (as the VNNI tiles read). */
+/* The 32 x 32 sums acc of rows [r0, r0 + 32), columns [n0, n0 + 32) into o (acc NULL: zero sums, written only
+ * where o->bias fuses the prefill). */
+__attribute__((target("avx512f")))
+static void ef_amx_store(const ef_amx_out *o, const int32_t *acc, int r0, int n0)
+{
+    for (int r = 0; r < EF_AMX_PAIR; r++) {
+        const int row = r0 + r;
+        float *d = o->out + (size_t)row * o->os + n0;
+        const float *res = o->res ? o->res + (size_t)row * o->os + n0 : NULL;
+        const __m512 fr = _mm512_set1_ps(o->f[row]);
+        for (int v = 0; v < 2; v++) {
+            __m512 base = _mm512_loadu_ps(d + 16 * v);
+            if (o->bias) {
+                const __m512 b = _mm512_set1_ps(o->bias[row]);
+                base = res ? _mm512_add_ps(_mm512_loadu_ps(res + 16 * v), b) : b;
+            }
+            if (acc) base = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + 32 * r + 16 * v)), fr, base);
+            _mm512_storeu_ps(d + 16 * v, base);
+        }
+    }
+}
+
+/* The product of w's A tiles and the B tiles of xq into o (see ef_internal.h): per pair of 16-row blocks and 32
+ * columns, four C tiles summed over the taps and quad chunks, stored through ef_amx_store. */
 __attribute__((target("amx-tile,amx-int8,avx512f")))
 void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const float *f, float *out, size_t os)
+                 const ef_amx_out *o)
 {
     const int kc = w->amx_kc, cq = w->nq / k, nkc = cq / kc;
     ef_amx_cfg cfg = {.palette = 1};
@@ -124,8 +146,11 @@ void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *con
     for (int p = 0; p < M / EF_AMX_PAIR; p++) {
         int ja, jb;
         ef_amx_taps(qr, k, cq, p, &ja, &jb);
-        if (jb <= ja) continue;                                  /* all-zero rows: out stands */
         for (int n0 = 0; n0 < ncols; n0 += 32) {
+            if (jb <= ja) {                                      /* all-zero rows: the prefill alone */
+                if (o->bias) ef_amx_store(o, NULL, p * EF_AMX_PAIR, n0);
+                continue;
+            }
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
             for (int j = ja; j < jb; j++)
                 for (int h = 0; h < nkc; h++) {
@@ -144,21 +169,15 @@ void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *con
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
-            for (int r = 0; r < EF_AMX_PAIR; r++) {
-                float *o = out + (size_t)(p * EF_AMX_PAIR + r) * os + n0;
-                const __m512 fr = _mm512_set1_ps(f[p * EF_AMX_PAIR + r]);
-                for (int v = 0; v < 2; v++)
-                    _mm512_storeu_ps(o + 16 * v, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + 32 * r +
-                                     16 * v)), fr, _mm512_loadu_ps(o + 16 * v)));
-            }
+            ef_amx_store(o, acc, p * EF_AMX_PAIR, n0);
         }
     }
     _tile_release();
 }
 #else
 void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const float *f, float *out, size_t os)
+                 const ef_amx_out *o)
 {
-    (void)w; (void)M; (void)k; (void)qr; (void)xq; (void)bs; (void)off; (void)ncols; (void)f; (void)out; (void)os;
+    (void)w; (void)M; (void)k; (void)qr; (void)xq; (void)bs; (void)off; (void)ncols; (void)o;
 }
 #endif

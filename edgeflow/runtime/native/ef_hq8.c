@@ -119,15 +119,15 @@ static void ef_hq_tile_amx(const ef_hqconv *c, const float *res, float *out, flo
                            int zp, float s2, int two, int va, int vb, const ef_hq_ws *w, size_t qs)
 {
     const size_t S = w->S;
-    float f[c->cout], f2[c->cout];
+    float f[c->cout], f2[c->cout], b[c->cout];
     for (int o = 0; o < c->cout; o++) {
         const float zw = (float)c->q->wsum[o];
         f[o] = c->q->scale[o] * s; f2[o] = c->q->scale[o] * s2;
-        ef_hq_prefill(out + (size_t)o * S + t0, res ? res + (size_t)o * S + t0 : NULL,
-                      c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f), tw);
+        b[o] = c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f);
     }
-    ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq, qs * 4, 0, tw, f, out + t0, S);
-    if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq2, qs * 4, 0, tw, f2, out + t0, S);
+    const ef_amx_out o1 = {out + t0, S, f, b, res ? res + t0 : NULL}, o2 = {out + t0, S, f2, NULL, NULL};
+    ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq, qs * 4, 0, tw, &o1);            /* the prefill fused */
+    if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq2, qs * 4, 0, tw, &o2);
     const int ta = t0 > va ? t0 : va, te = t0 + tw < vb ? t0 + tw : vb;
     for (int b = ta / EF_NB; mm_out && b * EF_NB < te; b++) {
         const int b0 = b * EF_NB > ta ? b * EF_NB : ta, b1 = (b + 1) * EF_NB < te ? (b + 1) * EF_NB : te;

@@ -86,14 +86,23 @@ int ef_get_isa(void);
 /* The INT8 tile of instruction set isa (AVX-512 VNNI, AVX2 or portable). */
 ef_qtile_fn ef_qtile_for(int isa);
 void ef_q8_free(ef_q8 *q);
+/* Where an AMX product goes (ef_amx_gemm): out rows of stride os; per-row factors f [M]; bias NULL: out += f sum,
+ * else out = ((res ? res : 0) + bias) + f sum (the prefill fused: the same float operations), res rows of stride
+ * os or NULL. */
+typedef struct {
+    float *out;
+    size_t os;
+    const float *f, *bias, *res;
+} ef_amx_out;
+
 /* AMX (ef_amx.c): p->amx from q [M][C][k] where AMX is available and the shape suits it (else NULL; -1 memory);
- * whether INT8 convs run on it now; out[o][n] += f[o] (A . B) for o < M, n < ncols (a multiple of 32, rows of
- * stride os), B quad g of tap j at column n = xq[j cq + g] + (off + n) 4, quads bs bytes apart (qr: per row tile
- * of EF_MR, the quads [from, to) of its nonzero taps, or NULL). */
+ * whether INT8 convs run on it now; the product (A . B)[o][n] for o < M, n < ncols (a multiple of 32) into o,
+ * B quad g of tap j at column n = xq[j cq + g] + (off + n) 4, quads bs bytes apart (qr: per row tile of EF_MR,
+ * the quads [from, to) of its nonzero taps, or NULL). */
 int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q);
 int ef_amx_on(void);
 void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const float *f, float *out, size_t os);
+                 const ef_amx_out *o);
 /* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][k * ceil(C / 4)][MR][4] (tap-major quads), one
  * activation chunk, per-output-channel scales scale [M]; NULL when out of memory (ef_wn_q8.c). */
 ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float *scale);

@@ -155,8 +155,9 @@ void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *
         q->tile(wi->nq, wi->w + (size_t)mt * wi->nq * 4, q->xh, j0, q->fh + mt, o, EF_NB);
         if (wc) q->tile(wc->nq, wc->w + (size_t)mt * wc->nq * 4, q->xc, j0, q->fc + mt, o, EF_NB);
     }
-    if (amx) ef_amx_gemm(wi, 2 * m->H, m->k, NULL, q->xh, q->bs, j0, EF_NB, q->fh, a, EF_NB);
-    if (amx && wc) ef_amx_gemm(wc, 2 * m->H, 1, NULL, q->xc, q->bs, j0, EF_NB, q->fc, a, EF_NB);
+    const ef_amx_out oh = {a, EF_NB, q->fh, NULL, NULL}, oc = {a, EF_NB, q->fc, NULL, NULL};
+    if (amx) ef_amx_gemm(wi, 2 * m->H, m->k, NULL, q->xh, q->bs, j0, EF_NB, &oh);
+    if (amx && wc) ef_amx_gemm(wc, 2 * m->H, 1, NULL, q->xc, q->bs, j0, EF_NB, &oc);
 }
 
 /* Layer i's residual / statistics conv on one block in INT8: w->r [Rp][EF_NB] = rs_b + W g, from the gate output
@@ -183,5 +184,6 @@ void ef_wn_q8_rs(const ef_wn *m, int i, int rows, ef_wn_scratch *w, int valid)
         }
         if (!amx) w->tile(p->nq, p->w + (size_t)mt * p->nq * 4, w->gxq, 0, f, o, EF_NB);
     }
-    if (amx) ef_amx_gemm(p, rows, 1, NULL, w->gxq, (size_t)EF_NB * 4, 0, EF_NB, fa, w->r, EF_NB);
+    const ef_amx_out o = {w->r, EF_NB, fa, NULL, NULL};
+    if (amx) ef_amx_gemm(p, rows, 1, NULL, w->gxq, (size_t)EF_NB * 4, 0, EF_NB, &o);
 }
