@@ -166,3 +166,18 @@ def test_bench_system_without_amx_switches_it_off_while_it_speaks(amx):
     with pytest.raises(RuntimeError):
         list(wrapped.speak_stream("x", fail=True))
     assert native.info()["amx"]
+
+
+def test_say_names_amx_where_int8_parts_run_on_it(amx):
+    """``edgeflow say`` adds "INT8 on AMX tiles" for a native voice with INT8 parts while AMX is on, not for a float
+    native flow alone, nor with AMX off."""
+    from types import SimpleNamespace
+
+    from edgeflow.cli.say import _amx_note
+
+    float_flow = SimpleNamespace(flow=SimpleNamespace(int8_layers=0), wave=None, text_encoder=None)
+    int8_flow = SimpleNamespace(flow=SimpleNamespace(int8_layers=8), wave=None, text_encoder=None)
+    stage = SimpleNamespace(flow=SimpleNamespace(int8_layers=0), wave=object(), text_encoder=None)
+    assert _amx_note(float_flow) == "" and _amx_note(int8_flow) == _amx_note(stage) == ", INT8 on AMX tiles"
+    native.set_amx(False)
+    assert _amx_note(stage) == ""

@@ -156,9 +156,10 @@ def run(args) -> int:
         stages = "INT8 decoder stages" if len(getattr(wave, "stages", ())) > 1 else "INT8 waveform stage"
         parts = [name for name, attr in (("prior flow", "flow"), (stages, "wave"),
                                           ("text encoder", "text_encoder")) if getattr(voice, attr, None) is not None]
+        native = getattr(voice, "engine", None) == "native" and parts
         sr, backend = voice.sample_rate, f"onnxruntime, {voice.kind}" + (
             f", native {', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]}"
-            if getattr(voice, "engine", None) == "native" and parts else "")
+            + _amx_note(voice) if native else "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PhonemeWarning)
         stats = write_wav_stream(chunks, sr, out)
@@ -167,3 +168,12 @@ def run(args) -> int:
     print(f"wrote {out}: {stats['seconds']:.2f} s of audio at {sr} Hz ({backend}; first audio after "
           f"{stats['time_to_first_audio']:.2f} s, RTF {stats['wall'] / max(stats['seconds'], 1e-9):.3f})")
     return 0
+
+
+def _amx_note(voice) -> str:
+    """", INT8 on AMX tiles" where the voice's native parts run INT8 convs and the library runs them on AMX."""
+    from edgeflow.runtime import native
+
+    int8 = any(getattr(voice, a, None) is not None for a in ("wave", "text_encoder")) or \
+        getattr(getattr(voice, "flow", None), "int8_layers", 0)
+    return ", INT8 on AMX tiles" if int8 and native.available() and native.info()["amx"] else ""
