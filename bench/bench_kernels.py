@@ -150,11 +150,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-amx", action="store_true",
+                    help="run the native INT8 convs on the VNNI tiles where the CPU has AMX (native.set_amx)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     from edgeflow.models.family import get_family
     from edgeflow.runtime import Synthesizer, native
+
+    if args.no_amx:
+        native.set_amx(False)
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_kernels_")
     bundle = args.bundle or make_bundle(Path(tmp.name))

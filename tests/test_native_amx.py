@@ -44,7 +44,7 @@ def _signal(C, T, seed):
     (128, "2", 1, False, 700, 1), (24, "2", 1, True, 900, 1)])
 def test_stage_on_amx_is_bit_identical(amx, C, kind, planes, post, T, threads):
     """The stage (type-1 and type-2 resblocks, one and two activation planes, with and without conv_post) gives
-    the same bits on AMX as on the VNNI tiles; 24 channels (no AMX weights) too."""
+    the same bits on AMX as on the VNNI tiles; 24 channels (the AMX row pair padded) too."""
     a, convs = random_stage(C=C, kind=kind, planes=planes, inner=32, seed=C + T)
     if not post:
         a = pack_stage(convs, None, 0.0, 0.1, 0.0)
@@ -181,3 +181,30 @@ def test_say_names_amx_where_int8_parts_run_on_it(amx):
     assert _amx_note(float_flow) == "" and _amx_note(int8_flow) == _amx_note(stage) == ", INT8 on AMX tiles"
     native.set_amx(False)
     assert _amx_note(stage) == ""
+
+
+@pytest.mark.parametrize("overrides", [{"channels": 32}, {"channels": 24}, {"channels": 64, "kernel_size": 5,
+                                                                          "height": 4, "dilations_h": [1, 2, 1],
+                                                                          "n_layers": 3}])
+def test_waveflow_int8_on_amx_is_bit_identical(amx, overrides, tmp_path):
+    """WaveFlow's INT8 layers (the height-causal conv chunk by chunk, one activation scale per cached row; 48 rows
+    in a padded AMX row pair; the conditioning conv, whose 20 mel quads have no AMX weights, on the tiles after it):
+    the same bits on AMX."""
+    from edgeflow.passes.kernels import pack_waveflow
+    from edgeflow.runtime.native import format as fmt
+    from export_helpers import HOP, test_mel, tiny_model
+    from tests.test_native_int8 import requantized
+
+    model = tiny_model("waveflow", **overrides)
+    fmt.save(tmp_path / "k.npz", requantized(pack_waveflow(model)))
+    f = 24
+    feeds = {"mel": test_mel(f, batch=1, seed=f), "sigma": np.array([0.7], np.float32),
+             "z": np.random.default_rng(f).standard_normal((1, f * HOP)).astype(np.float32)}
+
+    def run():
+        sess = native.NativeSession(tmp_path / "k.npz", ["mel", "z", "sigma"], HOP, threads=2)
+        assert sess.precision == "int8"
+        return sess.run(None, feeds)[0]
+
+    off, on = _both(run)
+    assert np.isfinite(on).all() and np.array_equal(off, on)

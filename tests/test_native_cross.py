@@ -36,7 +36,7 @@ def _input(arrays, mel: np.ndarray, z: np.ndarray, sigma: float) -> bytes:
 
 def _build(tmp_path: Path) -> Path:
     exe = tmp_path / "ef_driver"
-    sources = [str(SRC / name) for name in ("ef_driver.c", "ef_kernels.c", "ef_run.c", "ef_int8.c")]
+    sources = [str(SRC / name) for name in ("ef_driver.c", "ef_kernels.c", "ef_run.c", "ef_int8.c", "ef_amx.c")]
     built = subprocess.run([CC, "-O2", "-static", "-Wno-unknown-pragmas", "-o", str(exe), *sources, "-lm"],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]

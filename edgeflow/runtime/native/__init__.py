@@ -130,8 +130,8 @@ def load_error() -> Optional[str]:
 
 
 def info() -> Dict[str, Any]:
-    """The library's facts: path, instruction set in use, its INT8 kernel, whether the voice kernels' INT8 convs
-    run on AMX tiles, OpenMP threads (0: built without OpenMP)."""
+    """The library's facts: path, instruction set in use, its INT8 kernel, whether the INT8 convs run on AMX
+    tiles, OpenMP threads (0: built without OpenMP)."""
     lib = library()
     return {"library": str(library_path()), "isa": ISAS[lib.ef_get_isa()],
             "int8_kernel": lib.ef_q8_kernel().decode(), "amx": bool(lib.ef_amx_in_use()),
@@ -159,9 +159,9 @@ def set_isa(name: str) -> None:
 
 
 def amx_available() -> bool:
-    """Whether this CPU has AMX-INT8 and the OS lets this process use it. The INT8 convs of the decoder stage
-    kernel, the text encoder and the WaveNet couplings then run on AMX tiles while the AVX-512 instruction set is
-    in use, bit-identical to its VNNI tiles (WaveFlow's INT8 engine keeps the VNNI tiles)."""
+    """Whether this CPU has AMX-INT8 and the OS lets this process use it. The engine's INT8 convs (the decoder
+    stage kernel, the text encoder, the WaveNet couplings, WaveFlow's layers) then run on AMX tiles while the
+    AVX-512 instruction set is in use, bit-identical to its VNNI tiles."""
     return bool(library().ef_amx_available())
 
 

@@ -1,5 +1,5 @@
 /* Intel AMX (Advanced Matrix Extensions) for the INT8 convs of the stage kernel (ef_hq8.c, ef_hq_up.c), the text
- * encoder (ef_enc.c) and the WaveNet couplings' INT8 layers (ef_wn_q8.c).
+ * encoder (ef_enc.c), the WaveNet couplings' INT8 layers (ef_wn_q8.c) and WaveFlow's (ef_wf_impl.h).
  *
  * Where the CPU has AMX-INT8 (Sapphire Rapids and later) and the kernel lets the process use it (Linux 5.16+:
  * arch_prctl ARCH_REQ_XCOMP_PERM), a conv's dot products run as tile matrix products instead of VNNI register tiles.
@@ -61,15 +61,15 @@ int ef_amx_on(void)
 EF_API int ef_amx_in_use(void) { return ef_amx_on(); }
 
 /* p->amx from q [M][C][k] (s8): per pair of 16-row blocks, tap j and chunk h of kc quads, two A tiles of 16 rows x 64
- * bytes (bytes 4 g + i of row r: channel 4 (h kc + g) + i of output row 32 pair + 16 t + r, tap j; 0 past C). Left
- * NULL (the VNNI path) without AMX, or where M is not a multiple of 32 or the quads do not split into chunks of at
- * most 16. -1 out of memory. */
+ * bytes (bytes 4 g + i of row r: channel 4 (h kc + g) + i of output row 32 pair + 16 t + r, tap j; 0 past C and
+ * past M: the last pair is padded). Left NULL (the VNNI path) without AMX, or where the quads do not split into
+ * chunks of at most 16. -1 out of memory. */
 int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q)
 {
     p->amx = NULL;
     const int cq = (C + 3) / 4, kc = cq <= 16 ? cq : 16, nkc = (cq + kc - 1) / kc;
-    if (!ef_amx_available() || M % EF_AMX_PAIR || cq % kc || p->nq != k * cq) return 0;
-    const size_t n = (size_t)(M / EF_AMX_PAIR) * k * nkc * 2 * EF_AMX_TILE;
+    if (!ef_amx_available() || cq % kc || p->nq != k * cq) return 0;
+    const size_t n = (size_t)((M + EF_AMX_PAIR - 1) / EF_AMX_PAIR) * k * nkc * 2 * EF_AMX_TILE;
     int8_t *a = aligned_alloc(64, n);
     if (!a) return -1;
     memset(a, 0, n);
@@ -95,12 +95,12 @@ typedef struct {
 
 /* The taps [*ja, *jb) with a nonzero weight in rows [32 p, 32 p + 32): the union of qr's ranges over its 8 row tiles
  * (quads of tap j: [j cq, (j + 1) cq)); all k taps without qr. */
-static void ef_amx_taps(const int *qr, int k, int cq, int p, int *ja, int *jb)
+static void ef_amx_taps(const int *qr, int k, int cq, int M, int p, int *ja, int *jb)
 {
     *ja = 0; *jb = k;
     if (!qr) return;
     int lo = k * cq, hi = 0;
-    for (int b = p * EF_AMX_PAIR / EF_MR; b < (p + 1) * EF_AMX_PAIR / EF_MR; b++)
+    for (int b = p * EF_AMX_PAIR / EF_MR; b < (p + 1) * EF_AMX_PAIR / EF_MR && b * EF_MR < M; b++)
         if (qr[2 * b + 1] > qr[2 * b]) {
             lo = qr[2 * b] < lo ? qr[2 * b] : lo;
             hi = qr[2 * b + 1] > hi ? qr[2 * b + 1] : hi;
@@ -108,12 +108,12 @@ static void ef_amx_taps(const int *qr, int k, int cq, int p, int *ja, int *jb)
     *ja = lo / cq; *jb = hi > lo ? hi / cq : *ja;
 }
 
-/* The 32 x 32 sums acc of rows [r0, r0 + 32), columns [n0, n0 + 32) into o (acc NULL: zero sums, written only
+/* The sums acc of rows [r0, r0 + nr) (nr <= 32), columns [n0, n0 + 32) into o (acc NULL: zero sums, written only
  * where o->bias fuses the prefill). */
 __attribute__((target("avx512f")))
-static void ef_amx_store(const ef_amx_out *o, const int32_t *acc, int r0, int n0)
+static void ef_amx_store(const ef_amx_out *o, const int32_t *acc, int r0, int nr, int n0)
 {
-    for (int r = 0; r < EF_AMX_PAIR; r++) {
+    for (int r = 0; r < nr; r++) {
         const int row = r0 + r;
         float *d = o->out + (size_t)row * o->os + n0;
         const float *res = o->res ? o->res + (size_t)row * o->os + n0 : NULL;
@@ -133,9 +133,11 @@ static void ef_amx_store(const ef_amx_out *o, const int32_t *acc, int r0, int n0
 /* The product of w's A tiles and the B tiles of xq into o (see ef_internal.h): per pair of 16-row blocks and 32
  * columns, four C tiles summed over the taps and quad chunks, stored through ef_amx_store. */
 __attribute__((target("amx-tile,amx-int8,avx512f")))
-void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const ef_amx_out *o)
+void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const ef_amx_in *in, int ncols, const ef_amx_out *o)
 {
+    const uint8_t *const *xq = in->xq;
+    const size_t bs = in->bs;
+    const int off = in->off;
     const int kc = w->amx_kc, cq = w->nq / k, nkc = cq / kc;
     ef_amx_cfg cfg = {.palette = 1};
     for (int t = 0; t < 4; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
@@ -143,12 +145,15 @@ void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *con
     for (int t = 6; t < 8; t++) { cfg.rows[t] = (uint8_t)kc; cfg.colsb[t] = 64; }
     _tile_loadconfig(&cfg);
     int32_t acc[EF_AMX_PAIR * 32] __attribute__((aligned(64)));
-    for (int p = 0; p < M / EF_AMX_PAIR; p++) {
+    for (int p = 0; p * EF_AMX_PAIR < M; p++) {
+        const int nr = M - p * EF_AMX_PAIR < EF_AMX_PAIR ? M - p * EF_AMX_PAIR : EF_AMX_PAIR;
         int ja, jb;
-        ef_amx_taps(qr, k, cq, p, &ja, &jb);
+        ef_amx_taps(qr, k, cq, M, p, &ja, &jb);
+        ja = ja > in->ja ? ja : in->ja;
+        jb = jb < in->jb ? jb : in->jb;
         for (int n0 = 0; n0 < ncols; n0 += 32) {
             if (jb <= ja) {                                      /* all-zero rows: the prefill alone */
-                if (o->bias) ef_amx_store(o, NULL, p * EF_AMX_PAIR, n0);
+                if (o->bias) ef_amx_store(o, NULL, p * EF_AMX_PAIR, nr, n0);
                 continue;
             }
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
@@ -169,15 +174,14 @@ void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *con
             _tile_stored(1, acc + 16, 128);
             _tile_stored(2, acc + 16 * 32, 128);
             _tile_stored(3, acc + 16 * 32 + 16, 128);
-            ef_amx_store(o, acc, p * EF_AMX_PAIR, n0);
+            ef_amx_store(o, acc, p * EF_AMX_PAIR, nr, n0);
         }
     }
     _tile_release();
 }
 #else
-void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const ef_amx_out *o)
+void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const ef_amx_in *in, int ncols, const ef_amx_out *o)
 {
-    (void)w; (void)M; (void)k; (void)qr; (void)xq; (void)bs; (void)off; (void)ncols; (void)o;
+    (void)w; (void)M; (void)k; (void)qr; (void)in; (void)ncols; (void)o;
 }
 #endif

@@ -126,8 +126,9 @@ static void ef_hq_tile_amx(const ef_hqconv *c, const float *res, float *out, flo
         b[o] = c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f);
     }
     const ef_amx_out o1 = {out + t0, S, f, b, res ? res + t0 : NULL}, o2 = {out + t0, S, f2, NULL, NULL};
-    ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq, qs * 4, 0, tw, &o1);            /* the prefill fused */
-    if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, w->xq2, qs * 4, 0, tw, &o2);
+    const ef_amx_in i1 = {w->xq, qs * 4, 0, 0, c->k}, i2 = {w->xq2, qs * 4, 0, 0, c->k};
+    ef_amx_gemm(c->q, c->cout, c->k, c->qr, &i1, tw, &o1);                            /* the prefill fused */
+    if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, &i2, tw, &o2);
     const int ta = t0 > va ? t0 : va, te = t0 + tw < vb ? t0 + tw : vb;
     for (int b = ta / EF_NB; mm_out && b * EF_NB < te; b++) {
         const int b0 = b * EF_NB > ta ? b * EF_NB : ta, b1 = (b + 1) * EF_NB < te ? (b + 1) * EF_NB : te;

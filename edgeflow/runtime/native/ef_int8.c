@@ -379,6 +379,10 @@ EF_API int ef_wf_set_q8(ef_wf *m, int flow, int layer, int part, const int8_t *q
     ef_q8 **slot = part == 0 ? &m->conv_q[i] : &m->cond_q[i];
     ef_q8 *p = part == 0 ? ef_q8_pack(2 * m->C, m->Mab, m->k * m->k * m->Cq, m->k, q, scale, 1, m->C, m->k, 0)
                          : ef_q8_pack(2 * m->C, m->Mab, m->Mq, 1, q, scale, 0, m->C, 1, m->n_mels);
+    if (p && ef_amx_pack(p, 2 * m->C, part == 0 ? m->C : m->n_mels, part == 0 ? m->k * m->k : 1, q)) {
+        ef_q8_free(p);
+        return -1;
+    }
     if (!p) return -1;
     ef_q8_free(*slot);
     *slot = p;

@@ -62,6 +62,8 @@ typedef struct {                      /* one layer of one row step, as a thread 
     float *hid_next, *hid0_next, *skip, *zrow;
     const ef_q8 *conv_q, *cond_q;     /* INT8 parts of this layer (NULL: float) */
     ef_qtile_fn qtile;
+    int amx;                          /* the parts with AMX weights run on AMX (quad row strides bs_conv, bs_cond) */
+    size_t bs_conv, bs_cond;
     const uint8_t *const *xq;         /* quad row pointers: k*k*Cq hidden quads, then Mq conditioning quads */
     float xs[EF_QK];                  /* activation scale of each INT8 chunk (kernel rows, then the cond) */
     const float *qbias;               /* the bias with the activations' zero points folded in [Mab] */
@@ -95,14 +97,20 @@ typedef struct {
     const float *f, *bias, *res;
 } ef_amx_out;
 
+/* The activations of an AMX product: quad g of tap j at column n is xq[j cq + g] + (off + n) 4, consecutive quads bs
+ * bytes apart; the taps [ja, jb) are summed (one activation-scale chunk). */
+typedef struct {
+    const uint8_t *const *xq;
+    size_t bs;
+    int off, ja, jb;
+} ef_amx_in;
+
 /* AMX (ef_amx.c): p->amx from q [M][C][k] where AMX is available and the shape suits it (else NULL; -1 memory);
- * whether INT8 convs run on it now; the product (A . B)[o][n] for o < M, n < ncols (a multiple of 32) into o,
- * B quad g of tap j at column n = xq[j cq + g] + (off + n) 4, quads bs bytes apart (qr: per row tile of EF_MR,
- * the quads [from, to) of its nonzero taps, or NULL). */
+ * whether INT8 convs run on it now; the product (A . B)[o][n] for o < M, n < ncols (a multiple of 32) into o
+ * (qr: per row tile of EF_MR, the quads [from, to) of its nonzero taps, or NULL). */
 int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q);
 int ef_amx_on(void);
-void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const uint8_t *const *xq, size_t bs, int off, int ncols,
-                 const ef_amx_out *o);
+void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const ef_amx_in *in, int ncols, const ef_amx_out *o);
 /* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][k * ceil(C / 4)][MR][4] (tap-major quads), one
  * activation chunk, per-output-channel scales scale [M]; NULL when out of memory (ef_wn_q8.c). */
 ef_q8 *ef_q8_pack_conv(int M, int Mp, int C, int k, const int8_t *q, const float *scale);

@@ -81,7 +81,7 @@ typedef struct {
     uint8_t **hq, *zero8, *cond8;
     float *hq_s, *cond_s, *mm;
     int *hq_z, *cond_z;
-    int rmax;
+    int rmax, amx;                    /* amx: the INT8 parts with AMX weights run on AMX (ef_amx.c) */
     ef_qtile_fn qtile;
 } ef_run;
 
@@ -123,6 +123,7 @@ static void ef_make_qstep(const ef_run *R, int f, int i, int l, int row, ef_step
     const ef_wf *m = R->m;
     const int k = m->k, li = f * m->n_layers + l, Mab = m->Mab, Cq = m->Cq, RS = R->RS;
     s->conv_q = m->conv_q[li]; s->cond_q = m->cond_q[li]; s->qtile = R->qtile;
+    s->amx = R->amx; s->bs_conv = (size_t)RS * 4; s->bs_cond = (size_t)R->Wp * 4;
     s->qbias = s->ab_b;
     if (!s->conv_q && !s->cond_q) return;
     float *qb = w->qbias;
@@ -196,6 +197,7 @@ static int ef_q8_alloc(ef_run *R, int nblk)
     const int L = m->n_layers, nl = m->n_flows * L;
     int any_cond = 0, bad = 0;
     R->qtile = ef_qtile_for(ef_get_isa());
+    R->amx = ef_amx_on();
     R->rmax = 1;
     for (int l = 0; l < L; l++) R->rmax = ef_ring(m, l) > R->rmax ? ef_ring(m, l) : R->rmax;
     R->hq = calloc(L, sizeof(uint8_t *));

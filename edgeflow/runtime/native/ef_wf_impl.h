@@ -17,6 +17,18 @@
 EF_ATTR static void EF_FN(ef_qgemm)(const ef_step *s, const ef_q8 *q, int Mp, const uint8_t *const *xq, int xs0,
                                      int j0, float *out)
 {
+    if (s->amx && q->amx) {                                  /* AMX: chunk by chunk too, the same sums and order */
+        const int M = 2 * s->m->C, conv = q == s->conv_q, taps = conv ? s->m->k * s->m->k : 1;
+        float f[M];
+        for (int c = 0; c < q->nchunk; c++) {
+            for (int o = 0; o < M; o++) f[o] = s->xs[xs0 + c] * q->scale[o];
+            const int per = taps / q->nchunk;
+            const ef_amx_in in = {xq, conv ? s->bs_conv : s->bs_cond, j0, c * per, (c + 1) * per};
+            const ef_amx_out o = {out, EF_NB, f, NULL, NULL};
+            ef_amx_gemm(q, M, taps, NULL, &in, EF_NB, &o);
+        }
+        return;
+    }
     for (int c = 0; c < q->nchunk; c++) {
         const int q0 = c * q->chunk, nq = q->chunk;
         for (int mt = 0; mt < Mp; mt += EF_MR) {

@@ -156,8 +156,9 @@ void ef_wn_q8_block(const ef_wn *m, int i, const ef_wn_q8run *q, int j0, float *
         if (wc) q->tile(wc->nq, wc->w + (size_t)mt * wc->nq * 4, q->xc, j0, q->fc + mt, o, EF_NB);
     }
     const ef_amx_out oh = {a, EF_NB, q->fh, NULL, NULL}, oc = {a, EF_NB, q->fc, NULL, NULL};
-    if (amx) ef_amx_gemm(wi, 2 * m->H, m->k, NULL, q->xh, q->bs, j0, EF_NB, &oh);
-    if (amx && wc) ef_amx_gemm(wc, 2 * m->H, 1, NULL, q->xc, q->bs, j0, EF_NB, &oc);
+    const ef_amx_in ih = {q->xh, q->bs, j0, 0, m->k}, ic = {q->xc, q->bs, j0, 0, 1};
+    if (amx) ef_amx_gemm(wi, 2 * m->H, m->k, NULL, &ih, EF_NB, &oh);
+    if (amx && wc) ef_amx_gemm(wc, 2 * m->H, 1, NULL, &ic, EF_NB, &oc);
 }
 
 /* Layer i's residual / statistics conv on one block in INT8: w->r [Rp][EF_NB] = rs_b + W g, from the gate output
@@ -185,5 +186,6 @@ void ef_wn_q8_rs(const ef_wn *m, int i, int rows, ef_wn_scratch *w, int valid)
         if (!amx) w->tile(p->nq, p->w + (size_t)mt * p->nq * 4, w->gxq, 0, f, o, EF_NB);
     }
     const ef_amx_out o = {w->r, EF_NB, fa, NULL, NULL};
-    if (amx) ef_amx_gemm(p, rows, 1, NULL, w->gxq, (size_t)EF_NB * 4, 0, EF_NB, &o);
+    const ef_amx_in in = {w->gxq, (size_t)EF_NB * 4, 0, 0, 1};
+    if (amx) ef_amx_gemm(p, rows, 1, NULL, &in, EF_NB, &o);
 }
