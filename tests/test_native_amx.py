@@ -208,3 +208,19 @@ def test_waveflow_int8_on_amx_is_bit_identical(amx, overrides, tmp_path):
 
     off, on = _both(run)
     assert np.isfinite(on).all() and np.array_equal(off, on)
+
+
+def test_environment_switches_amx_off():
+    """EDGEFLOW_NATIVE_AMX=0: the library runs as on a CPU without AMX (how this machine checks the VNNI path of a
+    whole test run)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from edgeflow.runtime import native; print(json.dumps([native.amx_available(), native.info()]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, EDGEFLOW_NATIVE_AMX="0"))
+    assert out.returncode == 0, out.stderr[-500:]
+    available, info = json.loads(out.stdout)
+    assert available is False and info["amx"] is False and info["isa"] == "avx512"

@@ -7,7 +7,8 @@ convs: ``ef_int8.c``) from the bundle's ``kernels.npz`` (:mod:`edgeflow.runtime.
 :func:`load_error` says why in one line.
 The same library runs the VITS prior flow (``ef_wn.c``, :mod:`edgeflow.runtime.native.wn`) and WaveGlow's
 couplings (:mod:`edgeflow.runtime.native.waveglow`: the same kernels, the cheap parts in numpy).
-``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say).
+``EDGEFLOW_NATIVE_LIB`` names another build of the library (a cross-compiled one under an emulator, say);
+``EDGEFLOW_NATIVE_AMX=0`` makes it run as on a CPU without AMX (the VNNI / AVX2 / portable INT8 tiles).
 
 :class:`NativeSession` mirrors the part of an onnxruntime ``InferenceSession`` the Synthesizer uses
 (``run``, ``get_inputs``, ``get_providers``), so streaming and batching are shared code. It is thread-safe: a

@@ -25,11 +25,14 @@
 
 static int ef_amx_use = -1;     /* -1: as available */
 
-/* Whether this CPU has AMX-INT8 and the OS lets this process use the tile data (asked once; idempotent). */
+/* Whether this CPU has AMX-INT8 and the OS lets this process use the tile data (asked once; idempotent).
+ * EDGEFLOW_NATIVE_AMX=0 in the environment: no, as on a CPU without it. */
 EF_API int ef_amx_available(void)
 {
 #ifdef EF_HAVE_AMX
     static int ef_amx_avail = -1;   /* -1 not asked yet */
+    const char *env = getenv("EDGEFLOW_NATIVE_AMX");
+    if (ef_amx_avail < 0 && env && env[0] == '0') ef_amx_avail = 0;
     if (ef_amx_avail < 0) {
         unsigned a, b, c, d;
         int ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) &&
