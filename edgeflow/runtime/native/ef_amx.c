@@ -89,6 +89,13 @@ int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q)
     return 0;
 }
 
+int8_t *ef_amx_from_row(const ef_q8 *w, int k, int r0)
+{
+    if (!w->amx || r0 % EF_AMX_PAIR) return NULL;
+    const int nkc = w->nq / k / w->amx_kc;
+    return w->amx + (size_t)(r0 / EF_AMX_PAIR) * k * nkc * 2 * EF_AMX_TILE;
+}
+
 #ifdef EF_HAVE_AMX
 typedef struct {
     uint8_t palette, start_row, reserved[14];

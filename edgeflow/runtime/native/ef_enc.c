@@ -100,8 +100,7 @@ static void ef_enc_conv(const ef_hqconv *c, float slope, const float *in, const 
         ef_hqconv v = *c;
         v.q = &q; v.bias = c->bias + r0; v.qr = NULL;
         v.cout = (b1 * EF_MR < c->cout ? b1 * EF_MR : c->cout) - r0;
-        q.amx = q.amx && r0 % 32 == 0 ?                                     /* from an AMX row pair, else tiles */
-                q.amx + (size_t)(r0 / 32) * c->k * ((c->cin + 3) / 4 / q.amx_kc) * 2048 : NULL;
+        q.amx = ef_amx_from_row(c->q, c->k, r0);                            /* NULL: the tiles */
         ef_hq_conv(&v, slope, in, NULL, res ? res + r0 * S : NULL, out + r0 * S, NULL, T, 0, T, &ws[t], tile);
     }
 }

@@ -119,13 +119,13 @@ static void ef_hq_tile_amx(const ef_hqconv *c, const float *res, float *out, flo
                            int zp, float s2, int two, int va, int vb, const ef_hq_ws *w, size_t qs)
 {
     const size_t S = w->S;
-    float f[c->cout], f2[c->cout], b[c->cout];
+    float f[c->cout], f2[c->cout], pre[c->cout];
     for (int o = 0; o < c->cout; o++) {
         const float zw = (float)c->q->wsum[o];
         f[o] = c->q->scale[o] * s; f2[o] = c->q->scale[o] * s2;
-        b[o] = c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f);
+        pre[o] = c->bias[o] - f[o] * (float)zp * zw - (two ? f2[o] * (float)128 * zw : 0.0f);
     }
-    const ef_amx_out o1 = {out + t0, S, f, b, res ? res + t0 : NULL}, o2 = {out + t0, S, f2, NULL, NULL};
+    const ef_amx_out o1 = {out + t0, S, f, pre, res ? res + t0 : NULL}, o2 = {out + t0, S, f2, NULL, NULL};
     const ef_amx_in i1 = {w->xq, qs * 4, 0, 0, c->k}, i2 = {w->xq2, qs * 4, 0, 0, c->k};
     ef_amx_gemm(c->q, c->cout, c->k, c->qr, &i1, tw, &o1);                            /* the prefill fused */
     if (two) ef_amx_gemm(c->q, c->cout, c->k, c->qr, &i2, tw, &o2);

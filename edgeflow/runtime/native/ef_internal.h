@@ -109,6 +109,9 @@ typedef struct {
  * whether INT8 convs run on it now; the product (A . B)[o][n] for o < M, n < ncols (a multiple of 32) into o
  * (qr: per row tile of EF_MR, the quads [from, to) of its nonzero taps, or NULL). */
 int ef_amx_pack(ef_q8 *p, int M, int C, int k, const int8_t *q);
+/* w's AMX weights from output row r0 on (a conv's rows split between threads), or NULL (none, or r0 not at a
+ * 32-row pair). */
+int8_t *ef_amx_from_row(const ef_q8 *w, int k, int r0);
 int ef_amx_on(void);
 void ef_amx_gemm(const ef_q8 *w, int M, int k, const int *qr, const ef_amx_in *in, int ncols, const ef_amx_out *o);
 /* Pack conv weights q [M][C][k] (s8) into the tile layout [Mp/MR][k * ceil(C / 4)][MR][4] (tap-major quads), one
