@@ -35,18 +35,20 @@ WER_GOAL, DNSMOS_GOAL = 0.10, -0.3
 
 
 def parse_setting(text: str) -> Dict[str, Any]:
-    """``"solver:nfe:sway[:noise_scale[:length_scale[:noise_w]]]"`` -> synthesis options: bench_fm_tts's
-    ``solver:nfe:sway`` parse plus the optional scales (the bundle's defaults for what is left out);
+    """``"solver:nfe:sway[:noise_scale[:length_scale[:noise_w[:guidance]]]]"`` -> synthesis options:
+    bench_fm_tts's ``solver:nfe:sway`` parse plus the optional scales and guidance (the bundle's defaults for
+    what is left out);
     ``"default"``: the bundle's defaults for everything."""
     from bench_fm_tts import parse_setting as ode_setting
 
     if text == "default":                                       # the bundle's own defaults
         return {}
     parts = text.split(":")
-    if not 3 <= len(parts) <= 6:
-        raise ValueError(f"setting {text!r}: expected solver:nfe:sway[:noise_scale[:length_scale[:noise_w]]]")
+    if not 3 <= len(parts) <= 7:
+        raise ValueError(f"setting {text!r}: expected solver:nfe:sway[:noise_scale[:length_scale[:noise_w"
+                         "[:guidance]]]]")
     out = ode_setting(":".join(parts[:3]))
-    out.update(zip(("noise_scale", "length_scale", "noise_w"), map(float, parts[3:])))
+    out.update(zip(("noise_scale", "length_scale", "noise_w", "guidance"), map(float, parts[3:])))
     return out
 
 
