@@ -45,5 +45,10 @@ def test_verdict_and_settings():
     assert parse_setting("midpoint:4:-0.5") == {"solver": "midpoint", "nfe": 4, "sway": -0.5}
     assert parse_setting("euler:8:0:0.5:1.1") == {"solver": "euler", "nfe": 8, "sway": 0.0, "noise_scale": 0.5,
                                                   "length_scale": 1.1}
+    assert parse_setting("euler:4:-1:0.667:1:0.333:1.25") == {
+        "solver": "euler", "nfe": 4, "sway": -1.0, "noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.333,
+        "guidance": 1.25}
+    with pytest.raises(ValueError):
+        parse_setting("euler:4:-1:0.667:1:0.333:1.25:9")
     with pytest.raises(ValueError):
         parse_setting("euler:8")
