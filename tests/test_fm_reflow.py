@@ -44,6 +44,47 @@ def test_pairs_are_the_reference_solves_noise_and_mel(pairs):
     assert voice.field.__class__.__name__ != "_Recorder"
 
 
+@pytest.fixture(scope="module")
+def guided(model):  # noqa: F811
+    """The same model with classifier-free guidance 1.5 as its sampling default."""
+    m = copy.deepcopy(model)
+    m.config.guidance = 1.5
+    return m
+
+
+@pytest.fixture(scope="module")
+def guided_bundle(guided, tmp_path_factory):
+    from test_fm_prune import tiny_vocoder
+
+    out = tmp_path_factory.mktemp("fm_r_guided") / "voice"
+    export_fmtts_bundle(guided, tiny_vocoder(), out)
+    return out
+
+
+def test_guided_pairs_keep_the_conditional_half_and_the_guided_mel(pairs, guided_bundle):
+    voice, ids, plain = pairs
+    guided = Voice.load(guided_bundle, threads=1)
+    assert guided.sampling["guidance"] == 1.5
+    got = record_pairs(guided, ids[:1], [[5]])[0]
+    for k in ("x0", "cond", "mask"):                      # one batch row, the same noise and condition
+        assert got[k].shape[0] == 1 and np.array_equal(got[k], plain[0][k]), k
+    mel = guided.mel_ids(ids[0], seed=5, **REFERENCE)     # x1: where the guided reference solve lands
+    n = mel.shape[1]
+    assert np.allclose(got["x1"][0, :, :n] * guided.mel_std + guided.mel_mean, mel, atol=1e-5)
+    assert not np.allclose(got["x1"], plain[0]["x1"], atol=1e-3)
+
+
+def test_guided_teacher_gives_an_unguided_student(guided, guided_bundle, tmp_path):
+    art, d = run_pass(guided, guided_bundle, tmp_path, max_mcd=50.0)
+    assert d["reference"]["guidance"] == 1.5
+    assert d["applied"], d.get("reason")                  # seeded: the student beats step-cutting here
+    out = art.bundle_dir
+    assert art.model.config.guidance == 0.0 and guided.config.guidance == 1.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sampling"]["guidance"] == 0.0 and manifest["config"]["guidance"] == 0.0
+    assert Voice.load(out, threads=1).sampling["guidance"] == 0.0
+
+
 def test_windows_mask_the_edges_and_training_straightens(model, pairs):  # noqa: F811
     _, _, got = pairs
     data = pair_windows(got, 16, 3, 2, seed=0)

@@ -9,6 +9,12 @@ no recordings are needed. The field graph alone is re-exported (parity-checked a
 the bundle whose default sampling becomes Euler with ``nfe`` steps and no sway; the manifest gets a
 ``field_reflow`` section.
 
+Guidance: the reference solve runs at the bundle's default classifier-free guidance scale, so a guided voice's
+guided paths are what the student learns (guidance distillation: the guided field's map from noise to mel in
+``nfe`` plain steps). Only the conditional half of a guided call is kept as the pair's condition, and the
+reflowed bundle's default guidance becomes 0; the student is not trained unconditionally, so asking it for
+guidance at run time is outside what it learned.
+
 Gate, on the next ``sentences`` calibration sentences (seed ``seed + k``), mel MCD (dB) to the unmodified
 bundle's reference solve: the reflowed bundle at its new default must be within ``max_mcd`` AND closer than
 step-cutting alone (the unmodified field at the same ``nfe`` Euler steps, the better of sway 0 and -1), so the
@@ -84,7 +90,7 @@ def record_pairs(voice: Any, ids: List[List[int]], seeds: List[List[int]]) -> Li
             for seed in draws:
                 rec.feeds.clear()
                 mel = voice.mel_ids(x, seed=seed, **REFERENCE)
-                first = rec.feeds[0]
+                first = {k: v[:1] for k, v in rec.feeds[0].items()}   # a guided call: [cond, uncond] batch
                 x1 = np.zeros_like(first["x"])
                 x1[0, :, :mel.shape[1]] = (mel - np.float32(voice.mel_mean)) / np.float32(voice.mel_std)
                 pairs.append({"x0": first["x"], "x1": x1, "cond": first["cond"], "mask": first["mask"]})
@@ -107,9 +113,10 @@ def _reflow(model: Any, voice: Any, calib: List[List[int]], cfg: FmReflowConfig,
                            log=print if ctx.progress else None, desc="fm_reflow")
     new = copy.deepcopy(model).cpu().float().eval()
     new.decoder = student
-    new.config.nfe, new.config.solver, new.config.sway = cfg.nfe, "euler", 0.0
+    new.config.nfe, new.config.solver, new.config.sway, new.config.guidance = cfg.nfe, "euler", 0.0, 0.0
     section = {"pairs": len(calib) * cfg.seeds, "windows": len(train), "valid_windows": len(valid),
-               "reference": REFERENCE, "train": summary,      # train.valid_before: the unmodified field's
+               "reference": dict(REFERENCE, guidance=float(voice.sampling["guidance"])),
+               "train": summary,                               # train.valid_before: the unmodified field's
                "method": "reflow (Liu et al. 2022): the field fine-tuned on straight paths between the "
                          "reference solve's noise and mel"}
     return new, section
@@ -136,7 +143,7 @@ def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dic
         return setup
     src, manifest, voice, calib, held = setup
     new, section = _reflow(artifact.model, voice, calib, cfg, ctx)
-    sampling = dict(manifest["sampling"], nfe=cfg.nfe, solver="euler", sway=0.0)
+    sampling = dict(manifest["sampling"], nfe=cfg.nfe, solver="euler", sway=0.0, guidance=0.0)
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_reflow"
     field_bundle(src, out, manifest, new, "field_reflow", section, ctx.seed, sampling=sampling)
     section.update(_gate(voice, Voice.load(out, threads=1), held, cfg.nfe, ctx.seed), nfe=cfg.nfe,
@@ -145,7 +152,7 @@ def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dic
            f"not closer than step-cutting ({section['mcd']:.3f} vs {section['step_cut_best']:.3f} dB)"
            if section["mcd"] >= section["step_cut_best"] else None)
     if not why:
-        artifact.info["sampling"] = {"nfe": cfg.nfe, "solver": "euler", "sway": 0.0}
+        artifact.info["sampling"] = {"nfe": cfg.nfe, "solver": "euler", "sway": 0.0, "guidance": 0.0}
     return settle(artifact, out, section, why, "fm_reflow", "field kept as it was", ctx.progress, new)
 
 
