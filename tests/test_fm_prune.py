@@ -69,6 +69,18 @@ def test_windows_pair_each_state_with_the_next_of_its_solve(windows):
         windows_from_feeds(feeds, 100000, 1)
 
 
+def test_guided_solves_give_windows_of_both_rows(bundle):
+    voice = Voice.load(bundle, threads=1)
+    feeds = record_feeds(voice, calibration_ids(voice, 2), 0, nfe=2, solver="euler", guidance=1.0)
+    assert all(f["x"].shape[0] == 2 for f in feeds)
+    data = windows_from_feeds(feeds, 8, 1, seed=0)
+    assert len(data) == 2 * len(feeds)                                  # one window per row and call
+    conditional = data.cond.abs().sum(dim=(1, 2)) > 0
+    assert int(conditional.sum()) == len(feeds)                         # the zeroed condition: the other half
+    for k in range(0, len(data), 2):                                   # row 0 conditional, row 1 not
+        assert bool(conditional[k]) and not bool(conditional[k + 1])
+
+
 def test_pruning_keeps_the_important_channels(model, windows):
     _, data = windows
     field = copy.deepcopy(model.decoder)

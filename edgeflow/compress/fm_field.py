@@ -89,9 +89,11 @@ def _solves(feeds: Sequence[Dict[str, np.ndarray]]) -> List[List[Dict[str, np.nd
 
 def windows_from_feeds(feeds: Sequence[Dict[str, np.ndarray]], window: int, per_feed: int,
                        seed: int = 0) -> FieldWindows:
-    """Cut ``per_feed`` random ``window``-frame windows out of every recorded field call (batch 1, whole
-    sentences, in solve order: see :func:`edgeflow.passes.fm_quantize.field_windows`), each paired with the same
-    frames of the solve's next state. Sentences shorter than a window are skipped.
+    """Cut ``per_feed`` random ``window``-frame windows out of every recorded field call (whole sentences, in
+    solve order: see :func:`edgeflow.passes.fm_quantize.field_windows`), each paired with the same frames of the
+    solve's next state. A guided solve's calls hold two rows (the condition and the zeroed one, the same state):
+    each row gives its own windows, so the student learns the unconditional field that guidance needs too.
+    Sentences shorter than a window are skipped.
 
     Raises:
         ConfigError: no feed is ``window`` frames long.
@@ -102,16 +104,17 @@ def windows_from_feeds(feeds: Sequence[Dict[str, np.ndarray]], window: int, per_
         for i, f in enumerate(solve):
             nxt = solve[i + 1] if i + 1 < len(solve) else f
             frames = f["x"].shape[2]
-            if f["x"].shape[0] != 1 or frames < window:
+            if frames < window:
                 continue
-            for a in rng.integers(0, frames - window + 1, size=per_feed):
-                cut = slice(int(a), int(a) + window)
-                parts["xa"].append(f["x"][0, :, cut])
-                parts["xb"].append(nxt["x"][0, :, cut])
-                parts["cond"].append(f["cond"][0, :, cut])
-                parts["mask"].append(f["mask"][0, :, cut])
-                parts["ta"].append(np.float32(f["t"][0]))
-                parts["tb"].append(np.float32(nxt["t"][0]))
+            for row in range(f["x"].shape[0]):
+                for a in rng.integers(0, frames - window + 1, size=per_feed):
+                    cut = slice(int(a), int(a) + window)
+                    parts["xa"].append(f["x"][row, :, cut])
+                    parts["xb"].append(nxt["x"][row, :, cut])
+                    parts["cond"].append(f["cond"][row, :, cut])
+                    parts["mask"].append(f["mask"][row, :, cut])
+                    parts["ta"].append(np.float32(f["t"][row]))
+                    parts["tb"].append(np.float32(nxt["t"][row]))
     if not parts["xa"]:
         raise ConfigError(f"field windows: no recorded sentence is {window} frames long (lower the window)")
     return FieldWindows(*(torch.from_numpy(np.ascontiguousarray(np.stack(parts[k]), dtype=np.float32))
