@@ -1,6 +1,7 @@
 """Flow-matching TTS family: shapes, sampling (NFE, solvers, guidance, seeds), prosody flow properties,
 the objective on a tiny overfit, the cost model and the mel convention."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -313,7 +314,11 @@ def test_recipe_loading_and_command_line_errors(tmp_path, capsys):
     r = load_fmtts_recipe("fm-tts-demo", parse_sets(["batch_size=4", "lr=3e-4"]))
     assert r.family == "fmtts" and r.name == "fm-tts-demo" and r.train.batch_size == 4 and r.train.lr == 3e-4
     assert r.model.phoneme_id_map["_"] == [0] and r.model.mel.fmax == 8000.0
-    assert sum(flops_breakdown(r.model).values()) < 1e9          # < 1 GFLOP per second of audio at NFE 4
+    assert r.model.guidance == 0.75                              # the shipped demo's sampling default
+    unguided = sum(flops_breakdown(dataclasses.replace(r.model, guidance=0.0)).values())
+    assert unguided < 1e9                                         # < 1 GFLOP per second of audio at NFE 4
+    guided = flops_breakdown(r.model)                             # guidance: two field evaluations per step
+    assert sum(guided.values()) - unguided == pytest.approx(guided["decoder"] / 2)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"family": "vits", "model": {}}))
     with pytest.raises(ConfigError, match="not an fmtts recipe"):

@@ -281,6 +281,8 @@ def test_shipped_demo_checkpoint_loads_and_matches_its_card():
     assert sum(p.numel() for p in model.parameters()) == 3_284_602
     card = (path.parent / "README.md").read_text()
     assert "3,284,602 parameters" in card and "step-4675" in card
+    assert model.config.guidance == ckpt["meta"]["sampling_defaults"]["guidance"] == 0.75   # the card's default
+    assert "guidance 0.75" in card
     import torch
 
     with torch.no_grad():
