@@ -82,6 +82,7 @@ def test_guided_teacher_gives_an_unguided_student(guided, guided_bundle, tmp_pat
     assert art.model.config.guidance == 0.0 and guided.config.guidance == 1.5
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sampling"]["guidance"] == 0.0 and manifest["config"]["guidance"] == 0.0
+    assert manifest["sampling"]["guidance_trained"] is False
     assert Voice.load(out, threads=1).sampling["guidance"] == 0.0
 
 

@@ -13,7 +13,7 @@ Guidance: the reference solve runs at the bundle's default classifier-free guida
 guided paths are what the student learns (guidance distillation: the guided field's map from noise to mel in
 ``nfe`` plain steps). Only the conditional half of a guided call is kept as the pair's condition, and the
 reflowed bundle's default guidance becomes 0; the student is not trained unconditionally, so asking it for
-guidance at run time is outside what it learned.
+guidance at run time is outside what it learned (the manifest's ``sampling.guidance_trained`` says false).
 
 Gate, on the next ``sentences`` calibration sentences (seed ``seed + k``), mel MCD (dB) to the unmodified
 bundle's reference solve: the reflowed bundle at its new default must be within ``max_mcd`` AND closer than
@@ -143,7 +143,8 @@ def _fm_reflow(artifact: Artifact, cfg: FmReflowConfig, ctx: PassContext) -> Dic
         return setup
     src, manifest, voice, calib, held = setup
     new, section = _reflow(artifact.model, voice, calib, cfg, ctx)
-    sampling = dict(manifest["sampling"], nfe=cfg.nfe, solver="euler", sway=0.0, guidance=0.0)
+    sampling = dict(manifest["sampling"], nfe=cfg.nfe, solver="euler", sway=0.0, guidance=0.0,
+                    guidance_trained=False)          # the student learned the conditional field only
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_reflow"
     field_bundle(src, out, manifest, new, "field_reflow", section, ctx.seed, sampling=sampling)
     section.update(_gate(voice, Voice.load(out, threads=1), held, cfg.nfe, ctx.seed), nfe=cfg.nfe,
