@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from edgeflow.core.errors import ConfigError
+from edgeflow.models.fmtts.decoder import ResBlock
 
 
 class Windows:
@@ -123,7 +124,7 @@ def windows_from_feeds(feeds: Sequence[Dict[str, np.ndarray]], window: int, per_
 
 def res_blocks(field: nn.Module) -> List[Tuple[str, nn.Module]]:
     """(name, block) of every residual block of a VectorField, in module order."""
-    return [(n, m) for n, m in field.named_modules() if hasattr(m, "conv1") and hasattr(m, "conv2")]
+    return [(n, m) for n, m in field.named_modules() if isinstance(m, ResBlock)]
 
 
 @torch.no_grad()

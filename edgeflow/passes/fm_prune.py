@@ -146,6 +146,9 @@ def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[
     setup = field_setup(artifact, cfg, "fm_prune")
     if isinstance(setup, dict):
         return setup
+    if getattr(artifact.model.config, "decoder", "unet") != "unet":
+        return {"applied": False, "reason": "fm_prune narrows the residual blocks of a U-Net field; this model's "
+                                            f"field is a {artifact.model.config.decoder!r} (not pruned)"}
     src, manifest, voice, calib, held = setup
     pruned, section = _distill(artifact.model, voice, calib, cfg, ctx)
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_prune"

@@ -43,7 +43,10 @@ class FmTtsTrainConfig(TrainConfig):
     (an fmtts model.pt of the same architecture to warm-start a new run from, e.g. on a larger corpus of the
     same voice: ``--set init=MODEL.pt``; "" for none; ignored when resuming) and ``ema`` (decay of an
     exponential moving average of the weights, which validation scores and model.pt / best.pt hold; 0: none;
-    0.998 averages over about the last 500 steps)."""
+    0.998 averages over about the last 500 steps), ``init_fresh`` (comma-separated top-level modules, e.g.
+    "decoder", that keep their fresh init in a warm start, so a new vector field can be trained on a warm
+    encoder and prosody model) and ``max_minutes`` (stop, with a checkpoint, after this much training time
+    counted across resumes; 0: no cap)."""
 
     batch_size: int = 16
     lr: float = 1e-4
@@ -52,12 +55,20 @@ class FmTtsTrainConfig(TrainConfig):
     ckpt_minutes: float = 5.0
     init: str = ""
     ema: float = 0.0
+    init_fresh: str = ""
+    max_minutes: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
-        if not (self.max_seconds > 0 and self.ckpt_minutes >= 0 and 0 <= self.ema < 1):
-            raise ValueError(f"need max_seconds > 0, ckpt_minutes >= 0 and 0 <= ema < 1, got "
-                             f"max_seconds={self.max_seconds!r}, ckpt_minutes={self.ckpt_minutes!r}, ema={self.ema!r}")
+        if not (self.max_seconds > 0 and self.ckpt_minutes >= 0 and 0 <= self.ema < 1 and self.max_minutes >= 0):
+            raise ValueError(f"need max_seconds > 0, ckpt_minutes >= 0, max_minutes >= 0 and 0 <= ema < 1, got "
+                             f"max_seconds={self.max_seconds!r}, ckpt_minutes={self.ckpt_minutes!r}, "
+                             f"max_minutes={self.max_minutes!r}, ema={self.ema!r}")
+
+    @property
+    def fresh_modules(self) -> tuple:
+        """``init_fresh`` as a tuple of module names."""
+        return tuple(n.strip() for n in self.init_fresh.split(",") if n.strip())
 
 
 def gaussian_log_likelihood(y: Tensor, mu_x: Tensor) -> Tensor:

@@ -102,7 +102,7 @@ class FmTtsTrainer(LoopHooks):
         c = self.cfg
         settings = LoopSettings(steps=c.steps, lr=c.lr, grad_clip=c.grad_clip, lr_decay_every=c.lr_decay_every,
                                 lr_decay=c.lr_decay, valid_every=c.valid_every, ckpt_every=c.ckpt_every,
-                                ckpt_at_end=True, ema=c.ema, desc="train fmtts")
+                                ckpt_at_end=True, ema=c.ema, max_minutes=c.max_minutes, desc="train fmtts")
         self.loop = TrainLoop(self.model, self.objective, self, settings, progress=progress, log=log)
         self._items, self._valid_items = items, valid_items
         self._last_save = time.time()
@@ -221,24 +221,33 @@ class FmTtsTrainer(LoopHooks):
 
     def warm_start(self, path: str | Path) -> Dict[str, Any]:
         """Start from the weights (and feature statistics) of fmtts model.pt ``path`` instead of a random init,
-        e.g. to go on training on a larger corpus of the same voice; the optimizer and step start afresh.
+        e.g. to go on training on a larger corpus of the same voice; the optimizer and step start afresh. The
+        modules named by the train setting ``init_fresh`` keep their fresh init (their architecture may differ).
 
         Raises:
-            CheckpointError: not an fmtts model.pt, or one of another architecture.
+            CheckpointError: not an fmtts model.pt, or one of another architecture (outside ``init_fresh``).
         """
         from edgeflow.core.io import sha256_file
         from edgeflow.models.checkpoint import load_model
 
+        fresh = self.cfg.fresh_modules
+        unknown = [n for n in fresh if not isinstance(getattr(self.model, n, None), torch.nn.Module)]
+        if unknown:
+            raise CheckpointError(f"init_fresh names no module of the model: {', '.join(unknown)}")
         src, info = load_model(path, family="fmtts")
-        mine = self.model.state_dict()
-        theirs = src.state_dict()
+
+        def kept(state):
+            return {k: v for k, v in state.items() if k.split(".", 1)[0] not in fresh}
+
+        mine, theirs = kept(self.model.state_dict()), kept(src.state_dict())
         bad = sorted(k for k in set(mine) | set(theirs) if k not in mine or k not in theirs
                      or mine[k].shape != theirs[k].shape)
         if bad:
             raise CheckpointError(f"{path}: cannot warm-start from it, its architecture differs from the recipe's "
                                   f"({len(bad)} tensors differ, e.g. {bad[0]})")
-        self.model.load_state_dict(theirs)
-        self.init_info = {"path": str(path), "sha256": sha256_file(path), "step": (info.get("meta") or {}).get("step")}
+        self.model.load_state_dict(theirs, strict=not fresh)
+        self.init_info = {"path": str(path), "sha256": sha256_file(path), "step": (info.get("meta") or {}).get("step"),
+                          **({"fresh": list(fresh)} if fresh else {})}
         return self.init_info
 
     def train(self, steps: Optional[int] = None, resume: bool = False,
@@ -259,15 +268,19 @@ class FmTtsTrainer(LoopHooks):
             self.model.set_stats(**feature_stats(self._items))
             if init:
                 got = self.warm_start(init)
-                self.log(f"train fmtts: warm start from {init} (step {got['step']}; its feature statistics kept)")
+                fresh = f"; {', '.join(got['fresh'])} fresh" if got.get("fresh") else ""
+                self.log(f"train fmtts: warm start from {init} (step {got['step']}; its feature statistics kept{fresh})")
             self.loop.start_average()
             atomic_write_json(self.out / "recipe.json", self.recipe.to_dict())
         self._start_log()
         self._last_save = time.time()
         self.loop.last_loss = None
         t0 = time.time()
-        self.loop.run()
-        return {"steps": self.step, "final_loss": self.loop.last_loss,
+        ran = self.loop.run()
+        saved = (self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0) or self.step == self.loop.s.steps
+        if ran["steps_this_run"] and not saved:
+            self.save(self.step)                    # stopped early (time cap): keep the last step
+        return {"steps": self.step, "stopped": ran["stopped"], "final_loss": self.loop.last_loss,
                 "best_valid": self.loop.best if math.isfinite(self.loop.best) else None,
                 "train_utterances": len(self._items), "seconds": round(time.time() - t0, 2)}
 

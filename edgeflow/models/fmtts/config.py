@@ -10,6 +10,7 @@ from edgeflow.core.config import ConfigBase
 from edgeflow.core.ode import METHODS, SWAY_MAX, SWAY_MIN
 
 PROSODY_KINDS = ("flow", "l2")
+DECODERS = ("unet", "dit")
 
 
 @dataclasses.dataclass
@@ -21,8 +22,13 @@ class FmTtsConfig(ConfigBase):
         mel: the mel front-end the decoder predicts (defaults: HiFi-GAN's 22.05 kHz, n_fft 1024, hop 256,
             80 bands, 0-8000 Hz, log clamp 1e-5), so an imported HiFi-GAN voices the output.
         hidden, filter_channels, n_heads, n_layers, kernel_size, p_dropout: the text encoder (VITS's).
+        decoder: the vector field: "unet" (:mod:`~edgeflow.models.fmtts.decoder`) or "dit"
+            (:mod:`~edgeflow.models.fmtts.decoder_dit`); ``dec_channels`` is either one's width.
         dec_channels, dec_levels, dec_blocks: the U-Net vector field: width, number of 2x downsamplings,
             residual blocks per level.
+        dit_layers, dit_heads, dit_ff_mult, dit_text_blocks, dit_window: the DiT field: transformer blocks,
+            attention heads, MLP width / width, ConvNeXt blocks over the conditioning, attention reach in frames
+            (0: the whole utterance).
         dec_inner: the width between the two convs of every residual block (0: dec_channels; the ``fm_prune``
             pass narrows it).
         prosody_channels, prosody_layers: the conditioning nets of the prosody models (conv stacks over the
@@ -52,6 +58,12 @@ class FmTtsConfig(ConfigBase):
     dec_levels: int = 2
     dec_blocks: int = 2
     dec_inner: int = 0
+    decoder: str = "unet"
+    dit_layers: int = 4
+    dit_heads: int = 2
+    dit_ff_mult: int = 2
+    dit_text_blocks: int = 2
+    dit_window: int = 64
     prosody_channels: int = 128
     prosody_layers: int = 2
     prosody_flows: int = 4
@@ -72,14 +84,19 @@ class FmTtsConfig(ConfigBase):
     def __post_init__(self):
         counts = ("num_symbols", "hidden", "filter_channels", "n_heads", "n_layers", "kernel_size", "dec_channels",
                   "dec_blocks", "prosody_channels", "prosody_layers", "prosody_flows", "prosody_wn_channels",
-                  "prosody_wn_layers", "nfe")
+                  "prosody_wn_layers", "nfe", "dit_layers", "dit_heads", "dit_ff_mult")
         low = [n for n in counts if not isinstance(getattr(self, n), int) or getattr(self, n) < 1]
         if low:
             raise ValueError(f"need positive integers: {', '.join(low)}")
         if not isinstance(self.dec_inner, int) or self.dec_inner < 0:
             raise ValueError(f"dec_inner must be an integer >= 0 (0: dec_channels), got {self.dec_inner!r}")
-        if self.hidden % self.n_heads or self.dec_channels % 8:
-            raise ValueError("hidden must be divisible by n_heads and dec_channels by 8")
+        if self.hidden % self.n_heads or self.dec_channels % 8 or self.dec_channels % self.dit_heads:
+            raise ValueError("hidden must be divisible by n_heads and dec_channels by 8 and by dit_heads")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if any(not isinstance(getattr(self, n), int) or getattr(self, n) < 0 for n in ("dit_text_blocks",
+                                                                                     "dit_window")):
+            raise ValueError("dit_text_blocks and dit_window must be integers >= 0")
         if not (0 <= self.dec_levels <= 4 and self.segment_frames >= 0 and 0 < self.sigma_min < 0.1
                 and 0 <= self.cfg_dropout < 1 and 0 <= self.p_dropout < 1):
             raise ValueError("need 0 <= dec_levels <= 4, segment_frames >= 0, 0 < sigma_min < 0.1 and "
@@ -103,5 +120,5 @@ class FmTtsConfig(ConfigBase):
 
     @property
     def frame_multiple(self) -> int:
-        """The U-Net needs frame counts divisible by this (2 ** dec_levels)."""
-        return 2 ** self.dec_levels
+        """The field needs frame counts divisible by this (the U-Net: 2 ** dec_levels; the DiT: 1)."""
+        return 2 ** self.dec_levels if self.decoder == "unet" else 1

@@ -5,8 +5,10 @@ Cost model (FLOPs = 2 x multiply-adds of every conv / linear / matmul, per secon
 * text encoder: VITS's formula (:func:`edgeflow.models.vits.family.flops_breakdown`'s) at
   :data:`PHONEMES_PER_SECOND` ids per second;
 * prosody: the flow's and the L2 predictor's conditioning nets and couplings at the phoneme rate;
-* decoder: one evaluation of the U-Net, counted by forward hooks on its convs and linears over one second of
-  frames, times the number of function evaluations ``nfe`` (doubled with classifier-free guidance).
+* decoder: one evaluation of the vector field, counted by forward hooks on its convs and linears over one
+  second of frames (plus, for the DiT, its attention products: 2 x 2 x F x F x D per block, as the banded
+  attention computes the whole F x F score matrix), times the number of function evaluations ``nfe`` (doubled
+  with classifier-free guidance).
 
 The RTF estimate of a part is its FLOPs per second divided by the target's peak (e.g. 187 GFLOP/s here).
 """
@@ -60,6 +62,8 @@ def flops_breakdown(cfg: FmTtsConfig, nfe: int | None = None) -> Dict[str, float
     dec = FmTts(cfg).decoder.eval()
     per_eval = count_flops(dec, torch.zeros(1, c, n), torch.zeros(1, c + 1, n), torch.ones(1, 1, n),
                            torch.zeros(1)) * frames / n
+    if cfg.decoder == "dit":
+        per_eval += cfg.dit_layers * 4.0 * n * n * cfg.dec_channels * frames / n
     evals = nfe * (2 if cfg.guidance else 1)
     return {"text_encoder": enc * PHONEMES_PER_SECOND, "prosody": prosody * PHONEMES_PER_SECOND,
             "decoder": per_eval * evals}
@@ -72,7 +76,7 @@ class FmTtsFamily(Family):
     config_cls, model_cls = FmTtsConfig, FmTts
     export = None
     size_fields = ("hidden", "filter_channels", "n_layers", "dec_channels", "dec_levels", "dec_blocks",
-                   "prosody_channels", "prosody_flows")
+                   "dit_layers", "prosody_channels", "prosody_flows")
     free_fields = ("nfe", "solver", "sway", "temperature", "guidance", "prosody", "tau", "length_scale")
 
     def flops_breakdown(self, config: Any) -> Dict[str, float]:

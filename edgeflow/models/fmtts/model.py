@@ -3,7 +3,7 @@
 phoneme ids -> VITS text encoder -> (h, mu_x [n_mels per phone, normalized-mel space])
             -> prosody model on h: per-phone (log-duration, log-f0)  (flow sampled at tau, or the L2 baseline)
             -> expand mu_x and the phone log-f0 to frames with the durations -> cond [n_mels + 1, F]
-            -> ODE from noise to the normalized log-mel through the U-Net vector field (edgeflow.core.ode)
+            -> ODE from noise to the normalized log-mel through the vector field (U-Net or DiT) (edgeflow.core.ode)
             -> log-mel in the HiFi-GAN convention (``config.mel``).
 
 Feature statistics (the mel's global mean and std, the prosody features' means and stds) are persistent
@@ -24,6 +24,7 @@ from edgeflow.core.noise import noise
 from edgeflow.core.ode import guided, solve
 from edgeflow.models.fmtts.config import PROSODY_KINDS, FmTtsConfig
 from edgeflow.models.fmtts.decoder import VectorField
+from edgeflow.models.fmtts.decoder_dit import DiTField
 from edgeflow.models.fmtts.prosody import N_FEATURES, L2Prosody, ProsodyFlow
 from edgeflow.models.vits.modules import generate_path, sequence_mask
 from edgeflow.models.vits.text_encoder import TextEncoder
@@ -45,6 +46,14 @@ def seeded_normal(seed: int, batch: int, channels: int, length: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(z.transpose(0, 2, 1)))
 
 
+def make_field(c: FmTtsConfig) -> nn.Module:
+    """The config's vector field (``decoder``: "unet" or "dit"), fresh."""
+    if c.decoder == "dit":
+        return DiTField(c.n_mels, c.n_mels + 1, c.dec_channels, c.dit_layers, c.dit_heads, c.dit_ff_mult,
+                        c.dit_text_blocks, c.dit_window)
+    return VectorField(c.n_mels, c.n_mels + 1, c.dec_channels, c.dec_levels, c.dec_blocks, c.dec_inner)
+
+
 class FmTts(nn.Module):
     """Flow-matching acoustic model. See the module docstring; ``config``: :class:`FmTtsConfig`."""
 
@@ -58,7 +67,7 @@ class FmTts(nn.Module):
         self.prosody_flow = ProsodyFlow(c.hidden, c.prosody_channels, c.prosody_layers, c.prosody_flows,
                                         c.prosody_wn_channels, c.prosody_wn_layers, c.p_dropout)
         self.prosody_l2 = L2Prosody(c.hidden, c.prosody_channels, c.prosody_layers, c.p_dropout)
-        self.decoder = VectorField(c.n_mels, c.n_mels + 1, c.dec_channels, c.dec_levels, c.dec_blocks, c.dec_inner)
+        self.decoder = make_field(c)
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         self.register_buffer("prosody_mean", torch.tensor([1.5, 5.0]))
