@@ -1,6 +1,10 @@
 """The DiT vector field (``decoder: "dit"``): shapes, masking, attention reach, the family's config switch and
 cost model, a warm start onto a fresh field, the training time cap, and export to a torch-free bundle."""
 
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +149,47 @@ def test_dit_bundle_runs_torch_free_and_equals_pytorch(tmp_path):
             reference_mel(model, IDS, 3, **opts).shape                     # the comparison can fail
     audio, sr = voice.speak("Hello, world.", seed=1)
     assert sr == 16000 and audio.size > 0 and np.all(np.isfinite(audio))
+
+
+def test_bench_validation_cfm_scores_the_field():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_fm_fields import validation_cfm
+
+    items = toy_items(3, 2)
+    torch.manual_seed(0)
+    unet = FmTts(FmTtsConfig(**TINY)).eval()
+    got = validation_cfm(unet, items, [0.5], seed=1)
+    assert got["utterances"] == 3 and got["frames"] == sum(i.frames for i in items)
+    assert got == validation_cfm(unet, items, [0.5], seed=1)                   # deterministic
+    dit = FmTts(FmTtsConfig(**TINY, **DIT)).eval()
+    zero = validation_cfm(dit, items, [0.2, 0.7], seed=1)                       # a fresh DiT is v = 0, so the
+    mean_y2 = np.mean(np.concatenate([i.mel.ravel() for i in items]) ** 2)      # loss is E|y - z|^2 = E y^2 + 1
+    assert zero["cfm"] == pytest.approx(mean_y2 + 1.0, rel=0.03)                 # (statistics 0 / 1: y = mel)
+    randomized(dit.decoder)
+    assert validation_cfm(dit, items, [0.2, 0.7], seed=1)["cfm"] != pytest.approx(zero["cfm"], rel=1e-3)
+
+
+def test_field_passes_on_a_dit_voice(tmp_path):
+    import onnx
+
+    from edgeflow.export.fmtts import export_fmtts_bundle
+    from edgeflow.passes.base import Artifact, PassContext, apply_pass, make_config
+    from test_fmtts_export import tiny_fmtts, tiny_vocoder
+
+    model = tiny_fmtts(**DIT)
+    randomized(model.decoder, seed=4)
+    for p in model.decoder.parameters():
+        p.data.mul_(0.5)
+    export_fmtts_bundle(model, tiny_vocoder(), tmp_path / "dit")
+    opts = {"calib_sentences": 2, "sentences": 2, "window": 8, "rounds": 1}
+    art = Artifact(model=model, reference=model, bundle_dir=tmp_path / "dit")
+    ctx = PassContext(work_dir=tmp_path / "work", progress=False)
+    rec = apply_pass(art, make_config("fm_prune", opts), ctx)
+    assert rec["details"]["applied"] is False and "U-Net" in rec["details"]["reason"]
+    rec = apply_pass(art, make_config("fm_quantize", dict(opts, max_mcd=80.0, require_speedup=False)), ctx)
+    assert rec["details"]["applied"] is True, rec["details"]
+    g = onnx.load(str(art.bundle_dir / "field.onnx"), load_external_data=False)
+    dq = {n.output[0] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    read = {n.name for n in g.graph.node if n.op_type in ("MatMul", "Conv") and any(i in dq for i in n.input)}
+    assert any("/qkv/" in n for n in read) and any("/ff/" in n for n in read)       # the blocks' linears
+    assert not any(re.search(r"/ada(_out)?/|^/decoder/out/", n) for n in read)     # modulation, velocity: float

@@ -1,9 +1,11 @@
 """``fm_quantize``: INT8 for the vector-field network of a flow-matching (``fmtts``) voice bundle.
 
-The field graph (``field.onnx``: the U-Net, one function evaluation per call) runs NFE times per sentence, so it
-is the acoustic model's cost. Its convolutions are quantized with onnxruntime's ``quantize_static`` (QDQ, int8
-weights per output channel, uint8 activations with MinMax ranges); the output conv (the velocity itself), the
-time embedding, the LayerNorms and the SiLU stay float. Calibration inputs are the field's own inputs
+The field graph (``field.onnx``: the U-Net or the DiT, one function evaluation per call) runs NFE times per
+sentence, so it is the acoustic model's cost. Its convolutions and its matrix products with weights (the DiT's
+linear layers; not attention's products of two activations) are quantized with onnxruntime's
+``quantize_static`` (QDQ, int8 weights per output channel, uint8 activations with MinMax ranges); the output
+layer (the velocity itself), the time embedding and the DiT's adaLN modulations, the norms and the activations
+stay float. Calibration inputs are the field's own inputs
 (x_t, t, cond, mask) recorded while the bundle solves the first ``calib_sentences`` calibration sentences at
 its default sampling, cut into windows of ``window`` frames (the field is frame-local up to its receptive field;
 the calibrators need one shape).
@@ -30,8 +32,9 @@ import numpy as np
 from edgeflow.core.errors import ConfigError
 from edgeflow.passes.base import Artifact, PassConfig, PassContext, register_pass
 
-#: Field-graph nodes kept float: the output conv (the velocity) and the time embedding's MLP / projections.
-KEEP_FLOAT = (r"^/decoder/out/", r"/t_mlp/", r"/time/")
+#: Field-graph nodes kept float: the output layer (the velocity), the time embedding's MLP / projections and the
+#: DiT's adaLN modulations (both per call, not per frame).
+KEEP_FLOAT = (r"^/decoder/out/", r"/t_mlp/", r"/time/", r"/ada(_out)?/")
 
 
 @dataclasses.dataclass
@@ -118,13 +121,15 @@ def quantize_field(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]]) -> 
     from edgeflow.quant.vits_int8 import FeedReader, fix_ir, quiet_ort
 
     model = onnx.load(str(src), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    convs += [n.name for n in model.graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     quant = [n for n in convs if not any(re.search(p, n) for p in KEEP_FLOAT)]
     if not quant:
-        raise ConfigError("fm_quantize: the field graph has no convolution to quantize")
+        raise ConfigError("fm_quantize: the field graph has no convolution or weighted product to quantize")
     with quiet_ort():
         quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv"],
+                        op_types_to_quantize=["Conv", "MatMul"],
                         nodes_to_quantize=quant, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
