@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeflow.core.errors import CheckpointError
+from edgeflow.core.errors import CheckpointError, ConfigError
 from edgeflow.models.fmtts import FmTts, FmTtsConfig, flops_breakdown
 from edgeflow.models.fmtts.decoder import VectorField
 from edgeflow.models.fmtts.decoder_dit import DiTField, attention_bias
@@ -102,8 +102,8 @@ def test_warm_start_onto_a_fresh_dit_field(tmp_path):
     unet.train()
     with pytest.raises(CheckpointError, match="architecture differs"):
         make_trainer(tmp_path / "x", 1, "dit").warm_start(tmp_path / "unet" / "model.pt")
-    with pytest.raises(CheckpointError, match="init_fresh names no module"):
-        make_trainer(tmp_path / "x", 1, "dit", init_fresh="decodr").warm_start(tmp_path / "unet" / "model.pt")
+    with pytest.raises(ConfigError, match="init_fresh names no module of the model: decodr"):
+        make_trainer(tmp_path / "x", 1, "dit", init_fresh="decodr")                 # refused before any data
     dit = make_trainer(tmp_path / "dit", 1, "dit", init_fresh="decoder")
     torch.manual_seed(5)
     fresh = {k: v.clone() for k, v in dit.model.decoder.state_dict().items()}

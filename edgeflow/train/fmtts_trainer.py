@@ -106,6 +106,7 @@ class FmTtsTrainer(LoopHooks):
         self.loop = TrainLoop(self.model, self.objective, self, settings, progress=progress, log=log)
         self._items, self._valid_items = items, valid_items
         self._last_save = time.time()
+        self._fresh_modules()                       # a bad init_fresh fails before the features are computed
 
     @property
     def step(self) -> int:
@@ -219,6 +220,15 @@ class FmTtsTrainer(LoopHooks):
             csv.writer(f).writerows([LOG_FIELDS, *rows])
         os.replace(tmp, path)
 
+    def _fresh_modules(self) -> tuple:
+        """The train setting ``init_fresh``, checked against the model's top-level modules."""
+        fresh = self.cfg.fresh_modules
+        unknown = [n for n in fresh if not isinstance(getattr(self.model, n, None), torch.nn.Module)]
+        if unknown:
+            raise ConfigError(f"init_fresh names no module of the model: {', '.join(unknown)} (modules: "
+                              f"{', '.join(n for n, _ in self.model.named_children())})")
+        return fresh
+
     def warm_start(self, path: str | Path) -> Dict[str, Any]:
         """Start from the weights (and feature statistics) of fmtts model.pt ``path`` instead of a random init,
         e.g. to go on training on a larger corpus of the same voice; the optimizer and step start afresh. The
@@ -230,10 +240,7 @@ class FmTtsTrainer(LoopHooks):
         from edgeflow.core.io import sha256_file
         from edgeflow.models.checkpoint import load_model
 
-        fresh = self.cfg.fresh_modules
-        unknown = [n for n in fresh if not isinstance(getattr(self.model, n, None), torch.nn.Module)]
-        if unknown:
-            raise CheckpointError(f"init_fresh names no module of the model: {', '.join(unknown)}")
+        fresh = self._fresh_modules()
         src, info = load_model(path, family="fmtts")
 
         def kept(state):
