@@ -40,26 +40,19 @@ def validation_cfm(model: Any, items: Sequence[Any], times: Sequence[float], see
     import torch
     import torch.nn.functional as F
 
-    from edgeflow.models.alignment import maximum_path
     from edgeflow.models.fmtts.model import pad_frames
-    from edgeflow.models.fmtts.prosody import phone_features
-    from edgeflow.train.fmtts import LOG_2PI, cfm_loss, gaussian_log_likelihood
+    from edgeflow.train.fmtts import FmTtsObjective, cfm_loss
     from edgeflow.train.fmtts_trainer import collate
 
     c = model.config
     sums = {"cfm": 0.0, "prior": 0.0, "weight": 0.0}
     gen = torch.Generator().manual_seed(seed)
     for k in range(0, len(items), batch):
-        b = collate(list(items[k:k + batch]), c, seed)
         with torch.no_grad():
-            h, mu_x, x_mask = model.encode(b["ids"], b["id_lens"])
-            y_mask = b["y_mask"]
-            y = model.normalize_mel(b["mel"]) * y_mask
-            attn = maximum_path(gaussian_log_likelihood(y, mu_x), x_mask.transpose(1, 2) * y_mask)
-            raw, _ = phone_features(attn, b["lf0"], b["voiced"])
-            cond = model.expand(mu_x, (model.normalize_prosody(raw) * x_mask)[:, 1:2], attn)
+            a = FmTtsObjective.aligned(model, collate(list(items[k:k + batch]), c, seed))
+            y, cond, y_mask = a["y"], a["cond"], a["y_mask"]
             weight = float(y_mask.sum()) * c.n_mels
-            sums["prior"] += float((0.5 * ((y - cond[:, :-1]) ** 2 + LOG_2PI) * y_mask).sum())
+            sums["prior"] += float(a["prior"]) * weight
             pad = pad_frames(y.shape[-1], c.frame_multiple) - y.shape[-1]
             y, cond, y_mask = (F.pad(v, (0, pad)) for v in (y, cond, y_mask))
             for t in times:

@@ -92,6 +92,19 @@ def test_loop_lr_schedule_nonfinite_skip_and_early_stop():
     assert [r[4] for r in hooks.rows] == [None, 1.0, None, 0.5, None, 0.6, None, 0.7]
 
 
+def test_loop_checkpoints_the_last_step_of_an_early_stop():
+    hooks = Hooks(valid=[1.0, 0.5, 0.6, 0.7, 0.4])
+    _, loop = _loop(hooks, valid_every=2, patience=2, ckpt_every=5, ckpt_at_end=True)
+    assert loop.run()["stopped"].startswith("early stop") and hooks.saved == [5, 8]
+    hooks = Hooks()
+    _, loop = _loop(hooks, max_minutes=1e-9, ckpt_at_end=True)
+    assert loop.run()["stopped"].startswith("time cap") and hooks.saved == [1]
+    hooks = Hooks()
+    _, loop = _loop(hooks, max_minutes=1e-9)                       # without ckpt_at_end: nothing extra
+    loop.run()
+    assert hooks.saved == []
+
+
 def test_trainer_nll_is_the_models():
     """The trainer's objective computes the model's own NLL formula (models.base), also through a wrapper."""
     import sys

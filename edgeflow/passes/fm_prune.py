@@ -143,12 +143,13 @@ def _fm_prune(artifact: Artifact, cfg: FmPruneConfig, ctx: PassContext) -> Dict[
     from edgeflow.passes.fm_quantize import compare, gate_reason, settle
     from edgeflow.runtime import Voice
 
+    decoder = getattr(getattr(artifact.model, "config", None), "decoder", "unet")
+    if decoder != "unet":
+        return {"applied": False, "reason": "fm_prune narrows the residual blocks of a U-Net field; this model's "
+                                            f"field is a {decoder!r} (not pruned)"}
     setup = field_setup(artifact, cfg, "fm_prune")
     if isinstance(setup, dict):
         return setup
-    if getattr(artifact.model.config, "decoder", "unet") != "unet":
-        return {"applied": False, "reason": "fm_prune narrows the residual blocks of a U-Net field; this model's "
-                                            f"field is a {artifact.model.config.decoder!r} (not pruned)"}
     src, manifest, voice, calib, held = setup
     pruned, section = _distill(artifact.model, voice, calib, cfg, ctx)
     out = ctx.work_dir / f"bundle-{len(artifact.history):02d}-fm_prune"

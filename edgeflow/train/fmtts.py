@@ -104,9 +104,11 @@ class FmTtsObjective:
     """The loop's objective: :meth:`loss` (see the module docstring). Batch keys: see
     :func:`edgeflow.train.fmtts_trainer.collate`."""
 
-    def terms(self, model, b: Dict[str, Any]) -> Dict[str, Tensor]:
-        """Every loss term (scalars) and the alignment's durations."""
-        c = model.config
+    @staticmethod
+    def aligned(model, b: Dict[str, Any]) -> Dict[str, Tensor]:
+        """The batch's whole utterances on the MAS path: h, x_mask, y (normalized mel), y_mask, raw / feats
+        (phone features, raw and normalized), dur, cond [B, n_mels + 1, F] (the decoder's conditioning) and
+        prior (the encoder's loss, a scalar)."""
         h, mu_x, x_mask = model.encode(b["ids"], b["id_lens"])
         y_mask = b["y_mask"]
         y = model.normalize_mel(b["mel"]) * y_mask
@@ -114,11 +116,19 @@ class FmTtsObjective:
             attn = maximum_path(gaussian_log_likelihood(y, mu_x), x_mask.transpose(1, 2) * y_mask)   # [B, N, F]
         raw, dur = phone_features(attn, b["lf0"], b["voiced"])
         feats = model.normalize_prosody(raw) * x_mask
+        cond = model.expand(mu_x, feats[:, 1:2], attn)
+        prior = (0.5 * ((y - cond[:, :-1]) ** 2 + LOG_2PI) * y_mask).sum() / (y_mask.sum() * model.config.n_mels)
+        return {"h": h, "x_mask": x_mask, "y": y, "y_mask": y_mask, "raw": raw, "feats": feats, "dur": dur,
+                "cond": cond, "prior": prior}
+
+    def terms(self, model, b: Dict[str, Any]) -> Dict[str, Tensor]:
+        """Every loss term (scalars) and the alignment's durations."""
+        a = self.aligned(model, b)
+        h, x_mask, y, y_mask, raw, dur, cond = (a[k] for k in ("h", "x_mask", "y", "y_mask", "raw", "dur", "cond"))
         deq = model.normalize_prosody(dequantize(raw, dur, b.get("dur_u"))) * x_mask
         flow_nll = model.prosody_flow.nll(h.detach(), x_mask, deq)
-        l2 = model.prosody_l2.loss(h.detach(), x_mask, feats)
-        cond = model.expand(mu_x, feats[:, 1:2], attn)
-        prior = (0.5 * ((y - cond[:, :-1]) ** 2 + LOG_2PI) * y_mask).sum() / (y_mask.sum() * c.n_mels)
+        l2 = model.prosody_l2.loss(h.detach(), x_mask, a["feats"])
+        prior = a["prior"]
         seg = b["z"].shape[-1]
         y_s, cond_s, m_s = (slice_segments(v, b["seg_start"], seg) for v in (y, cond, y_mask))
         cond_s = cond_s * b["keep_cond"].view(-1, 1, 1)

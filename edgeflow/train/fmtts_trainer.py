@@ -284,9 +284,6 @@ class FmTtsTrainer(LoopHooks):
         self.loop.last_loss = None
         t0 = time.time()
         ran = self.loop.run()
-        saved = (self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0) or self.step == self.loop.s.steps
-        if ran["steps_this_run"] and not saved:
-            self.save(self.step)                    # stopped early (time cap): keep the last step
         return {"steps": self.step, "stopped": ran["stopped"], "final_loss": self.loop.last_loss,
                 "best_valid": self.loop.best if math.isfinite(self.loop.best) else None,
                 "train_utterances": len(self._items), "seconds": round(time.time() - t0, 2)}

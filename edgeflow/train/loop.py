@@ -59,7 +59,8 @@ class LoopSettings:
         steps: run until this step.
         lr, lr_decay_every, lr_decay: Adam learning rate, times ``lr_decay`` every ``lr_decay_every`` steps.
         grad_clip: max gradient norm.
-        valid_every, ckpt_every: intervals in steps (0: never); ``ckpt_at_end``: also checkpoint the last step.
+        valid_every, ckpt_every: intervals in steps (0: never); ``ckpt_at_end``: also checkpoint the last step
+            (of the steps, or of an early stop: time cap, patience).
         patience: stop after this many validations without improvement (0: never).
         max_minutes: stop once this much training time has passed, counted across resumes (0: no cap).
         skip_nonfinite: skip the update of a step whose loss is NaN/Inf (not under DDP: ranks must agree).
@@ -244,7 +245,7 @@ class TrainLoop:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", best=f"{self.best:.4f}")
             if self.is_main and ((s.ckpt_every and self.step % s.ckpt_every == 0)
-                                 or (s.ckpt_at_end and self.step == s.steps)):
+                                 or (s.ckpt_at_end and (self.step == s.steps or self.stopped))):
                 self.hooks.save(self.step)
         if bar is not None:
             bar.close()
